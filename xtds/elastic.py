@@ -113,4 +113,4 @@ def elastic_tensor(model: IFCModel, phi: torch.Tensor) -> tuple[torch.Tensor, fl
     iu = torch.triu_indices(6, 6)
     C = C.index_put((iu[0], iu[1]), c)
     C = C + C.T - torch.diag(torch.diagonal(C))
-    return C * GPA_PER_EV_A3, float(resid)
+    return C * GPA_PER_EV_A3, float(resid.detach())
