@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xtds.crystal import Crystal
 from xtds.ifc import IFCModel
 from xtds.units import MEV_PER_THZ, THZ_PER_SQRT_EV_A2_AMU
 
@@ -32,7 +33,9 @@ def _as_k(k, dtype, device) -> torch.Tensor:
     return k
 
 
-def force_constant_matrix(model: IFCModel, phi: torch.Tensor, k, chunk: int = 4096) -> torch.Tensor:
+def force_constant_matrix(
+    model: IFCModel, phi: torch.Tensor, k, chunk: int = 4096, cell: Crystal | None = None
+) -> torch.Tensor:
     """The Fourier-transformed Hessian H(k).
 
     Parameters
@@ -45,46 +48,53 @@ def force_constant_matrix(model: IFCModel, phi: torch.Tensor, k, chunk: int = 40
         Shape (..., 3), Cartesian Å⁻¹ (2π included).
     chunk
         k-points per batch (memory: chunk × n_pairs complex numbers).
+    cell
+        The cell whose atoms index H (default the primitive cell; e.g. ``model.crystal`` for the
+        conventional cubic cell, whose bands are then folded).
 
     Returns
     -------
-    Shape (..., 3n, 3n) complex Hermitian, eV/Å²; index 3s + i for site s, Cartesian axis i.
+    Shape (..., 3n, 3n) complex Hermitian, eV/Å²; index 3s + i for atom s of the cell, axis i.
     """
+    table = model.pair_table(cell)
     kt = _as_k(k, phi.dtype, phi.device)
     lead = kt.shape[:-1]
     kt = kt.reshape(-1, 3)
-    n = model.n_sites
-    blocks = model.blocks(phi).reshape(-1, 9)
+    n = table.n_atoms
+    blocks = model.blocks(phi)[torch.as_tensor(table.pair, device=phi.device)].reshape(-1, 9)
     cdtype = torch.complex128 if phi.dtype == torch.float64 else torch.complex64
-    d = torch.as_tensor(model.pair_vector, dtype=phi.dtype, device=phi.device)
+    d = torch.as_tensor(table.vector, dtype=phi.dtype, device=phi.device)
+    groups = []
+    for s in range(n):
+        for t in range(n):
+            sel = np.nonzero((table.src == s) & (table.dst == t))[0]
+            if len(sel):
+                idx = torch.as_tensor(sel, device=phi.device)
+                groups.append((s, t, idx, blocks[idx].to(cdtype)))
     out = []
     for start in range(0, kt.shape[0], chunk):
         kc = kt[start : start + chunk]
-        phase = torch.exp(1j * (kc @ d.T).to(cdtype))  # (nk, n_pairs)
+        phase = torch.exp(1j * (kc @ d.T).to(cdtype))  # (nk, P)
         H = torch.zeros(kc.shape[0], n, n, 9, dtype=cdtype, device=phi.device)
-        for s in range(n):
-            for t in range(n):
-                sel = np.nonzero((model.pair_src == s) & (model.pair_dst == t))[0]
-                if len(sel) == 0:
-                    continue
-                idx = torch.as_tensor(sel, device=phi.device)
-                H[:, s, t] = phase[:, idx] @ blocks[idx].to(cdtype)
+        for s, t, idx, b in groups:
+            H[:, s, t] = phase[:, idx] @ b
         H = H.reshape(-1, n, n, 3, 3).permute(0, 1, 3, 2, 4).reshape(-1, 3 * n, 3 * n)
         out.append(H)
     H = torch.cat(out) if out else torch.zeros(0, 3 * n, 3 * n, dtype=cdtype, device=phi.device)
     return H.reshape(*lead, 3 * n, 3 * n)
 
 
-def inverse_sqrt_mass(model: IFCModel, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Shape (3n,): 1/sqrt(M_s) per degree of freedom, amu^-1/2."""
-    m = np.repeat(model.primitive.masses, 3)
+def inverse_sqrt_mass(model: IFCModel, dtype=torch.float64, device=None, cell: Crystal | None = None):
+    """Shape (3n,): 1/sqrt(M_s) per degree of freedom of ``cell`` (default primitive), amu^-1/2."""
+    cell = model.primitive if cell is None else cell
+    m = np.repeat(cell.masses, 3)
     return torch.as_tensor(1.0 / np.sqrt(m), dtype=dtype, device=device)
 
 
-def dynamical_matrix(model: IFCModel, phi: torch.Tensor, k, chunk: int = 4096) -> torch.Tensor:
+def dynamical_matrix(model: IFCModel, phi: torch.Tensor, k, chunk: int = 4096, cell: Crystal | None = None):
     """D(k) = H(k) / sqrt(M_s M_s'): shape (..., 3n, 3n) complex Hermitian, eV/(Å² amu)."""
-    H = force_constant_matrix(model, phi, k, chunk=chunk)
-    w = inverse_sqrt_mass(model, phi.dtype, phi.device)
+    H = force_constant_matrix(model, phi, k, chunk=chunk, cell=cell)
+    w = inverse_sqrt_mass(model, phi.dtype, phi.device, cell=cell)
     return H * (w[:, None] * w[None, :])
 
 

@@ -97,6 +97,69 @@ class IFCInfo:
 
 
 @dataclass(frozen=True)
+class PairTable:
+    """Pairs as seen from the atoms of one cell (see :meth:`IFCModel.pair_table`).
+
+    Attributes
+    ----------
+    cell
+        The cell (a Crystal).
+    site
+        Shape (n,) int: primitive site of each atom of the cell.
+    src, dst
+        Shape (P,) int: atoms of the cell (dst modulo cell translations).
+    shift
+        Shape (P, 3) int: cell translation of the neighbour, in units of the cell's lattice.
+    pair
+        Shape (P,) int: index of the pair in the model (its block is ``model.blocks(phi)[pair]``).
+    vector
+        Shape (P, 3), Å: x_neighbour − x_src.
+    """
+
+    cell: Crystal
+    site: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    shift: np.ndarray
+    pair: np.ndarray
+    vector: np.ndarray
+
+    @property
+    def n_atoms(self) -> int:
+        return self.cell.n_atoms
+
+
+def _pair_table(model: "IFCModel", cell: Crystal) -> PairTable:
+    prim = model.primitive
+    frac_vs_prim = cell.lattice @ np.linalg.inv(prim.lattice)
+    if np.abs(frac_vs_prim - np.round(frac_vs_prim)).max() > 1e-4:
+        raise ValueError("the cell's lattice vectors are not translations of the model's crystal")
+    x = cell.cartesian_positions
+    d = (x @ np.linalg.inv(prim.lattice))[:, None, :] - prim.positions[None]
+    err = np.linalg.norm((d - np.round(d)) @ prim.lattice, axis=-1)
+    if err.min(axis=1).max() > 1e-3:
+        raise ValueError("an atom of the cell does not sit on a site of the model's crystal")
+    site = err.argmin(axis=1)
+    inv = np.linalg.inv(cell.lattice)
+    src, dst, shift, pair = [], [], [], []
+    for c in range(cell.n_atoms):
+        ps = np.nonzero(model.pair_src == site[c])[0]
+        f = (x[c] + model.pair_vector[ps]) @ inv
+        diff = f[:, None, :] - cell.positions[None]
+        cells = np.round(diff)
+        e = np.linalg.norm((diff - cells) @ cell.lattice, axis=-1)
+        t = e.argmin(axis=1)
+        if e.min(axis=1).max() > 1e-3:
+            raise RuntimeError("a neighbour was not found among the cell's atoms")
+        src.append(np.full(len(ps), c))
+        dst.append(t)
+        shift.append(cells[np.arange(len(ps)), t].astype(int))
+        pair.append(ps)
+    src, dst, shift, pair = map(np.concatenate, (src, dst, shift, pair))
+    return PairTable(cell, site, src, dst, shift, pair, model.pair_vector[pair])
+
+
+@dataclass(frozen=True)
 class _Orbit:
     shell: int
     rep: int  # index of the representative pair
@@ -150,6 +213,7 @@ class IFCModel:
         self._build_orbits()
         self._build_basis()
         self._torch_cache: dict = {}
+        self._tables: dict = {}
 
     # ------------------------------------------------------------------ construction
     def _pairs_within(self, radius: float):
@@ -411,6 +475,20 @@ class IFCModel:
             f"cutoff {self.cutoff:.4f} Å, {self.n_free} free constants {', '.join(self.names)}; "
             f"derived {', '.join(self.derived_names)})"
         )
+
+    def pair_table(self, cell: Crystal | None = None) -> PairTable:
+        """The pairs seen from the atoms of another cell of the same crystal (cached).
+
+        ``cell`` (default: the primitive cell) must be the model's structure in the same
+        orientation, e.g. the conventional cubic cell. Every atom c of the cell gets every pair of
+        its primitive site; the neighbour is atom c' of the cell translated by an integer cell
+        vector.
+        """
+        cell = self.primitive if cell is None else cell
+        key = hash(cell)
+        if key not in self._tables:
+            self._tables[key] = _pair_table(self, cell)
+        return self._tables[key]
 
     # ------------------------------------------------------------------ IFC values
     def vector(self, ifc, dtype=torch.float64, device=None) -> torch.Tensor:

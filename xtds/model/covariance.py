@@ -1,0 +1,177 @@
+"""Thermal displacement covariances in k-space and on the lattice.
+
+For a periodic crystal the displacement covariance is block-diagonal in k:
+
+    C_{cc'}(k) = k_B T [H(k)⁺]_{cc'}                                      (classical)
+    C_{cc'}(k) = M_c^-½ [Σ_j e_j e_jᴴ (ħ/2ω_j) coth(ħω_j / 2k_BT)]_{cc'} M_c'^-½   (quantum)
+
+with H(k), D(k) in the phase convention of :mod:`xtds.dynamics` (atoms of a cell, e.g. the
+conventional cubic cell). On the lattice, C(c0, c'r) = ⟨u_{c,0} u_{c',r}ᵀ⟩ =
+(1/N) Σ_k C_{cc'}(k) exp(−i k·(x_{c'r} − x_c)), an FFT over the k-grid of an L1×L2×L3 supercell.
+At k ≡ 0 the three rigid translations are left out (they do not change any intensity).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xtds import dynamics
+from xtds.crystal import Crystal
+from xtds.ifc import IFCModel
+from xtds.phonons import UnstableError
+from xtds.units import H_EV_S, KB_EV_PER_K, RAD_PER_S_PER_SQRT_EV_A2_AMU
+
+__all__ = ["covariance_k", "lattice_covariance", "grid_k", "is_gamma"]
+
+#: ħ ω in eV for ω² = 1 eV/(Å² amu).
+_HBAR_OMEGA_UNIT = H_EV_S / (2 * np.pi) * RAD_PER_S_PER_SQRT_EV_A2_AMU
+
+
+def _check_temperature(T) -> float:
+    if T is None:
+        raise ValueError("temperature (K) is required: the TDS scale depends on k_B T")
+    T = float(T)
+    if not T > 0:
+        raise ValueError(f"temperature must be positive (K), got {T}")
+    return T
+
+
+def grid_k(cell: Crystal, repeats) -> np.ndarray:
+    """The k-points of an L1×L2×L3 supercell of ``cell``: shape (L1, L2, L3, 3), Å⁻¹."""
+    L = np.broadcast_to(np.asarray(repeats, dtype=int), (3,))
+    m = np.stack(np.meshgrid(*(np.arange(n) / n for n in L), indexing="ij"), -1)
+    return m @ cell.reciprocal
+
+
+def is_gamma(cell: Crystal, k: np.ndarray) -> np.ndarray:
+    """True where k is a reciprocal lattice vector of ``cell`` (shape (..., 3) → (...))."""
+    f = np.asarray(k) @ cell.lattice.T / (2 * np.pi)
+    return np.all(np.abs(f - np.round(f)) < 1e-8, axis=-1)
+
+
+class _HermitianFunction(torch.autograd.Function):
+    """F = V f(Λ) Vᴴ for Hermitian D, with the Daleckii–Krein backward (finite at degeneracies)."""
+
+    @staticmethod
+    def forward(ctx, D, beta, zero_mask):
+        lam, V = torch.linalg.eigh(D)
+        f, fp = _quantum_g(lam, beta)
+        f = torch.where(zero_mask, torch.zeros_like(f), f)
+        fp = torch.where(zero_mask, torch.zeros_like(fp), fp)
+        ctx.save_for_backward(lam, V, f, fp)
+        return (V * f.unsqueeze(-2).to(V.dtype)) @ V.mH
+
+    @staticmethod
+    def backward(ctx, grad):
+        lam, V, f, fp = ctx.saved_tensors
+        dl = lam.unsqueeze(-1) - lam.unsqueeze(-2)
+        df = f.unsqueeze(-1) - f.unsqueeze(-2)
+        close = dl.abs() <= 1e-9 * lam.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp(min=1e-30)
+        safe = torch.where(close, torch.ones_like(dl), dl)
+        avg_fp = 0.5 * (fp.unsqueeze(-1) + fp.unsqueeze(-2))
+        gamma = torch.where(close, avg_fp, df / safe)
+        inner = V.mH @ grad @ V
+        return V @ (gamma.to(V.dtype) * inner) @ V.mH, None, None
+
+
+def _quantum_g(lam: torch.Tensor, beta: float):
+    """g(λ) = (ħω/2) coth(ħω / 2k_BT) / λ (Å² amu) and dg/dλ, for ω² = λ > 0; β = 1/k_BT."""
+    if torch.any(lam <= 0):
+        raise UnstableError("imaginary or zero phonon frequencies away from Γ: the quantum covariance is undefined")
+    s = torch.sqrt(lam)
+    e = 0.5 * _HBAR_OMEGA_UNIT * s  # ħω/2 in eV
+    x = beta * e
+    coth = 1.0 / torch.tanh(x)
+    g = e * coth / lam
+    # dg/ds with g = (a/2) coth(β a s/2)/s, a = ħ-unit
+    a2 = 0.5 * _HBAR_OMEGA_UNIT
+    csch2 = 1.0 / torch.sinh(x) ** 2
+    dg_ds = a2 * (-csch2 * beta * a2 / s - coth / s**2)
+    return g, dg_ds / (2 * s)
+
+
+def covariance_k(
+    model: IFCModel,
+    phi: torch.Tensor,
+    k,
+    temperature: float,
+    quantum: bool = False,
+    cell: Crystal | None = None,
+) -> torch.Tensor:
+    """C(k): shape (..., 3n, 3n) complex Hermitian, Å², for atoms of ``cell`` (default primitive).
+
+    Classical: k_B T H(k)⁺. Quantum: Bose–Einstein with zero-point motion. At k ≡ 0 the rigid
+    translations are projected out. Raises :class:`~xtds.phonons.UnstableError` for unstable IFCs.
+    """
+    T = _check_temperature(temperature)
+    cell = model.primitive if cell is None else cell
+    kt = torch.as_tensor(np.asarray(k, dtype=float), dtype=phi.dtype, device=phi.device)
+    lead = kt.shape[:-1]
+    kt = kt.reshape(-1, 3)
+    n = cell.n_atoms
+    gamma = torch.as_tensor(is_gamma(cell, kt.detach().cpu().numpy()), device=phi.device)
+    H = dynamics.force_constant_matrix(model, phi, kt, cell=cell)
+    # rigid translations at k ≡ G: u_{cR} = const is the Bloch vector w_c = e^{−i k·τ_c} (per axis)
+    tau = torch.tensor(np.array(cell.cartesian_positions), dtype=phi.dtype, device=phi.device)
+    w = torch.exp(-1j * (kt @ tau.T).to(H.dtype))  # (K, n)
+    U = (w[:, :, None, None] * torch.eye(3, dtype=H.dtype, device=H.device)).reshape(-1, 3 * n, 3) / np.sqrt(n)
+    P = U @ U.mH  # (K, 3n, 3n) projector onto the translations (used only where k ≡ G)
+    inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device, cell=cell)
+    scale = torch.diagonal(H, dim1=-2, dim2=-1).real.mean().detach().abs().clamp(min=1e-6)
+    g = gamma[:, None, None]
+    kBT = KB_EV_PER_K * T
+    if not quantum:
+        A = H + torch.where(g, scale * P, torch.zeros_like(P))
+        L, info = torch.linalg.cholesky_ex(A)
+        if torch.any(info != 0):
+            bad = kt[info != 0].detach().cpu().numpy()
+            raise UnstableError(
+                f"the Hessian is not positive definite at {len(bad)} k-points, e.g. k = {bad[0].round(4)} Å⁻¹ "
+                f"(H K L = {cell.cartesian_to_rlu(bad[0]).round(4)}): the IFCs are dynamically unstable"
+            )
+        Ainv = torch.cholesky_inverse(L)
+        C = kBT * (Ainv - torch.where(g, P / scale, torch.zeros_like(P)))
+    else:
+        D = H * (inv_sqrt_m[:, None] * inv_sqrt_m[None, :])
+        sqrt_m = (1.0 / inv_sqrt_m).to(H.dtype)
+        Um = U * sqrt_m[None, :, None]
+        Um = Um / torch.linalg.norm(Um[:, :, :1], dim=1, keepdim=True)
+        Pm = Um @ Um.mH
+        dscale = torch.diagonal(D, dim1=-2, dim2=-1).real.mean().detach().abs().clamp(min=1e-6)
+        Dreg = D + torch.where(g, dscale * Pm, torch.zeros_like(Pm))
+        # the translation eigenvalue dscale at Γ gets weight zero: mark it by value
+        lam0 = torch.linalg.eigvalsh(Dreg.detach())
+        zero_mask = g[:, :, 0] & ((lam0 - dscale).abs() < 1e-9 * dscale)
+        if torch.any(g) and not torch.all(zero_mask.sum(-1)[gamma] == 3):
+            raise UnstableError("could not isolate the three translations at Γ (accidental degeneracy)")
+        F = _HermitianFunction.apply(Dreg, 1.0 / kBT, zero_mask)
+        C = F * (inv_sqrt_m[:, None] * inv_sqrt_m[None, :])
+    return C.reshape(*lead, 3 * n, 3 * n)
+
+
+def lattice_covariance(
+    model: IFCModel,
+    phi: torch.Tensor,
+    repeats,
+    temperature: float,
+    quantum: bool = False,
+    cell: Crystal | None = None,
+) -> torch.Tensor:
+    """C(c0, c'r) on an L1×L2×L3 periodic supercell of ``cell`` (default ``model.crystal``).
+
+    Returns shape (n, n, L1, L2, L3, 3, 3) real, Å²: ``C[c, c', r1, r2, r3]`` = ⟨u_{c,0} u_{c',r}ᵀ⟩.
+    """
+    cell = model.crystal if cell is None else cell
+    L = tuple(int(x) for x in np.broadcast_to(np.asarray(repeats, dtype=int), (3,)))
+    n = cell.n_atoms
+    k = grid_k(cell, L)  # (L1, L2, L3, 3)
+    Ck = covariance_k(model, phi, k.reshape(-1, 3), temperature, quantum=quantum, cell=cell)
+    Ck = Ck.reshape(*L, n, 3, n, 3)
+    tau = torch.tensor(np.array(cell.cartesian_positions), dtype=phi.dtype, device=phi.device)
+    kt = torch.as_tensor(k, dtype=phi.dtype, device=phi.device)
+    # Ĉ_{cc'}(k) = C_{cc'}(k) exp(−i k·(τ_c' − τ_c)); C(r) = (1/N) Σ_k Ĉ(k) exp(−i k·r) = fftn / N
+    ph = torch.exp(-1j * torch.einsum("abcx,nx->abcn", kt, tau).to(Ck.dtype))  # (L1,L2,L3,n)
+    Ck = Ck * ph.conj()[..., :, None, None, None] * ph[..., None, None, :, None]
+    Cr = torch.fft.fftn(Ck, dim=(0, 1, 2)) / float(np.prod(L))
+    return Cr.real.permute(3, 5, 0, 1, 2, 4, 6).contiguous()

@@ -1,0 +1,197 @@
+"""The harmonic ensemble average of the scattered intensity, exact to all orders in the displacements.
+
+For atoms j at X_j + u_j with Gaussian u (harmonic crystal),
+
+    ⟨I(q)⟩ = Σ_{jj'} f_j f_j' exp(i q·(X_j − X_j')) exp(−½ qᵀ B_jj' q),   B_jj' = ⟨(u_j − u_j')(u_j − u_j')ᵀ⟩.
+
+By translation symmetry, per primitive cell and with W_c = ½ qᵀ C(c0, c0) q:
+
+    I(q) = Σ_s w_s Σ_{c'r} f_s f_c' exp(−W_s − W_c') cos(q·d) exp(qᵀ C(s0, c'r) q),
+
+where s runs over one atom per primitive site (weight w_s = its share of the cell), c'r over all
+atoms of the periodic supercell, and d = x_{c'r} − x_s. The covariances C come from
+:func:`~xtds.model.covariance.lattice_covariance` (block-circulant structure, FFT).
+
+Infinite crystal: the first-order term is evaluated in k-space at q itself (C(q), the Xu & Chiang
+one-phonon term), the zeroth (Bragg) is dropped, and the higher orders
+exp(x) − 1 − x, x = qᵀC(r)q, are summed over the Wigner–Seitz supercell of the k-mesh.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from xtds.ifc import IFCModel
+from xtds.model.covariance import covariance_k, lattice_covariance
+
+__all__ = ["exact_supercell", "exact_infinite", "one_phonon", "debye_waller", "Terms"]
+
+_SYM6 = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def _qq(q: torch.Tensor) -> torch.Tensor:
+    """(Q, 6): q_a q_b for the six symmetric pairs, off-diagonal ones doubled."""
+    cols = [q[:, a] * q[:, b] * (1.0 if a == b else 2.0) for a, b in _SYM6]
+    return torch.stack(cols, dim=1)
+
+
+def _c6(C: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) → (..., 6) symmetric components in the order of :func:`_qq`."""
+    return torch.stack([0.5 * (C[..., a, b] + C[..., b, a]) for a, b in _SYM6], dim=-1)
+
+
+class Terms:
+    """The ingredients shared by the exact and one-phonon intensities of one geometry."""
+
+    def __init__(self, model: IFCModel, Cr: torch.Tensor, repeats, ws: bool):
+        cell = model.crystal
+        n = cell.n_atoms
+        L = np.broadcast_to(np.asarray(repeats, dtype=int), (3,))
+        table = model.pair_table(cell)
+        # one representative atom per primitive site, weighted by its share of the cell
+        reps, weights = [], []
+        for s in range(model.n_sites):
+            atoms = np.nonzero(table.site == s)[0]
+            reps.append(int(atoms[0]))
+            weights.append(len(atoms) / n * model.n_sites)  # per primitive cell
+        r = np.stack(np.meshgrid(*(np.arange(x) for x in L), indexing="ij"), -1).reshape(-1, 3)
+        tau = cell.positions
+        d_list, w_list, c_list, dst_list = [], [], [], []
+        for c, wgt in zip(reps, weights):
+            frac = r[None, :, :] + tau[:, None, :] - tau[c]  # (n, N, 3) in cell fractions
+            frac = frac.reshape(-1, 3)
+            dst = np.repeat(np.arange(n), len(r))
+            cov_idx = np.arange(n * len(r))
+            if ws:  # minimum images in the supercell, ties shared equally
+                frac, wts, cov_idx, dst = _wigner_seitz(frac, L, cell.lattice, cov_idx, dst)
+            else:
+                wts = np.ones(len(frac))
+            d_list.append(frac @ cell.lattice)
+            w_list.append(wts * wgt)
+            c_list.append(c * n * len(r) + cov_idx)
+            dst_list.append(dst)
+        dev = Cr.device
+        self.src = np.concatenate([np.full(len(d), c) for d, c in zip(d_list, reps)])
+        self.dst = np.concatenate(dst_list)
+        self.d = torch.as_tensor(np.concatenate(d_list), dtype=Cr.dtype, device=dev)
+        self.w = torch.as_tensor(np.concatenate(w_list), dtype=Cr.dtype, device=dev)
+        flat = Cr.reshape(n * n * len(r), 3, 3)
+        self.C6 = _c6(flat[torch.as_tensor(np.concatenate(c_list), device=dev)])  # (M, 6)
+        self.C0 = _c6(Cr[torch.arange(n), torch.arange(n), 0, 0, 0])  # (n, 6) self covariances
+        self.species = list(cell.species)
+        self.cell = cell
+
+
+def _wigner_seitz(frac, L, lattice, cov_idx, dst):
+    """Replace each vector by its shortest images modulo the supercell (weights 1/#ties)."""
+    shifts = np.array(list(itertools.product((-1, 0, 1), repeat=3)))
+    base = frac - np.round(frac / L) * L
+    cand = base[:, None, :] + shifts[None] * L  # (M, 27, 3)
+    length = np.linalg.norm(cand @ lattice, axis=-1)
+    best = length.min(axis=1, keepdims=True)
+    tie = length <= best + 1e-8 * max(1.0, float(best.max()))
+    m, s = np.nonzero(tie)
+    counts = tie.sum(axis=1)
+    return cand[m, s], 1.0 / counts[m], cov_idx[m], dst[m]
+
+
+def _form(terms: Terms, qn: torch.Tensor, form_factor) -> torch.Tensor:
+    """(n_atoms_of_cell, Q) form factors (1 for ``form_factor=None``)."""
+    n = len(terms.species)
+    if form_factor is None:
+        return torch.ones(n, len(qn), dtype=qn.dtype, device=qn.device)
+    from xtds.formfactor import form_factors
+
+    uniq = sorted(set(terms.species))
+    f = form_factors(uniq, qn.detach().cpu().numpy())
+    table = torch.as_tensor(f, dtype=qn.dtype, device=qn.device)
+    return table[[uniq.index(s) for s in terms.species]]
+
+
+def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int) -> torch.Tensor:
+    """Σ_M w f_s f_c' e^{−W_s−W_c'} cos(q·d) g(x), g = exp (all orders), or the multi-phonon part."""
+    out = []
+    src = torch.as_tensor(terms.src, device=q.device)
+    dst = torch.as_tensor(terms.dst, device=q.device)
+    for start in range(0, len(q), chunk):
+        qc = q[start : start + chunk]
+        qq = _qq(qc)  # (Q, 6)
+        W = 0.5 * qq @ terms.C0.T  # (Q, n)
+        f = _form(terms, torch.linalg.norm(qc, dim=1), form_factor).T  # (Q, n)
+        a = f * torch.exp(-W)  # (Q, n)
+        x = qq @ terms.C6.T  # (Q, M)
+        phase = torch.cos(qc @ terms.d.T)
+        if order == "all":
+            g = torch.exp(x)
+        else:  # multi-phonon: exp(x) − 1 − x, accurate for small x
+            g = torch.where(x.abs() < 1e-3, x * x / 2 + x**3 / 6 + x**4 / 24, torch.expm1(x) - x)
+        amp = a[:, src] * a[:, dst] * terms.w
+        out.append((amp * phase * g).sum(dim=1))
+    return torch.cat(out)
+
+
+def exact_supercell(model, phi, q, temperature, repeats, quantum=False, form_factor="cromer-mann", chunk=2048):
+    """⟨I(q)⟩ per primitive cell of an L1×L2×L3 periodic supercell, Bragg peaks included.
+
+    q: shape (Q, 3) Å⁻¹ on the supercell's reciprocal grid. Returns shape (Q,), electrons².
+    """
+    Cr = lattice_covariance(model, phi, repeats, temperature, quantum=quantum)
+    terms = Terms(model, Cr, repeats, ws=False)
+    return _sum_pairs(terms, q, form_factor, "all", chunk)
+
+
+def debye_waller(model, phi, q, temperature, mesh, quantum=False):
+    """W_c(q) = ½ qᵀ C(c0, c0) q for every atom of the crystal's cell: shape (Q, n), from the mesh."""
+    Cr = lattice_covariance(model, phi, mesh, temperature, quantum=quantum)
+    n = model.crystal.n_atoms
+    C0 = _c6(Cr[torch.arange(n), torch.arange(n), 0, 0, 0])
+    return 0.5 * _qq(q) @ C0.T
+
+
+def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096):
+    """First-order TDS per primitive cell at any q (Xu & Chiang), with the Debye–Waller factor.
+
+    I₁(q) = Σ_{cc'} a_c a_c' qᵀ C_{cc'}(q) q / N_cell-to-primitive, a_c = f_c e^{−W_c}, where
+    C(q) = k_BT H(q)⁺ (classical) or the Bose–Einstein covariance (quantum), in the phase
+    convention of :mod:`xtds.dynamics` for the crystal's cell. Equivalently
+    Σ_j |Σ_s f_s e^{−W_s} (q·e_js)/√M_s e^{iq·τ_s}|² (ħ/2ω_j) coth(ħω_j/2k_BT). ``mesh`` sets the
+    k-mesh for W only. At q ≡ G the acoustic (divergent) part is left out: mask Bragg peaks.
+    """
+    cell = model.crystal
+    n = cell.n_atoms
+    W = debye_waller(model, phi, q, temperature, mesh, quantum=quantum)
+    out = []
+    for start in range(0, len(q), chunk):
+        qc = q[start : start + chunk]
+        Cq = covariance_k(model, phi, qc, temperature, quantum=quantum, cell=cell)  # (Q, 3n, 3n)
+        f = _form_cell(cell, torch.linalg.norm(qc, dim=1), form_factor)  # (Q, n)
+        a = f * torch.exp(-W[start : start + chunk])
+        v = (a[:, :, None] * qc[:, None, :]).reshape(len(qc), 3 * n).to(Cq.dtype)
+        val = torch.einsum("qi,qij,qj->q", v.conj(), Cq, v).real
+        out.append(val)
+    return torch.cat(out) * (model.n_sites / n)
+
+
+def _form_cell(cell, qn, form_factor):
+    if form_factor is None:
+        return torch.ones(len(qn), cell.n_atoms, dtype=qn.dtype, device=qn.device)
+    from xtds.formfactor import form_factors
+
+    uniq = sorted(set(cell.species))
+    f = torch.as_tensor(form_factors(uniq, qn.detach().cpu().numpy()), dtype=qn.dtype, device=qn.device)
+    return f[[uniq.index(s) for s in cell.species]].T
+
+
+def exact_infinite(model, phi, q, temperature, mesh, quantum=False, form_factor="cromer-mann", chunk=2048):
+    """Diffuse ⟨I(q)⟩ per primitive cell of an infinite crystal at any q, Bragg peaks excluded.
+
+    One-phonon part exact at q (k-space); the multi-phonon part from covariances on the k-mesh,
+    summed over the mesh's Wigner–Seitz supercell. Converges as ``mesh`` grows.
+    """
+    Cr = lattice_covariance(model, phi, mesh, temperature, quantum=quantum)
+    terms = Terms(model, Cr, mesh, ws=True)
+    multi = _sum_pairs(terms, q, form_factor, "multi", chunk)
+    return multi + one_phonon(model, phi, q, temperature, mesh=mesh, quantum=quantum, form_factor=form_factor)
