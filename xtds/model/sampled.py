@@ -28,6 +28,11 @@ from xtds.units import KB_EV_PER_K
 
 __all__ = ["sample_displacements", "sampled_intensity"]
 
+#: Stiffness (eV/Å²) given to the three rigid translations so that H is positive definite. A
+#: constant, not a function of φ: the draw for fixed noise, and so its gradient, must not depend
+#: on it through anything but H.
+TRANSLATION_STIFFNESS = 1.0
+
 
 def _noise(shape, generator, dtype, device):
     return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
@@ -63,8 +68,7 @@ def sample_displacements(
         sc = Supercell.from_crystal(model, L)
         H = supercell_hessian(model, phi, sc)
         U = torch.eye(3, dtype=dt, device=dev).repeat(N, 1) / np.sqrt(N)
-        scale = torch.diagonal(H).mean().detach().abs().clamp(min=1e-6)
-        A = H + scale * (U @ U.T)
+        A = H + TRANSLATION_STIFFNESS * (U @ U.T)
         Lc, info = torch.linalg.cholesky_ex(A)
         if info != 0:
             _raise_unstable("dense supercell Hessian")
@@ -79,9 +83,8 @@ def sample_displacements(
     H = dynamics.force_constant_matrix(model, phi, k, cell=cell)  # (K, 3n, 3n)
     # k = 0 is the only k ≡ G on the grid; there the rigid translations are the uniform vector
     U = torch.eye(3, dtype=H.dtype, device=dev).repeat(n, 1) / np.sqrt(n)
-    scale = torch.diagonal(H[0], dim1=-2, dim2=-1).real.mean().detach().abs().clamp(min=1e-6)
     reg = torch.zeros_like(H)
-    reg[0] = scale * (U @ U.mH)
+    reg[0] = TRANSLATION_STIFFNESS * (U @ U.mH)
     Lk, info = torch.linalg.cholesky_ex(H + reg)
     if torch.any(info != 0):
         bad = k[(info != 0).cpu().numpy()][0]

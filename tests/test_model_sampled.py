@@ -1,0 +1,150 @@
+"""The sampled (Cholesky) estimator against the exact average, and its NUFFT intensities."""
+
+import numpy as np
+import pytest
+import torch
+
+import xtds
+from xtds.datasets import paper_ni_ifcs
+from xtds.model import PeriodicSupercell, sample_displacements, sampled_intensity, supercell_q_grid, tds_intensity
+from xtds.model.nufft import structure_factor, structure_factor_direct
+from xtds.units import KB_EV_PER_K
+
+pytest.importorskip("finufft")
+
+L = 2
+
+
+@pytest.fixture(scope="module")
+def ni():
+    m = xtds.IFCModel(xtds.Crystal.fcc("Ni", a=3.52), shells=3)
+    return m, m.vector({k: v for k, v in paper_ni_ifcs("target").items() if k in m.names})
+
+
+def test_nufft_equals_direct_sum():
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(2, 30, 3, generator=g, dtype=torch.float64) * 3 - 1  # any real coordinates
+    shape = (9, 8, 7)
+    a, b = structure_factor(f, shape), structure_factor_direct(f, shape)
+    assert ((a - b).abs() / 30).max() < 1e-10  # relative to the largest possible |F| = M
+    w = torch.rand(*shape, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (structure_factor, structure_factor_direct):
+        x = f.clone().requires_grad_(True)
+        (fn(x, shape).abs() ** 2 * w).sum().backward()
+        grads.append(x.grad)
+    assert ((grads[0] - grads[1]).abs().max() / grads[1].abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("solver", ["dense", "kspace"])
+def test_sample_covariance(solver, ni):
+    m, phi = ni
+    S = 20000
+    dx = sample_displacements(m, phi, 300.0, L, S, solver=solver, generator=torch.Generator().manual_seed(3))
+    dx = dx - dx.mean(1, keepdim=True)  # drop the rigid translation, as the pseudo-inverse does
+    emp = torch.einsum("sia,sjb->ijab", dx, dx) / S
+    sc = xtds.Supercell.from_crystal(m, L)
+    N = sc.n_atoms
+    C = KB_EV_PER_K * 300.0 * torch.linalg.pinv(xtds.supercell_hessian(m, phi, sc), hermitian=True, rtol=1e-10)
+    C = C.reshape(N, 3, N, 3).permute(0, 2, 1, 3)
+    var = torch.einsum("iiaa,jjbb->ijab", C, C) + C**2  # Var of a Gaussian product moment
+    z = (emp - C) / torch.sqrt(var / S)
+    assert z.abs().max() < 6  # 9216 entries: a 6σ excursion has probability ~1e-5
+
+
+RUNS, CONFIGS = 8, 4000
+
+
+def _pooled(m, phi, L, solver, seed0):
+    """χ²/dof of RUNS independent runs of CONFIGS configurations each, averaged.
+
+    Within one run the q-points are correlated (they share the configurations), so one run's
+    χ²/dof scatters with a standard deviation of about 0.15 (measured over 12 seeds); the average
+    of 8 runs has about 0.055, which puts the [0.8, 1.2] window 3.6σ away. Intensities by the
+    direct sum (test_nufft_path_gives_the_same_draws ties the NUFFT path to it).
+    """
+    q = torch.tensor(supercell_q_grid(m.crystal, L, 3))
+    exact = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), symmetrize=False)
+    chis, means, ses = [], [], []
+    for r in range(RUNS):
+        mean, se = sampled_intensity(
+            m, phi, q, 300.0, L, n_samples=CONFIGS, solver=solver, seed=seed0 + r, batch=2000, intensity="direct"
+        )
+        random = se > 1e-9 * mean  # q = 0 and its kind are the same in every configuration
+        assert random.sum() > 300
+        assert torch.allclose(mean[~random], exact[~random], rtol=1e-9)
+        chis.append((((mean - exact) / se)[random] ** 2).mean().item())
+        means.append(mean)
+        ses.append(se)
+    mean = torch.stack(means).mean(0)
+    se = torch.sqrt((torch.stack(ses) ** 2).sum(0)) / RUNS
+    return float(np.mean(chis)), mean, se
+
+
+@pytest.fixture(scope="module")
+def ni_pooled(ni):
+    m, phi = ni
+    return {solver: _pooled(m, phi, L, solver, seed0) for solver, seed0 in (("dense", 100), ("kspace", 200))}
+
+
+@pytest.mark.parametrize("solver", ["dense", "kspace"])
+def test_sampled_mean_agrees_with_exact(solver, ni_pooled):
+    chi2, _, _ = ni_pooled[solver]
+    assert 0.8 <= chi2 <= 1.2
+
+
+def test_dense_and_kspace_agree(ni_pooled):
+    (_, m1, s1), (_, m2, s2) = ni_pooled["dense"][:3], ni_pooled["kspace"][:3]
+    random = (s1 > 1e-9 * m1) & (s2 > 1e-9 * m2)
+    chi2 = (((m1 - m2) ** 2 / (s1**2 + s2**2))[random]).mean().item()
+    assert 0.7 <= chi2 <= 1.3  # a single comparison of 32,000 against 32,000 configurations
+
+
+def test_nufft_path_gives_the_same_draws(ni):
+    m, phi = ni
+    q = torch.tensor(supercell_q_grid(m.crystal, L, 4))
+    a = sampled_intensity(m, phi, q, 300.0, L, n_samples=40, solver="kspace", seed=9, intensity="nufft")
+    b = sampled_intensity(m, phi, q, 300.0, L, n_samples=40, solver="kspace", seed=9, intensity="direct")
+    assert ((a[0] - b[0]).abs() / b[0]).max() < 1e-8  # NUFFT tolerance eps = 1e-10
+    assert ((a[1] - b[1]).abs() / b[0]).max() < 1e-8  # stderr: zero at q = 0, roundoff there
+
+
+@pytest.mark.parametrize("solver", ["dense", "kspace"])
+def test_seeds_and_gradcheck(solver, ni):
+    m, phi0 = ni
+    q = torch.tensor(supercell_q_grid(m.crystal, L, 1))
+    a, _ = sampled_intensity(m, phi0, q, 300.0, L, n_samples=3, solver=solver, seed=5)
+    b, _ = sampled_intensity(m, phi0, q, 300.0, L, n_samples=3, solver=solver, seed=5)
+    assert torch.allclose(a, b, rtol=1e-10)  # same noise; finufft's threaded sums may reorder
+    phi = phi0.clone().requires_grad_(True)
+    for intensity in ("direct", "nufft"):
+        assert torch.autograd.gradcheck(
+            lambda p: torch.log(
+                sampled_intensity(m, p, q[1:6], 300.0, L, n_samples=3, solver=solver, seed=5, intensity=intensity, eps=1e-14)[0]
+            ),
+            (phi,),
+            eps=1e-4,
+            atol=1e-7,
+            rtol=1e-4,
+        )
+
+
+def test_sampled_errors(ni):
+    m, phi = ni
+    q = supercell_q_grid(m.crystal, L, 1)
+    with pytest.raises(ValueError, match="classical"):
+        tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), quantum=True)
+    with pytest.raises(ValueError, match="solver"):
+        tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), solver="qr")
+    with pytest.raises(ValueError, match="PeriodicSupercell"):
+        tds_intensity(m, phi, q, 300.0, method="sampled", geometry=xtds.model.InfiniteCrystal(4))
+    mean, se = tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), seed=1, return_stderr=True)
+    assert mean.shape == se.shape == (len(q),)
+
+
+def test_silicon_sampled_matches_exact():
+    """A two-atom basis: the k-space sampler's phases for τ ≠ 0."""
+    m = xtds.IFCModel(xtds.Crystal.preset("Si"), shells=2)
+    phi = torch.tensor(m.central_force({1: 6.0, 2: 1.0}) + 0.05 * np.random.default_rng(0).standard_normal(m.n_free))
+    chi2, _, _ = _pooled(m, phi, L, "kspace", 300)
+    assert 0.8 <= chi2 <= 1.2
