@@ -17,6 +17,8 @@ from xtds.phonons import (
     stability,
 )
 from xtds.supercell import Supercell, supercell_hessian
+from xtds.io import open_volume, write_volume
+from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 
 __all__ = [
     "__version__",
@@ -35,4 +37,6 @@ __all__ = [
     "stability",
     "StabilityReport",
     "UnstableError",
+    "open_volume",
+    "write_volume",
 ]

@@ -1,0 +1,185 @@
+"""Reading and writing volumes: NXrefine-layout NeXus (written with nexusformat), zarr, netCDF."""
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+import xtds
+
+nexus = pytest.importorskip("nexusformat.nexus")
+
+H = np.linspace(-1.0, 1.0, 5)
+K = np.linspace(-1.5, 1.5, 7)
+L = np.linspace(-2.0, 2.0, 9)
+
+
+def truth(h, k, l):
+    """A function whose value tells which of H, K, L each axis is."""
+    return 1000.0 + 100.0 * h + 10.0 * k + 1.0 * l
+
+
+class ComputeCounter:
+    """A dask scheduler that counts computations and fails past ``limit``."""
+
+    def __init__(self, limit=0):
+        self.limit, self.count = limit, 0
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.count += 1
+        if self.count > self.limit:
+            raise RuntimeError(f"dask computed {self.count} times, more than the {self.limit} allowed")
+        return dask.get(dsk, keys, **kwargs)
+
+
+def write_nxrefine(folder, weights=True, subentry=True):
+    """An NXrefine-layout file: entry/masked_transform with data in an external scan file."""
+    from nexusformat.nexus import NXdata, NXentry, NXfield, NXlink, NXroot, NXsample
+
+    hh, kk, ll = np.meshgrid(H, K, L, indexing="ij")
+    I = truth(hh, kk, ll)
+    w = np.full(I.shape, 2.0)
+    w[0, 0, 0] = 0.0  # a voxel no scan reached
+    data_lkh = np.transpose(I * w, (2, 1, 0)).astype(np.float32)
+    scan = NXroot(NXentry())
+    scan.entry.data = NXdata(NXfield(data_lkh, name="data"))
+    scan.save(str(folder / "f1_transform.nxs"), mode="w")
+    root = NXroot()
+    root.entry = NXentry()
+    root.entry.sample = NXsample()
+    root.entry.sample.unit_cell = NXfield([3.52, 3.52, 3.52, 90.0, 90.0, 90.0])
+    root.entry.sample.space_group = NXfield("Fm-3m")
+    root.entry.sample.temperature = NXfield(300.0, units="K")
+    g = NXdata()
+    g.data = NXlink(target="/entry/data/data", file="f1_transform.nxs")
+    if weights:
+        g.weights = NXfield(np.transpose(w, (2, 1, 0)).astype(np.float32))
+    g.Ql = NXfield(L)
+    g.Qk = NXfield(K)
+    g.Qh = NXfield(H, scaling_factor=1.785)
+    g.attrs["signal"] = "data"
+    g.attrs["axes"] = ["Ql", "Qk", "Qh"]
+    root.entry.masked_transform = g
+    if subentry:
+        root.f1 = NXentry()
+        root.f1.transform = NXdata(NXfield(data_lkh, name="data"), [NXfield(L, name="Ql"), NXfield(K, name="Qk"), NXfield(H, name="Qh")])
+    path = folder / "sample_300K.nxs"
+    root.save(str(path), mode="w")
+    return path, I, w
+
+
+@pytest.fixture
+def nxfile(tmp_path):
+    return write_nxrefine(tmp_path)
+
+
+def test_nxrefine_opens_lazily_with_right_orientation(nxfile):
+    path, I, w = nxfile
+    counter = ComputeCounter(limit=0)
+    with dask.config.set(scheduler=counter):
+        ds = xtds.open_volume(path)
+        assert ds["intensity"].dims == ("H", "K", "L")
+        assert ds["intensity"].chunks is not None
+        assert ds.attrs["temperature"] == 300.0
+        assert ds.attrs["space_group"] == "Fm-3m"
+        assert ds.attrs["nexus_group"] == "entry/masked_transform"
+        assert ds["H"].attrs["units"] == "rlu" and ds["H"].attrs["nexus_scaling_factor"] == pytest.approx(1.785)
+    assert counter.count == 0
+    got = ds["intensity"].values
+    expect = np.where(w > 0, I, np.nan)
+    np.testing.assert_allclose(got, expect, rtol=1e-6)
+    assert np.isnan(got[0, 0, 0])
+    # a voxel picked by label: H = 0.5, K = -1.0, L = 1.5
+    v = float(ds["intensity"].sel(H=0.5, K=-1.0, L=1.5))
+    assert v == pytest.approx(truth(0.5, -1.0, 1.5), rel=1e-6)
+    np.testing.assert_allclose(ds["weights"].values, w)
+
+
+def test_xarray_engine_and_subentry(nxfile):
+    path, I, w = nxfile
+    ds = xr.open_dataset(path, engine="xtds", chunks={}, group="f1/transform")
+    assert "weights" not in ds  # the subentry holds the raw signal only: intensity = data
+    np.testing.assert_allclose(ds["intensity"].values, I * w, rtol=1e-6)
+    assert ds["intensity"].isel(H=slice(1, 3), L=4).shape == (2, 7)
+
+
+def test_missing_scan_file_names_it(nxfile, tmp_path):
+    path, _, _ = nxfile
+    (tmp_path / "f1_transform.nxs").unlink()
+    with pytest.raises(FileNotFoundError, match="f1_transform.nxs"):
+        xtds.open_volume(path)
+
+
+def test_crystal_is_checked_against_the_file(nxfile):
+    path, _, _ = nxfile
+    ds = xtds.open_volume(path, crystal=xtds.Crystal.fcc("Ni", a=3.52))
+    assert ds.attrs["unit_cell"][0] == pytest.approx(3.52)
+    with pytest.raises(ValueError, match="differs from the crystal"):
+        xtds.open_volume(path, crystal=xtds.Crystal.fcc("Al", a=4.05))
+
+
+def _generic(tmp_path, **change):
+    import h5py
+
+    p = tmp_path / "generic.h5"
+    with h5py.File(p, "w") as f:
+        e = f.create_group("entry")
+        e.attrs["NX_class"] = "NXentry"
+        g = e.create_group("vol")
+        g.attrs["NX_class"] = "NXdata"
+        if change.get("signal", True):
+            g.attrs["signal"] = "counts"
+        g.attrs["axes"] = change.get("axes", ["H", "K", "L"])
+        g["counts"] = np.ones((5, 7, 9))
+        for name, c in zip("HKL", (H, K, L)):
+            g[name] = c if name != change.get("short") else c[:-1]
+            if change.get("units", True):
+                g[name].attrs["units"] = "rlu"
+    return p
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"signal": False}, "no 3-D NXdata group with a @signal"),
+        ({"short": "K"}, "has 6 values but dimension 1"),
+        ({"axes": ["H", "K"]}, "does not name three axis fields"),
+        ({"units": False}, "axis_units='rlu'"),
+    ],
+)
+def test_bad_nexus_inputs_name_the_fix(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        xtds.open_volume(_generic(tmp_path, **change))
+
+
+def test_generic_nxdata_with_units(tmp_path):
+    ds = xtds.open_volume(_generic(tmp_path))
+    assert ds["intensity"].shape == (5, 7, 9)
+    ds2 = xtds.open_volume(_generic(tmp_path / "..", units=False), axis_units="rlu")
+    assert ds2["intensity"].shape == (5, 7, 9)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "nc", "nxs"])
+def test_round_trip(nxfile, tmp_path, fmt):
+    path, I, w = nxfile
+    ds = xtds.open_volume(path).tds.mask(invalid=True)
+    out = tmp_path / f"out.{fmt}"
+    xtds.write_volume(ds, out)
+    back = xtds.open_volume(out)
+    np.testing.assert_allclose(back["intensity"].values, ds["intensity"].values, rtol=1e-6)
+    np.testing.assert_allclose(back["weights"].values, ds["weights"].values)
+    for d in "HKL":
+        np.testing.assert_allclose(back[d].values, ds[d].values)
+    assert back.attrs["temperature"] == 300.0
+    if fmt != "nxs":
+        assert back["mask"].dtype == bool
+        np.testing.assert_array_equal(back["mask"].values, ds["mask"].values)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        xtds.write_volume(ds, out)
+
+
+def test_zarr_without_units_is_refused(tmp_path):
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), np.ones((2, 2, 2)))}, coords={"H": [0, 1], "K": [0, 1], "L": [0, 1]})
+    ds.to_zarr(tmp_path / "x.zarr")
+    with pytest.raises(ValueError, match="attrs\\['units'\\] = 'rlu'"):
+        xtds.open_volume(tmp_path / "x.zarr")

@@ -1,0 +1,375 @@
+"""The xarray layer of the volume kernels: validate, label, and map the kernels over blocks.
+
+Every function takes a volume Dataset (``intensity`` on H, K, L in r.l.u.; optional ``weights``
+and ``mask``) and returns a new one; nothing is computed for dask-backed data unless the function
+says so. Masks follow one convention: **True = excluded**.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from xtds.io import check_volume
+from xtds.volume import masks as _masks
+from xtds.volume.laue_grid import grid_operations, laue_class_of, laue_matrices
+from xtds.volume.symmetrize import _xp, symmetrize_array
+
+__all__ = [
+    "reciprocal_of",
+    "add_q",
+    "weights_of",
+    "mask",
+    "wedge",
+    "symmetrize",
+    "masked_fraction",
+    "to_points",
+    "rebin",
+    "as_backend",
+    "laue_of",
+]
+
+_INV_A = "1/angstrom"
+
+
+def _is_dask(x) -> bool:
+    import dask.array as da
+
+    return isinstance(x, da.Array)
+
+
+def reciprocal_of(ds: xr.Dataset, crystal=None) -> np.ndarray:
+    """The reciprocal matrix (rows b1, b2, b3, Å⁻¹, 2π included) from ``crystal`` or ``attrs['unit_cell']``."""
+    if crystal is not None:
+        return np.asarray(crystal.reciprocal)
+    if "unit_cell" not in ds.attrs:
+        raise ValueError(
+            "the volume has no unit cell: pass crystal=xtds.Crystal.preset('Ni') (or another Crystal), or set "
+            "ds.attrs['unit_cell'] = [a, b, c, alpha, beta, gamma] (Å, degrees)"
+        )
+    from xtds.crystal import Crystal
+
+    a, b, c, al, be, ga = (float(x) for x in ds.attrs["unit_cell"])
+    lattice_only = Crystal.from_parameters(a, b, c, al, be, ga, [[0, 0, 0]], ["H"])
+    return np.asarray(lattice_only.reciprocal)
+
+
+def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> tuple[str, np.ndarray]:
+    """(label, matrices) of the Laue group: ``laue``, else the crystal's, else ``attrs['space_group']``."""
+    if laue is not None:
+        return laue, laue_matrices(laue=laue)
+    if crystal is not None:
+        return laue_class_of(crystal.space_group), laue_matrices(crystal=crystal)
+    if "space_group" in ds.attrs:
+        cls = laue_class_of(ds.attrs["space_group"])
+        return cls, laue_matrices(laue=cls)
+    raise ValueError("no Laue group: pass laue='m-3m', crystal=..., or set ds.attrs['space_group']")
+
+
+def _map_hkl(ds: xr.Dataset, fn, dtype=bool) -> xr.DataArray:
+    """fn(H, K, L) on broadcastable blocks (numpy or cupy), lazily over the intensity's blocks."""
+    tmpl = ds["intensity"].transpose("H", "K", "L")
+    coords = [np.asarray(ds[d].values, dtype=float) for d in "HKL"]
+
+    def on_block(h, k, l, like):
+        xp = _xp(like)
+        return fn(xp.asarray(h)[:, None, None], xp.asarray(k)[None, :, None], xp.asarray(l)[None, None, :])
+
+    if _is_dask(tmpl.data):
+
+        def block(x, block_info=None):
+            loc = block_info[0]["array-location"]
+            sl = [c[a:b] for c, (a, b) in zip(coords, loc)]
+            xp = _xp(x)
+            return xp.broadcast_to(on_block(*sl, x), x.shape)
+
+        data = tmpl.data.map_blocks(block, dtype=dtype)
+    else:
+        data = _xp(tmpl.data).broadcast_to(on_block(*coords, tmpl.data), tmpl.shape)
+    return xr.DataArray(data, dims=("H", "K", "L"), coords={d: ds[d] for d in "HKL"})
+
+
+def _q_parts(B):
+    def qparts(h, k, l):
+        return [h * B[0, a] + k * B[1, a] + l * B[2, a] for a in range(3)]
+
+    return qparts
+
+
+def add_q(ds: xr.Dataset, crystal=None) -> xr.Dataset:
+    """Add Cartesian coordinates ``qx``, ``qy``, ``qz`` and ``q`` = |q| (Å⁻¹, 2π included), lazily."""
+    ds = check_volume(ds)
+    B = reciprocal_of(ds, crystal)
+    parts = _q_parts(B)
+    out = ds.copy()
+    for a, name in enumerate(("qx", "qy", "qz")):
+        out.coords[name] = _map_hkl(ds, lambda h, k, l, a=a: parts(h, k, l)[a], dtype=float)
+        out[name].attrs.update(units=_INV_A, long_name=f"{name} (Å⁻¹, 2π included)")
+
+    def qnorm(h, k, l):
+        x, y, z = parts(h, k, l)
+        return (x * x + y * y + z * z) ** 0.5
+
+    out.coords["q"] = _map_hkl(ds, qnorm, dtype=float)
+    out["q"].attrs.update(units=_INV_A, long_name="|q| (Å⁻¹)")
+    return out
+
+
+def weights_of(ds: xr.Dataset) -> xr.DataArray:
+    """The per-voxel weight the reductions use: ``weights`` (or 1), 0 where masked or non-finite."""
+    w = ds["weights"] if "weights" in ds else xr.ones_like(ds["intensity"], dtype=float)
+    ok = np.isfinite(ds["intensity"]) & np.isfinite(w) & (w > 0)
+    if "mask" in ds:
+        ok = ok & ~ds["mask"]
+    return xr.where(ok, w, 0.0)
+
+
+def _with_mask(ds: xr.Dataset, new: xr.DataArray, label: str) -> xr.Dataset:
+    out = ds.copy()
+    old = ds["mask"] if "mask" in ds else None
+    out["mask"] = new if old is None else (old | new)
+    out["mask"].attrs.update(long_name="excluded voxels (True = excluded)", units="1")
+    history = list(np.atleast_1d(ds.attrs.get("masks", [])))
+    out.attrs["masks"] = [str(x) for x in history] + [label]
+    if not _is_dask(out["mask"].data):
+        _check_not_empty(out)
+    return out
+
+
+def _check_not_empty(ds: xr.Dataset) -> None:
+    if bool((weights_of(ds) > 0).sum() == 0):
+        raise ValueError(
+            f"the masks {ds.attrs.get('masks')} leave no valid voxel: loosen them (smaller Bragg radius, "
+            "wider |q| range or wedge) or check the data"
+        )
+
+
+def mask(
+    ds: xr.Dataset,
+    invalid: bool = True,
+    bragg: float | None = None,
+    bragg_units: str = "rlu",
+    q_min: float | None = None,
+    q_max: float | None = None,
+    user=None,
+    crystal=None,
+) -> xr.Dataset:
+    """Add to ``mask`` (True = excluded) the chosen criteria; lazy for dask data.
+
+    Parameters
+    ----------
+    invalid
+        Exclude non-finite and non-positive intensities and zero/non-finite weights.
+    bragg
+        Radius of the spheres around the allowed Bragg reflections, in ``bragg_units`` ("rlu" or
+        "1/angstrom"). Allowed reflections come from ``crystal``'s structure factor (required).
+    q_min, q_max
+        Keep only q_min ≤ |q| ≤ q_max (Å⁻¹); needs ``crystal`` or ``attrs['unit_cell']``.
+    user
+        A boolean DataArray on (H, K, L) (or broadcastable to it), True = excluded.
+    """
+    ds = check_volume(ds)
+    out, labels = None, []
+
+    def add(m, label):
+        nonlocal out
+        out = m if out is None else (out | m)
+        labels.append(label)
+
+    if invalid:
+        w = ds["weights"] if "weights" in ds else None
+        add(xr.apply_ufunc(_masks.invalid_mask, ds["intensity"], *([w] if w is not None else []), dask="allowed"),
+            "invalid")
+    if bragg is not None:
+        if crystal is None:
+            raise ValueError("a Bragg mask needs the structure: pass crystal=xtds.Crystal.preset(...)")
+        B = np.asarray(crystal.reciprocal)
+        hmax = int(max(np.abs(ds[d].values).max() for d in "HKL")) + int(np.ceil(bragg if bragg_units == "rlu" else bragg / np.linalg.norm(B, axis=1).min())) + 1
+        refl = _masks.allowed_reflections(crystal, hmax)
+        add(_map_hkl(ds, lambda h, k, l: _masks.bragg_mask(h, k, l, crystal, bragg, bragg_units, reflections=refl)),
+            f"bragg<{bragg} {bragg_units}")
+    if q_min is not None or q_max is not None:
+        parts = _q_parts(reciprocal_of(ds, crystal))
+
+        def qmask(h, k, l):
+            x, y, z = parts(h, k, l)
+            return _masks.q_range_mask((x * x + y * y + z * z) ** 0.5, q_min, q_max)
+
+        add(_map_hkl(ds, qmask), f"|q| outside [{q_min}, {q_max}] 1/angstrom")
+    if user is not None:
+        if not isinstance(user, xr.DataArray) or user.dtype != bool:
+            raise TypeError("user= must be a boolean xr.DataArray on (H, K, L), True = excluded")
+        add(user.broadcast_like(ds["intensity"]), "user")
+    if out is None:
+        return ds
+    return _with_mask(ds, out.transpose("H", "K", "L"), " + ".join(labels))
+
+
+def wedge(ds: xr.Dataset, normal=(0, 1, 0), half_angle: float = 10.0, crystal=None) -> xr.Dataset:
+    """Keep only voxels within ±``half_angle`` degrees of the plane ⊥ ``normal``.
+
+    ``normal`` is a reciprocal-space direction in r.l.u. (converted with the reciprocal matrix):
+    the paper's ±10° about the H0L plane is ``normal=(0, 1, 0)``. The rest is added to ``mask``.
+    """
+    ds = check_volume(ds)
+    B = reciprocal_of(ds, crystal)
+    n_cart = np.asarray(normal, dtype=float) @ B
+    if not np.linalg.norm(n_cart) > 0:
+        raise ValueError("the wedge normal must be a non-zero (H, K, L) direction")
+    parts = _q_parts(B)
+    m = _map_hkl(ds, lambda h, k, l: _masks.wedge_mask(*parts(h, k, l), n_cart, half_angle))
+    return _with_mask(ds, m, f"wedge ±{half_angle}° about plane ⊥ {tuple(normal)} (rlu)")
+
+
+def masked_fraction(ds: xr.Dataset) -> float:
+    """The fraction of voxels excluded (mask, invalid intensity or zero weight); computes."""
+    return float(1.0 - (weights_of(ds) > 0).mean())
+
+
+def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int | None = None) -> xr.Dataset:
+    """Mask-aware Laue symmetrization (see :mod:`xtds.volume.symmetrize`); lazy for dask data.
+
+    Returns a Dataset with the symmetrized ``intensity`` (NaN where no partner is valid), the
+    summed ``weights``, and ``mask`` = no valid partner. attrs ``symmetrized`` names the group.
+    """
+    ds = check_volume(ds).transpose("H", "K", "L", ...)
+    label, R = laue_of(ds, laue, crystal)
+    ops = grid_operations(R, [ds[d].values for d in "HKL"])
+    w = weights_of(ds)
+    inten = xr.where(w > 0, ds["intensity"], 0.0)
+    I_s, w_s = symmetrize_array(inten.data, w.data, ops, chunk=chunk)
+    out = ds.copy()
+    coords = {d: ds[d] for d in "HKL"}
+    out["intensity"] = xr.DataArray(I_s, dims=("H", "K", "L"), coords=coords, attrs=ds["intensity"].attrs)
+    out["weights"] = xr.DataArray(w_s, dims=("H", "K", "L"), coords=coords, attrs={"units": "1", "long_name": "summed weights"})
+    out["mask"] = out["weights"] <= 0
+    out["mask"].attrs.update(long_name="excluded voxels (True = excluded)", units="1")
+    out.attrs["symmetrized"] = f"{label} ({len(ops)} operations)"
+    return out
+
+
+def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible: bool = True) -> xr.Dataset:
+    """The valid voxels as fitting points (computes): dim ``point`` with ``intensity``,
+    ``weight``, ``multiplicity``, coords H, K, L (r.l.u.) and ``q`` (point, xyz; Å⁻¹).
+
+    With ``irreducible`` (and a Laue group from ``laue``, ``crystal`` or the attrs) the points of
+    each orbit are merged into one: weighted mean intensity, summed weight, multiplicity = the
+    number of valid voxels merged. The loss over the compressed points, weighted by
+    multiplicity, equals the loss over all valid voxels when the volume is symmetrized.
+    """
+    ds = check_volume(ds).transpose("H", "K", "L", ...)
+    B = reciprocal_of(ds, crystal)
+    w = np.asarray(weights_of(ds).values)
+    I = np.asarray(ds["intensity"].values)
+    valid = np.flatnonzero(w.ravel() > 0)
+    if len(valid) == 0:
+        raise ValueError("no valid voxel is left after masking: loosen the masks or check the data")
+    shape = w.shape
+    idx = np.stack(np.unravel_index(valid, shape), axis=1)  # (P, 3)
+    Iv, wv = I.ravel()[valid], w.ravel()[valid]
+    if irreducible:
+        _, R = laue_of(ds, laue, crystal)
+        ops = grid_operations(R, [ds[d].values for d in "HKL"])
+        n = np.asarray(shape)
+        keys = None
+        for op in ops:
+            src = np.stack([np.where(np.asarray(op.sign)[a] < 0, n[a] - 1 - idx[:, op.perm[a]], idx[:, op.perm[a]]) for a in range(3)], 1)
+            k = np.ravel_multi_index(src.T, shape)
+            keys = k if keys is None else np.maximum(keys, k)
+        uniq, inv = np.unique(keys, return_inverse=True)
+        wsum = np.bincount(inv, weights=wv)
+        Isum = np.bincount(inv, weights=Iv * wv)
+        mult = np.bincount(inv)
+        first = np.zeros(len(uniq), dtype=np.int64)
+        first[inv[::-1]] = np.arange(len(inv))[::-1]
+        idx, Iv, wv = idx[first], Isum / wsum, wsum
+    else:
+        mult = np.ones(len(valid), dtype=np.int64)
+    hkl = np.stack([ds[d].values[idx[:, a]] for a, d in enumerate("HKL")], 1)
+    q = hkl @ B
+    pts = xr.Dataset(
+        {
+            "intensity": ("point", Iv, ds["intensity"].attrs),
+            "weight": ("point", wv, {"units": "1"}),
+            "multiplicity": ("point", mult, {"units": "1"}),
+        },
+        coords={
+            "H": ("point", hkl[:, 0], {"units": "rlu"}),
+            "K": ("point", hkl[:, 1], {"units": "rlu"}),
+            "L": ("point", hkl[:, 2], {"units": "rlu"}),
+            "q": (("point", "xyz"), q, {"units": _INV_A, "long_name": "q (Cartesian, 2π included)"}),
+            "xyz": ["x", "y", "z"],
+        },
+        attrs=dict(ds.attrs),
+    )
+    pts.attrs["n_valid_voxels"] = int(len(valid))
+    return pts
+
+
+def rebin(ds: xr.Dataset, factor: int | tuple[int, int, int]) -> xr.Dataset:
+    """Weighted block average onto a grid ``factor`` times coarser (trailing voxels dropped).
+
+    intensity = Σ I w / Σ w over each block, weights = Σ w; H, K, L = block means.
+    """
+    ds = check_volume(ds)
+    f = tuple(int(x) for x in np.broadcast_to(np.asarray(factor), (3,)))
+    if min(f) < 1:
+        raise ValueError(f"rebin factors must be positive integers, got {factor}")
+    w = weights_of(ds)
+    win = dict(zip("HKL", f))
+    num = xr.where(w > 0, ds["intensity"] * w, 0.0).coarsen(win, boundary="trim").sum()
+    den = w.coarsen(win, boundary="trim").sum()
+    out = xr.Dataset(
+        {"intensity": xr.where(den > 0, num / den.where(den > 0, 1.0), np.nan), "weights": den},
+        attrs=dict(ds.attrs),
+    )
+    out["intensity"].attrs = dict(ds["intensity"].attrs)
+    out["weights"].attrs = {"units": "1"}
+    for d in "HKL":
+        out[d].attrs = dict(ds[d].attrs)
+    out["mask"] = out["weights"] <= 0
+    out.attrs["rebinned"] = list(f)
+    return out
+
+
+def as_backend(ds: xr.Dataset, backend: str | None = None) -> xr.Dataset:
+    """Move the data variables to ``"numpy"`` or ``"cupy"`` (dask arrays keep their laziness).
+
+    ``None`` picks cupy when it imports and a GPU is present, else numpy (with a warning when
+    cupy is installed but unusable). Naming ``"cupy"`` without it raises.
+    """
+    import warnings
+
+    if backend is None:
+        try:
+            import cupy
+
+            cupy.cuda.runtime.getDeviceCount()
+            backend = "cupy"
+        except ImportError:
+            backend = "numpy"
+        except Exception as err:  # cupy present, no usable GPU
+            warnings.warn(f"cupy is installed but no GPU is usable ({err}); using numpy", stacklevel=2)
+            backend = "numpy"
+    if backend == "cupy":
+        try:
+            import cupy
+        except ImportError as err:
+            raise ImportError("backend='cupy' needs cupy: pip install 'xtds[gpu]' on a machine with a CUDA GPU") from err
+        conv = cupy.asarray
+    elif backend == "numpy":
+
+        def conv(x):
+            return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+    else:
+        raise ValueError(f"backend must be 'numpy', 'cupy' or None, got {backend!r}")
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        data = var.data
+        if _is_dask(data):
+            meta = conv(np.empty((0,) * data.ndim, dtype=data.dtype))
+            out[name] = var.copy(data=data.map_blocks(conv, meta=meta))
+        else:
+            out[name] = var.copy(data=conv(data))
+    return out
