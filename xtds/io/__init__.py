@@ -142,6 +142,17 @@ def _serializable_attrs(attrs: dict) -> dict:
     return out
 
 
+def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """zarr needs equal chunks (but the last): rechunk irregular dask dims to their first chunk size."""
+    if not ds.chunks:
+        return ds
+    target = {}
+    for dim, c in ds.chunks.items():
+        if len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]):
+            target[dim] = c[0]
+    return ds.chunk(target) if target else ds
+
+
 def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: bool = False) -> str:
     """Write a volume (or any result Dataset) to zarr, NeXus or netCDF; returns the path.
 
@@ -161,6 +172,7 @@ def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: boo
     if fmt == "zarr":
         if "mask" in out:
             out["mask"] = out["mask"].astype("u1")
+        out = _regular_chunks(out)
         out.to_zarr(path, mode="w" if overwrite else "w-")
     elif fmt == "netcdf":
         if "mask" in out:

@@ -69,10 +69,9 @@ def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=
     if units not in ("rlu", "1/angstrom"):
         raise ValueError(f"radius units must be 'rlu' or '1/angstrom', got {units!r}")
     B = np.asarray(crystal.reciprocal)  # rows b1, b2, b3, Å⁻¹
-    if units == "rlu":
-        reach = int(np.ceil(radius))
-    else:
-        reach = int(np.ceil(radius / np.linalg.norm(B, axis=1).min()))
+    # the largest |Δh_i| (r.l.u.) a point within the radius can have: |Δh_i| ≤ |Δq| |a_i| / 2π
+    bound = radius if units == "rlu" else radius * np.linalg.norm(crystal.lattice, axis=1).max() / (2 * np.pi)
+    reach = 0 if bound < 0.5 else int(np.ceil(bound - 0.5))  # below 0.5 the nearest node is the only one
     if reflections is None:
         hmax = int(max(float(abs(x).max()) for x in (H, K, L))) + reach + 1
         reflections = allowed_reflections(crystal, hmax)

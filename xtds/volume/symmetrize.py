@@ -9,11 +9,15 @@ changes nothing (idempotent).
 
 Dask arrays are symmetrized block by block: the volume is rechunked so that every axis has the same
 chunks, symmetric about the centre, and then each output block reads exactly one input block per
-operation (a flip and a transpose of it): one task per block, no interpolation, nothing computed
-until asked.
+operation (a flip and a transpose of it). Blocks that read the same inputs (an orbit of blocks) are
+made by one task, so each input block is read once and memory stays bounded by one orbit: no
+interpolation, nothing computed until asked. Results are float32 for float32 input (the sums are
+accumulated in float64), float64 otherwise.
 """
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 
@@ -37,18 +41,40 @@ def _apply(op: GridOp, block, xp):
     return xp.transpose(block, op.axes)
 
 
-def _sym_block(intensity_blocks, weight_blocks, ops):
-    """Σ_g over already-gathered blocks; returns a (2, ...) array: symmetrized I and Σw."""
-    xp = _xp(intensity_blocks[0])
-    num = den = None
-    for op, ib, wb in zip(ops, intensity_blocks, weight_blocks):
-        w = _apply(op, wb, xp).astype(np.float64)
-        iw = xp.where(w > 0, _apply(op, ib, xp).astype(np.float64) * w, 0.0)
-        num = iw if num is None else num + iw
-        den = w if den is None else den + w
+def _weighted(intensity, weight):
+    """(I·w, w) in float64, 0 where w ≤ 0 (so NaN intensities of masked voxels drop out)."""
+    xp = _xp(intensity)
+    w = xp.where(weight > 0, weight, 0).astype(np.float64)
+    return xp.where(w > 0, intensity.astype(np.float64) * w, 0.0), w
+
+
+def _sym_block(iw_blocks, w_blocks, ops, dtype):
+    """Σ_g over gathered (I·w, w) blocks; returns a (2, ...) array: symmetrized I and Σw."""
+    xp = _xp(iw_blocks[0])
+    num = xp.zeros(_apply(ops[0], iw_blocks[0], xp).shape)
+    den = xp.zeros_like(num)
+    for op, ib, wb in zip(ops, iw_blocks, w_blocks):
+        num += _apply(op, ib, xp)
+        den += _apply(op, wb, xp)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = xp.where(den > 0, num / xp.where(den > 0, den, 1.0), np.nan)
-    return xp.stack([out, den])
+    return xp.stack([out, den]).astype(dtype, copy=False)
+
+
+def _out_dtype(intensity, weight):
+    return np.result_type(intensity.dtype, weight.dtype, np.float32)
+
+
+def _sym_orbit(intensity_blocks, weight_blocks, srcs, members, ops, nblocks):
+    """All output blocks of one orbit of blocks, from the orbit's input blocks (each read once)."""
+    where = {s: i for i, s in enumerate(srcs)}
+    dtype = _out_dtype(intensity_blocks[0], weight_blocks[0])
+    pairs = [_weighted(i, w) for i, w in zip(intensity_blocks, weight_blocks)]
+    out = []
+    for idx in members:
+        pos = [where[op.source_block(idx, nblocks)] for op in ops]
+        out.append(_sym_block([pairs[p][0] for p in pos], [pairs[p][1] for p in pos], ops, dtype))
+    return out
 
 
 def symmetric_chunks(n: int, target: int) -> tuple[int, ...]:
@@ -79,14 +105,15 @@ def symmetrize_array(intensity, weight, ops: list[GridOp], chunk: int | None = N
 
     Returns
     -------
-    (intensity, weight): float64 arrays of the input's kind, shape (nH, nK, nL).
+    (intensity, weight): arrays of the input's kind, shape (nH, nK, nL), float32 or float64.
     """
     if intensity.shape != weight.shape or len(intensity.shape) != 3:
         raise ValueError(f"intensity and weight must be 3-D of the same shape, got {intensity.shape} and {weight.shape}")
     import dask.array as da
 
     if not isinstance(intensity, da.Array) and not isinstance(weight, da.Array):
-        out = _sym_block([intensity] * len(ops), [weight] * len(ops), ops)
+        iw, w = _weighted(intensity, weight)
+        out = _sym_block([iw] * len(ops), [w] * len(ops), ops, _out_dtype(intensity, weight))
         return out[0], out[1]
     return _symmetrize_dask(da.asarray(intensity), da.asarray(weight), ops, chunk)
 
@@ -105,19 +132,32 @@ def _symmetrize_dask(intensity, weight, ops, chunk):
     intensity = intensity.rechunk(chunks)
     weight = weight.rechunk(chunks)
     nb = intensity.numblocks
-    name = "xtds-symmetrize-" + tokenize(intensity, weight, ops)
-    dsk = {}
+    token = tokenize(intensity, weight, ops)
+    name, oname = "xtds-symmetrize-" + token, "xtds-symmetrize-orbit-" + token
+    # Output blocks whose sources are the same set of input blocks form an orbit of blocks: one
+    # task reads those inputs once and writes all its outputs, so every input block is read by
+    # exactly one task and memory stays bounded by one orbit (≤ |G| blocks).
+    orbits: dict = {}
     for idx in np.ndindex(*nb):
-        src = [op.source_block(idx, nb) for op in ops]
-        dsk[(name, 0, *idx)] = (
-            _sym_block,
-            [(intensity.name, *s) for s in src],
-            [(weight.name, *s) for s in src],
+        srcs = tuple(sorted({op.source_block(idx, nb) for op in ops}))
+        orbits.setdefault(srcs, []).append(idx)
+    dsk = {}
+    for o, (srcs, members) in enumerate(orbits.items()):
+        dsk[(oname, o)] = (
+            _sym_orbit,
+            [(intensity.name, *s) for s in srcs],
+            [(weight.name, *s) for s in srcs],
+            srcs,
+            members,
             ops,
+            nb,
         )
+        for j, idx in enumerate(members):
+            dsk[(name, 0, *idx)] = (operator.getitem, (oname, o), j)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[intensity, weight])
-    meta = np.empty((0, 0, 0, 0), dtype=np.float64)
+    dtype = _out_dtype(intensity, weight)
+    meta = np.empty((0, 0, 0, 0), dtype=dtype)
     if type(intensity._meta).__module__.startswith("cupy"):
-        meta = intensity._meta.astype(np.float64).reshape((0, 0, 0, 0))
+        meta = intensity._meta.astype(dtype).reshape((0, 0, 0, 0))
     out = da.Array(graph, name, ((2,), *chunks), meta=meta)
     return out[0], out[1]
