@@ -91,7 +91,7 @@ def main():
     mb = args.n**3 * 4 / 1e6
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        ds = xtds.open_volume(src, crystal=ni)
+        ds = xtds.open_volume(src, crystal=ni, chunks="symmetric")
         prepared = ds.tds.mask(bragg=0.1, crystal=ni, q_max=14.0).tds.symmetrize()
         prepared["intensity"] = prepared["intensity"].astype(np.float32)
         prepared["weights"] = prepared["weights"].astype(np.float32)

@@ -96,7 +96,10 @@ def open_volume(
         NeXus only: the NXdata group, e.g. ``"entry/masked_transform"`` or ``"f1/transform"``
         (default: NXrefine's ``masked_transform``, ``transform``, … of the root entry).
     chunks
-        ``"auto"``: the file's own chunks (dask); a dict as in ``xr.open_dataset``; None: no dask.
+        ``"auto"``: the file's own chunks (dask); ``"symmetric"``: equal chunks mirrored about the
+        centre, near the file's size, which Laue symmetrization uses without a rechunk (each block
+        read straight from the file: the way to symmetrize volumes larger than memory); a dict as
+        in ``xr.open_dataset``; None: no dask.
     axis_units
         NeXus only: ``"rlu"`` to declare axes without a @units attribute as r.l.u.
 
@@ -109,7 +112,7 @@ def open_volume(
     fmt = format or _format_of(path)
     if not os.path.exists(os.fspath(path)):
         raise FileNotFoundError(f"no such file or store: {path}")
-    ck = {} if chunks == "auto" else chunks
+    ck = {} if chunks in ("auto", "symmetric") else chunks
     if fmt == "nexus":
         ds = xr.open_dataset(path, engine="xtds", chunks=ck, group=group, axis_units=axis_units)
     elif fmt == "zarr":
@@ -119,9 +122,20 @@ def open_volume(
     else:
         raise ValueError(f"format must be 'nexus', 'zarr' or 'netcdf', got {fmt!r}")
     ds = check_volume(ds.transpose("H", "K", "L", ...))
+    if chunks == "symmetric":
+        ds = _symmetric(ds, fmt, path, group, axis_units)
     if "mask" in ds:
         ds["mask"] = ds["mask"].astype(bool)
     return _attach_crystal(ds, crystal)
+
+
+def _symmetric(ds, fmt, path, group, axis_units):
+    from xtds.volume.symmetrize import symmetric_chunks
+
+    target = max(max(c) for c in ds["intensity"].chunks)
+    if fmt == "nexus":  # re-chunk the lazily indexed arrays, so each block is read from the file
+        ds = xr.open_dataset(path, engine="xtds", chunks=None, group=group, axis_units=axis_units)
+    return ds.chunk({d: symmetric_chunks(ds.sizes[d], target) for d in "HKL"})
 
 
 def _serializable_attrs(attrs: dict) -> dict:

@@ -42,16 +42,18 @@ def _apply(op: GridOp, block, xp):
 
 
 def _weighted(intensity, weight):
-    """(I·w, w) in float64, 0 where w ≤ 0 (so NaN intensities of masked voxels drop out)."""
+    """(I·w, w), 0 where w ≤ 0 (so NaN intensities of masked voxels drop out); float32 for
+    float32 data (half the memory of an orbit), float64 otherwise. Sums are taken in float64."""
     xp = _xp(intensity)
-    w = xp.where(weight > 0, weight, 0).astype(np.float64)
-    return xp.where(w > 0, intensity.astype(np.float64) * w, 0.0), w
+    dtype = _out_dtype(intensity, weight)
+    w = xp.where(weight > 0, weight, 0).astype(dtype)
+    return xp.where(w > 0, intensity.astype(dtype) * w, 0).astype(dtype), w
 
 
 def _sym_block(iw_blocks, w_blocks, ops, dtype):
     """Σ_g over gathered (I·w, w) blocks; returns a (2, ...) array: symmetrized I and Σw."""
     xp = _xp(iw_blocks[0])
-    num = xp.zeros(_apply(ops[0], iw_blocks[0], xp).shape)
+    num = xp.zeros(_apply(ops[0], iw_blocks[0], xp).shape, dtype=np.float64)
     den = xp.zeros_like(num)
     for op, ib, wb in zip(ops, iw_blocks, w_blocks):
         num += _apply(op, ib, xp)
@@ -80,10 +82,15 @@ def _sym_orbit(intensity_blocks, weight_blocks, srcs, members, ops, nblocks):
 def symmetric_chunks(n: int, target: int) -> tuple[int, ...]:
     """Chunks of an axis of length ``n``: ``target``-sized blocks mirrored about the centre.
 
-    The centre block takes the remainder (between ``target`` and 3·``target``), so that a flip of
-    the axis maps every block onto a block of the same size.
+    Equal blocks when a divisor of ``n`` lies within 0.6–1.6 × ``target`` (1001 → 13 × 77);
+    otherwise the centre block takes the remainder (between ``target`` and 3·``target``). Either
+    way a flip of the axis maps every block onto a block of the same size.
     """
     target = max(1, int(target))
+    # equal chunks (regular, as zarr wants them) when a divisor of n lies near the target
+    for d in sorted(range(max(2, int(0.6 * target)), min(n, int(1.6 * target)) + 1), key=lambda d: abs(d - target)):
+        if n % d == 0:
+            return (d,) * (n // d)
     if n <= 3 * target:
         return (n,)
     m = (n - target) // (2 * target)
