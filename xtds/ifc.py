@@ -504,12 +504,16 @@ class IFCModel:
                 raise ValueError(f"expected {self.n_free} free constants {self.names}, got shape {tuple(ifc.shape)}")
             return ifc.to(dtype=dtype, device=device)
         if hasattr(ifc, "dims") and hasattr(ifc, "coords"):  # xarray DataArray
-            if "ifc" not in ifc.dims:
-                raise ValueError("an IFC DataArray must have the dimension 'ifc' (names as coordinate)")
+            dims = [d for d in ("ifc", "constant") if d in ifc.dims]
+            if len(dims) != 1 or ifc.ndim != 1:
+                raise ValueError(
+                    "an IFC DataArray must be 1-D on the dimension 'ifc' (or 'constant', as in fit results) "
+                    "with the names as coordinate"
+                )
             units = ifc.attrs.get("units")
             if units is not None and units.replace(" ", "") not in ("eV/Å^2", "eV/Å²", "eV/A^2", "eV/Angstrom^2"):
                 raise ValueError(f"IFC DataArray has units {units!r}; xtds expects eV/Å^2")
-            ifc = dict(zip([str(n) for n in ifc["ifc"].values], np.asarray(ifc.values, dtype=float)))
+            ifc = dict(zip([str(n) for n in ifc[dims[0]].values], np.asarray(ifc.values, dtype=float)))
         if isinstance(ifc, Mapping):
             unknown = set(ifc) - set(self.names) - set(self.derived_names)
             if unknown:
