@@ -87,6 +87,8 @@ def fit_points(
     solver: str = "kspace",
     penalty: float = 1.0,
     seed: int = 0,
+    noise_configurations: int | None = None,
+    noise_draws: int = 200,
     checkpoint=None,
     progress: bool = True,
     dtype=torch.float64,
@@ -117,6 +119,13 @@ def fit_points(
     optimizer
         ``"lm"`` (Levenberg–Marquardt; default for ``exact``/``one_phonon``) or ``"adam"``
         (default for ``sampled``).
+    noise_configurations
+        When the data are a mean over N sampled configurations (the paper's synthetic target),
+        the noise is correlated across q (every Brillouin zone sees the same phonon amplitudes)
+        and the residual-based covariance would be far too small. Given N, the covariance is
+        computed from the noise model instead: ``noise_draws`` single configurations at the
+        fitted IFCs, each mapped to a parameter shift by the linearized (Gauss–Newton) fit, and
+        their covariance divided by N.
     checkpoint
         A file path: progress is saved there and a restarted fit resumes from it.
 
@@ -243,10 +252,56 @@ def fit_points(
     else:
         Jw, rw, dof, s2 = J, rho, max(1, n - p), 1.0
     cov = s2 * np.linalg.pinv(Jw.T @ Jw)
+    if noise_configurations:
+        cov = _sampled_noise_cov(ifcm, res.x, split, J, q, temperature, geometry, weight, loss, sigma, form_factor,
+                                 noise_configurations, noise_draws, seed, dtype, device, mult)
+        s2, dof = float("nan"), n
     phi_hat = res.x[:n_free]
     out = _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, loss, sigma, use_nuisance,
                   settings, t_start, s2, dof, rw, device, dtype)
     return out
+
+
+def _sampled_noise_cov(ifcm, x, split, J, q, temperature, geometry, weight, loss, sigma, form_factor, N, draws,
+                       seed, dtype, device, mult):
+    """Covariance of the fitted parameters under the Monte-Carlo noise of an N-configuration mean."""
+    from xtds.laue import laue_rotations
+    from xtds.model.sampled import configuration_intensities
+
+    if not isinstance(geometry, PeriodicSupercell):
+        raise ValueError("noise_configurations models the sampled target of a periodic supercell")
+    xt = torch.as_tensor(x, dtype=dtype, device=device)
+    phi, nu = split(xt)
+    with torch.no_grad():
+        Ie = tds_intensity(ifcm, phi, q, temperature, geometry=geometry, form_factor=form_factor, symmetrize=False,
+                           dtype=dtype, device=device)
+    # the target of a point is the mean over its orbit's voxels: draw at every member
+    R = laue_rotations(ifcm.crystal)
+    qn = q.cpu().numpy()
+    members, owner, size = [], [], []
+    for i, qi in enumerate(qn):
+        m = np.unique(np.round(R @ qi, 9), axis=0)
+        members.append(m)
+        owner.append(np.full(len(m), i))
+        size.append(len(m))
+    members, owner, size = np.concatenate(members), np.concatenate(owner), np.asarray(size, dtype=float)
+    # fewer valid voxels than members (a wedge): the orbit mean averages fewer independent values
+    inflate = torch.as_tensor(np.sqrt(size / np.minimum(np.asarray(mult, dtype=float), size)), dtype=dtype)
+    own = torch.as_tensor(owner)
+    Jp = np.linalg.pinv(J)
+    shifts = []
+    for start in range(0, draws, 25):
+        b = min(25, draws - start)
+        Ic = configuration_intensities(ifcm, phi, members, temperature, geometry.repeats, b, seed=seed + 7919 + start,
+                                       form_factor=form_factor)
+        orb = torch.zeros(b, len(qn), dtype=dtype).index_add_(1, own, Ic.to(dtype)) / torch.as_tensor(size, dtype=dtype)
+        eps = (orb / Ie.cpu() - 1.0) * inflate
+        for row in eps:
+            rho = residuals(Ie.cpu(), Ie.cpu() * (1.0 + row), weight.cpu(), loss, None if nu is None else nu.cpu(),
+                            None if sigma is None else sigma.cpu()).numpy()
+            shifts.append(-Jp @ rho)
+    shifts = np.array(shifts)
+    return np.cov(shifts, rowvar=False) / float(N)
 
 
 def _check_stable_or_explain(ifcm, phi0, k):

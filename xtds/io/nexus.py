@@ -253,9 +253,9 @@ def sample_attrs(f, path: str) -> dict:
     return out
 
 
-def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-") -> None:
+def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group: str = "data") -> None:
     """Write a volume Dataset (``intensity``, optional ``weights``, coords H, K, L) as NXrefine-layout
-    NeXus: ``entry/data`` (NXdata, L-first, ``@axes = [Ql, Qk, Qh]``), and ``entry/sample``.
+    NeXus: ``entry/<group>`` (NXdata, L-first, ``@axes = [Ql, Qk, Qh]``), and ``entry/sample``.
 
     Dask arrays are streamed block by block. ``mode="w-"`` refuses to overwrite an existing file.
     """
@@ -275,7 +275,7 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-") -> Non
         f.attrs["default"] = "entry"
         e = f.create_group("entry")
         e.attrs["NX_class"] = "NXentry"
-        e.attrs["default"] = "data"
+        e.attrs["default"] = group
         s = e.create_group("sample")
         s.attrs["NX_class"] = "NXsample"
         for key in ("unit_cell", "space_group", "temperature"):
@@ -289,7 +289,7 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-") -> Non
             m.attrs["NX_class"] = "NXmonochromator"
             m["wavelength"] = ds.attrs["wavelength"]
             m["wavelength"].attrs["units"] = "angstrom"
-        g = e.create_group("data")
+        g = e.create_group(group)
         g.attrs["NX_class"] = "NXdata"
         g.attrs["signal"] = "data"
         g.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())

@@ -103,6 +103,64 @@ def sample_displacements(
     return dx.reshape(n_samples, N, 3)
 
 
+def _configurations(model, phi, temperature, geom, sc, X, inv, groups, f, flat_t, shape, n_samples, solver, seed,
+                    eps, batch, intensity):
+    """Yield per-configuration intensities per primitive cell, (b, Q) tensors, batch by batch."""
+    from xtds.model.nufft import structure_factor, structure_factor_direct
+
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    n_prim_cells = sc.n_atoms / model.n_sites
+    done = 0
+    while done < n_samples:
+        b = min(batch, n_samples - done)
+        dx = sample_displacements(model, phi, temperature, geom.repeats, b, solver=solver, generator=gen)
+        frac = (X[None] + dx) @ inv  # (b, N, 3)
+        amp = 0
+        for g, fs in zip(groups, f):
+            sf = structure_factor(frac[:, g], shape, eps=eps) if intensity == "nufft" else structure_factor_direct(frac[:, g], shape)
+            amp = amp + fs[None] * sf.reshape(b, -1)[:, flat_t]
+        yield amp.abs() ** 2 / n_prim_cells
+        done += b
+
+
+def configuration_intensities(model, phi, q, temperature, repeats, n_samples, solver="kspace", seed=None,
+                              form_factor="cromer-mann", eps=1e-6, batch=32):
+    """The intensity of each of ``n_samples`` configurations (no averaging): shape (n_samples, Q),
+    electrons² per primitive cell. For noise models (the Monte-Carlo noise of a sampled mean)."""
+    parts = _setup(model, phi, q, repeats, form_factor)
+    with torch.no_grad():
+        return torch.cat(list(_configurations(model, phi, temperature, *parts, n_samples, solver, seed, eps, batch,
+                                              "nufft")))
+
+
+def _setup(model, phi, q, repeats, form_factor):
+    from xtds.model.geometry import PeriodicSupercell
+
+    geom = PeriodicSupercell(repeats)
+    cell = model.crystal
+    qt = torch.as_tensor(q, dtype=phi.dtype, device=phi.device)
+    nidx = geom.grid_indices(cell, qt.detach().cpu().numpy())
+    half = np.abs(nidx).max(axis=0) if len(nidx) else np.zeros(3, int)
+    shape = tuple(int(2 * h + 1) for h in half)
+    flat = ((nidx + half) * np.array([shape[1] * shape[2], shape[2], 1])).sum(axis=1)
+    flat_t = torch.as_tensor(flat, device=phi.device)
+    sc = Supercell.from_crystal(model, geom.repeats)
+    X = torch.as_tensor(np.array(sc.positions), dtype=phi.dtype, device=phi.device)
+    inv = torch.as_tensor(np.linalg.inv(sc.lattice), dtype=phi.dtype, device=phi.device)
+    species = [cell.species[i % cell.n_atoms] for i in range(sc.n_atoms)]
+    uniq = sorted(set(species))
+    groups = [torch.as_tensor([i for i, s in enumerate(species) if s == u], device=phi.device) for u in uniq]
+    if form_factor is None:
+        f = torch.ones(len(uniq), len(flat), dtype=phi.dtype, device=phi.device)
+    else:
+        from xtds.formfactor import form_factors
+
+        f = torch.as_tensor(
+            form_factors(uniq, np.linalg.norm(qt.detach().cpu().numpy(), axis=1)), dtype=phi.dtype, device=phi.device
+        )
+    return geom, sc, X, inv, groups, f, flat_t, shape
+
+
 def sampled_intensity(
     model: IFCModel,
     phi: torch.Tensor,
@@ -136,51 +194,14 @@ def sampled_intensity(
     mean, stderr
         Shape (Q,) each, electrons² per primitive cell; stderr = std / √n_samples (no gradient).
     """
-    from xtds.model.geometry import PeriodicSupercell
-    from xtds.model.nufft import structure_factor, structure_factor_direct
-
     if n_samples < 2:
         raise ValueError("n_samples must be at least 2 (the standard error needs two)")
-    geom = PeriodicSupercell(repeats)
-    cell = model.crystal
-    qt = torch.as_tensor(q, dtype=phi.dtype, device=phi.device)
-    nidx = geom.grid_indices(cell, qt.detach().cpu().numpy())
-    half = np.abs(nidx).max(axis=0) if len(nidx) else np.zeros(3, int)
-    shape = tuple(int(2 * h + 1) for h in half)
-    flat = ((nidx + half) * np.array([shape[1] * shape[2], shape[2], 1])).sum(axis=1)
-    flat_t = torch.as_tensor(flat, device=phi.device)
-    sc = Supercell.from_crystal(model, geom.repeats)
-    X = torch.as_tensor(np.array(sc.positions), dtype=phi.dtype, device=phi.device)
-    inv = torch.as_tensor(np.linalg.inv(sc.lattice), dtype=phi.dtype, device=phi.device)
-    species = [cell.species[i % cell.n_atoms] for i in range(sc.n_atoms)]
-    uniq = sorted(set(species))
-    groups = [torch.as_tensor([i for i, s in enumerate(species) if s == u], device=phi.device) for u in uniq]
-    if form_factor is None:
-        f = torch.ones(len(uniq), len(flat), dtype=phi.dtype, device=phi.device)
-    else:
-        from xtds.formfactor import form_factors
-
-        f = torch.as_tensor(
-            form_factors(uniq, np.linalg.norm(qt.detach().cpu().numpy(), axis=1)), dtype=phi.dtype, device=phi.device
-        )
-    gen = None
-    if seed is not None:
-        gen = torch.Generator().manual_seed(int(seed))
-    n_prim_cells = sc.n_atoms / model.n_sites
+    geom, sc, X, inv, groups, f, flat_t, shape = _setup(model, phi, q, repeats, form_factor)
     sums, sq = 0.0, 0.0
-    done = 0
-    while done < n_samples:
-        b = min(batch, n_samples - done)
-        dx = sample_displacements(model, phi, temperature, geom.repeats, b, solver=solver, generator=gen)
-        frac = (X[None] + dx) @ inv  # (b, N, 3)
-        amp = 0
-        for g, fs in zip(groups, f):
-            sf = structure_factor(frac[:, g], shape, eps=eps) if intensity == "nufft" else structure_factor_direct(frac[:, g], shape)
-            amp = amp + fs[None] * sf.reshape(b, -1)[:, flat_t]
-        Ic = amp.abs() ** 2 / n_prim_cells  # (b, Q)
+    for Ic in _configurations(model, phi, temperature, geom, sc, X, inv, groups, f, flat_t, shape, n_samples, solver,
+                              seed, eps, batch, intensity):
         sums = sums + Ic.sum(0)
         sq = sq + (Ic.detach() ** 2).sum(0)
-        done += b
     mean = sums / n_samples
     var = (sq - n_samples * mean.detach() ** 2) / (n_samples - 1)
     return mean, torch.sqrt(var.clamp(min=0) / n_samples)
