@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) examples/ni_phonons.py --out out
+	$(PY) examples/fit_ni.py --out out
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -58,3 +58,24 @@ class TDSAccessor:
         from xtds.io import write_volume
 
         return write_volume(self._ds, path, format=format, overwrite=overwrite)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, crystal, temperature: float | None = None, shells: int | None = None, **kwargs) -> xr.Dataset:
+        """Fit force constants to this volume (:func:`xtds.fit.fit`): returns a new Dataset with
+        ``ifc``, ``ifc_stderr``, ``ifc_cov``, ``dispersion``, ``dos``, ``elastic_constants``,
+        ``loss`` and the model and residuals on the fitted points."""
+        from xtds.fit import fit
+
+        return fit(self._ds, crystal, temperature=temperature, shells=shells, **kwargs)
+
+    def simulate(self, crystal, ifc, temperature: float | None = None, shells: int | None = None, **kwargs) -> xr.Dataset:
+        """The model intensity on this volume's (H, K, L) grid (:func:`xtds.fit.simulate`)."""
+        from xtds.fit import simulate
+
+        return simulate(self._ds, crystal, ifc, temperature=temperature, shells=shells, **kwargs)
+
+    def plot_slice(self, plane: str = "HK0", model=None, **kwargs):
+        """Slices of data (and of ``model`` with the log residual, when given): :func:`xtds.plot.plot_slices`."""
+        from xtds.plot import plot_slices
+
+        return plot_slices(self._ds, model=model, plane=plane, **kwargs)

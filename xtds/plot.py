@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_dispersion"]
+__all__ = ["plot_dispersion", "plot_slices", "plot_convergence"]
 
 
 def _pyplot():
@@ -55,4 +55,74 @@ def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, **l
         ax_dos.set_xlabel("DOS")
         ax_dos.set_xlim(left=0)
         ax_dos.tick_params(labelleft=False)
+    return fig
+
+
+def _plane(plane: str):
+    """'HK0' → ('L', 0.0), 'H0L' → ('K', 0.0), 'HK1' → ('L', 1.0), ..."""
+    p = plane.upper().replace(" ", "")
+    if len(p) < 3:
+        raise ValueError(f"plane must look like 'HK0', 'H0L' or '0KL', got {plane!r}")
+    letters = [c for c in p if c in "HKL"]
+    if len(letters) != 2:
+        raise ValueError(f"plane must name two of H, K, L and a value for the third, got {plane!r}")
+    fixed = next(c for c in "HKL" if c not in letters)
+    value = float(p.replace(letters[0], "", 1).replace(letters[1], "", 1))
+    return fixed, value
+
+
+def plot_slices(ds, model=None, plane: str = "HK0", vmin=None, vmax=None):
+    """Log-intensity slices through a volume (H, K, L): the data, and with ``model`` (a Dataset
+    on the same grid, e.g. from ``ds.tds.simulate``) the model scaled to the data and the
+    residual log I_data − log I_model. Returns the Figure."""
+    plt = _pyplot()
+    fixed, value = _plane(plane)
+    data = ds["intensity"].sel({fixed: value}, method="nearest")
+    panels = [("data", np.log10(data.where(data > 0)))]
+    if model is not None:
+        mod = model["intensity"].sel({fixed: value}, method="nearest")
+        shift = float(np.nanmean(np.log(data.where(data > 0)) - np.log(mod)))
+        mod = mod * np.exp(shift)
+        panels.append(("model (scaled)", np.log10(mod)))
+        panels.append(("residual ln(data/model)", np.log(data.where(data > 0)) - np.log(mod)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (title, arr) in zip(axes[0], panels):
+        x, y = arr.dims[0], arr.dims[1]
+        kw = {"cmap": "RdBu_r", "center": 0} if title.startswith("residual") else {"vmin": vmin, "vmax": vmax}
+        if "center" in kw:
+            lim = float(np.nanmax(np.abs(arr.values))) or 1.0
+            kw = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
+        im = ax.pcolormesh(arr[x].values, arr[y].values, arr.values.T, shading="auto", **kw)
+        ax.set_xlabel(f"{x} (r.l.u.)")
+        ax.set_ylabel(f"{y} (r.l.u.)")
+        ax.set_aspect("equal")
+        ax.set_title(f"{title}, {fixed} = {value:g}" + ("" if title.startswith("residual") else " (log10)"))
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_convergence(result, reference=None):
+    """The loss history of a fit result, and (with ``reference``, name → eV/Å²) the final error per
+    constant with its standard error. Returns the Figure."""
+    plt = _pyplot()
+    n = 2 if reference is not None else 1
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.semilogy(result["iteration"].values, result["loss"].values, "o-", ms=3)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(result["loss"].attrs.get("long_name", "loss"))
+    ax.set_title("convergence")
+    if reference is not None:
+        names = [str(c) for c in result["constant"].values if str(c) in reference]
+        err = [float(result["ifc"].sel(constant=c)) - reference[c] for c in names]
+        se = [float(result["ifc_stderr"].sel(constant=c)) for c in names]
+        ax2 = axes[0][1]
+        ax2.errorbar(range(len(names)), err, yerr=se, fmt="o", capsize=3)
+        ax2.axhline(0, color="0.5", lw=0.8)
+        ax2.set_xticks(range(len(names)))
+        ax2.set_xticklabels(names)
+        ax2.set_ylabel("fitted − reference (eV/Å²)")
+        ax2.set_title("IFC errors (±1σ)")
+    fig.tight_layout()
     return fig

@@ -90,6 +90,7 @@ def fit_points(
     noise_configurations: int | None = None,
     noise_draws: int = 200,
     checkpoint=None,
+    callback=None,
     progress: bool = True,
     dtype=torch.float64,
     device=None,
@@ -127,7 +128,10 @@ def fit_points(
         fitted IFCs, each mapped to a parameter shift by the linearized (Gauss–Newton) fit, and
         their covariance divided by N.
     checkpoint
-        A file path: progress is saved there and a restarted fit resumes from it.
+        A file path: progress is saved there and a restarted fit resumes from it (the settings
+        and data must be the same; ``max_iter``/``epochs`` may grow).
+    callback
+        Called as ``callback(iteration, x, loss)`` after every accepted iteration.
 
     Returns
     -------
@@ -189,7 +193,7 @@ def fit_points(
     settings = {
         "crystal": repr(crystal), "temperature_K": float(temperature), "shells": shells, "cutoff_A": cutoff,
         "model": model, "geometry": repr(geometry), "loss": loss, "background": background, "quantum": quantum,
-        "form_factor": form_factor, "optimizer": optimizer, "max_iter": max_iter, "epochs": epochs, "lr": lr,
+        "form_factor": form_factor, "optimizer": optimizer, "lr": lr,
         "n_samples": n_samples, "solver": solver, "penalty": penalty, "seed": seed, "initial": x0.tolist(),
         "n_points": int(points.sizes["point"]), "source": source,
         "data_digest": Checkpoint.fingerprint_of({"I": target.cpu().numpy().round(12).tolist()[:2000], "n": len(target)}),
@@ -206,7 +210,7 @@ def fit_points(
             with torch.no_grad():
                 return residuals(predict(phi), target, weight, loss, nu, sigma).cpu().numpy()
 
-        res, J = levenberg_marquardt(fun, x0, max_iter=max_iter, checkpoint=ckpt, progress=progress)
+        res, J = levenberg_marquardt(fun, x0, max_iter=max_iter, checkpoint=ckpt, progress=progress, callback=callback)
         rho = fun(res.x)
     elif optimizer == "adam":
         _check_stable_or_explain(ifcm, phi0, k)
@@ -219,7 +223,7 @@ def fit_points(
             r = residuals(predict(phi, epoch), target, weight, loss, nu, sigma)
             return (r * r).sum()
 
-        res = adam(loss_fn, x0, epochs=epochs, lr=lr, checkpoint=ckpt, progress=progress)
+        res = adam(loss_fn, x0, epochs=epochs, lr=lr, checkpoint=ckpt, progress=progress, callback=callback)
         with torch.no_grad():
             # the Jacobian of the mean intensity: the deterministic exact model at the optimum
             def fun(x):
@@ -322,7 +326,7 @@ def _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, los
     T = np.vstack([ifcm.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
     cov_all = T @ cov[:n_free, :n_free] @ T.T
     # xarray cannot hold a data variable named like its dimension: the constants run along "constant"
-    ifc = ifcm.to_dataarray(phi_hat).rename({"ifc": "constant"}).rename("ifc")
+    ifc = ifcm.to_dataarray(phi_hat).rename({"ifc": "constant", "distance": "pair_distance"}).rename("ifc")
     names = list(ifc["constant"].values)
     stderr = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
                           attrs={"units": "eV/Å^2", "long_name": "standard error (Gauss–Newton)"})

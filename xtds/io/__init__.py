@@ -183,6 +183,8 @@ def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: boo
     for name in list(out.variables):
         out[name].attrs = _serializable_attrs(out[name].attrs)
         out[name].encoding = {}
+        if out[name].dtype == bool and name != "mask":  # netCDF has no booleans
+            out[name] = out[name].astype("u1")
     if fmt == "zarr":
         if "mask" in out:
             out["mask"] = out["mask"].astype("u1")

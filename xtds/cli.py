@@ -1,0 +1,170 @@
+"""The ``xtds`` command line: ``info``, ``simulate``, ``fit`` and ``plot`` on files.
+
+    xtds info sample_300K.nxs
+    xtds simulate --like sample_300K.nxs --crystal Ni --shells 5 --ifc target --out model.zarr
+    xtds fit sample_300K.nxs --crystal Ni --shells 5 --initial starting --bragg 0.1 --out fit.nc --plots out/
+    xtds plot fit.nc --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _ifc_arg(text: str):
+    from xtds.datasets import paper_ni_ifcs
+
+    if text in ("target", "starting", "table1", "table2"):
+        return paper_ni_ifcs(text)
+    if os.path.exists(text):
+        with open(text, encoding="utf-8") as f:
+            return json.load(f)
+    raise SystemExit(f"--ifc/--initial: give 'target', 'starting' (the paper's Ni) or a JSON file name → eV/Å², not {text!r}")
+
+
+def _crystal(name: str):
+    import xtds
+
+    try:
+        return xtds.Crystal.preset(name)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
+def cmd_info(args) -> int:
+    import xtds
+
+    ds = xtds.open_volume(args.file, group=args.group)
+    print(f"{args.file}: {dict(ds.sizes)}")
+    for d in "HKL":
+        c = ds[d].values
+        print(f"  {d}: {c[0]:g} … {c[-1]:g} r.l.u., step {(c[1] - c[0]) if len(c) > 1 else 0:g}")
+    print(f"  variables: {list(ds.data_vars)}; chunks {ds['intensity'].data.chunksize if ds.chunks else None}")
+    for k, v in ds.attrs.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import xtds
+
+    crystal = _crystal(args.crystal)
+    like = xtds.open_volume(args.like)
+    T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
+    sim = like.tds.simulate(crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, model=args.model)
+    xtds.write_volume(sim, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print_result(res) -> None:
+    print(f"{'name':<6}{'value':>14}{'stderr':>12}   (eV/Å²)")
+    for name in res["constant"].values:
+        print(f"{name:<6}{float(res['ifc'].sel(constant=name)):>14.6f}{float(res['ifc_stderr'].sel(constant=name)):>12.2e}")
+    print(f"loss {res.attrs['final_loss']:.4e} after {res.attrs['iterations']} iterations "
+          f"({res.attrs['message']}); {res.attrs['wall_time_s']:.1f} s")
+
+
+def cmd_fit(args) -> int:
+    import xtds
+
+    crystal = _crystal(args.crystal)
+    ds = xtds.open_volume(args.file, group=args.group)
+    kw = dict(shells=args.shells, initial=_ifc_arg(args.initial), model=args.model, bragg=args.bragg,
+              q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint, progress=not args.quiet)
+    if args.wedge:
+        kw["wedge"] = {"normal": (0, 1, 0), "half_angle": args.wedge}
+    res = ds.tds.fit(crystal, temperature=args.temperature, **kw)
+    _print_result(res)
+    if args.out:
+        xtds.write_volume(res, args.out, overwrite=args.overwrite)
+        print(f"wrote {args.out}")
+    if args.plots:
+        _plots(res, args.plots, ds=ds, crystal=crystal, shells=args.shells)
+    return 0
+
+
+def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xtds.plot import plot_convergence, plot_dispersion, plot_slices
+
+    os.makedirs(folder, exist_ok=True)
+    fig = plot_dispersion(res["dispersion"], dos=res["dos"], title="fitted dispersion")
+    fig.savefig(os.path.join(folder, "dispersion.png"), dpi=110, bbox_inches="tight")
+    fig = plot_convergence(res)
+    fig.savefig(os.path.join(folder, "convergence.png"), dpi=110, bbox_inches="tight")
+    written = ["dispersion.png", "convergence.png"]
+    if ds is not None:
+        ifc = {str(n): float(v) for n, v in zip(res["constant"].values, res["ifc"].values)}
+        model = ds.tds.simulate(crystal, {k: v for k, v in ifc.items() if k != "a0"}, shells=shells,
+                                temperature=ds.attrs.get("temperature"))
+        fig = plot_slices(ds, model=model, plane="HK0")
+        fig.savefig(os.path.join(folder, "slice_HK0.png"), dpi=110, bbox_inches="tight")
+        written.append("slice_HK0.png")
+    print(f"wrote {', '.join(os.path.join(folder, w) for w in written)}")
+
+
+def cmd_plot(args) -> int:
+    import xarray as xr
+
+    res = xr.open_dataset(args.file, engine="h5netcdf") if args.file.endswith(".nc") else xr.open_zarr(args.file)
+    if "dispersion" not in res:
+        raise SystemExit(f"{args.file} is not a fit result (no 'dispersion'); for a volume use 'xtds info'")
+    _plots(res, args.out)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="xtds", description="X-ray TDS → interatomic force constants")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="describe a volume file")
+    p.add_argument("file")
+    p.add_argument("--group", default=None, help="NeXus NXdata group, e.g. f1/transform")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("simulate", help="model intensity on a volume's grid")
+    p.add_argument("--like", required=True, help="a volume whose H, K, L grid (and temperature) to use")
+    p.add_argument("--crystal", required=True)
+    p.add_argument("--shells", type=int, required=True)
+    p.add_argument("--ifc", required=True, help="'target', 'starting' or a JSON file name → eV/Å²")
+    p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
+    p.add_argument("--model", default="exact", choices=["exact", "one_phonon"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("fit", help="fit force constants to a volume")
+    p.add_argument("file")
+    p.add_argument("--crystal", required=True)
+    p.add_argument("--shells", type=int, required=True)
+    p.add_argument("--initial", required=True, help="'starting' (the paper's Ni) or a JSON file name → eV/Å²")
+    p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
+    p.add_argument("--model", default="exact", choices=["exact", "one_phonon", "sampled"])
+    p.add_argument("--group", default=None)
+    p.add_argument("--bragg", type=float, default=None, help="Bragg mask radius, r.l.u.")
+    p.add_argument("--q-min", type=float, default=None)
+    p.add_argument("--q-max", type=float, default=None)
+    p.add_argument("--wedge", type=float, default=None, help="keep ±this many degrees about H0L")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file: resume a killed fit")
+    p.add_argument("--out", default=None, help="write the result (.nc or .zarr)")
+    p.add_argument("--plots", default=None, help="folder for the plots")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("plot", help="plots of a saved fit result")
+    p.add_argument("file")
+    p.add_argument("--out", default="out")
+    p.set_defaults(func=cmd_plot)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"xtds {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
