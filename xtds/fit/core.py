@@ -90,6 +90,7 @@ def fit_points(
     noise_configurations: int | None = None,
     noise_draws: int = 200,
     checkpoint=None,
+    checkpoint_every: int = 10,
     callback=None,
     progress: bool = True,
     dtype=torch.float64,
@@ -183,6 +184,7 @@ def fit_points(
     def split(x):
         return x[:n_free], (x[n_free:] if use_nuisance else None)
 
+    _check_stable_or_explain(ifcm, phi0, k)
     with torch.no_grad():
         I0 = predict(phi0)
     nuis0 = []
@@ -201,7 +203,6 @@ def fit_points(
     ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of(settings)) if checkpoint else None
 
     if optimizer == "lm":
-        _check_stable_or_explain(ifcm, phi0, k)
 
         def fun(x):
             xt = torch.as_tensor(x, dtype=dtype, device=device)
@@ -213,7 +214,6 @@ def fit_points(
         res, J = levenberg_marquardt(fun, x0, max_iter=max_iter, checkpoint=ckpt, progress=progress, callback=callback)
         rho = fun(res.x)
     elif optimizer == "adam":
-        _check_stable_or_explain(ifcm, phi0, k)
 
         def loss_fn(x, epoch):
             phi, nu = split(x.to(dtype=dtype, device=device))
@@ -223,7 +223,8 @@ def fit_points(
             r = residuals(predict(phi, epoch), target, weight, loss, nu, sigma)
             return (r * r).sum()
 
-        res = adam(loss_fn, x0, epochs=epochs, lr=lr, checkpoint=ckpt, progress=progress, callback=callback)
+        res = adam(loss_fn, x0, epochs=epochs, lr=lr, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                   progress=progress, callback=callback)
         with torch.no_grad():
             # the Jacobian of the mean intensity: the deterministic exact model at the optimum
             def fun(x):

@@ -185,14 +185,14 @@ def adam(
     state = checkpoint.load() if checkpoint else None
     if state is not None:
         with torch.no_grad():
-            x.copy_(torch.tensor(state["x"]))
+            x.copy_(torch.tensor(state["x"], dtype=x.dtype))
         start, history, tail, resumed = state["iteration"], state["history"], state["tail"], state["iteration"]
         if state.get("adam"):
             m = state["adam"]
             opt.state[x] = {
                 "step": torch.tensor(float(m["step"])),
-                "exp_avg": torch.tensor(m["exp_avg"]),
-                "exp_avg_sq": torch.tensor(m["exp_avg_sq"]),
+                "exp_avg": torch.tensor(m["exp_avg"], dtype=x.dtype),
+                "exp_avg_sq": torch.tensor(m["exp_avg_sq"], dtype=x.dtype),
             }
     t0 = time.perf_counter() - (history[-1][2] if history else 0.0)
     bar = _bar(epochs, "Adam", progress)
@@ -205,13 +205,13 @@ def adam(
         loss = loss_fn(x, epoch)
         loss.backward()
         opt.step()
-        history.append((epoch + 1, float(loss), time.perf_counter() - t0))
+        history.append((epoch + 1, float(loss.detach()), time.perf_counter() - t0))
         if epoch >= epochs - keep:
             tail.append(x.detach().numpy().tolist())
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4e}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4e}")
         if callback is not None:
-            callback(epoch + 1, x.detach().numpy(), float(loss))
+            callback(epoch + 1, x.detach().numpy(), float(loss.detach()))
         if checkpoint and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             st = opt.state[x]
             checkpoint.save(

@@ -1,0 +1,159 @@
+"""End-to-end fits: the paper's Ni benchmark on reduced grids, honest errors, checkpoints, CLI."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xtds
+from xtds.datasets import paper_ni_ifcs, paper_ni_volume, small_ni_nexus
+from xtds.fit import fit, fit_points
+from xtds.model import PeriodicSupercell, tds_intensity
+from xtds.phonons import UnstableError
+
+NI = xtds.Crystal.preset("Ni")
+TARGET = paper_ni_ifcs("target")
+START = paper_ni_ifcs("starting")
+NAMES = [n for n in TARGET if n != "a0"]
+
+
+def errors(res, ref=TARGET):
+    return np.array([float(res["ifc"].sel(constant=n)) - ref[n] for n in NAMES])
+
+
+@pytest.fixture(scope="module")
+def volume16():
+    return paper_ni_volume(n_max=16)  # 33³ voxels of the paper's 5×5×5 supercell grid
+
+
+def test_full_3d_converges_to_target(volume16):
+    res = volume16.tds.fit(NI, shells=5, initial=START, progress=False)
+    # noise-free data from the same model: the optimum is the Target itself (issue goal 2e-4)
+    assert np.abs(errors(res)).max() < 1e-8
+    assert res.attrs["converged"] == 1
+    assert res["ifc"].attrs["units"] == "eV/Å^2" and res["ifc_stderr"].dims == ("constant",)
+    a0 = float(res["ifc"].sel(constant="a0"))
+    sum_rule = -(8 * TARGET["b0"] + 4 * TARGET["b1"] + 2 * TARGET["c0"] + 4 * TARGET["c1"] + 8 * TARGET["d0"]
+                 + 16 * TARGET["d1"] + 8 * TARGET["e0"] + 4 * TARGET["e1"] + 8 * TARGET["f0"] + 8 * TARGET["f1"]
+                 + 8 * TARGET["f2"])
+    assert a0 == pytest.approx(sum_rule, abs=1e-8)  # paper Eq. 3
+    for name in ("dispersion", "dos", "elastic_constants", "loss", "model_intensity", "residual"):
+        assert name in res
+    assert res["loss"].values[-1] < 1e-20 < res["loss"].values[0]
+    assert np.abs(res["residual"]).max() < 1e-8
+    assert res.attrs["xtds_version"] == xtds.__version__ and "exact" in res.attrs["settings"]
+
+
+def test_wedge_converges(volume16):
+    res = fit(volume16, NI, shells=5, initial=START, wedge={"normal": (0, 1, 0), "half_angle": 10}, progress=False)
+    assert np.abs(errors(res)).max() < 5e-4
+    assert "wedge" in res.attrs["preparation"]
+
+
+def test_stderr_is_honest_for_sampled_noise():
+    """A target with the Monte-Carlo noise of 10⁵ configurations: the fitted constants scatter
+    about the Target as the reported errors say (|z| < 3 for ≥ 15 of 16), and the errors are
+    not inflated either (RMS z above 0.3)."""
+    ds = paper_ni_volume(n_max=16, noise_configurations=100_000, emulate_with=60, seed=3)
+    res = ds.tds.fit(NI, shells=5, initial=START, noise_configurations=100_000, noise_draws=120, progress=False)
+    se = np.array([float(res["ifc_stderr"].sel(constant=n)) for n in NAMES])
+    z = errors(res) / se
+    assert (np.abs(z) < 3).sum() >= 15, z
+    assert np.sqrt(np.mean(z**2)) > 0.3, z
+    assert np.abs(errors(res)).max() > 1e-7  # the noise does move the optimum
+
+
+def test_chi2_with_scale_and_background(volume16):
+    sub = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25))
+    data = 3.0 * sub["intensity"] + 5.0
+    ds = sub.assign(intensity=data, sigma=0.01 * data)
+    pts = ds.tds.symmetrize().tds.to_points()
+    pts["sigma"] = 0.01 * pts["intensity"] / np.sqrt(pts["multiplicity"])
+    res = fit_points(pts, NI, 300.0, shells=5, initial=START, loss="chi2", progress=False)
+    assert np.abs(errors(res)).max() < 1e-6
+    assert float(res["scale"]) == pytest.approx(3.0, rel=1e-7)
+    assert float(res["background"]) == pytest.approx(5.0, abs=1e-4)
+
+
+def test_checkpoint_resume_after_a_kill(volume16, tmp_path):
+    pts = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25)).tds.symmetrize().tds.to_points()
+    full = fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False)
+
+    def kill(it, x, loss):
+        if it == 3:
+            raise KeyboardInterrupt  # the fit dies in its third iteration
+
+    ck = tmp_path / "fit.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False, checkpoint=ck, callback=kill)
+    assert ck.exists()
+    resumed = fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False, checkpoint=ck)
+    assert resumed.attrs["resumed_from"] == 2
+    np.testing.assert_allclose(resumed["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="other settings"):
+        fit_points(pts, NI, 250.0, shells=5, initial=START, progress=False, checkpoint=ck)
+
+
+def test_adam_sampled_resume_is_exact(tmp_path):
+    model = xtds.IFCModel(NI, shells=2)
+    start = {"b0": -0.9, "b1": 0.05, "b2": -0.9, "c0": 0.1, "c1": 0.0}
+    c = np.arange(-4, 5) / 2.0
+    hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    q = NI.rlu_to_cartesian(hkl)
+    with torch.no_grad():
+        I = tds_intensity(model, model.vector({**start, "b0": -1.0}), q, 300.0, geometry=PeriodicSupercell(2))
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
+                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
+    pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
+    kw = dict(shells=2, initial=start, model="sampled", epochs=8, lr=0.01, n_samples=4, progress=False)
+    full = fit_points(pts, NI, 300.0, **kw)
+    assert full["loss"].sizes["iteration"] == 8
+
+    def kill(it, x, loss):
+        if it == 5:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "adam.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit_points(pts, NI, 300.0, checkpoint=ck, checkpoint_every=2, callback=kill, **kw)
+    res = fit_points(pts, NI, 300.0, checkpoint=ck, checkpoint_every=2, **kw)
+    assert res.attrs["resumed_from"] == 4  # the last checkpoint before the kill in epoch 5
+    np.testing.assert_allclose(res["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
+
+
+def test_bad_inputs(volume16):
+    with pytest.raises(ValueError, match="temperature"):
+        volume16.drop_attrs().assign_coords().tds.fit(NI, shells=5, initial=START)
+    unstable = {k: v for k, v in START.items() if k != "a0"} | {"b0": 0.5, "b2": 0.0}
+    with pytest.raises(UnstableError, match="starting force constants are dynamically unstable"):
+        volume16.tds.fit(NI, shells=5, initial=unstable, progress=False)
+    with pytest.raises(ValueError, match="give starting force constants"):
+        volume16.tds.fit(NI, shells=5, progress=False)
+
+
+def test_simulate_matches_the_model(volume16):
+    sim = volume16.tds.simulate(NI, TARGET, shells=5)
+    np.testing.assert_allclose(sim["intensity"].values, volume16["intensity"].values, rtol=1e-12)
+
+
+def test_cli_fit_on_an_nxrefine_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = small_ni_nexus(tmp_path / "ni.nxs", n_max=8)
+    cmd = [sys.executable, "-m", "xtds.cli", "fit", str(path), "--crystal", "Ni", "--shells", "5", "--initial",
+           "starting", "--out", str(tmp_path / "fit.nc"), "--plots", str(tmp_path / "plots"), "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "b2" in res.stdout and "-1.041000" in res.stdout
+    back = xr.open_dataset(tmp_path / "fit.nc", engine="h5netcdf")
+    assert float(back["ifc"].sel(constant="b0")) == pytest.approx(TARGET["b0"], abs=1e-8)
+    for png in ("dispersion.png", "convergence.png", "slice_HK0.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    info = subprocess.run([sys.executable, "-m", "xtds.cli", "info", str(path)], capture_output=True, text=True)
+    assert "masked_transform" in info.stdout and "temperature: 300.0" in info.stdout
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
