@@ -7,7 +7,8 @@ import xarray as xr
 
 import xtds
 
-nexus = pytest.importorskip("nexusformat.nexus")
+with np.printoptions():  # nexusformat changes numpy's print options at import; keep ours
+    nexus = pytest.importorskip("nexusformat.nexus")
 
 H = np.linspace(-1.0, 1.0, 5)
 K = np.linspace(-1.5, 1.5, 7)
