@@ -22,7 +22,13 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.model import PeriodicSupercell, irreducible_q, sample_displacements, supercell_q_grid, tds_intensity
+from xtds.model import (
+    PeriodicSupercell,
+    irreducible_q,
+    sample_displacements,
+    supercell_q_grid,
+    tds_intensity,
+)
 
 
 def timed(fn, repeats):

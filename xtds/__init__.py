@@ -3,9 +3,11 @@
 Conventions (units, 2π, IFC naming, signs): see ``docs/conventions.md``.
 """
 
+from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 from xtds._version import __version__
 from xtds.crystal import PRESETS, Crystal
 from xtds.ifc import IFCInfo, IFCModel
+from xtds.io import open_volume, write_volume
 from xtds.kpath import KPath, standard_path
 from xtds.phonons import (
     StabilityReport,
@@ -17,8 +19,6 @@ from xtds.phonons import (
     stability,
 )
 from xtds.supercell import Supercell, supercell_hessian
-from xtds.io import open_volume, write_volume
-from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 
 __all__ = [
     "__version__",

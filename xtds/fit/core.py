@@ -142,7 +142,6 @@ def fit_points(
     ``point``: ``intensity`` (data), ``model_intensity`` (scaled as the loss scales it),
     ``residual`` (log data − log model); attrs with provenance and timings.
     """
-    import xtds
 
     t_start = time.perf_counter()
     if temperature is None or not float(temperature) > 0:

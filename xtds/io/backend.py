@@ -49,7 +49,7 @@ class _NXVolumeArray(BackendArray):
         import h5py
 
         full = []
-        for k, n in zip(key, self.shape):
+        for k in key:
             full.append(slice(k, k + 1) if isinstance(k, (int, np.integer)) else k)
         disk_key = [None] * 3
         for hkl_axis, disk_axis in enumerate(self.order):
