@@ -11,36 +11,34 @@ from xtds.datasets import paper_ni_ifcs, paper_ni_tables
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_demo_prints_table_and_writes_plot(tmp_path):
+def run_example(script: str, out) -> str:
+    """Run ``examples/<script> --out <out>``; returns its standard output."""
     pytest.importorskip("matplotlib")
     res = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "ni_phonons.py"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(ROOT / "examples" / script), "--out", str(out)], capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr
-    assert "b2            1  Ni-Ni" in res.stdout and "f3" in res.stdout
-    assert "stable" in res.stdout
-    png = tmp_path / "ni_dispersion.png"
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    return res.stdout
+
+
+def assert_png(path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_demo_prints_table_and_writes_plot(tmp_path):
+    out = run_example("ni_phonons.py", tmp_path)
+    assert "b2            1  Ni-Ni" in out and "f3" in out
+    assert "stable" in out
+    assert_png(tmp_path / "ni_dispersion.png")
 
 
 def test_fit_demo_fits_an_nxrefine_file(tmp_path):
-    pytest.importorskip("matplotlib")
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "fit_ni.py"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
-    assert "ni_small.nxs" in res.stdout and "b2" in res.stdout
-    rows = {line.split()[0]: line.split() for line in res.stdout.splitlines() if line[:2].strip() in {"b0", "f3"}}
+    out = run_example("fit_ni.py", tmp_path)
+    assert "ni_small.nxs" in out and "b2" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:2].strip() in {"b0", "f3"}}
     assert abs(float(rows["b0"][-1])) < 1e-8 and abs(float(rows["f3"][-1])) < 1e-8  # error column
     for name in ("ni_fit_dispersion.png", "ni_fit_convergence.png", "ni_fit_slice_HK0.png"):
-        png = tmp_path / name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert_png(tmp_path / name)
     assert (tmp_path / "ni_fit.nc").exists()
 
 

@@ -1,5 +1,6 @@
 """End-to-end fits: the paper's Ni benchmark on reduced grids, honest errors, checkpoints, CLI."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -157,3 +158,16 @@ def test_cli_fit_on_an_nxrefine_file(tmp_path):
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_initial_from_phonopy(volume16):
+    pytest.importorskip("phonopy")
+    from xtds import phonopy_io
+
+    model = xtds.IFCModel(NI, shells=5)
+    ph = phonopy_io.to_phonopy(model, {k: v for k, v in START.items() if k != "a0"}, 4)  # e.g. from DFT
+    sub = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25))
+    res = sub.tds.fit(NI, shells=5, initial=ph, progress=False)
+    start = json.loads(res.attrs["initial_ifc"])
+    assert start["b2"] == pytest.approx(START["b2"], abs=1e-12)
+    assert np.abs(errors(res)).max() < 1e-8
