@@ -104,7 +104,8 @@ def plot_slices(ds, model=None, plane: str = "HK0", vmin=None, vmax=None):
 
 def plot_convergence(result, reference=None):
     """The loss history of a fit result, and (with ``reference``, name → eV/Å²) the final error per
-    constant with its standard error. Returns the Figure."""
+    free constant with its standard error (derived constants such as a0 are left out). Returns the
+    Figure."""
     plt = _pyplot()
     n = 2 if reference is not None else 1
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
@@ -114,7 +115,8 @@ def plot_convergence(result, reference=None):
     ax.set_ylabel(result["loss"].attrs.get("long_name", "loss"))
     ax.set_title("convergence")
     if reference is not None:
-        names = [str(c) for c in result["constant"].values if str(c) in reference]
+        derived = result["derived"].values if "derived" in result.coords else [False] * result.sizes["constant"]
+        names = [str(c) for c, d in zip(result["constant"].values, derived) if str(c) in reference and not d]
         err = [float(result["ifc"].sel(constant=c)) - reference[c] for c in names]
         se = [float(result["ifc_stderr"].sel(constant=c)) for c in names]
         ax2 = axes[0][1]
