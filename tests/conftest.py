@@ -41,3 +41,13 @@ def si_phi(si_model) -> np.ndarray:
     phi = si_model.central_force({1: 6.0, 2: 1.0})
     rng = np.random.default_rng(7)
     return phi + 0.05 * rng.standard_normal(si_model.n_free)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only when asked for (``-m slow``, as ``make bench`` does)."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow (make bench)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
