@@ -14,6 +14,7 @@ The irreducible points (Laue orbits) count as the independent observations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -197,7 +198,7 @@ def fit_points(
         "form_factor": form_factor, "optimizer": optimizer, "lr": lr,
         "n_samples": n_samples, "solver": solver, "penalty": penalty, "seed": seed, "initial": x0.tolist(),
         "n_points": int(points.sizes["point"]), "source": source,
-        "data_digest": Checkpoint.fingerprint_of({"I": target.cpu().numpy().round(12).tolist()[:2000], "n": len(target)}),
+        "data_digest": hashlib.sha256(target.cpu().numpy().tobytes() + q.cpu().numpy().tobytes()).hexdigest()[:16],
     }
     ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of(settings)) if checkpoint else None
 
