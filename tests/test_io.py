@@ -119,10 +119,11 @@ def test_crystal_is_checked_against_the_file(nxfile):
         xtds.open_volume(path, crystal=xtds.Crystal.fcc("Al", a=4.05))
 
 
-def _generic(tmp_path, **change):
+def _generic(folder, **change):
     import h5py
 
-    p = tmp_path / "generic.h5"
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / "generic.h5"
     with h5py.File(p, "w") as f:
         e = f.create_group("entry")
         e.attrs["NX_class"] = "NXentry"
@@ -156,7 +157,7 @@ def test_bad_nexus_inputs_name_the_fix(tmp_path, change, match):
 def test_generic_nxdata_with_units(tmp_path):
     ds = xtds.open_volume(_generic(tmp_path))
     assert ds["intensity"].shape == (5, 7, 9)
-    ds2 = xtds.open_volume(_generic(tmp_path / "..", units=False), axis_units="rlu")
+    ds2 = xtds.open_volume(_generic(tmp_path / "no_units", units=False), axis_units="rlu")
     assert ds2["intensity"].shape == (5, 7, 9)
 
 

@@ -182,14 +182,15 @@ def test_dask_pipeline_is_lazy():
 
 
 def _gpu():
-    cp = pytest.importorskip("cupy") if os.environ.get("XTDS_REQUIRE_GPU") else None
-    if cp is None:
-        try:
-            import cupy as cp
+    """cupy with a usable GPU; skips without one, unless XTDS_REQUIRE_GPU=1 (then it fails)."""
+    try:
+        import cupy as cp
 
-            cp.cuda.runtime.getDeviceCount()
-        except Exception:
-            pytest.skip("cupy with a GPU is not available (set XTDS_REQUIRE_GPU=1 to fail instead)")
+        cp.cuda.runtime.getDeviceCount()
+    except Exception as err:
+        if os.environ.get("XTDS_REQUIRE_GPU"):
+            raise AssertionError(f"XTDS_REQUIRE_GPU is set but cupy/GPU is unusable: {err}") from err
+        pytest.skip("cupy with a GPU is not available (set XTDS_REQUIRE_GPU=1 to fail instead)")
     return cp
 
 

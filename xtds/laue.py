@@ -19,15 +19,15 @@ Q_TOL = 1e-6
 
 
 def laue_rotations(crystal: Crystal) -> np.ndarray:
-    """The Laue group of ``crystal`` as Cartesian rotations, shape (n_ops, 3, 3)."""
-    W = np.asarray(crystal.symmetry_dataset.rotations)
-    A = crystal.lattice
-    # reciprocal-space action of the fractional rotation W: q' = R q with R = Aᵀ W A⁻ᵀ (orthogonal)
-    R = np.einsum("ji,gjk,kl->gil", A, W, np.linalg.inv(A).T)
-    R = np.concatenate([R, -R])
-    keys = np.round(R.reshape(len(R), 9), 8)
-    _, first = np.unique(keys, axis=0, return_index=True)
-    return R[np.sort(first)]
+    """The Laue group of ``crystal`` as Cartesian rotations, shape (n_ops, 3, 3).
+
+    The same group as :func:`xtds.volume.laue_grid.laue_matrices` (integer matrices on H, K, L),
+    carried to Cartesian q: q = Bᵀh with B the reciprocal matrix (rows b_i), so R_q = Bᵀ R_h B⁻ᵀ.
+    """
+    from xtds.volume.laue_grid import laue_matrices
+
+    B = crystal.reciprocal
+    return np.einsum("ji,gjk,kl->gil", B, laue_matrices(crystal=crystal), np.linalg.inv(B).T)
 
 
 @dataclass(frozen=True)

@@ -243,27 +243,20 @@ def fit_points(
 
     # Gauss–Newton covariance
     n, p = len(rho), J.shape[1]
-    if loss == "var_log" and not use_nuisance:
-        # ρ carries √(m/M): undo the 1/M so that each orbit has weight m, then σ̂² from the residuals
-        M = float(weight.sum())
-        Jw, rw = J * np.sqrt(M), rho * np.sqrt(M)
-        dof = max(1, n - p - 1)
-        s2 = float(rw @ rw) / dof
-    elif loss == "var_log":
-        M = float(weight.sum())
-        Jw, rw = J * np.sqrt(M), rho * np.sqrt(M)
-        dof = max(1, n - p)
-        s2 = float(rw @ rw) / dof
-    else:
-        Jw, rw, dof, s2 = J, rho, max(1, n - p), 1.0
-    cov = s2 * np.linalg.pinv(Jw.T @ Jw)
+    if loss == "var_log":
+        dof = max(1, n - p - (0 if use_nuisance else 1))  # the centring (free log-scale) takes one
+        unit = float(rho @ rho) / dof  # σ̂² in the units of ρ (which carries √(m/M))
+        s2 = unit * float(weight.sum())  # the same per voxel: the variance of one voxel's log intensity
+    else:  # chi2: residuals in units of σ
+        dof, unit, s2 = max(1, n - p), 1.0, 1.0
+    cov = unit * np.linalg.pinv(J.T @ J)
     if noise_configurations:
         cov = _sampled_noise_cov(ifcm, res.x, split, J, q, temperature, geometry, weight, loss, sigma, form_factor,
                                  noise_configurations, noise_draws, seed, dtype, device, mult)
         s2, dof = float("nan"), n
     phi_hat = res.x[:n_free]
     out = _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, loss, sigma, use_nuisance,
-                  settings, t_start, s2, dof, rw, device, dtype)
+                  settings, t_start, s2, dof, device, dtype)
     return out
 
 
@@ -320,7 +313,7 @@ def _check_stable_or_explain(ifcm, phi0, k):
 
 
 def _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, loss, sigma, use_nuisance,
-            settings, t_start, s2, dof, rw, device, dtype):
+            settings, t_start, s2, dof, device, dtype):
     import xtds
 
     n_free = ifcm.n_free

@@ -13,7 +13,8 @@ import xarray as xr
 from xtds.io import check_volume
 from xtds.volume import masks as _masks
 from xtds.volume.laue_grid import grid_operations, laue_class_of, laue_matrices
-from xtds.volume.symmetrize import _xp, symmetrize_array
+from xtds.volume.backend import array_module as _xp
+from xtds.volume.symmetrize import symmetrize_array
 
 __all__ = [
     "reciprocal_of",
@@ -183,9 +184,8 @@ def mask(
     if bragg is not None:
         if crystal is None:
             raise ValueError("a Bragg mask needs the structure: pass crystal=xtds.Crystal.preset(...)")
-        B = np.asarray(crystal.reciprocal)
-        hmax = int(max(np.abs(ds[d].values).max() for d in "HKL")) + int(np.ceil(bragg if bragg_units == "rlu" else bragg / np.linalg.norm(B, axis=1).min())) + 1
-        refl = _masks.allowed_reflections(crystal, hmax)
+        extent = int(max(np.abs(ds[d].values).max() for d in "HKL"))
+        refl = _masks.allowed_reflections(crystal, extent + _masks.bragg_reach(crystal, bragg, bragg_units) + 1)
         add(_map_hkl(ds, lambda h, k, l: _masks.bragg_mask(h, k, l, crystal, bragg, bragg_units, reflections=refl)),
             f"bragg<{bragg} {bragg_units}")
     if q_min is not None or q_max is not None:

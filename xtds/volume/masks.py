@@ -10,6 +10,8 @@ import itertools
 
 import numpy as np
 
+from xtds.volume.backend import array_module as _xp
+
 __all__ = [
     "invalid_mask",
     "allowed_reflections",
@@ -17,13 +19,8 @@ __all__ = [
     "q_range_mask",
     "wedge_mask",
     "angle_to_plane",
+    "bragg_reach",
 ]
-
-
-def _xp(x):
-    from xtds.volume.symmetrize import _xp as xp_of
-
-    return xp_of(x)
 
 
 def invalid_mask(intensity, weights=None):
@@ -69,9 +66,7 @@ def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=
     if units not in ("rlu", "1/angstrom"):
         raise ValueError(f"radius units must be 'rlu' or '1/angstrom', got {units!r}")
     B = np.asarray(crystal.reciprocal)  # rows b1, b2, b3, Å⁻¹
-    # the largest |Δh_i| (r.l.u.) a point within the radius can have: |Δh_i| ≤ |Δq| |a_i| / 2π
-    bound = radius if units == "rlu" else radius * np.linalg.norm(crystal.lattice, axis=1).max() / (2 * np.pi)
-    reach = 0 if bound < 0.5 else int(np.ceil(bound - 0.5))  # below 0.5 the nearest node is the only one
+    reach = bragg_reach(crystal, radius, units)
     if reflections is None:
         hmax = int(max(float(abs(x).max()) for x in (H, K, L))) + reach + 1
         reflections = allowed_reflections(crystal, hmax)
@@ -88,6 +83,16 @@ def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=
         hit = (dist2 <= radius**2) & _is_allowed(h0, k0, l0, allowed)
         near = hit if near is None else near | hit
     return near
+
+
+def bragg_reach(crystal, radius: float, units: str = "rlu") -> int:
+    """How many lattice nodes beyond the nearest one a sphere of ``radius`` can reach, per axis.
+
+    A point within the radius of a node differs from it by |Δh_i| ≤ |Δq| |a_i| / 2π (r.l.u.);
+    below 0.5 the nearest node (rounding) is the only candidate.
+    """
+    bound = radius if units == "rlu" else radius * np.linalg.norm(crystal.lattice, axis=1).max() / (2 * np.pi)
+    return 0 if bound < 0.5 else int(np.ceil(bound - 0.5))
 
 
 def _is_allowed(h, k, l, allowed: set):

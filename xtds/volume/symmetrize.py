@@ -21,18 +21,10 @@ import operator
 
 import numpy as np
 
+from xtds.volume.backend import array_module as _xp
 from xtds.volume.laue_grid import GridOp
 
 __all__ = ["symmetrize_array", "symmetric_chunks"]
-
-
-def _xp(x):
-    try:
-        import cupy
-
-        return cupy.get_array_module(x)
-    except ImportError:
-        return np
 
 
 def _apply(op: GridOp, block, xp):
