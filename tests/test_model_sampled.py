@@ -6,8 +6,14 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.model import PeriodicSupercell, sample_displacements, sampled_intensity, supercell_q_grid, tds_intensity
-from xtds.model.nufft import structure_factor, structure_factor_direct
+from xtds.model import (
+    PeriodicSupercell,
+    sample_displacements,
+    sampled_intensity,
+    supercell_q_grid,
+    tds_intensity,
+)
+from xtds.model.nufft import ModeBox, pair_sums, structure_factor, structure_factor_direct
 from xtds.units import KB_EV_PER_K
 
 pytest.importorskip("finufft")
@@ -21,19 +27,56 @@ def ni():
     return m, m.vector({k: v for k, v in paper_ni_ifcs("target").items() if k in m.names})
 
 
-def test_nufft_equals_direct_sum():
-    g = torch.Generator().manual_seed(0)
-    f = torch.rand(2, 30, 3, generator=g, dtype=torch.float64) * 3 - 1  # any real coordinates
-    shape = (9, 8, 7)
-    a, b = structure_factor(f, shape), structure_factor_direct(f, shape)
-    assert ((a - b).abs() / 30).max() < 1e-10  # relative to the largest possible |F| = M
-    w = torch.rand(*shape, generator=g, dtype=torch.float64)
+def test_mode_box_covers_each_mode_or_its_friedel_mate():
+    n = np.stack(np.meshgrid(*[np.arange(-40, 41)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    box, flat = ModeBox.covering(n)
+    assert box.size == 81 * 81 * 41  # the paper's grid: half the modes
+    m = np.stack(np.unravel_index(flat, box.shape), -1) + np.asarray(box.lo)
+    assert np.all((m == n).all(1) | (m == -n).all(1))
+    wedge = n[(n[:, 0] >= n[:, 1]) & (n[:, 1] >= n[:, 2]) & (n[:, 2] >= 0)]  # an m-3m wedge
+    assert ModeBox.covering(wedge)[0].shape == (41, 41, 41)
+    far = np.array([[30, -5, 2], [40, 5, -3], [35, 0, 0]])  # off-centre: flipping would not help
+    box, flat = ModeBox.covering(far)
+    assert box.lo == (30, -5, -3) and box.shape == (11, 11, 6)
+    assert ModeBox.covering(far, friedel=False)[0] == box
+
+
+def _two_species(seed, b=2, M=30):
+    g = torch.Generator().manual_seed(seed)
+    frac = torch.rand(b, M, 3, generator=g, dtype=torch.float64) * 3 - 1  # any real coordinates
+    group = np.arange(M) % 3 // 2  # species 0, 0, 1, 0, 0, 1, …
+    return frac, group, g
+
+
+@pytest.mark.parametrize("box", [ModeBox.centred((9, 8, 7)), ModeBox((3, -6, -1), (5, 4, 6))])
+def test_pair_sums_nufft_equals_direct_sum(box):
+    frac, group, g = _two_species(0)
+    a1, a2 = pair_sums(frac, group, box, eps=1e-12)
+    b1, b2 = pair_sums(frac, group, box, method="direct")
+    M = frac.shape[1]
+    assert a1.shape == (3, *box.shape) and a2.shape == (6, *box.shape)
+    assert (a1 - b1).abs().max() / M**2 < 1e-10  # relative to the largest possible |F|² = M²
+    assert (a2 - b2).abs().max() / M**4 < 1e-10
+    pa, _ = pair_sums(frac, group, box, eps=1e-12, per_configuration=True)
+    assert torch.allclose(pa.sum(0), b1, atol=1e-9 * M**2)
+    w = torch.rand(3, *box.shape, generator=g, dtype=torch.float64)
     grads = []
-    for fn in (structure_factor, structure_factor_direct):
-        x = f.clone().requires_grad_(True)
-        (fn(x, shape).abs() ** 2 * w).sum().backward()
+    for method in ("nufft", "direct"):
+        x = frac.clone().requires_grad_(True)
+        (pair_sums(x, group, box, eps=1e-12, method=method)[0] * w).sum().backward()
         grads.append(x.grad)
     assert ((grads[0] - grads[1]).abs().max() / grads[1].abs().max()) < 1e-9
+    F = structure_factor(frac, box, eps=1e-12)
+    assert (F - structure_factor_direct(frac, box)).abs().max() / M < 1e-10
+
+
+def test_pair_sums_gradcheck():
+    frac, group, g = _two_species(1, b=2, M=6)
+    box = ModeBox((-1, 2, -2), (3, 4, 3))
+    w = torch.rand(3, *box.shape, generator=g, dtype=torch.float64)
+    x = frac.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: (pair_sums(f, group, box, eps=1e-14)[0] * w).sum(), (x,), eps=1e-6,
+                                    atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("solver", ["dense", "kspace"])
@@ -153,3 +196,15 @@ def test_silicon_sampled_matches_exact():
     phi = torch.tensor(m.central_force({1: 6.0, 2: 1.0}) + 0.05 * np.random.default_rng(0).standard_normal(m.n_free))
     chi2, _, _ = _pooled(m, phi, L, "kspace", 300)
     assert 0.8 <= chi2 <= 1.2
+
+
+def test_rocksalt_sampled_matches_exact():
+    """Two species: the cross terms 2 f_Na f_Cl Re F_Na F_Cl* of the pair sums."""
+    m = xtds.IFCModel(xtds.Crystal.preset("NaCl"), shells=2)
+    phi = torch.tensor(m.central_force({1: 2.0, 2: 0.3}))
+    chi2, _, _ = _pooled(m, phi, L, "kspace", 400)
+    assert 0.8 <= chi2 <= 1.2
+    q = torch.tensor(supercell_q_grid(m.crystal, L, 3))
+    a = sampled_intensity(m, phi, q, 300.0, L, n_samples=6, seed=2, intensity="nufft", eps=1e-12)
+    b = sampled_intensity(m, phi, q, 300.0, L, n_samples=6, seed=2, intensity="direct")
+    assert ((a[0] - b[0]).abs() / b[0]).max() < 1e-8
