@@ -97,7 +97,7 @@ def main():
 
     def intensities_only():
         frac = frac0.clone().requires_grad_(True)
-        s1, _ = pair_sums(frac, group, box)
+        s1, _ = pair_sums(frac, group, box, moments=False)  # as tds_intensity without return_stderr
         loss_of(s1.reshape(-1)[torch.as_tensor(flat)]).backward()
 
     rows = {}

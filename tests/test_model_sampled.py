@@ -13,7 +13,7 @@ from xtds.model import (
     supercell_q_grid,
     tds_intensity,
 )
-from xtds.model.nufft import ModeBox, pair_sums, structure_factor, structure_factor_direct
+from xtds.model.nufft import ModeBox, pair_products, pair_sums, structure_factor, structure_factor_direct
 from xtds.units import KB_EV_PER_K
 
 pytest.importorskip("finufft")
@@ -57,8 +57,11 @@ def test_pair_sums_nufft_equals_direct_sum(box):
     assert a1.shape == (3, *box.shape) and a2.shape == (6, *box.shape)
     assert (a1 - b1).abs().max() / M**2 < 1e-10  # relative to the largest possible |F|² = M²
     assert (a2 - b2).abs().max() / M**4 < 1e-10
-    pa, _ = pair_sums(frac, group, box, eps=1e-12, per_configuration=True)
+    pa = pair_products(frac, group, box, eps=1e-12)
     assert torch.allclose(pa.sum(0), b1, atol=1e-9 * M**2)
+    assert torch.allclose(pair_products(frac, group, box, method="direct").sum(0), b1)
+    s1, none = pair_sums(frac, group, box, eps=1e-12, moments=False)
+    assert none is None and torch.allclose(s1, a1, rtol=0, atol=1e-12 * M**2)
     w = torch.rand(3, *box.shape, generator=g, dtype=torch.float64)
     grads = []
     for method in ("nufft", "direct"):

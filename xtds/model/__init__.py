@@ -124,7 +124,7 @@ def tds_intensity(
             raise ValueError("the sampled model is classical (the paper's); use method='exact' for quantum statistics")
         mean, se = sampled_intensity(
             model, phi, qt, temperature, geometry.repeats, n_samples=n_samples, solver=solver,
-            seed=seed, form_factor=form_factor,
+            seed=seed, form_factor=form_factor, stderr=return_stderr,
         )
         return (mean, se) if return_stderr else mean
     if return_stderr:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ModeBox", "pair_sums", "species_pairs", "structure_factor", "structure_factor_direct"]
+__all__ = ["ModeBox", "pair_products", "pair_sums", "species_pairs", "structure_factor", "structure_factor_direct"]
 
 #: finufft's relative tolerance unless asked otherwise. The error it gives intensities is measured in
 #: tests/test_model_sampled.py (test_nufft_path_gives_the_same_draws).
@@ -147,40 +147,44 @@ def _type1_plan(box: ModeBox, n_trans: int, eps: float):
 
 
 class _PairSums(torch.autograd.Function):
-    """S1 (differentiable) and S2 (not) of :func:`pair_sums` by finufft; see the module docstring.
+    """S1 (differentiable) and S2 (not) of :func:`pair_sums`, or the products of each
+    configuration (``mode="each"``, not differentiable), by finufft; see the module docstring.
 
     Works one configuration at a time into preallocated arrays: fresh multi-megabyte temporaries
     cost page faults that, measured here, can take longer than the transforms.
     """
 
     @staticmethod
-    def forward(ctx, theta, group, box, eps, per_configuration):
+    def forward(ctx, theta, group, box, eps, mode):
         th_all = theta.detach().cpu().numpy().astype(np.float64)  # (b, M, 3)
         grp = np.asarray(group)
         G = int(grp.max()) + 1
         n_pairs = len(species_pairs(G))
         onehot = (grp[None, :] == np.arange(G)[:, None]).astype(np.complex128)  # (G, M)
         plan = _type1_plan(box, G, eps)
+        each = mode == "each"
         # every configuration's amplitudes are kept for the backward pass; one buffer otherwise
-        F = torch.empty((1 if per_configuration else len(th_all), G, *box.shape), dtype=torch.complex128)
-        if per_configuration:
+        F = torch.empty((1 if each else len(th_all), G, *box.shape), dtype=torch.complex128)
+        if each:
             P = torch.empty((len(th_all), n_pairs, *box.shape), dtype=torch.float64)
         else:
             S1 = torch.zeros((n_pairs, *box.shape), dtype=torch.float64)
-            S2 = torch.zeros((len(species_pairs(n_pairs)), *box.shape), dtype=torch.float64)
+            S2 = torch.zeros((len(species_pairs(n_pairs)) if mode == "moments" else 0, *box.shape),
+                             dtype=torch.float64)
         for c, th in enumerate(th_all):
-            Fc = F[0 if per_configuration else c]
+            Fc = F[0 if each else c]
             _amplitudes(plan, th, onehot, box, out=Fc.numpy())
             Pc = _products(Fc[None])
-            if per_configuration:
+            if each:
                 P[c] = Pc[0]
-            else:
-                S1 += Pc[0]
+                continue
+            S1 += Pc[0]
+            if mode == "moments":
                 S2 += _moments(Pc)
-        if per_configuration:
-            P, empty = P.to(theta.device), P[:0].to(theta.device)
-            ctx.mark_non_differentiable(P, empty)
-            return P, empty
+        if each:
+            P = P.to(theta.device)
+            ctx.mark_non_differentiable(P)
+            return P, P[:0]
         S2 = S2.to(theta.device)
         ctx.mark_non_differentiable(S2)
         ctx.save_for_backward(theta)
@@ -217,8 +221,23 @@ class _PairSums(torch.autograd.Function):
         return torch.from_numpy(out).to(dtype=theta.dtype, device=theta.device), None, None, None, None
 
 
+def _check(frac, group) -> np.ndarray:
+    if frac.ndim != 3 or frac.shape[-1] != 3:
+        raise ValueError(f"frac must have shape (b, M, 3), got {tuple(frac.shape)}")
+    group = np.asarray(group, dtype=np.int64)
+    if group.shape != (frac.shape[1],) or set(np.unique(group)) != set(range(int(group.max()) + 1)):
+        raise ValueError("group must give each atom a species index 0 … G−1, every index used")
+    return group
+
+
+def _direct_products(frac, group, box) -> torch.Tensor:
+    """Re F_s F_t* of each configuration by the direct sum: (b, n_pairs, *box), differentiable."""
+    F = torch.stack([structure_factor_direct(frac[:, group == s], box) for s in range(int(group.max()) + 1)], 1)
+    return _products(F)
+
+
 def pair_sums(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS, method: str = "nufft",
-              per_configuration: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              moments: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Configuration sums of the species-pair intensities on a box of modes.
 
     Parameters
@@ -235,32 +254,39 @@ def pair_sums(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS,
     method
         ``"nufft"`` (finufft; its backward is a type-2 NUFFT) or ``"direct"`` (exact sum in torch,
         O(M · box.size) per configuration: small systems and tests).
-    per_configuration
-        Return the products of each configuration, (b, n_pairs, *box), without summing (no
-        gradient), and an empty second tensor.
+    moments
+        Also return the second moments S2 (for a Monte-Carlo error); False skips them.
 
     Returns
     -------
     S1, S2
         S1 = Σ_c Re F_s,c F_t,c*: shape (n_pairs, *box), differentiable in ``frac``; S2 = Σ_c P_p,c
-        P_p',c for p ≤ p': shape (n_pairs(n_pairs+1)/2, *box), no gradient. Pairs as
+        P_p',c for p ≤ p': shape (n_pairs(n_pairs+1)/2, *box), no gradient, or None. Pairs as
         :func:`species_pairs`. Dimensionless (bare lattice sums).
     """
-    if frac.ndim != 3 or frac.shape[-1] != 3:
-        raise ValueError(f"frac must have shape (b, M, 3), got {tuple(frac.shape)}")
-    group = np.asarray(group, dtype=np.int64)
-    if group.shape != (frac.shape[1],) or set(np.unique(group)) != set(range(int(group.max()) + 1)):
-        raise ValueError("group must give each atom a species index 0 … G−1, every index used")
+    group = _check(frac, group)
     if method == "nufft":
-        return _PairSums.apply(_theta(frac), group, box, float(eps), bool(per_configuration))
+        S1, S2 = _PairSums.apply(_theta(frac), group, box, float(eps), "moments" if moments else "sum")
+        return S1, (S2 if moments else None)
     if method != "direct":
         raise ValueError(f"method must be 'nufft' or 'direct', got {method!r}")
-    G = int(group.max()) + 1
-    F = torch.stack([structure_factor_direct(frac[:, group == s], box) for s in range(G)], 1)
-    P = _products(F)
-    if per_configuration:
-        return P.detach(), P[:0].detach()
-    return P.sum(0), _moments(P.detach())
+    P = _direct_products(frac, group, box)
+    return P.sum(0), (_moments(P.detach()) if moments else None)
+
+
+def pair_products(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS,
+                  method: str = "nufft") -> torch.Tensor:
+    """The species-pair products P_p,c = Re F_s,c F_t,c* of each configuration (no gradient).
+
+    Shape (b, n_pairs, *box); arguments as :func:`pair_sums`.
+    """
+    group = _check(frac, group)
+    if method == "nufft":
+        return _PairSums.apply(_theta(frac.detach()), group, box, float(eps), "each")[0]
+    if method != "direct":
+        raise ValueError(f"method must be 'nufft' or 'direct', got {method!r}")
+    with torch.no_grad():
+        return _direct_products(frac, group, box)
 
 
 def structure_factor(frac: torch.Tensor, box: ModeBox, eps: float = DEFAULT_EPS) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from xtds.ifc import IFCModel
 from xtds.model.covariance import _check_temperature, grid_k
-from xtds.model.nufft import DEFAULT_EPS, ModeBox, pair_sums, species_pairs
+from xtds.model.nufft import DEFAULT_EPS, ModeBox, pair_products, pair_sums, species_pairs
 from xtds.phonons import UnstableError
 from xtds.supercell import Supercell, supercell_hessian
 from xtds.units import KB_EV_PER_K
@@ -164,16 +164,14 @@ def _layout(model, phi, q, repeats, form_factor) -> _Layout:
     )
 
 
-def _batches(model, phi, temperature, lay: _Layout, n_samples, solver, seed, eps, batch, intensity,
-             per_configuration=False):
-    """Yield :func:`~xtds.model.nufft.pair_sums` of the configurations, batch by batch."""
+def _batches(model, phi, temperature, lay: _Layout, n_samples, solver, seed, batch):
+    """Yield the fractional coordinates of the configurations, shape (b, N, 3), batch by batch."""
     gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     done = 0
     while done < n_samples:
         b = min(batch, n_samples - done)
         dx = sample_displacements(model, phi, temperature, lay.repeats, b, solver=solver, generator=gen)
-        frac = (lay.X[None] + dx) @ lay.inv  # (b, N, 3)
-        yield pair_sums(frac, lay.group, lay.box, eps=eps, method=intensity, per_configuration=per_configuration)
+        yield (lay.X[None] + dx) @ lay.inv
         done += b
 
 
@@ -183,9 +181,8 @@ def configuration_intensities(model, phi, q, temperature, repeats, n_samples, so
     electrons² per primitive cell. For noise models (the Monte-Carlo noise of a sampled mean)."""
     lay = _layout(model, phi, q, repeats, form_factor)
     with torch.no_grad():
-        parts = _batches(model, phi, temperature, lay, n_samples, solver, seed, eps, batch, "nufft",
-                         per_configuration=True)
-        return torch.cat([lay.intensities(P) for P, _ in parts])
+        return torch.cat([lay.intensities(pair_products(frac, lay.group, lay.box, eps=eps))
+                          for frac in _batches(model, phi, temperature, lay, n_samples, solver, seed, batch)])
 
 
 def sampled_intensity(
@@ -201,7 +198,8 @@ def sampled_intensity(
     eps: float = DEFAULT_EPS,
     batch: int = 32,
     intensity: str = "nufft",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    stderr: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean intensity per primitive cell over ``n_samples`` configurations, and its standard error.
 
     Parameters
@@ -216,6 +214,8 @@ def sampled_intensity(
         than 1e-10).
     intensity
         ``"nufft"`` (finufft) or ``"direct"`` (exact sum, small systems and tests).
+    stderr
+        Compute the standard error (False skips the second moments and returns None for it).
 
     Returns
     -------
@@ -226,8 +226,11 @@ def sampled_intensity(
         raise ValueError("n_samples must be at least 2 (the standard error needs two)")
     lay = _layout(model, phi, q, repeats, form_factor)
     S1, S2 = 0, 0
-    for s1, s2 in _batches(model, phi, temperature, lay, n_samples, solver, seed, eps, batch, intensity):
-        S1, S2 = S1 + s1, S2 + s2
+    for frac in _batches(model, phi, temperature, lay, n_samples, solver, seed, batch):
+        s1, s2 = pair_sums(frac, lay.group, lay.box, eps=eps, method=intensity, moments=stderr)
+        S1, S2 = S1 + s1, (S2 + s2 if stderr else None)
     mean = lay.intensities(S1) / n_samples
+    if not stderr:
+        return mean, None
     var = (lay.second_moment(S2) - n_samples * mean.detach() ** 2) / (n_samples - 1)
     return mean, torch.sqrt(var.clamp(min=0) / n_samples)
