@@ -13,7 +13,13 @@ from xtds.model import (
     supercell_q_grid,
     tds_intensity,
 )
-from xtds.model.nufft import ModeBox, pair_products, pair_sums, structure_factor, structure_factor_direct
+from xtds.model.nufft import (
+    ModeBox,
+    pair_products,
+    pair_sums,
+    structure_factor,
+    structure_factor_direct,
+)
 from xtds.units import KB_EV_PER_K
 
 pytest.importorskip("finufft")
