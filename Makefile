@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv and run the Ni example (prints the IFC table, writes a plot)
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv, lint (ruff) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/fit_ni.py --out out
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check xtds tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

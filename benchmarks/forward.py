@@ -84,7 +84,8 @@ def main():
     def sampling_only(solver):
         def run():
             phi = model.vector(target).requires_grad_(True)
-            dx = sample_displacements(model, phi, 300.0, 5, 15, solver=solver, generator=torch.Generator().manual_seed(0))
+            gen = torch.Generator().manual_seed(0)
+            dx = sample_displacements(model, phi, 300.0, 5, 15, solver=solver, generator=gen)
             (dx**2).sum().backward()
         return run
 

@@ -42,7 +42,8 @@ def main() -> None:
     print(f"\n{fit.attrs['iterations']} Levenberg–Marquardt iterations, {fit.attrs['wall_time_s']:.1f} s; "
           f"{fit.sizes['point']} irreducible points; {fit.attrs['message']}")
     C = fit["elastic_constants"]
-    print(f"elastic constants (GPa): C11 = {float(C[0, 0]):.1f}, C12 = {float(C[0, 1]):.1f}, C44 = {float(C[3, 3]):.1f}")
+    print(f"elastic constants (GPa): C11 = {float(C[0, 0]):.1f}, C12 = {float(C[0, 1]):.1f}, "
+          f"C44 = {float(C[3, 3]):.1f}")
 
     xtds.write_volume(fit, out / "ni_fit.nc", overwrite=True)
     import matplotlib
@@ -50,7 +51,7 @@ def main() -> None:
     matplotlib.use("Agg")
     from xtds.plot import plot_convergence, plot_dispersion, plot_slices
 
-    fitted = {str(n): float(v) for n, v in zip(fit["constant"].values, fit["ifc"].values) if n != "a0"}
+    fitted = {str(n): float(v) for n, v in zip(fit["constant"].values, fit["ifc"].values, strict=True) if n != "a0"}
     model = ds.tds.simulate(ni, fitted, shells=5)
     for name, fig in (
         ("ni_fit_dispersion.png", plot_dispersion(fit["dispersion"], dos=fit["dos"], title="Ni, fitted IFCs")),

@@ -15,7 +15,8 @@ def run_example(script: str, out) -> str:
     """Run ``examples/<script> --out <out>``; returns its standard output."""
     pytest.importorskip("matplotlib")
     res = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--out", str(out)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(ROOT / "examples" / script), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr
     return res.stdout

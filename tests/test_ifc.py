@@ -45,7 +45,8 @@ def _pair_lookup(model):
         assert err.min() < 1e-6
         return int(err.argmin())
 
-    key = {(int(s), tuple(np.round(d, 6))): p for p, (s, d) in enumerate(zip(model.pair_src, model.pair_vector))}
+    pairs = enumerate(zip(model.pair_src, model.pair_vector, strict=True))
+    key = {(int(s), tuple(np.round(d, 6))): p for p, (s, d) in pairs}
     return x, site_of, key
 
 
@@ -61,13 +62,13 @@ def test_every_block_symmetric_and_sum_rule(preset, shells):
     assert len(R) >= 48
     worst = 0.0
     for g in range(len(R)):
-        for p, (s, d) in enumerate(zip(model.pair_src, model.pair_vector)):
+        for p, (s, d) in enumerate(zip(model.pair_src, model.pair_vector, strict=True)):
             s2 = site_of(R[g] @ x[s] + t[g])
             q = key[(s2, tuple(np.round(R[g] @ d, 6)))]
             worst = max(worst, np.abs(blocks[q] - R[g] @ blocks[p] @ R[g].T).max())
     assert worst < 1e-12
     # index symmetry Φ(s, R+s') = Φ(s', -R+s)ᵀ
-    for p, (s, t_, d) in enumerate(zip(model.pair_src, model.pair_dst, model.pair_vector)):
+    for p, (t_, d) in enumerate(zip(model.pair_dst, model.pair_vector, strict=True)):
         q = key[(int(t_), tuple(np.round(-d, 6)))]
         assert np.abs(blocks[q] - blocks[p].T).max() < 1e-12
     # acoustic sum rule per site
@@ -187,7 +188,7 @@ def test_project_recovers_and_reports_residual(ni_model):
 
 def test_central_force_nearest_neighbour(ni_model):
     phi = ni_model.central_force({1: 2.0})
-    named = dict(zip(ni_model.names, phi))
+    named = dict(zip(ni_model.names, phi, strict=True))
     # Φ(110) = −k/2 [[1,1,0],[1,1,0],[0,0,0]]
     assert named["b0"] == pytest.approx(-1.0) and named["b2"] == pytest.approx(-1.0)
     assert abs(named["b1"]) < 1e-14 and all(abs(v) < 1e-14 for n, v in named.items() if n[0] != "b")

@@ -63,7 +63,8 @@ def write_nxrefine(folder, weights=True, subentry=True):
     root.entry.masked_transform = g
     if subentry:
         root.f1 = NXentry()
-        root.f1.transform = NXdata(NXfield(data_lkh, name="data"), [NXfield(L, name="Ql"), NXfield(K, name="Qk"), NXfield(H, name="Qh")])
+        axes = [NXfield(L, name="Ql"), NXfield(K, name="Qk"), NXfield(H, name="Qh")]
+        root.f1.transform = NXdata(NXfield(data_lkh, name="data"), axes)
     path = folder / "sample_300K.nxs"
     root.save(str(path), mode="w")
     return path, I, w
@@ -133,7 +134,7 @@ def _generic(folder, **change):
             g.attrs["signal"] = "counts"
         g.attrs["axes"] = change.get("axes", ["H", "K", "L"])
         g["counts"] = np.ones((5, 7, 9))
-        for name, c in zip("HKL", (H, K, L)):
+        for name, c in zip("HKL", (H, K, L), strict=True):
             g[name] = c if name != change.get("short") else c[:-1]
             if change.get("units", True):
                 g[name].attrs["units"] = "rlu"
@@ -181,7 +182,8 @@ def test_round_trip(nxfile, tmp_path, fmt):
 
 
 def test_zarr_without_units_is_refused(tmp_path):
-    ds = xr.Dataset({"intensity": (("H", "K", "L"), np.ones((2, 2, 2)))}, coords={"H": [0, 1], "K": [0, 1], "L": [0, 1]})
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), np.ones((2, 2, 2)))},
+                    coords={"H": [0, 1], "K": [0, 1], "L": [0, 1]})
     ds.to_zarr(tmp_path / "x.zarr")
     with pytest.raises(ValueError, match="attrs\\['units'\\] = 'rlu'"):
         xtds.open_volume(tmp_path / "x.zarr")

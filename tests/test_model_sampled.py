@@ -175,10 +175,12 @@ def test_seeds_and_gradcheck(solver, ni):
     assert torch.allclose(a, b, rtol=1e-10)  # same noise; finufft's threaded sums may reorder
     phi = phi0.clone().requires_grad_(True)
     for intensity in ("direct", "nufft"):
+        def log_mean(p, intensity=intensity):
+            kw = dict(n_samples=3, solver=solver, seed=5, intensity=intensity, eps=1e-14)
+            return torch.log(sampled_intensity(m, p, q[1:6], 300.0, L, **kw)[0])
+
         assert torch.autograd.gradcheck(
-            lambda p: torch.log(
-                sampled_intensity(m, p, q[1:6], 300.0, L, n_samples=3, solver=solver, seed=5, intensity=intensity, eps=1e-14)[0]
-            ),
+            log_mean,
             (phi,),
             eps=1e-4,
             atol=1e-7,
@@ -195,7 +197,8 @@ def test_sampled_errors(ni):
         tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), solver="qr")
     with pytest.raises(ValueError, match="PeriodicSupercell"):
         tds_intensity(m, phi, q, 300.0, method="sampled", geometry=xtds.model.InfiniteCrystal(4))
-    mean, se = tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), seed=1, return_stderr=True)
+    mean, se = tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), seed=1,
+                             return_stderr=True)
     assert mean.shape == se.shape == (len(q),)
 
 

@@ -60,7 +60,7 @@ def test_stability_names_unstable_points(ni_model, paper_tables):
     assert np.all(nu.min(axis=1) < -1e-6)
     # each special point that has an imaginary mode (computed here directly) is named
     path = standard_path(ni_model.crystal, density=1)
-    named = [(k, lab) for k, lab in zip(path.k, path.labels) if lab and lab != "U|K"]
+    named = [(k, lab) for k, lab in zip(path.k, path.labels, strict=True) if lab and lab != "U|K"]
     soft = {lab for k, lab in named if dyn.frequencies(ni_model, ni_model.vector(bad), k[None]).min() < -1e-6}
     assert soft and soft <= set(rep.labels)
     with pytest.raises(ValueError, match="unstable"):

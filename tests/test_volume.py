@@ -125,7 +125,8 @@ def test_wedge_equals_explicit_angle():
     assert 0.05 < (~w["mask"].values).mean() < 0.3
     w2 = ds.tds.wedge(normal=(1, 1, 0), half_angle=5.0)
     n = np.array([1, 1, 0]) / np.sqrt(2)
-    ang2 = np.degrees(np.arcsin(np.divide(np.abs(hh * n[0] + kk * n[1]), norm, out=np.zeros_like(norm), where=norm > 0)))
+    sin2 = np.divide(np.abs(hh * n[0] + kk * n[1]), norm, out=np.zeros_like(norm), where=norm > 0)
+    ang2 = np.degrees(np.arcsin(sin2))
     np.testing.assert_array_equal(~w2["mask"].values, ang2 <= 5.0)
 
 
@@ -139,7 +140,8 @@ def test_points_irreducible_compression():
     # a weighted loss over the compressed points equals the loss over all voxels
     f = lambda p: float((p["multiplicity"] * np.log(p["intensity"])).sum())  # noqa: E731
     assert f(irr) == pytest.approx(f(full), rel=1e-12)
-    np.testing.assert_allclose(np.linalg.norm(full["q"].values, axis=1), 2 * np.pi / 3.52 * np.sqrt(full.H**2 + full.K**2 + full.L**2))
+    hkl_norm = np.sqrt(full.H**2 + full.K**2 + full.L**2)
+    np.testing.assert_allclose(np.linalg.norm(full["q"].values, axis=1), 2 * np.pi / 3.52 * hkl_norm)
 
 
 def test_rebin_weighted_mean():

@@ -68,7 +68,8 @@ class TDSAccessor:
 
         return fit(self._ds, crystal, temperature=temperature, shells=shells, **kwargs)
 
-    def simulate(self, crystal, ifc, temperature: float | None = None, shells: int | None = None, **kwargs) -> xr.Dataset:
+    def simulate(self, crystal, ifc, temperature: float | None = None, shells: int | None = None,
+                 **kwargs) -> xr.Dataset:
         """The model intensity on this volume's (H, K, L) grid (:func:`xtds.fit.simulate`)."""
         from xtds.fit import simulate
 

@@ -22,7 +22,8 @@ def _ifc_arg(text: str):
     if os.path.exists(text):
         with open(text, encoding="utf-8") as f:
             return json.load(f)
-    raise SystemExit(f"--ifc/--initial: give 'target', 'starting' (the paper's Ni) or a JSON file name → eV/Å², not {text!r}")
+    raise SystemExit(f"--ifc/--initial: give 'target', 'starting' (the paper's Ni) or a JSON file name → eV/Å², "
+                     f"not {text!r}")
 
 
 def _crystal(name: str):
@@ -100,7 +101,7 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
     fig.savefig(os.path.join(folder, "convergence.png"), dpi=110, bbox_inches="tight")
     written = ["dispersion.png", "convergence.png"]
     if ds is not None:
-        ifc = {str(n): float(v) for n, v in zip(res["constant"].values, res["ifc"].values)}
+        ifc = {str(n): float(v) for n, v in zip(res["constant"].values, res["ifc"].values, strict=True)}
         model = ds.tds.simulate(crystal, {k: v for k, v in ifc.items() if k != "a0"}, shells=shells,
                                 temperature=ds.attrs.get("temperature"))
         fig = plot_slices(ds, model=model, plane="HK0")

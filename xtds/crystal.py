@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 import periodictable
@@ -228,10 +228,10 @@ class Crystal:
         """Shape (n,) int: a type number per atom (atomic number; isotopes kept distinct)."""
         z = np.array([_element(s).number for s in self.species])
         # atoms of the same element with different masses are different types for symmetry
-        keys = {(zz, m) for zz, m in zip(z, self.masses)}
+        keys = {(zz, m) for zz, m in zip(z, self.masses, strict=True)}
         if len(keys) != len(set(z)):
             lookup = {k: i + 1 for i, k in enumerate(sorted(keys))}
-            z = np.array([lookup[(zz, m)] for zz, m in zip(z, self.masses)])
+            z = np.array([lookup[(zz, m)] for zz, m in zip(z, self.masses, strict=True)])
         return z
 
     @cached_property

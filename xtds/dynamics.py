@@ -156,6 +156,6 @@ def mesh(model: IFCModel, n, shift=(0.0, 0.0, 0.0)) -> np.ndarray:
     n = np.broadcast_to(np.asarray(n, dtype=int), (3,))
     if np.any(n < 1):
         raise ValueError(f"mesh sizes must be positive, got {tuple(n)}")
-    axes = [(np.arange(ni) + si) / ni for ni, si in zip(n, shift)]
+    axes = [(np.arange(ni) + si) / ni for ni, si in zip(n, shift, strict=True)]
     frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     return frac @ model.primitive.reciprocal

@@ -129,7 +129,7 @@ class PairTable:
         return self.cell.n_atoms
 
 
-def _pair_table(model: "IFCModel", cell: Crystal) -> PairTable:
+def _pair_table(model: IFCModel, cell: Crystal) -> PairTable:
     prim = model.primitive
     frac_vs_prim = cell.lattice @ np.linalg.inv(prim.lattice)
     if np.abs(frac_vs_prim - np.round(frac_vs_prim)).max() > 1e-4:
@@ -266,7 +266,7 @@ class IFCModel:
         self.n_shells = len(levels) - 1
         self._key = {
             (int(s), int(t), *map(int, c)): i
-            for i, (s, t, c) in enumerate(zip(self.pair_src, self.pair_dst, self.pair_cell))
+            for i, (s, t, c) in enumerate(zip(self.pair_src, self.pair_dst, self.pair_cell, strict=True))
         }
 
     def _image(self, g: int, p: int) -> int:
@@ -378,7 +378,7 @@ class IFCModel:
                 suffix[id(o)] = lab if seen[lab] == 1 else f"{lab}#{seen[lab]}"
         for o in free:
             m = len(o.elements)
-            for q, g, tflag in zip(o.members, o.op, o.transpose):
+            for q, g, tflag in zip(o.members, o.op, o.transpose, strict=True):
                 K = np.kron(R[g], R[g])
                 if tflag:
                     K = K[:, _TRANSPOSE]
@@ -513,7 +513,7 @@ class IFCModel:
             units = ifc.attrs.get("units")
             if units is not None and units.replace(" ", "") not in ("eV/Å^2", "eV/Å²", "eV/A^2", "eV/Angstrom^2"):
                 raise ValueError(f"IFC DataArray has units {units!r}; xtds expects eV/Å^2")
-            ifc = dict(zip([str(n) for n in ifc[dims[0]].values], np.asarray(ifc.values, dtype=float)))
+            ifc = dict(zip([str(n) for n in ifc[dims[0]].values], np.asarray(ifc.values, dtype=float), strict=True))
         if isinstance(ifc, Mapping):
             unknown = set(ifc) - set(self.names) - set(self.derived_names)
             if unknown:
@@ -523,7 +523,7 @@ class IFCModel:
                 raise ValueError(f"missing IFC values for {missing} (all of {self.names} are needed)")
             phi = np.array([float(ifc[n]) for n in self.names])
             derived = self.derived_matrix @ phi
-            for name, value in zip(self.derived_names, derived):
+            for name, value in zip(self.derived_names, derived, strict=True):
                 if name in ifc and abs(float(ifc[name]) - value) > DERIVED_TOL * max(1.0, abs(value)):
                     raise ValueError(
                         f"{name} = {float(ifc[name])} given, but the acoustic sum rule gives {value:.6g} "
@@ -595,7 +595,8 @@ class IFCModel:
     def table(self, ifc, title: str | None = None) -> str:
         """A plain-text table of the constants, derived ones first (for printing)."""
         phi = self.vector(ifc).detach().cpu().numpy()
-        rows = list(zip(self.derived_info, self.derived_matrix @ phi)) + list(zip(self.info, phi))
+        rows = list(zip(self.derived_info, self.derived_matrix @ phi, strict=True))
+        rows += list(zip(self.info, phi, strict=True))
         a = self.crystal.parameters[0]
         lines = [title] if title else []
         lines.append(f"{'name':<10}{'shell':>5}  {'pair':<8}{'R (Å)':>26}  {'R (a/2)':>16}  {'el':<3}{'eV/Å²':>13}")

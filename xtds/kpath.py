@@ -44,7 +44,7 @@ class KPath:
     @property
     def ticks(self) -> list[tuple[float, str]]:
         """(distance, label) of the labelled points, for plot axes."""
-        return [(float(d), lab) for d, lab in zip(self.distance, self.labels) if lab]
+        return [(float(d), lab) for d, lab in zip(self.distance, self.labels, strict=True) if lab]
 
 
 def path_segments(crystal: Crystal) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:

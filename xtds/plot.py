@@ -86,7 +86,7 @@ def plot_slices(ds, model=None, plane: str = "HK0", vmin=None, vmax=None):
         panels.append(("model (scaled)", np.log10(mod)))
         panels.append(("residual ln(data/model)", np.log(data.where(data > 0)) - np.log(mod)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
-    for ax, (title, arr) in zip(axes[0], panels):
+    for ax, (title, arr) in zip(axes[0], panels, strict=True):
         x, y = arr.dims[0], arr.dims[1]
         kw = {"cmap": "RdBu_r", "center": 0} if title.startswith("residual") else {"vmin": vmin, "vmax": vmax}
         if "center" in kw:
@@ -116,7 +116,8 @@ def plot_convergence(result, reference=None):
     ax.set_title("convergence")
     if reference is not None:
         derived = result["derived"].values if "derived" in result.coords else [False] * result.sizes["constant"]
-        names = [str(c) for c, d in zip(result["constant"].values, derived) if str(c) in reference and not d]
+        names = [str(c) for c, d in zip(result["constant"].values, derived, strict=True)
+                 if str(c) in reference and not d]
         err = [float(result["ifc"].sel(constant=c)) - reference[c] for c in names]
         se = [float(result["ifc_stderr"].sel(constant=c)) for c in names]
         ax2 = axes[0][1]

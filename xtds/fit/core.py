@@ -166,7 +166,8 @@ def fit_points(
     q = torch.as_tensor(points["q"].values, dtype=dtype, device=device)
     target = torch.as_tensor(points["intensity"].values, dtype=dtype, device=device)
     if not torch.all(torch.isfinite(target)) or (loss == "var_log" and not torch.all(target > 0)):
-        raise ValueError("the points hold non-finite or non-positive intensities: mask them (ds.tds.mask(invalid=True))")
+        raise ValueError("the points hold non-finite or non-positive intensities: "
+                         "mask them (ds.tds.mask(invalid=True))")
     mult = points["multiplicity"].values if "multiplicity" in points else np.ones(points.sizes["point"])
     weight = torch.as_tensor(mult, dtype=dtype, device=device)
     sigma = torch.as_tensor(points["sigma"].values, dtype=dtype, device=device) if "sigma" in points else None
@@ -189,7 +190,10 @@ def fit_points(
         I0 = predict(phi0)
     nuis0 = []
     if use_nuisance:
-        s0 = float((target * I0).sum() / (I0 * I0).sum()) if loss == "chi2" else float(torch.exp((weight * (torch.log(target) - torch.log(I0))).sum() / weight.sum()))
+        if loss == "chi2":  # least-squares scale
+            s0 = float((target * I0).sum() / (I0 * I0).sum())
+        else:  # the weighted mean log ratio
+            s0 = float(torch.exp((weight * (torch.log(target) - torch.log(I0))).sum() / weight.sum()))
         nuis0 = [np.log(max(s0, 1e-300)), 0.0]
     x0 = np.concatenate([phi0.cpu().numpy(), nuis0])
     settings = {
@@ -349,7 +353,8 @@ def _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, los
     pt = {"point": points["point"]} if "point" in points.coords else {}
     for c in ("H", "K", "L"):
         pt[c] = points[c]
-    ds["intensity"] = xr.DataArray(target.cpu().numpy(), dims=("point",), coords=pt, attrs=dict(points["intensity"].attrs))
+    ds["intensity"] = xr.DataArray(target.cpu().numpy(), dims=("point",), coords=pt,
+                                   attrs=dict(points["intensity"].attrs))
     ds["model_intensity"] = xr.DataArray(I_model.cpu().numpy(), dims=("point",),
                                          attrs={"long_name": "model intensity, scaled to the data"})
     ds["residual"] = xr.DataArray(np.log(target.cpu().numpy()) - np.log(I_model.cpu().numpy()), dims=("point",),
@@ -362,7 +367,7 @@ def _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, los
     ds.attrs.update(
         xtds_version=xtds.__version__,
         settings=json.dumps({k: v for k, v in settings.items() if k != "initial"}, default=str),
-        initial_ifc=json.dumps(dict(zip(ifcm.names, settings["initial"][:n_free]))),
+        initial_ifc=json.dumps(dict(zip(ifcm.names, settings["initial"][:n_free], strict=True))),
         source=str(settings.get("source")),
         converged=int(res.converged),
         message=res.message,
@@ -413,7 +418,8 @@ def fit(
         laue = symmetrize if isinstance(symmetrize, str) else None
         prepared = vol.symmetrize(prepared, laue=laue, crystal=None if laue else crystal)
     points = vol.to_points(prepared, crystal=None if laue else crystal, laue=laue, irreducible=bool(symmetrize))
-    out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, source=ds.attrs.get("source"), **kwargs)
+    out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, source=ds.attrs.get("source"),
+                     **kwargs)
     out.attrs["preparation"] = json.dumps(
         {"masks": prepared.attrs.get("masks"), "symmetrized": prepared.attrs.get("symmetrized"),
          "n_valid_voxels": points.attrs.get("n_valid_voxels")}, default=str)

@@ -20,7 +20,8 @@ _NEXUS_EXT = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
 def _format_of(path: str) -> str:
     p = os.fspath(path).rstrip("/")
     ext = os.path.splitext(p)[1].lower()
-    if ext == ".zarr" or (os.path.isdir(p) and (os.path.exists(os.path.join(p, "zarr.json")) or os.path.exists(os.path.join(p, ".zgroup")))):
+    zarr_marker = any(os.path.exists(os.path.join(p, name)) for name in ("zarr.json", ".zgroup"))
+    if ext == ".zarr" or (os.path.isdir(p) and zarr_marker):
         return "zarr"
     if ext in (".nc", ".nc4", ".cdf"):
         return "netcdf"
@@ -40,10 +41,12 @@ def _format_of(path: str) -> str:
 def check_volume(ds: xr.Dataset) -> xr.Dataset:
     """Validate a volume Dataset: ``intensity`` on dims containing H, K, L with r.l.u. units."""
     if "intensity" not in ds:
-        raise ValueError(f"the volume has no 'intensity' variable (it has {list(ds.data_vars)}); rename the signal to 'intensity'")
+        raise ValueError(f"the volume has no 'intensity' variable (it has {list(ds.data_vars)}); "
+                         "rename the signal to 'intensity'")
     for d in "HKL":
         if d not in ds["intensity"].dims or d not in ds.coords:
-            raise ValueError(f"'intensity' must have dims and coordinates H, K, L (r.l.u.); it has dims {ds['intensity'].dims}")
+            raise ValueError("'intensity' must have dims and coordinates H, K, L (r.l.u.); "
+                             f"it has dims {ds['intensity'].dims}")
         units = str(ds[d].attrs.get("units", "")).lower()
         if units not in ("rlu", "r.l.u.", "r.l.u"):
             raise ValueError(

@@ -83,7 +83,8 @@ def open_nexus_dataset(filename, group: str | None = None, axis_units: str | Non
     variables = {}
     kinds = ["intensity"] + (["weights"] if info["weights"] else [])
     for kind in kinds:
-        arr = _NXVolumeArray(filename, info["signal"], info["weights"], info["disk_dims"], info["shape"], info["dtype"], kind)
+        arr = _NXVolumeArray(filename, info["signal"], info["weights"], info["disk_dims"], info["shape"],
+                             info["dtype"], kind)
         data = indexing.LazilyIndexedArray(arr)
         attrs = {"units": info["signal_attrs"].get("units", "arbitrary")} if kind == "intensity" else {"units": "1"}
         attrs["long_name"] = "intensity (data / weights)" if (kind == "intensity" and info["weights"]) else kind

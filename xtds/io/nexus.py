@@ -233,7 +233,8 @@ def sample_attrs(f, path: str) -> dict:
             if abc is not None and ang is not None:
                 cell = np.concatenate([np.ravel(abc), np.ravel(ang)])
         if cell is None:
-            parts = [_first(f, [f"{s}/unitcell_{x}", f"{s}/unit_cell_{x}"]) for x in ("a", "b", "c", "alpha", "beta", "gamma")]
+            names = ("a", "b", "c", "alpha", "beta", "gamma")
+            parts = [_first(f, [f"{s}/unitcell_{x}", f"{s}/unit_cell_{x}"]) for x in names]
             if all(p is not None for p in parts):
                 cell = np.array([float(np.ravel(p)[0]) for p in parts])
         if cell is not None and "unit_cell" not in out:
@@ -266,7 +267,7 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group:
         raise ValueError("the Dataset has no 'intensity' variable to write")
     inten = ds["intensity"].transpose("L", "K", "H")
     shape = inten.shape
-    ck = tuple(min(c, n) for c, n in zip(chunks, shape))
+    ck = tuple(min(c, n) for c, n in zip(chunks, shape, strict=True))
     try:
         f = h5py.File(filename, mode)
     except FileExistsError as err:
@@ -305,7 +306,8 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group:
         targets, sources = [], []
         for name, arr in (("data", data),) + ((("weights", w),) if has_w else ()):
             arr = da.asarray(arr)
-            dset = g.create_dataset(name, shape=shape, dtype=arr.dtype if arr.dtype.kind == "f" else np.float64, chunks=ck)
+            dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+            dset = g.create_dataset(name, shape=shape, dtype=dtype, chunks=ck)
             sources.append(arr.rechunk(ck))
             targets.append(dset)
         da.store(sources, targets, lock=True)

@@ -47,7 +47,8 @@ def irreducible_q(model: IFCModel, q) -> IrreducibleQ | None:
 
 def _as_q(q, dtype, device) -> torch.Tensor:
     if hasattr(q, "dims"):
-        raise TypeError("pass q as a (Q, 3) array of Cartesian Å⁻¹; convert labelled r.l.u. with crystal.rlu_to_cartesian")
+        raise TypeError("pass q as a (Q, 3) array of Cartesian Å⁻¹; convert labelled r.l.u. with "
+                        "crystal.rlu_to_cartesian")
     qt = torch.as_tensor(np.asarray(q.detach().cpu() if isinstance(q, torch.Tensor) else q, dtype=float))
     if qt.ndim != 2 or qt.shape[1] != 3:
         raise ValueError(f"q must have shape (Q, 3), Cartesian Å⁻¹, got {tuple(qt.shape)}")
@@ -141,7 +142,8 @@ def tds_intensity(
         mesh = geometry.mesh if isinstance(geometry, InfiniteCrystal) else geometry.repeats
         out = one_phonon(model, phi, q_eval, temperature, mesh=mesh, quantum=quantum, form_factor=form_factor)
     elif isinstance(geometry, PeriodicSupercell):
-        out = exact_supercell(model, phi, q_eval, temperature, geometry.repeats, quantum=quantum, form_factor=form_factor)
+        out = exact_supercell(model, phi, q_eval, temperature, geometry.repeats, quantum=quantum,
+                              form_factor=form_factor)
     else:
         out = exact_infinite(model, phi, q_eval, temperature, geometry.mesh, quantum=quantum, form_factor=form_factor)
     return out if irr is None else out[torch.as_tensor(irr.inverse, device=out.device)]

@@ -60,7 +60,7 @@ class Terms:
         r = np.stack(np.meshgrid(*(np.arange(x) for x in L), indexing="ij"), -1).reshape(-1, 3)
         tau = cell.positions
         d_list, w_list, c_list, dst_list = [], [], [], []
-        for c, wgt in zip(reps, weights):
+        for c, wgt in zip(reps, weights, strict=True):
             frac = r[None, :, :] + tau[:, None, :] - tau[c]  # (n, N, 3) in cell fractions
             frac = frac.reshape(-1, 3)
             dst = np.repeat(np.arange(n), len(r))
@@ -74,7 +74,7 @@ class Terms:
             c_list.append(c * n * len(r) + cov_idx)
             dst_list.append(dst)
         dev = Cr.device
-        self.src = np.concatenate([np.full(len(d), c) for d, c in zip(d_list, reps)])
+        self.src = np.concatenate([np.full(len(d), c) for d, c in zip(d_list, reps, strict=True)])
         self.dst = np.concatenate(dst_list)
         self.d = torch.as_tensor(np.concatenate(d_list), dtype=Cr.dtype, device=dev)
         self.w = torch.as_tensor(np.concatenate(w_list), dtype=Cr.dtype, device=dev)

@@ -12,8 +12,8 @@ import xarray as xr
 
 from xtds.io import check_volume
 from xtds.volume import masks as _masks
-from xtds.volume.laue_grid import grid_operations, laue_class_of, laue_matrices
 from xtds.volume.backend import array_module as _xp
+from xtds.volume.laue_grid import grid_operations, laue_class_of, laue_matrices
 from xtds.volume.symmetrize import symmetrize_array
 
 __all__ = [
@@ -80,7 +80,7 @@ def _map_hkl(ds: xr.Dataset, fn, dtype=bool) -> xr.DataArray:
 
         def block(x, block_info=None):
             loc = block_info[0]["array-location"]
-            sl = [c[a:b] for c, (a, b) in zip(coords, loc)]
+            sl = [c[a:b] for c, (a, b) in zip(coords, loc, strict=True)]
             xp = _xp(x)
             return xp.broadcast_to(on_block(*sl, x), x.shape)
 
@@ -241,7 +241,8 @@ def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int
     out = ds.copy()
     coords = {d: ds[d] for d in "HKL"}
     out["intensity"] = xr.DataArray(I_s, dims=("H", "K", "L"), coords=coords, attrs=ds["intensity"].attrs)
-    out["weights"] = xr.DataArray(w_s, dims=("H", "K", "L"), coords=coords, attrs={"units": "1", "long_name": "summed weights"})
+    out["weights"] = xr.DataArray(w_s, dims=("H", "K", "L"), coords=coords,
+                                  attrs={"units": "1", "long_name": "summed weights"})
     out["mask"] = out["weights"] <= 0
     out["mask"].attrs.update(long_name="excluded voxels (True = excluded)", units="1")
     out.attrs["symmetrized"] = f"{label} ({len(ops)} operations)"
@@ -273,7 +274,8 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
         n = np.asarray(shape)
         keys = None
         for op in ops:
-            src = np.stack([np.where(np.asarray(op.sign)[a] < 0, n[a] - 1 - idx[:, op.perm[a]], idx[:, op.perm[a]]) for a in range(3)], 1)
+            cols = [idx[:, op.perm[a]] for a in range(3)]
+            src = np.stack([np.where(op.sign[a] < 0, n[a] - 1 - c, c) for a, c in enumerate(cols)], 1)
             k = np.ravel_multi_index(src.T, shape)
             keys = k if keys is None else np.maximum(keys, k)
         uniq, inv = np.unique(keys, return_inverse=True)
@@ -316,7 +318,7 @@ def rebin(ds: xr.Dataset, factor: int | tuple[int, int, int]) -> xr.Dataset:
     if min(f) < 1:
         raise ValueError(f"rebin factors must be positive integers, got {factor}")
     w = weights_of(ds)
-    win = dict(zip("HKL", f))
+    win = dict(zip("HKL", f, strict=True))
     num = xr.where(w > 0, ds["intensity"] * w, 0.0).coarsen(win, boundary="trim").sum()
     den = w.coarsen(win, boundary="trim").sum()
     out = xr.Dataset(
@@ -355,7 +357,8 @@ def as_backend(ds: xr.Dataset, backend: str | None = None) -> xr.Dataset:
         try:
             import cupy
         except ImportError as err:
-            raise ImportError("backend='cupy' needs cupy: pip install 'xtds[gpu]' on a machine with a CUDA GPU") from err
+            raise ImportError("backend='cupy' needs cupy: pip install 'xtds[gpu]' on a machine with a CUDA GPU") \
+                from err
         conv = cupy.asarray
     elif backend == "numpy":
 

@@ -47,7 +47,7 @@ def _sym_block(iw_blocks, w_blocks, ops, dtype):
     xp = _xp(iw_blocks[0])
     num = xp.zeros(_apply(ops[0], iw_blocks[0], xp).shape, dtype=np.float64)
     den = xp.zeros_like(num)
-    for op, ib, wb in zip(ops, iw_blocks, w_blocks):
+    for op, ib, wb in zip(ops, iw_blocks, w_blocks, strict=True):
         num += _apply(op, ib, xp)
         den += _apply(op, wb, xp)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -63,7 +63,7 @@ def _sym_orbit(intensity_blocks, weight_blocks, srcs, members, ops, nblocks):
     """All output blocks of one orbit of blocks, from the orbit's input blocks (each read once)."""
     where = {s: i for i, s in enumerate(srcs)}
     dtype = _out_dtype(intensity_blocks[0], weight_blocks[0])
-    pairs = [_weighted(i, w) for i, w in zip(intensity_blocks, weight_blocks)]
+    pairs = [_weighted(i, w) for i, w in zip(intensity_blocks, weight_blocks, strict=True)]
     out = []
     for idx in members:
         pos = [where[op.source_block(idx, nblocks)] for op in ops]
@@ -107,7 +107,8 @@ def symmetrize_array(intensity, weight, ops: list[GridOp], chunk: int | None = N
     (intensity, weight): arrays of the input's kind, shape (nH, nK, nL), float32 or float64.
     """
     if intensity.shape != weight.shape or len(intensity.shape) != 3:
-        raise ValueError(f"intensity and weight must be 3-D of the same shape, got {intensity.shape} and {weight.shape}")
+        raise ValueError("intensity and weight must be 3-D of the same shape, "
+                         f"got {intensity.shape} and {weight.shape}")
     import dask.array as da
 
     if not isinstance(intensity, da.Array) and not isinstance(weight, da.Array):
