@@ -10,7 +10,7 @@ time, for
 - the paper's noisy target (10⁵ sampled configurations, emulated; see
   ``xtds.datasets.paper_ni_volume``), with the reported standard errors and z = error/σ.
 
-    python benchmarks/paper_ni.py [--skip-noise]
+    python benchmarks/paper_ni.py [--skip-noise] [--n-max 40]
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def table(title, res, wall, paper_key=None, show_z=False):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-noise", action="store_true")
+    ap.add_argument("--n-max", type=int, default=40, help="the grid n ∈ [−n_max, n_max]³ (40: the paper's 81³)")
     args = ap.parse_args()
     ni = xtds.Crystal.preset("Ni")
     start = paper_ni_ifcs("starting")
     t = time.perf_counter()
-    ds = paper_ni_volume(n_max=40)
-    print(f"target volume 81³ (exact, 300 K) in {time.perf_counter() - t:.1f} s")
+    ds = paper_ni_volume(n_max=args.n_max)
+    print(f"target volume {2 * args.n_max + 1}³ (exact, 300 K) in {time.perf_counter() - t:.1f} s")
 
     t = time.perf_counter()
     res = ds.tds.fit(ni, shells=5, initial=start, progress=False)
@@ -68,7 +69,7 @@ def main():
 
     if not args.skip_noise:
         t = time.perf_counter()
-        noisy = paper_ni_volume(n_max=40, noise_configurations=100_000, emulate_with=150)
+        noisy = paper_ni_volume(n_max=args.n_max, noise_configurations=100_000, emulate_with=150)
         t_gen = time.perf_counter() - t
         t = time.perf_counter()
         res = noisy.tds.fit(ni, shells=5, initial=start, noise_configurations=100_000, progress=False)

@@ -8,6 +8,7 @@ import xtds
 from xtds.datasets import paper_ni_ifcs
 from xtds.model import (
     PeriodicSupercell,
+    irreducible_q,
     sample_displacements,
     sampled_intensity,
     supercell_q_grid,
@@ -15,7 +16,6 @@ from xtds.model import (
 )
 from xtds.model.nufft import (
     ModeBox,
-    pair_products,
     pair_sums,
     structure_factor,
     structure_factor_direct,
@@ -57,17 +57,14 @@ def _two_species(seed, b=2, M=30):
 @pytest.mark.parametrize("box", [ModeBox.centred((9, 8, 7)), ModeBox((3, -6, -1), (5, 4, 6))])
 def test_pair_sums_nufft_equals_direct_sum(box):
     frac, group, g = _two_species(0)
-    a1, a2 = pair_sums(frac, group, box, eps=1e-12)
-    b1, b2 = pair_sums(frac, group, box, method="direct")
+    a1, none = pair_sums(frac, group, box, eps=1e-12)
+    b1, b2 = pair_sums(frac, group, box, method="direct", each=True)
     M = frac.shape[1]
-    assert a1.shape == (3, *box.shape) and a2.shape == (6, *box.shape)
+    assert a1.shape == (3, *box.shape) and none is None
     assert (a1 - b1).abs().max() / M**2 < 1e-10  # relative to the largest possible |F|² = M²
-    assert (a2 - b2).abs().max() / M**4 < 1e-10
-    pa = pair_products(frac, group, box, eps=1e-12)
-    assert torch.allclose(pa.sum(0), b1, atol=1e-9 * M**2)
-    assert torch.allclose(pair_products(frac, group, box, method="direct").sum(0), b1)
-    s1, none = pair_sums(frac, group, box, eps=1e-12, moments=False)
-    assert none is None and torch.allclose(s1, a1, rtol=0, atol=1e-12 * M**2)
+    _, pa = pair_sums(frac, group, box, eps=1e-12, each=True)
+    assert pa.shape == (2, 3, *box.shape)
+    assert (pa - b2).abs().max() / M**2 < 1e-10
     w = torch.rand(3, *box.shape, generator=g, dtype=torch.float64)
     grads = []
     for method in ("nufft", "direct"):
@@ -220,3 +217,31 @@ def test_rocksalt_sampled_matches_exact():
     a = sampled_intensity(m, phi, q, 300.0, L, n_samples=6, seed=2, intensity="nufft", eps=1e-12)
     b = sampled_intensity(m, phi, q, 300.0, L, n_samples=6, seed=2, intensity="direct")
     assert ((a[0] - b[0]).abs() / b[0]).max() < 1e-8
+
+
+def test_orbit_average_is_the_mean_over_each_orbit(ni):
+    """Orbit averaging at irreducible points equals the per-point intensities of each configuration
+    on the full grid (the estimator the χ² tests above validate), averaged over each orbit with
+    numpy: the same draws, since they depend on the seed only. Mean and standard error."""
+    from xtds.model.sampled import configuration_intensities
+
+    m, phi = ni
+    q = supercell_q_grid(m.crystal, L, 3)
+    irr = irreducible_q(m, q)
+    S = 40
+    each = configuration_intensities(m, phi, q, 300.0, L, S, seed=11, eps=1e-12).numpy()  # (S, Q)
+    size = np.bincount(irr.inverse)
+    by_orbit = np.stack([np.bincount(irr.inverse, weights=row) for row in each]) / size  # (S, Q_irr)
+    mean, se = sampled_intensity(m, phi, irr.q, 300.0, L, n_samples=S, seed=11, eps=1e-12, orbit_average=True)
+    assert np.allclose(mean.numpy(), by_orbit.mean(0), rtol=1e-10)
+    assert np.allclose(se.numpy(), by_orbit.std(0, ddof=1) / np.sqrt(S), rtol=1e-8, atol=1e-10 * mean.numpy())
+    _, se_point = sampled_intensity(m, phi, irr.q, 300.0, L, n_samples=S, seed=11, eps=1e-12)
+    big = size > 8  # orbits with many members: much less Monte-Carlo noise
+    assert np.median((se / se_point).numpy()[big]) < 0.5
+
+
+def test_orbit_average_needs_a_supercell_the_group_keeps(ni):
+    m, phi = ni
+    q = supercell_q_grid(m.crystal, (2, 2, 1), 1)
+    with pytest.raises(ValueError, match="maps onto itself"):
+        sampled_intensity(m, phi, q, 300.0, (2, 2, 1), n_samples=2, orbit_average=True)

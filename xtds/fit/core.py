@@ -86,6 +86,7 @@ def fit_points(
     lr: float = 0.01,
     n_samples: int = 15,
     solver: str = "kspace",
+    orbit_average: bool = True,
     penalty: float = 1.0,
     seed: int = 0,
     noise_configurations: int | None = None,
@@ -122,6 +123,11 @@ def fit_points(
     optimizer
         ``"lm"`` (Levenberg–Marquardt; default for ``exact``/``one_phonon``) or ``"adam"``
         (default for ``sampled``).
+    n_samples, solver, orbit_average
+        ``sampled`` only: configurations per epoch, the Cholesky solver, and whether the model at
+        each point averages every configuration over the point's Laue orbit (default; the
+        same mean with less noise, from all the modes the paper's full-grid loss uses; see
+        :func:`xtds.model.sampled.sampled_intensity`).
     noise_configurations
         When the data are a mean over N sampled configurations (the paper's synthetic target),
         the noise is correlated across q (every Brillouin zone sees the same phonon amplitudes)
@@ -179,7 +185,7 @@ def fit_points(
         kw = dict(method=model, geometry=geometry, quantum=quantum, form_factor=form_factor, symmetrize=False,
                   dtype=dtype, device=device)
         if model == "sampled":
-            kw.update(n_samples=n_samples, solver=solver, seed=seed + epoch)
+            kw.update(n_samples=n_samples, solver=solver, seed=seed + epoch, symmetrize=bool(orbit_average))
         return tds_intensity(ifcm, phi, q, temperature, **kw)
 
     def split(x):
@@ -200,7 +206,8 @@ def fit_points(
         "crystal": repr(crystal), "temperature_K": float(temperature), "shells": shells, "cutoff_A": cutoff,
         "model": model, "geometry": repr(geometry), "loss": loss, "background": background, "quantum": quantum,
         "form_factor": form_factor, "optimizer": optimizer, "lr": lr,
-        "n_samples": n_samples, "solver": solver, "penalty": penalty, "seed": seed, "initial": x0.tolist(),
+        "n_samples": n_samples, "solver": solver, "orbit_average": orbit_average, "penalty": penalty, "seed": seed,
+        "initial": x0.tolist(),
         "n_points": int(points.sizes["point"]), "source": source,
         "data_digest": hashlib.sha256(target.cpu().numpy().tobytes() + q.cpu().numpy().tobytes()).hexdigest()[:16],
     }

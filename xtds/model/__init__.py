@@ -97,8 +97,11 @@ def tds_intensity(
     form_factor
         ``"cromer-mann"`` (periodictable's tabulation, per species) or None for the bare lattice sum.
     symmetrize
-        Evaluate only the Laue-irreducible q and expand (``"auto"``: when the set is closed under
-        the group; ``True``: require it). Not used by ``sampled``.
+        ``exact`` and ``one_phonon``: evaluate only the Laue-irreducible q and expand (``"auto"``:
+        when the set is closed under the group; ``True``: require it). ``sampled``: ``True``
+        averages every configuration's intensity over the Laue orbit of each q (a lower-noise
+        estimate of the same mean; see :func:`~xtds.model.sampled.sampled_intensity`), ``"auto"``
+        and ``False`` keep the paper's per-point estimator.
     n_samples, solver, seed
         ``sampled`` only: configurations, ``"kspace"`` or ``"dense"``, noise seed.
     return_stderr
@@ -125,7 +128,7 @@ def tds_intensity(
             raise ValueError("the sampled model is classical (the paper's); use method='exact' for quantum statistics")
         mean, se = sampled_intensity(
             model, phi, qt, temperature, geometry.repeats, n_samples=n_samples, solver=solver,
-            seed=seed, form_factor=form_factor, stderr=return_stderr,
+            seed=seed, form_factor=form_factor, stderr=return_stderr, orbit_average=symmetrize is True,
         )
         return (mean, se) if return_stderr else mean
     if return_stderr:

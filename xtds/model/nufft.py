@@ -12,9 +12,9 @@ cubic grid one octant. A box not centred at n = 0 is a centred type-1 NUFFT with
 exp(i s·θ_j), s the box's offset.
 
 :func:`pair_sums` returns what the sampled estimator needs, summed over configurations c:
-S1_p(n) = Σ_c Re F_s,c(n) F_t,c(n)* for each species pair p = (s ≤ t), and the second moments
-S2_pp'(n) = Σ_c P_p,c P_p',c (no gradient) for its Monte-Carlo error. Its backward pass is one
-vectorized type-2 NUFFT per configuration:
+S1_p(n) = Σ_c Re F_s,c(n) F_t,c(n)* for each species pair p = (s ≤ t), and, on request, the
+products P_p,c of each configuration (no gradient) for its Monte-Carlo error. Its backward pass is
+one vectorized type-2 NUFFT per configuration:
 
     ∂L/∂θ_ja = −Im Σ_n n_a Γ_g(n)* exp(i n·θ_j),  Γ_g = Σ_t γ_gt F_t,
     γ_gg = 2 ∂L/∂S1_(g,g),  γ_gt = ∂L/∂S1_(g,t) (t ≠ g),
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ModeBox", "pair_products", "pair_sums", "species_pairs", "structure_factor", "structure_factor_direct"]
+__all__ = ["ModeBox", "pair_sums", "species_pairs", "structure_factor", "structure_factor_direct"]
 
 #: finufft's relative tolerance unless asked otherwise. The error it gives intensities is measured in
 #: tests/test_model_sampled.py (test_nufft_path_gives_the_same_draws).
@@ -40,6 +40,19 @@ DEFAULT_EPS = 1e-6
 #: process (FFTW keeps the wisdom), and makes each later transform about 1.5× faster than
 #: FFTW_ESTIMATE (64), measured on the paper's 81×81×41 half box.
 _FFTW_MEASURE = 0
+
+#: Boxes with fewer modes run finufft on one thread: on the 2-core development machine, waking a
+#: second OpenMP thread cost more than it saved below about 250,000 modes (500 atoms, type 1 plus
+#: a 3-fold type 2: 2.3 ms on one thread vs 5.0 ms on two at 9×17×17 modes, 7.1 vs 8.5 ms at 41³,
+#: 23 vs 20 ms at 41×81×81).
+_SERIAL_BELOW = 2**17
+
+
+def _plan(kind: int, box: ModeBox, n_trans: int, eps: float):
+    import finufft
+
+    threads = {"nthreads": 1} if box.size < _SERIAL_BELOW else {}
+    return finufft.Plan(kind, box.shape, n_trans, eps=eps, isign=1, fftw=_FFTW_MEASURE, **threads)
 
 
 @dataclass(frozen=True)
@@ -118,11 +131,6 @@ def _products(F: torch.Tensor) -> torch.Tensor:
     return torch.stack([re[:, s] * re[:, t] + im[:, s] * im[:, t] for s, t in species_pairs(F.shape[1])], 1)
 
 
-def _moments(P: torch.Tensor) -> torch.Tensor:
-    """Σ_c P_p,c P_p',c for p ≤ p': (b, n_pairs, *box) → (n_pairs(n_pairs+1)/2, *box)."""
-    return torch.stack([(P[:, p] * P[:, r]).sum(0) for p, r in species_pairs(P.shape[1])])
-
-
 def _theta(frac: torch.Tensor) -> torch.Tensor:
     """Phases 2π f wrapped to [−π, π) (finufft's range); differentiable in f."""
     theta = 2 * np.pi * (frac - torch.floor(frac))
@@ -140,61 +148,42 @@ def _amplitudes(plan, th: np.ndarray, onehot: np.ndarray, box: ModeBox, out: np.
     plan.execute(strengths, out=out)
 
 
-def _type1_plan(box: ModeBox, n_trans: int, eps: float):
-    import finufft
-
-    return finufft.Plan(1, box.shape, n_trans, eps=eps, isign=1, fftw=_FFTW_MEASURE)
-
-
 class _PairSums(torch.autograd.Function):
-    """S1 (differentiable) and S2 (not) of :func:`pair_sums`, or the products of each
-    configuration (``mode="each"``, not differentiable), by finufft; see the module docstring.
+    """S1 (differentiable) and, with ``each``, the products of each configuration (not
+    differentiable) of :func:`pair_sums`, by finufft; see the module docstring.
 
     Works one configuration at a time into preallocated arrays: fresh multi-megabyte temporaries
     cost page faults that, measured here, can take longer than the transforms.
     """
 
     @staticmethod
-    def forward(ctx, theta, group, box, eps, mode):
+    def forward(ctx, theta, group, box, eps, each):
         th_all = theta.detach().cpu().numpy().astype(np.float64)  # (b, M, 3)
         grp = np.asarray(group)
         G = int(grp.max()) + 1
         n_pairs = len(species_pairs(G))
         onehot = (grp[None, :] == np.arange(G)[:, None]).astype(np.complex128)  # (G, M)
-        plan = _type1_plan(box, G, eps)
-        each = mode == "each"
-        # every configuration's amplitudes are kept for the backward pass; one buffer otherwise
-        F = torch.empty((1 if each else len(th_all), G, *box.shape), dtype=torch.complex128)
-        if each:
-            P = torch.empty((len(th_all), n_pairs, *box.shape), dtype=torch.float64)
-        else:
-            S1 = torch.zeros((n_pairs, *box.shape), dtype=torch.float64)
-            S2 = torch.zeros((len(species_pairs(n_pairs)) if mode == "moments" else 0, *box.shape),
-                             dtype=torch.float64)
+        plan = _plan(1, box, G, eps)
+        keep = ctx.needs_input_grad[0]  # the backward pass needs every configuration's amplitudes
+        F = torch.empty((len(th_all) if keep else 1, G, *box.shape), dtype=torch.complex128)
+        S1 = torch.zeros((n_pairs, *box.shape), dtype=torch.float64)
+        P = torch.empty((len(th_all) if each else 0, n_pairs, *box.shape), dtype=torch.float64)
         for c, th in enumerate(th_all):
-            Fc = F[0 if each else c]
+            Fc = F[c if keep else 0]
             _amplitudes(plan, th, onehot, box, out=Fc.numpy())
-            Pc = _products(Fc[None])
+            Pc = _products(Fc[None])[0]
+            S1 += Pc
             if each:
-                P[c] = Pc[0]
-                continue
-            S1 += Pc[0]
-            if mode == "moments":
-                S2 += _moments(Pc)
-        if each:
-            P = P.to(theta.device)
-            ctx.mark_non_differentiable(P)
-            return P, P[:0]
-        S2 = S2.to(theta.device)
-        ctx.mark_non_differentiable(S2)
-        ctx.save_for_backward(theta)
-        ctx.F, ctx.group, ctx.box, ctx.eps = F, grp, box, eps
-        return S1.to(theta.device), S2
+                P[c] = Pc
+        P = P.to(theta.device)
+        ctx.mark_non_differentiable(P)
+        if keep:
+            ctx.save_for_backward(theta)
+            ctx.F, ctx.group, ctx.box, ctx.eps = F, grp, box, eps
+        return S1.to(theta.device), P
 
     @staticmethod
-    def backward(ctx, gS1, _gS2):
-        import finufft
-
+    def backward(ctx, gS1, _gP):
         (theta,) = ctx.saved_tensors
         F, grp, box, eps = ctx.F, ctx.group, ctx.box, ctx.eps
         G = F.shape[1]
@@ -206,7 +195,7 @@ class _PairSums(torch.autograd.Function):
             else:
                 gamma[s, t] = gamma[t, s] = g[p]
         n = [m.reshape([-1 if b == a else 1 for b in range(3)]) for a, m in enumerate(box.modes())]  # broadcastable
-        plan = finufft.Plan(2, box.shape, 3 * G, eps=eps, isign=1, fftw=_FFTW_MEASURE)
+        plan = _plan(2, box, 3 * G, eps)
         th_all = theta.detach().cpu().numpy().astype(np.float64)
         out = np.empty_like(th_all)
         coeff = np.empty((G, 3, *box.shape), dtype=np.complex128)
@@ -221,23 +210,8 @@ class _PairSums(torch.autograd.Function):
         return torch.from_numpy(out).to(dtype=theta.dtype, device=theta.device), None, None, None, None
 
 
-def _check(frac, group) -> np.ndarray:
-    if frac.ndim != 3 or frac.shape[-1] != 3:
-        raise ValueError(f"frac must have shape (b, M, 3), got {tuple(frac.shape)}")
-    group = np.asarray(group, dtype=np.int64)
-    if group.shape != (frac.shape[1],) or set(np.unique(group)) != set(range(int(group.max()) + 1)):
-        raise ValueError("group must give each atom a species index 0 … G−1, every index used")
-    return group
-
-
-def _direct_products(frac, group, box) -> torch.Tensor:
-    """Re F_s F_t* of each configuration by the direct sum: (b, n_pairs, *box), differentiable."""
-    F = torch.stack([structure_factor_direct(frac[:, group == s], box) for s in range(int(group.max()) + 1)], 1)
-    return _products(F)
-
-
 def pair_sums(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS, method: str = "nufft",
-              moments: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+              each: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Configuration sums of the species-pair intensities on a box of modes.
 
     Parameters
@@ -254,39 +228,30 @@ def pair_sums(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS,
     method
         ``"nufft"`` (finufft; its backward is a type-2 NUFFT) or ``"direct"`` (exact sum in torch,
         O(M · box.size) per configuration: small systems and tests).
-    moments
-        Also return the second moments S2 (for a Monte-Carlo error); False skips them.
+    each
+        Also return the products of each configuration (for a Monte-Carlo error).
 
     Returns
     -------
-    S1, S2
-        S1 = Σ_c Re F_s,c F_t,c*: shape (n_pairs, *box), differentiable in ``frac``; S2 = Σ_c P_p,c
-        P_p',c for p ≤ p': shape (n_pairs(n_pairs+1)/2, *box), no gradient, or None. Pairs as
+    S1, P
+        S1 = Σ_c P_c: shape (n_pairs, *box), differentiable in ``frac``. P_p,c = Re F_s,c F_t,c*:
+        shape (b, n_pairs, *box), no gradient, or None without ``each``. Pairs as
         :func:`species_pairs`. Dimensionless (bare lattice sums).
     """
-    group = _check(frac, group)
+    if frac.ndim != 3 or frac.shape[-1] != 3:
+        raise ValueError(f"frac must have shape (b, M, 3), got {tuple(frac.shape)}")
+    group = np.asarray(group, dtype=np.int64)
+    if group.shape != (frac.shape[1],) or set(np.unique(group)) != set(range(int(group.max()) + 1)):
+        raise ValueError("group must give each atom a species index 0 … G−1, every index used")
     if method == "nufft":
-        S1, S2 = _PairSums.apply(_theta(frac), group, box, float(eps), "moments" if moments else "sum")
-        return S1, (S2 if moments else None)
-    if method != "direct":
+        S1, P = _PairSums.apply(_theta(frac), group, box, float(eps), bool(each))
+    elif method == "direct":
+        F = torch.stack([structure_factor_direct(frac[:, group == s], box) for s in range(int(group.max()) + 1)], 1)
+        P = _products(F)
+        S1, P = P.sum(0), P.detach()
+    else:
         raise ValueError(f"method must be 'nufft' or 'direct', got {method!r}")
-    P = _direct_products(frac, group, box)
-    return P.sum(0), (_moments(P.detach()) if moments else None)
-
-
-def pair_products(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS,
-                  method: str = "nufft") -> torch.Tensor:
-    """The species-pair products P_p,c = Re F_s,c F_t,c* of each configuration (no gradient).
-
-    Shape (b, n_pairs, *box); arguments as :func:`pair_sums`.
-    """
-    group = _check(frac, group)
-    if method == "nufft":
-        return _PairSums.apply(_theta(frac.detach()), group, box, float(eps), "each")[0]
-    if method != "direct":
-        raise ValueError(f"method must be 'nufft' or 'direct', got {method!r}")
-    with torch.no_grad():
-        return _direct_products(frac, group, box)
+    return S1, (P if each else None)
 
 
 def structure_factor(frac: torch.Tensor, box: ModeBox, eps: float = DEFAULT_EPS) -> torch.Tensor:
@@ -302,7 +267,7 @@ def structure_factor(frac: torch.Tensor, box: ModeBox, eps: float = DEFAULT_EPS)
     Shape (b, *box.shape) complex128.
     """
     th_all = _theta(frac).detach().cpu().numpy().astype(np.float64)
-    plan = _type1_plan(box, 1, eps)
+    plan = _plan(1, box, 1, eps)
     ones = np.ones((1, frac.shape[1]), dtype=np.complex128)
     F = np.empty((len(th_all), 1, *box.shape), dtype=np.complex128)
     for th, out in zip(th_all, F, strict=True):

@@ -25,7 +25,7 @@ import torch
 
 from xtds.ifc import IFCModel
 from xtds.model.covariance import _check_temperature, grid_k
-from xtds.model.nufft import DEFAULT_EPS, ModeBox, pair_products, pair_sums, species_pairs
+from xtds.model.nufft import DEFAULT_EPS, ModeBox, pair_sums, species_pairs
 from xtds.phonons import UnstableError
 from xtds.supercell import Supercell, supercell_hessian
 from xtds.units import KB_EV_PER_K
@@ -109,57 +109,90 @@ def sample_displacements(
 
 @dataclass(frozen=True)
 class _Layout:
-    """What the sampled estimator needs besides the draws, computed once per call."""
+    """What the sampled estimator needs besides the draws, computed once per call.
+
+    Each q stands for a set of member modes in the box: itself, or, with orbit averaging, the
+    distinct members of its Laue orbit (all with the same |q|, so the same form factors).
+    """
 
     repeats: tuple[int, int, int]
     X: torch.Tensor  # (N, 3) Å, perfect positions of the supercell
     inv: torch.Tensor  # (3, 3) Å⁻¹, inverse of the supercell lattice (rows)
     group: np.ndarray  # (N,) int, species index of each atom
     box: ModeBox  # the modes evaluated
-    flat: torch.Tensor  # (Q,) int, each q's mode (or its Friedel mate) in the box
+    flat: torch.Tensor  # (n_members,) int, each member's mode (or its Friedel mate) in the box
+    owner: torch.Tensor | None  # (n_members,) int, the q each member belongs to; None: one member per q
+    orbit_size: torch.Tensor | None  # (Q,), members per q
     weight: torch.Tensor  # (n_pairs, Q): (2 − δ_st) f_s(|q|) f_t(|q|), electrons²
     n_prim_cells: float
 
     def intensities(self, P: torch.Tensor) -> torch.Tensor:
-        """Σ_p w_p(q) P_p at each q, per primitive cell: (..., n_pairs, *box) → (..., Q)."""
-        Pq = P.reshape(*P.shape[:-3], -1)[..., self.flat]  # (..., n_pairs, Q)
-        return (self.weight * Pq).sum(-2) / self.n_prim_cells
-
-    def second_moment(self, S2: torch.Tensor) -> torch.Tensor:
-        """Σ_c I_c(q)² from the pair moments S2 (:func:`xtds.model.nufft.pair_sums`): shape (Q,)."""
-        S2q = S2.reshape(len(S2), -1)[:, self.flat]
-        total = 0
-        for k, (p, r) in enumerate(species_pairs(len(self.weight))):
-            total = total + (1 if p == r else 2) * self.weight[p] * self.weight[r] * S2q[k]
-        return total / self.n_prim_cells**2
+        """Σ_p w_p(q) P_p averaged over each q's members, per primitive cell: (..., n_pairs, *box) → (..., Q)."""
+        Pm = P.reshape(*P.shape[:-3], -1)[..., self.flat]  # (..., n_pairs, n_members)
+        if self.owner is not None:
+            zero = Pm.new_zeros(*Pm.shape[:-1], self.weight.shape[-1])
+            Pm = torch.index_add(zero, -1, self.owner, Pm) / self.orbit_size
+        return (self.weight * Pm).sum(-2) / self.n_prim_cells
 
 
-def _layout(model, phi, q, repeats, form_factor) -> _Layout:
+def _orbit_members(cell, geom, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct supercell modes of each q's Laue orbit: modes (n_members, 3) int and their
+    owners (n_members,) int, grouped by owner."""
+    from xtds.laue import laue_rotations
+
+    R = laue_rotations(cell)
+    images = np.einsum("gij,qj->qgi", R, q).reshape(-1, 3)  # (Q·G, 3), Å⁻¹
+    try:
+        n = geom.grid_indices(cell, images)
+    except ValueError as err:
+        raise ValueError(
+            f"orbit averaging needs a supercell that the Laue group maps onto itself; the {geom.repeats} supercell "
+            "is not (use equal repeats along axes the group permutes, or orbit_average=False)"
+        ) from err
+    span = int(np.abs(n).max()) + 1
+    base = 2 * span + 1
+    owner = np.repeat(np.arange(len(q)), len(R))
+    key = ((owner * base + n[:, 0] + span) * base + n[:, 1] + span) * base + n[:, 2] + span
+    _, first = np.unique(key, return_index=True)  # sorted by key, so grouped by owner
+    return n[first], owner[first]
+
+
+def _layout(model, phi, q, repeats, form_factor, orbit_average=False) -> _Layout:
     from xtds.model.geometry import PeriodicSupercell
 
     geom = PeriodicSupercell(repeats)
     cell = model.crystal
-    qt = torch.as_tensor(q, dtype=phi.dtype, device=phi.device)
-    box, flat = ModeBox.covering(geom.grid_indices(cell, qt.detach().cpu().numpy()))
+    qn = torch.as_tensor(q).detach().cpu().numpy().astype(float)
+    if orbit_average:
+        modes, owner = _orbit_members(cell, geom, qn)
+    else:
+        modes, owner = geom.grid_indices(cell, qn), None
+    box, flat = ModeBox.covering(modes)
     sc = Supercell.from_crystal(model, geom.repeats)
     species = [cell.species[i % cell.n_atoms] for i in range(sc.n_atoms)]
     uniq = sorted(set(species))
     group = np.array([uniq.index(s) for s in species])
     if form_factor is None:
-        f = np.ones((len(uniq), len(qt)))
+        f = np.ones((len(uniq), len(qn)))
     else:
         from xtds.formfactor import form_factors
 
-        f = form_factors(uniq, np.linalg.norm(qt.detach().cpu().numpy(), axis=1))
+        f = form_factors(uniq, np.linalg.norm(qn, axis=1))
     weight = np.stack([(1 if s == t else 2) * f[s] * f[t] for s, t in species_pairs(len(uniq))])
+
+    def tensor(x, dtype=None):
+        return torch.as_tensor(x, dtype=dtype, device=phi.device)
+
     return _Layout(
         repeats=geom.repeats,
-        X=torch.as_tensor(np.array(sc.positions), dtype=phi.dtype, device=phi.device),
-        inv=torch.as_tensor(np.linalg.inv(sc.lattice), dtype=phi.dtype, device=phi.device),
+        X=tensor(np.array(sc.positions), phi.dtype),
+        inv=tensor(np.linalg.inv(sc.lattice), phi.dtype),
         group=group,
         box=box,
-        flat=torch.as_tensor(flat, device=phi.device),
-        weight=torch.as_tensor(weight, dtype=phi.dtype, device=phi.device),
+        flat=tensor(flat),
+        owner=None if owner is None else tensor(owner),
+        orbit_size=None if owner is None else tensor(np.bincount(owner, minlength=len(qn)), phi.dtype),
+        weight=tensor(weight, phi.dtype),
         n_prim_cells=sc.n_atoms / model.n_sites,
     )
 
@@ -176,12 +209,13 @@ def _batches(model, phi, temperature, lay: _Layout, n_samples, solver, seed, bat
 
 
 def configuration_intensities(model, phi, q, temperature, repeats, n_samples, solver="kspace", seed=None,
-                              form_factor="cromer-mann", eps=DEFAULT_EPS, batch=32):
-    """The intensity of each of ``n_samples`` configurations (no averaging): shape (n_samples, Q),
-    electrons² per primitive cell. For noise models (the Monte-Carlo noise of a sampled mean)."""
-    lay = _layout(model, phi, q, repeats, form_factor)
+                              form_factor="cromer-mann", eps=DEFAULT_EPS, batch=32, orbit_average=False):
+    """The intensity of each of ``n_samples`` configurations (no averaging over them): shape
+    (n_samples, Q), electrons² per primitive cell. For noise models (the Monte-Carlo noise of a
+    sampled mean). Arguments as :func:`sampled_intensity`."""
+    lay = _layout(model, phi, q, repeats, form_factor, orbit_average)
     with torch.no_grad():
-        return torch.cat([lay.intensities(pair_products(frac, lay.group, lay.box, eps=eps))
+        return torch.cat([lay.intensities(pair_sums(frac, lay.group, lay.box, eps=eps, each=True)[1])
                           for frac in _batches(model, phi, temperature, lay, n_samples, solver, seed, batch)])
 
 
@@ -199,6 +233,7 @@ def sampled_intensity(
     batch: int = 32,
     intensity: str = "nufft",
     stderr: bool = True,
+    orbit_average: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean intensity per primitive cell over ``n_samples`` configurations, and its standard error.
 
@@ -215,7 +250,13 @@ def sampled_intensity(
     intensity
         ``"nufft"`` (finufft) or ``"direct"`` (exact sum, small systems and tests).
     stderr
-        Compute the standard error (False skips the second moments and returns None for it).
+        Compute the standard error (False skips it and returns None).
+    orbit_average
+        Average each configuration's intensity over the Laue orbit of every q (the orbits need
+        not be in ``q``). The mean intensity is Laue-invariant, so this estimates the same mean
+        with less Monte-Carlo noise, at the cost of transforming the orbits' modes: for the
+        irreducible points of a cubic grid, half the full grid's modes instead of one octant.
+        The supercell must map onto itself under the Laue group.
 
     Returns
     -------
@@ -224,13 +265,15 @@ def sampled_intensity(
     """
     if n_samples < 2:
         raise ValueError("n_samples must be at least 2 (the standard error needs two)")
-    lay = _layout(model, phi, q, repeats, form_factor)
-    S1, S2 = 0, 0
+    lay = _layout(model, phi, q, repeats, form_factor, orbit_average)
+    S1, M2 = 0, 0
     for frac in _batches(model, phi, temperature, lay, n_samples, solver, seed, batch):
-        s1, s2 = pair_sums(frac, lay.group, lay.box, eps=eps, method=intensity, moments=stderr)
-        S1, S2 = S1 + s1, (S2 + s2 if stderr else None)
+        s1, P = pair_sums(frac, lay.group, lay.box, eps=eps, method=intensity, each=stderr)
+        S1 = S1 + s1
+        if stderr:
+            M2 = M2 + (lay.intensities(P) ** 2).sum(0)  # Σ_c I_c(q)²
     mean = lay.intensities(S1) / n_samples
     if not stderr:
         return mean, None
-    var = (lay.second_moment(S2) - n_samples * mean.detach() ** 2) / (n_samples - 1)
+    var = (M2 - n_samples * mean.detach() ** 2) / (n_samples - 1)
     return mean, torch.sqrt(var.clamp(min=0) / n_samples)
