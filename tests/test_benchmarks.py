@@ -24,8 +24,9 @@ def test_forward_benchmark_runs():
 
 
 def test_paper_benchmark_runs():
-    out = run_benchmark("paper_ni.py", "--n-max", "6")
-    assert out.count("largest error of the 16 free constants") == 3 and "|z| < 3 for" in out
+    out = run_benchmark("paper_ni.py", "--n-max", "6", "--sampled-adam", "3")
+    assert out.count("largest error of the 16 free constants") == 6 and out.count("|z| < 3 for") == 4
+    assert "3 Adam epochs" in out
 
 
 def test_large_volume_benchmark_runs(tmp_path):

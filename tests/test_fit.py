@@ -126,6 +126,29 @@ def test_adam_sampled_resume_is_exact(tmp_path):
     np.testing.assert_allclose(res["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
 
 
+def test_preconditioned_adam_reaches_the_target():
+    """The sampled model and Adam from a distant start: in coordinates whitened by the Gauss–Newton
+    metric, 100 epochs get within the Monte-Carlo noise of the target (measured: 0.016–0.021
+    eV/Å² over six seeds); in raw coordinates Adam zig-zags in the narrow valley (0.093–0.103)."""
+    model = xtds.IFCModel(NI, shells=2)
+    truth = {"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01}
+    start = {"b0": -0.9, "b1": -0.1, "b2": -0.8, "c0": 0.08, "c1": -0.07}
+    c = np.arange(-8, 9) / 2.0
+    q = NI.rlu_to_cartesian(np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3))
+    with torch.no_grad():
+        I = tds_intensity(model, model.vector(truth), q, 300.0, geometry=PeriodicSupercell(2))
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(17, 17, 17))},
+                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
+    pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
+    err = {}
+    for pre in (True, False):
+        res = fit_points(pts, NI, 300.0, shells=2, initial=start, model="sampled", epochs=100, precondition=pre,
+                         seed=2, progress=False)
+        err[pre] = max(abs(float(res["ifc"].sel(constant=k)) - v) for k, v in truth.items())
+        assert (res["ifc_stderr"] >= res["ifc_optimizer_stderr"]).all() and (res["ifc_optimizer_stderr"] > 0).all()
+    assert err[True] < 0.04 and err[True] < 0.5 * err[False]
+
+
 def test_bad_inputs(volume16):
     with pytest.raises(ValueError, match="temperature"):
         volume16.drop_attrs().assign_coords().tds.fit(NI, shells=5, initial=START)

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from xtds.fit.losses import LOSSES, eigen_penalty, min_eigenvalues, residuals
-from xtds.fit.optimize import Checkpoint, adam, levenberg_marquardt
+from xtds.fit.optimize import Checkpoint, adam, jacobian, levenberg_marquardt, whitening
 from xtds.ifc import IFCModel
 from xtds.model import METHODS, InfiniteCrystal, PeriodicSupercell, tds_intensity
 from xtds.model.covariance import grid_k
@@ -83,7 +83,8 @@ def fit_points(
     optimizer: str | None = None,
     max_iter: int = 50,
     epochs: int = 1000,
-    lr: float = 0.01,
+    lr: float | None = None,
+    precondition: bool = True,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -123,6 +124,12 @@ def fit_points(
     optimizer
         ``"lm"`` (Levenberg–Marquardt; default for ``exact``/``one_phonon``) or ``"adam"``
         (default for ``sampled``).
+    epochs, lr, precondition
+        Adam only. ``precondition`` (default): Adam runs in coordinates z with x = x0 + P z,
+        P = (JᵀJ)^(−1/2) from the Jacobian J of the deterministic model at the start (for
+        ``sampled``, its exact mean; 2p evaluations), so that the loss's narrow valleys become
+        round; ``lr`` (default 0.003) is then a step in units of the residual norm. Without it,
+        ``lr`` (default 0.01) is in eV/Å². The rate halves at 40% and 80% of ``epochs``.
     n_samples, solver, orbit_average
         ``sampled`` only: configurations per epoch, the Cholesky solver, and whether the model at
         each point averages every configuration over the point's Laue orbit (default; the
@@ -147,7 +154,8 @@ def fit_points(
     variable named like its dimension), eV/Å², a0 included, ``ifc_cov``,
     ``dispersion``, ``dos``, ``elastic_constants``, ``loss`` (dim ``iteration``), and on dim
     ``point``: ``intensity`` (data), ``model_intensity`` (scaled as the loss scales it),
-    ``residual`` (log data − log model); attrs with provenance and timings.
+    ``residual`` (log data − log model); attrs with provenance and timings, and for preconditioned
+    Adam ``start_condition``, the condition number of the Gauss–Newton metric JᵀJ at the start.
     """
 
     t_start = time.perf_counter()
@@ -205,7 +213,7 @@ def fit_points(
     settings = {
         "crystal": repr(crystal), "temperature_K": float(temperature), "shells": shells, "cutoff_A": cutoff,
         "model": model, "geometry": repr(geometry), "loss": loss, "background": background, "quantum": quantum,
-        "form_factor": form_factor, "optimizer": optimizer, "lr": lr,
+        "form_factor": form_factor, "optimizer": optimizer, "lr": lr, "precondition": precondition,
         "n_samples": n_samples, "solver": solver, "orbit_average": orbit_average, "penalty": penalty, "seed": seed,
         "initial": x0.tolist(),
         "n_points": int(points.sizes["point"]), "source": source,
@@ -213,6 +221,8 @@ def fit_points(
     }
     ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of(settings)) if checkpoint else None
 
+    start_condition = None  # of the Gauss–Newton metric at the start, for preconditioned Adam
+    cov_optimizer = None  # Adam: the scatter of the averaged iterates
     if optimizer == "lm":
 
         def fun(x):
@@ -226,6 +236,18 @@ def fit_points(
         rho = fun(res.x)
     elif optimizer == "adam":
 
+        def mean_residuals(x):
+            """Residuals of the deterministic model (for ``sampled``: its exact classical mean)."""
+            xt = torch.as_tensor(x, dtype=dtype, device=device)
+            phi, nu = split(xt)
+            with torch.no_grad():
+                if model == "sampled":
+                    I = tds_intensity(ifcm, phi, q, temperature, method="exact", geometry=geometry, quantum=False,
+                                      form_factor=form_factor, symmetrize=False, dtype=dtype, device=device)
+                else:
+                    I = predict(phi)
+                return residuals(I, target, weight, loss, nu, sigma).cpu().numpy()
+
         def loss_fn(x, epoch):
             phi, nu = split(x.to(dtype=dtype, device=device))
             pen = eigen_penalty(ifcm, phi, k, alpha=penalty)
@@ -234,21 +256,27 @@ def fit_points(
             r = residuals(predict(phi, epoch), target, weight, loss, nu, sigma)
             return (r * r).sum()
 
-        res = adam(loss_fn, x0, epochs=epochs, lr=lr, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                   progress=progress, callback=callback)
-        with torch.no_grad():
-            # the Jacobian of the mean intensity: the deterministic exact model at the optimum
-            def fun(x):
-                xt = torch.as_tensor(x, dtype=dtype, device=device)
-                phi, nu = split(xt)
-                Ie = tds_intensity(ifcm, phi, q, temperature, method="exact", geometry=geometry, quantum=False,
-                                   form_factor=form_factor, symmetrize=False, dtype=dtype, device=device)
-                return residuals(Ie, target, weight, loss, nu, sigma).cpu().numpy()
+        if precondition:  # Adam on z, x = x0 + P z, in which the Gauss–Newton metric is the identity
+            J0 = jacobian(mean_residuals, x0, 1e-5)
+            start_condition = float(np.linalg.cond(J0) ** 2)  # of the Gauss–Newton metric J0ᵀJ0
+            P = torch.as_tensor(whitening(J0), dtype=torch.float64)
+            X0 = torch.as_tensor(x0, dtype=torch.float64)
 
-            from xtds.fit.optimize import _jacobian
+            def to_x(z):
+                return X0 + P @ torch.as_tensor(z, dtype=torch.float64)
 
-            J = _jacobian(fun, res.x, 1e-5)
-            rho = fun(res.x)
+            cb = None if callback is None else (lambda i, z, f: callback(i, to_x(z).numpy(), f))
+            res = adam(lambda z, epoch: loss_fn(to_x(z), epoch), np.zeros_like(x0), epochs=epochs,
+                       lr=0.003 if lr is None else lr, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                       progress=progress, callback=cb)
+            res.x = to_x(res.x).numpy()
+            cov_optimizer = P.numpy() @ res.x_cov @ P.numpy().T
+        else:
+            res = adam(loss_fn, x0, epochs=epochs, lr=0.01 if lr is None else lr, checkpoint=ckpt,
+                       checkpoint_every=checkpoint_every, progress=progress, callback=callback)
+            cov_optimizer = res.x_cov
+        J = jacobian(mean_residuals, res.x, 1e-5)  # the covariance: the mean model's Jacobian
+        rho = mean_residuals(res.x)
     else:
         raise ValueError(f"optimizer must be 'lm' or 'adam', got {optimizer!r}")
 
@@ -267,7 +295,9 @@ def fit_points(
         s2, dof = float("nan"), n
     phi_hat = res.x[:n_free]
     out = _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, loss, sigma, use_nuisance,
-                  settings, t_start, s2, dof, device, dtype)
+                  settings, t_start, s2, dof, device, dtype, cov_optimizer)
+    if start_condition is not None:
+        out.attrs["start_condition"] = start_condition
     return out
 
 
@@ -324,20 +354,29 @@ def _check_stable_or_explain(ifcm, phi0, k):
 
 
 def _result(ifcm, phi_hat, cov, res, points, predict, split, target, weight, loss, sigma, use_nuisance,
-            settings, t_start, s2, dof, device, dtype):
+            settings, t_start, s2, dof, device, dtype, cov_optimizer=None):
     import xtds
 
     n_free = ifcm.n_free
     T = np.vstack([ifcm.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
-    cov_all = T @ cov[:n_free, :n_free] @ T.T
+
+    def on_constants(c):  # (n_x, n_x) → (n_constants, n_constants), a0 and the free constants
+        return T @ c[:n_free, :n_free] @ T.T
+
+    kind = "Gauss–Newton" if cov_optimizer is None else "Gauss–Newton plus the Adam iterates' scatter"
+    cov_all = on_constants(cov if cov_optimizer is None else cov + cov_optimizer)
     # xarray cannot hold a data variable named like its dimension: the constants run along "constant"
     ifc = ifcm.to_dataarray(phi_hat).rename({"ifc": "constant", "distance": "pair_distance"}).rename("ifc")
     names = list(ifc["constant"].values)
     stderr = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
-                          attrs={"units": "eV/Å^2", "long_name": "standard error (Gauss–Newton)"})
+                          attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
     ds = xr.Dataset({"ifc": ifc, "ifc_stderr": stderr})
     ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
-                                 attrs={"units": "(eV/Å^2)^2", "long_name": "covariance (Gauss–Newton)"})
+                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
+    if cov_optimizer is not None:
+        ds["ifc_optimizer_stderr"] = xr.DataArray(
+            np.sqrt(np.clip(np.diag(on_constants(cov_optimizer)), 0, None)), dims=("constant",),
+            attrs={"units": "eV/Å^2", "long_name": "scatter of the Adam iterates over the last 10% of epochs"})
     phi_t = torch.as_tensor(phi_hat, dtype=dtype)
     disp = xtds.dispersion(ifcm, phi_t)
     disp = disp.rename({c: f"k_{c}" for c in ("H", "K", "L", "qx", "qy", "qz") if c in disp.coords})

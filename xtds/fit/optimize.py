@@ -38,6 +38,7 @@ class OptimizeResult:
     converged: bool = False
     message: str = ""
     resumed_from: int | None = None
+    x_cov: np.ndarray | None = None  # Adam: covariance of the iterates averaged into x (the last 10%)
 
 
 class Checkpoint:
@@ -79,13 +80,31 @@ def _bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def _jacobian(fun, x, h):
+def jacobian(fun, x, h):
+    """Central-difference Jacobian of ``fun`` (numpy vector → vector) at ``x``: shape (n_out, n_in)."""
     cols = []
     for j in range(len(x)):
         e = np.zeros_like(x)
         e[j] = h
         cols.append((fun(x + e) - fun(x - e)) / (2 * h))
     return np.stack(cols, axis=1)
+
+
+#: Eigenvalues of JᵀJ below this fraction of the largest are raised to it in :func:`whitening`, so
+#: that a direction the data barely constrain gets steps at most 1000× the stiffest one's.
+WHITENING_FLOOR = 1e-6
+
+
+def whitening(J: np.ndarray) -> np.ndarray:
+    """P = (JᵀJ)^(−1/2) (symmetric), eigenvalues floored at ``WHITENING_FLOOR`` × the largest.
+
+    With x = x0 + P z, a loss ‖ρ(x)‖² that is linear in x near x0 has the identity Hessian (up to a
+    factor 2) in z: the long, narrow valleys of an ill-conditioned fit become round, which is what a
+    diagonal, first-order method such as Adam needs. Shape (n, n) from J of shape (m, n).
+    """
+    s, V = np.linalg.eigh(J.T @ J)
+    s = np.maximum(s, WHITENING_FLOOR * max(float(s.max()), np.finfo(float).tiny))
+    return (V / np.sqrt(s)) @ V.T
 
 
 def levenberg_marquardt(
@@ -118,7 +137,7 @@ def levenberg_marquardt(
     t0 = time.perf_counter() - (history[-1][2] if history else 0.0)
     if not history:
         history.append((0, f, 0.0))
-    J = _jacobian(fun, x, h)
+    J = jacobian(fun, x, h)
     converged, message = False, "maximum number of iterations reached"
     bar = _bar(max_iter, "Levenberg–Marquardt", progress)
     bar.update(start)
@@ -153,9 +172,9 @@ def levenberg_marquardt(
         small_step = np.linalg.norm(step) <= xtol * (np.linalg.norm(x) + xtol)
         if small_step or df <= ftol * max(f, 1e-300):
             converged, message = True, "step or loss change below tolerance"
-            J = _jacobian(fun, x, h)
+            J = jacobian(fun, x, h)
             break
-        J = _jacobian(fun, x, h)
+        J = jacobian(fun, x, h)
         if checkpoint:
             checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history})
     bar.close()
@@ -169,16 +188,19 @@ def adam(
     x0,
     epochs: int = 1000,
     lr: float = 0.01,
-    halve_every: int = 400,
-    lr_min: float = 0.0025,
+    halve_every: int | None = None,
+    lr_min: float | None = None,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 10,
     progress: bool = True,
     callback=None,
 ) -> OptimizeResult:
     """Adam on ``loss_fn(x_tensor, epoch) -> scalar tensor`` (stochastic); the learning rate
-    halves every ``halve_every`` epochs, not below ``lr_min``. Returns the mean of the last 10%
-    of the iterates (the stochastic optimum) as ``x``."""
+    halves every ``halve_every`` epochs (default: 40% of ``epochs``), not below ``lr_min``
+    (default lr/4). Returns the mean of the last 10% of the iterates (the stochastic optimum) as
+    ``x``, and their covariance as ``x_cov`` (the optimizer's scatter)."""
+    halve_every = max(1, round(0.4 * epochs)) if halve_every is None else halve_every
+    lr_min = lr / 4 if lr_min is None else lr_min
     x = torch.tensor(np.asarray(x0, dtype=float), requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr)
     start, history, resumed, tail = 0, [], None, []
@@ -229,4 +251,6 @@ def adam(
             )
     bar.close()
     xs = np.mean(np.array(tail), axis=0) if tail else x.detach().numpy()
-    return OptimizeResult(xs, history[-1][1] if history else np.nan, history, epochs, True, "epochs done", resumed)
+    spread = np.atleast_2d(np.cov(np.array(tail).T)) if len(tail) > 1 else np.zeros((len(xs), len(xs)))
+    return OptimizeResult(xs, history[-1][1] if history else np.nan, history, epochs, True, "epochs done", resumed,
+                          spread)
