@@ -14,12 +14,7 @@ from xtds.model import (
     supercell_q_grid,
     tds_intensity,
 )
-from xtds.model.nufft import (
-    ModeBox,
-    pair_sums,
-    structure_factor,
-    structure_factor_direct,
-)
+from xtds.model.nufft import ModeBox, pair_sums
 from xtds.units import KB_EV_PER_K
 
 pytest.importorskip("finufft")
@@ -54,7 +49,7 @@ def _two_species(seed, b=2, M=30):
     return frac, group, g
 
 
-@pytest.mark.parametrize("box", [ModeBox.centred((9, 8, 7)), ModeBox((3, -6, -1), (5, 4, 6))])
+@pytest.mark.parametrize("box", [ModeBox((-4, -4, -3), (9, 8, 7)), ModeBox((3, -6, -1), (5, 4, 6))])
 def test_pair_sums_nufft_equals_direct_sum(box):
     frac, group, g = _two_species(0)
     a1, none = pair_sums(frac, group, box, eps=1e-12)
@@ -72,8 +67,6 @@ def test_pair_sums_nufft_equals_direct_sum(box):
         (pair_sums(x, group, box, eps=1e-12, method=method)[0] * w).sum().backward()
         grads.append(x.grad)
     assert ((grads[0] - grads[1]).abs().max() / grads[1].abs().max()) < 1e-9
-    F = structure_factor(frac, box, eps=1e-12)
-    assert (F - structure_factor_direct(frac, box)).abs().max() / M < 1e-10
 
 
 def test_pair_sums_gradcheck():

@@ -221,32 +221,29 @@ def fit_points(
     }
     ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of(settings)) if checkpoint else None
 
+    def mean_residuals(x, check_stable=False):
+        """Residuals (numpy) of the deterministic model (for ``sampled``: its exact classical mean)."""
+        phi, nu = split(torch.as_tensor(x, dtype=dtype, device=device))
+        if check_stable:
+            _check_stable(ifcm, phi, k)
+        with torch.no_grad():
+            if model == "sampled":
+                I = tds_intensity(ifcm, phi, q, temperature, method="exact", geometry=geometry, quantum=False,
+                                  form_factor=form_factor, symmetrize=False, dtype=dtype, device=device)
+            else:
+                I = predict(phi)
+            return residuals(I, target, weight, loss, nu, sigma).cpu().numpy()
+
     start_condition = None  # of the Gauss–Newton metric at the start, for preconditioned Adam
     cov_optimizer = None  # Adam: the scatter of the averaged iterates
-    if optimizer == "lm":
+    if optimizer == "lm":  # (never the sampled model: refused above)
 
         def fun(x):
-            xt = torch.as_tensor(x, dtype=dtype, device=device)
-            phi, nu = split(xt)
-            _check_stable(ifcm, phi, k)
-            with torch.no_grad():
-                return residuals(predict(phi), target, weight, loss, nu, sigma).cpu().numpy()
+            return mean_residuals(x, check_stable=True)
 
         res, J = levenberg_marquardt(fun, x0, max_iter=max_iter, checkpoint=ckpt, progress=progress, callback=callback)
         rho = fun(res.x)
     elif optimizer == "adam":
-
-        def mean_residuals(x):
-            """Residuals of the deterministic model (for ``sampled``: its exact classical mean)."""
-            xt = torch.as_tensor(x, dtype=dtype, device=device)
-            phi, nu = split(xt)
-            with torch.no_grad():
-                if model == "sampled":
-                    I = tds_intensity(ifcm, phi, q, temperature, method="exact", geometry=geometry, quantum=False,
-                                      form_factor=form_factor, symmetrize=False, dtype=dtype, device=device)
-                else:
-                    I = predict(phi)
-                return residuals(I, target, weight, loss, nu, sigma).cpu().numpy()
 
         def loss_fn(x, epoch):
             phi, nu = split(x.to(dtype=dtype, device=device))

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ModeBox", "pair_sums", "species_pairs", "structure_factor", "structure_factor_direct"]
+__all__ = ["ModeBox", "pair_sums", "species_pairs", "structure_factor_direct"]
 
 #: finufft's relative tolerance unless asked otherwise. The error it gives intensities is measured in
 #: tests/test_model_sampled.py (test_nufft_path_gives_the_same_draws).
 DEFAULT_EPS = 1e-6
 
 #: FFTW planning for finufft: FFTW_MEASURE (0) costs about a second per transform size, once per
-#: process (FFTW keeps the wisdom), and makes each later transform about 1.5× faster than
-#: FFTW_ESTIMATE (64), measured on the paper's 81×81×41 half box.
+#: process (FFTW keeps the wisdom), and makes each later transform 1.3× (type 1) to 1.5× (type 2,
+#: 3 transforms) faster than FFTW_ESTIMATE (64), measured on the paper's 81×81×41 half box.
 _FFTW_MEASURE = 0
 
 #: Boxes with fewer modes run finufft on one thread: on the 2-core development machine, waking a
@@ -69,12 +69,6 @@ class ModeBox:
 
     lo: tuple[int, int, int]
     shape: tuple[int, int, int]
-
-    @classmethod
-    def centred(cls, shape) -> ModeBox:
-        """The box finufft uses by default: n_i from −(N_i//2) to N_i − N_i//2 − 1."""
-        shape = tuple(int(s) for s in shape)
-        return cls(tuple(-(s // 2) for s in shape), shape)
 
     @classmethod
     def covering(cls, n, friedel: bool = True) -> tuple[ModeBox, np.ndarray]:
@@ -252,27 +246,6 @@ def pair_sums(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS,
     else:
         raise ValueError(f"method must be 'nufft' or 'direct', got {method!r}")
     return S1, (P if each else None)
-
-
-def structure_factor(frac: torch.Tensor, box: ModeBox, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """F(n) = Σ_j exp(2πi n·f_j) on ``box`` by finufft (no gradient; :func:`pair_sums` has one).
-
-    Parameters
-    ----------
-    frac
-        Shape (b, M, 3): fractional supercell coordinates (any real values; periodic).
-
-    Returns
-    -------
-    Shape (b, *box.shape) complex128.
-    """
-    th_all = _theta(frac).detach().cpu().numpy().astype(np.float64)
-    plan = _plan(1, box, 1, eps)
-    ones = np.ones((1, frac.shape[1]), dtype=np.complex128)
-    F = np.empty((len(th_all), 1, *box.shape), dtype=np.complex128)
-    for th, out in zip(th_all, F, strict=True):
-        _amplitudes(plan, th, ones, box, out=out)
-    return torch.from_numpy(F[:, 0]).to(frac.device)
 
 
 def structure_factor_direct(frac: torch.Tensor, box: ModeBox) -> torch.Tensor:
