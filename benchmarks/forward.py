@@ -33,13 +33,13 @@ import xtds
 from xtds.datasets import paper_ni_ifcs
 from xtds.model import (
     PeriodicSupercell,
-    irreducible_q,
     sample_displacements,
     sampled_intensity,
     supercell_q_grid,
     tds_intensity,
 )
 from xtds.model.nufft import ModeBox, pair_sums
+from xtds.model.observable import TDSIntensity
 
 N_CONFIGS = 15  # the paper's configurations per epoch
 
@@ -81,9 +81,11 @@ def main():
     geo = PeriodicSupercell(L)
     sc = xtds.Supercell.from_crystal(model, L)
     t0 = time.perf_counter()
-    irr = irreducible_q(model, q)
+    observable = TDSIntensity(model, q, 300.0, geometry=geo)  # the Laue reduction is computed here, once
+    irr = observable.orbits
+    q_irr = q[irr.index]
     t_setup = time.perf_counter() - t0
-    print(f"{sc.n_atoms} atoms; q-grid {side}³ = {len(q)} points, {len(irr.q)} irreducible ({irr.reduction:.1f}×); "
+    print(f"{sc.n_atoms} atoms; q-grid {side}³ = {len(q)} points, {len(irr.index)} irreducible ({irr.reduction:.1f}×); "
           f"set-up {t_setup:.2f} s (once)")
 
     def loss_of(intensity):
@@ -91,13 +93,13 @@ def main():
 
     def exact():
         phi = model.vector(target).requires_grad_(True)
-        loss_of(tds_intensity(model, phi, q, 300.0, geometry=geo, irreducible_set=irr)).backward()
+        loss_of(observable(phi)).backward()
 
     def sampled(solver, cells=L, qs=q, orbit=False):
         def run():
             phi = model.vector(target).requires_grad_(True)
             intensity = tds_intensity(model, phi, qs, 300.0, method="sampled", geometry=PeriodicSupercell(cells),
-                                      n_samples=N_CONFIGS, solver=solver, seed=0, symmetrize=orbit)
+                                      n_samples=N_CONFIGS, solver=solver, seed=0, orbit_average=orbit)
             loss_of(intensity).backward()
         return run
 
@@ -137,12 +139,12 @@ def main():
     # a sampled fit's epoch: the irreducible points, per-point estimator or orbit-averaged
     for orbit in (False, True):
         how = "orbit-averaged" if orbit else "per point"
-        report(f"sampled/kspace at the {len(irr.q)} irreducible points, {how}",
-               sampled("kspace", qs=irr.q, orbit=orbit), r)
+        report(f"sampled/kspace at the {len(q_irr)} irreducible points, {how}",
+               sampled("kspace", qs=q_irr, orbit=orbit), r)
     with torch.no_grad():
         phi = model.vector(target)
-        _, se_point = sampled_intensity(model, phi, irr.q, 300.0, L, n_samples=40, seed=1)
-        _, se_orbit = sampled_intensity(model, phi, irr.q, 300.0, L, n_samples=40, seed=1, orbit_average=True)
+        _, se_point = sampled_intensity(model, phi, q_irr, 300.0, L, n_samples=40, seed=1)
+        _, se_orbit = sampled_intensity(model, phi, q_irr, 300.0, L, n_samples=40, seed=1, orbit_average=True)
     size = np.bincount(irr.inverse)
     ratio = (se_orbit / se_point).numpy()
     for lo, hi in ((2, 8), (9, 24), (25, 48)):

@@ -31,7 +31,7 @@ from xtds.datasets import paper_ni_ifcs, paper_ni_tables, paper_ni_volume
 def table(title, res, wall, paper_key=None, show_z=False):
     target, start = paper_ni_ifcs("target"), paper_ni_ifcs("starting")
     paper = paper_ni_tables()[paper_key]["converged"] if paper_key else None
-    steps = "Adam epochs" if json.loads(res.attrs["settings"])["optimizer"] == "adam" else "LM iterations"
+    steps = "Adam epochs" if json.loads(res.attrs["settings"])["optimizer"]["type"] == "Adam" else "LM iterations"
     print(f"\n{title}: wall time {wall:.1f} s ({res.attrs['iterations']} {steps}, {res.sizes['point']} "
           f"irreducible points)")
     head = f"{'name':<5}{'start':>11}{'target':>11}{'converged':>13}{'error':>11}{'stderr':>10}{'z':>7}"
@@ -80,14 +80,15 @@ def main():
     table("Table 1, full 3-D", res, time.perf_counter() - t, "table1_full_3d")
 
     t = time.perf_counter()
-    res = ds.tds.fit(ni, shells=5, initial=start, wedge={"normal": (0, 1, 0), "half_angle": 10}, progress=False)
+    wedge = ds.tds.wedge(normal=(0, 1, 0), half_angle=10, crystal=ni)
+    res = wedge.tds.fit(ni, shells=5, initial=start, progress=False)
     table("Table 2, ±10° wedge about H0L", res, time.perf_counter() - t, "table2_wedge_10deg")
 
     if args.sampled_adam:
         for orbit, pre in ((True, True), (False, True), (True, False)):
             t = time.perf_counter()
-            res = ds.tds.fit(ni, shells=5, initial=start, model="sampled", optimizer="adam", epochs=args.sampled_adam,
-                             orbit_average=orbit, precondition=pre, progress=False)
+            res = ds.tds.fit(ni, shells=5, initial=start, method="sampled", orbit_average=orbit, progress=False,
+                             optimizer=xtds.Adam(epochs=args.sampled_adam, precondition=pre))
             how = ("orbit-averaged" if orbit else "per point") + (", preconditioned" if pre else ", raw coordinates")
             table(f"Table 1 with the sampled model and Adam ({how})", res, time.perf_counter() - t, "table1_full_3d",
                   show_z=True)

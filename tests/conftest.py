@@ -13,16 +13,13 @@ import xtds
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _shared() -> pathlib.Path:
-    for cand in (ROOT / "shared", ROOT.parent / "shared"):
-        if (cand / "reference" / "paper_tables.json").exists():
-            return cand
-    pytest.skip("shared/reference not found beside the checkout")
+#: Reference numbers carried by the repository (see tests/data/README.md for their sources).
+DATA = pathlib.Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def paper_tables() -> dict:
-    return json.loads((_shared() / "reference" / "paper_tables.json").read_text())
+    return json.loads((DATA / "paper_tables.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="session")

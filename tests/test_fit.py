@@ -12,9 +12,9 @@ import xarray as xr
 
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume, small_ni_nexus
-from xtds.fit import fit, fit_points
+from xtds.errors import UnstableError
+from xtds.fitting import Adam, fit, fit_points
 from xtds.model import PeriodicSupercell, tds_intensity
-from xtds.phonons import UnstableError
 
 NI = xtds.Crystal.preset("Ni")
 TARGET = paper_ni_ifcs("target")
@@ -50,7 +50,8 @@ def test_full_3d_converges_to_target(volume16):
 
 
 def test_wedge_converges(volume16):
-    res = fit(volume16, NI, shells=5, initial=START, wedge={"normal": (0, 1, 0), "half_angle": 10}, progress=False)
+    wedge = volume16.tds.wedge(normal=(0, 1, 0), half_angle=10, crystal=NI)
+    res = fit(wedge, NI, shells=5, initial=START, progress=False)
     assert np.abs(errors(res)).max() < 5e-4
     assert "wedge" in res.attrs["preparation"]
 
@@ -110,8 +111,8 @@ def test_adam_sampled_resume_is_exact(tmp_path):
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
-    kw = dict(shells=2, initial=start, model="sampled", epochs=8, lr=0.01, n_samples=4, progress=False)
-    full = fit_points(pts, NI, 300.0, **kw)
+    kw = dict(shells=2, initial=start, method="sampled", n_samples=4, progress=False)
+    full = fit_points(pts, NI, 300.0, optimizer=Adam(epochs=8, lr=0.01), **kw)
     assert full["loss"].sizes["iteration"] == 8
 
     def kill(it, x, loss):
@@ -120,8 +121,9 @@ def test_adam_sampled_resume_is_exact(tmp_path):
 
     ck = tmp_path / "adam.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        fit_points(pts, NI, 300.0, checkpoint=ck, checkpoint_every=2, callback=kill, **kw)
-    res = fit_points(pts, NI, 300.0, checkpoint=ck, checkpoint_every=2, **kw)
+        fit_points(pts, NI, 300.0, checkpoint=ck, optimizer=Adam(epochs=8, lr=0.01, checkpoint_every=2),
+                   callback=kill, **kw)
+    res = fit_points(pts, NI, 300.0, checkpoint=ck, optimizer=Adam(epochs=8, lr=0.01, checkpoint_every=2), **kw)
     assert res.attrs["resumed_from"] == 4  # the last checkpoint before the kill in epoch 5
     np.testing.assert_allclose(res["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
 
@@ -142,8 +144,8 @@ def test_preconditioned_adam_reaches_the_target():
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
     err = {}
     for pre in (True, False):
-        res = fit_points(pts, NI, 300.0, shells=2, initial=start, model="sampled", epochs=100, precondition=pre,
-                         seed=2, progress=False)
+        res = fit_points(pts, NI, 300.0, shells=2, initial=start, method="sampled", seed=2, progress=False,
+                         optimizer=Adam(epochs=100, precondition=pre))
         err[pre] = max(abs(float(res["ifc"].sel(constant=k)) - v) for k, v in truth.items())
         assert (res["ifc_stderr"] >= res["ifc_optimizer_stderr"]).all() and (res["ifc_optimizer_stderr"] > 0).all()
     assert err[True] < 0.04 and err[True] < 0.5 * err[False]
@@ -204,8 +206,7 @@ def test_one_phonon_on_an_arbitrary_grid():
     start = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
     c = np.linspace(-2.63, 2.63, 9)  # 0.6575 r.l.u. steps: no Bragg point, no supercell grid
     hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    from xtds.fit import auto_geometry
-    from xtds.model import InfiniteCrystal
+    from xtds.model import InfiniteCrystal, auto_geometry
 
     assert isinstance(auto_geometry(hkl), InfiniteCrystal)
     with torch.no_grad():
@@ -213,7 +214,7 @@ def test_one_phonon_on_an_arbitrary_grid():
                           geometry=InfiniteCrystal(16))
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
-    res = ds.tds.fit(NI, shells=2, initial=start, model="one_phonon", progress=False)
+    res = ds.tds.fit(NI, shells=2, initial=start, method="one_phonon", progress=False)
     got = np.array([float(res["ifc"].sel(constant=n)) for n in true])
     np.testing.assert_allclose(got, list(true.values()), atol=1e-7)
 
@@ -227,7 +228,8 @@ def test_paper_benchmark_full_grid(wedge, tolerance):
 
     ds = paper_ni_volume(n_max=40)
     t = time.perf_counter()
-    kw = {"wedge": {"normal": (0, 1, 0), "half_angle": wedge}} if wedge else {}
-    res = ds.tds.fit(NI, shells=5, initial=START, progress=False, **kw)
+    if wedge:
+        ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=wedge, crystal=NI)
+    res = ds.tds.fit(NI, shells=5, initial=START, progress=False)
     assert time.perf_counter() - t < 120
     assert np.abs(errors(res)).max() < tolerance

@@ -157,11 +157,11 @@ def test_vector_inputs_and_errors(ni_model, paper_tables):
     tab = paper_tables["target_EAM_U3"]
     phi = ni_model.vector(tab)
     da = ni_model.to_dataarray(phi)
-    assert isinstance(da, xr.DataArray) and da.dims == ("ifc",)
+    assert isinstance(da, xr.DataArray) and da.dims == ("constant",)
     assert da.attrs["units"] == "eV/Å^2"
-    assert list(da["ifc"].values[:3]) == ["a0", "b0", "b1"]
-    assert bool(da.sel(ifc="a0")["derived"])
-    assert float(da.sel(ifc="b2")) == tab["b2"]
+    assert list(da["constant"].values[:3]) == ["a0", "b0", "b1"]
+    assert bool(da.sel(constant="a0")["derived"])
+    assert float(da.sel(constant="b2")) == tab["b2"]
     assert torch.equal(ni_model.vector(da), phi)
     with pytest.raises(ValueError, match="unknown IFC names"):
         ni_model.vector({**tab, "z9": 1.0})

@@ -7,7 +7,8 @@ import torch
 import xtds
 from xtds.datasets import paper_ni_ifcs
 from xtds.formfactor import form_factors
-from xtds.model import InfiniteCrystal, PeriodicSupercell, TDSModel, irreducible_q, supercell_q_grid, tds_intensity
+from xtds.laue import LaueGroup
+from xtds.model import InfiniteCrystal, PeriodicSupercell, TDSModel, supercell_q_grid, tds_intensity
 from xtds.model.covariance import is_gamma
 from xtds.units import H_EV_S, KB_EV_PER_K, RAD_PER_S_PER_SQRT_EV_A2_AMU
 
@@ -51,7 +52,7 @@ def test_exact_equals_brute_force(which, L, ni3, si2):
     m, phi = ni3 if which == "ni" else si2
     q = supercell_q_grid(m.crystal, L, 4)
     q = q[np.random.default_rng(L).choice(len(q), 40, replace=False)]
-    got = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), symmetrize=False)
+    got = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
     ref = brute_force(m, phi, L, 300.0, q)
     assert ((got - ref).abs() / ref.abs()).max() < 1e-10
 
@@ -59,23 +60,21 @@ def test_exact_equals_brute_force(which, L, ni3, si2):
 def test_laue_reduction_equals_full_grid(ni3):
     m, phi = ni3
     q = supercell_q_grid(m.crystal, 3, 6)
-    irr = irreducible_q(m, q)
+    irr = LaueGroup.of(crystal=m.crystal).reduce_q(m.crystal, q)
     assert irr is not None and irr.reduction > 20  # 26× on 13³; 43× on the paper's 81³
-    full = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(3), symmetrize=False)
-    red = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(3), symmetrize=True)
+    full = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(3), laue_reduce=False)
+    red = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(3), laue_reduce=True)
     assert torch.allclose(full, red, rtol=1e-10, atol=0)  # rotated points: roundoff only
     # invariance: every Laue image has the same intensity (independent of the reduction)
-    from xtds.laue import laue_rotations
-
-    R = laue_rotations(m.crystal)
+    R = LaueGroup.of(crystal=m.crystal).cartesian(m.crystal)
     assert len(R) == 48
     sub = q[:50]
-    base = tds_intensity(m, phi, sub, 300.0, geometry=PeriodicSupercell(3), symmetrize=False)
+    base = tds_intensity(m, phi, sub, 300.0, geometry=PeriodicSupercell(3), laue_reduce=False)
     for g in R[::7]:
-        rot = tds_intensity(m, phi, sub @ g.T, 300.0, geometry=PeriodicSupercell(3), symmetrize=False)
+        rot = tds_intensity(m, phi, sub @ g.T, 300.0, geometry=PeriodicSupercell(3), laue_reduce=False)
         assert torch.allclose(rot, base, rtol=1e-11)
     with pytest.raises(ValueError, match="not closed"):
-        tds_intensity(m, phi, q[:-1], 300.0, geometry=PeriodicSupercell(3), symmetrize=True)
+        tds_intensity(m, phi, q[:-1], 300.0, geometry=PeriodicSupercell(3), laue_reduce=True)
 
 
 def _xu_chiang(m, phi, q, T, W):
@@ -120,8 +119,8 @@ def test_multiphonon_remainder_scales_as_T_squared(ni3):
     q = q[~is_gamma(m.primitive, q)][::7]
     rem = []
     for T in (5.0, 10.0, 20.0):
-        ex = tds_intensity(m, phi, q, T, geometry=PeriodicSupercell(L), symmetrize=False)
-        op = tds_intensity(m, phi, q, T, method="one_phonon", geometry=PeriodicSupercell(L), symmetrize=False)
+        ex = tds_intensity(m, phi, q, T, geometry=PeriodicSupercell(L), laue_reduce=False)
+        op = tds_intensity(m, phi, q, T, method="one_phonon", geometry=PeriodicSupercell(L), laue_reduce=False)
         rem.append((ex - op).numpy())
     r1, r2 = rem[1] / rem[0], rem[2] / rem[1]
     assert np.all(rem[0] > 0)
@@ -134,8 +133,8 @@ def test_quantum_limits(ni3):
     q = supercell_q_grid(m.crystal, L, 8)
     q = q[~is_gamma(m.primitive, q)][::11]
     geo = PeriodicSupercell(L)
-    cl = tds_intensity(m, phi, q, 3000.0, geometry=geo, symmetrize=False)
-    qu = tds_intensity(m, phi, q, 3000.0, geometry=geo, quantum=True, symmetrize=False)
+    cl = tds_intensity(m, phi, q, 3000.0, geometry=geo, laue_reduce=False)
+    qu = tds_intensity(m, phi, q, 3000.0, geometry=geo, quantum=True, laue_reduce=False)
     rel = ((qu - cl) / cl).abs().numpy()
     # per mode, (ħω/2) coth(ħω/2k_BT) / (k_BT) − 1 ≤ (hν/k_BT)²/12: 1.4e-3 for ν_max = 8.1 THz at
     # 3000 K, so no q can deviate more; most deviate far less
@@ -154,11 +153,11 @@ def test_quantum_limits(ni3):
     n = m.crystal.n_atoms
     for c in range(n):
         Cr[c, c, 0, 0, 0] += delta * torch.eye(3, dtype=Cr.dtype)
-    pred = _sum_pairs(Terms(m, Cr, (L, L, L), ws=False), torch.tensor(q), "cromer-mann", "all", 4096)
+    pred = _sum_pairs(Terms(m, Cr, ws=False), torch.tensor(q), "cromer-mann", "all", 4096)
     assert (((qu - pred) / (qu - cl)).abs()).max() < 0.05  # next order is (ħω/k_BT)² smaller
     # zero-point motion at 10 K: the quantum diffuse intensity far exceeds the classical one
-    cl10 = tds_intensity(m, phi, q, 10.0, geometry=geo, symmetrize=False)
-    qu10 = tds_intensity(m, phi, q, 10.0, geometry=geo, quantum=True, symmetrize=False)
+    cl10 = tds_intensity(m, phi, q, 10.0, geometry=geo, laue_reduce=False)
+    qu10 = tds_intensity(m, phi, q, 10.0, geometry=geo, quantum=True, laue_reduce=False)
     assert torch.median(qu10 / cl10) > 3
 
 
@@ -167,8 +166,8 @@ def test_infinite_crystal_converges_and_matches_supercell(ni3):
     L = 4
     q = supercell_q_grid(m.crystal, L, 5)
     q = q[~is_gamma(m.primitive, q)][::9]
-    sc = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), symmetrize=False)
-    inf = tds_intensity(m, phi, q, 300.0, geometry=InfiniteCrystal(L), symmetrize=False)
+    sc = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
+    inf = tds_intensity(m, phi, q, 300.0, geometry=InfiniteCrystal(L), laue_reduce=False)
     assert ((sc - inf).abs() / sc).max() < 1e-10
     qo = np.random.default_rng(2).normal(size=(8, 3)) * 3
     vals = [tds_intensity(m, phi, qo, 300.0, geometry=InfiniteCrystal(M)).numpy() for M in (4, 8, 12, 16)]
@@ -183,7 +182,7 @@ def test_rocksalt_exact_and_one_phonon():
     L = 2
     q = supercell_q_grid(m.crystal, L, 3)
     q = q[np.random.default_rng(4).choice(len(q), 25, replace=False)]
-    got = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), symmetrize=False)
+    got = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
     assert ((got - brute_force(m, phi, L, 300.0, q)).abs() / got).max() < 1e-10
 
 
@@ -197,7 +196,7 @@ def test_gradcheck(method, geometry, quantum, si2):
     # log I: intensities near Bragg peaks are ~1e3, whose finite differences would be noise-limited
     assert torch.autograd.gradcheck(
         lambda p: torch.log(
-            tds_intensity(m, p, q, 300.0, method=method, geometry=geometry, quantum=quantum, symmetrize=False)
+            tds_intensity(m, p, q, 300.0, method=method, geometry=geometry, quantum=quantum, laue_reduce=False)
         ),
         (phi,),
         eps=1e-4,  # central differences converge to 1e-10 here; smaller steps hit roundoff

@@ -6,9 +6,9 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
+from xtds.laue import LaueGroup
 from xtds.model import (
     PeriodicSupercell,
-    irreducible_q,
     sample_displacements,
     sampled_intensity,
     supercell_q_grid,
@@ -106,7 +106,7 @@ def _pooled(m, phi, L, solver, seed0):
     direct sum (test_nufft_path_gives_the_same_draws ties the NUFFT path to it).
     """
     q = torch.tensor(supercell_q_grid(m.crystal, L, 3))
-    exact = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), symmetrize=False)
+    exact = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
     chis, means, ses = [], [], []
     for r in range(RUNS):
         mean, se = sampled_intensity(
@@ -220,15 +220,15 @@ def test_orbit_average_is_the_mean_over_each_orbit(ni):
 
     m, phi = ni
     q = supercell_q_grid(m.crystal, L, 3)
-    irr = irreducible_q(m, q)
+    irr = LaueGroup.of(crystal=m.crystal).reduce_q(m.crystal, q)
     S = 40
     each = configuration_intensities(m, phi, q, 300.0, L, S, seed=11, eps=1e-12).numpy()  # (S, Q)
     size = np.bincount(irr.inverse)
     by_orbit = np.stack([np.bincount(irr.inverse, weights=row) for row in each]) / size  # (S, Q_irr)
-    mean, se = sampled_intensity(m, phi, irr.q, 300.0, L, n_samples=S, seed=11, eps=1e-12, orbit_average=True)
+    mean, se = sampled_intensity(m, phi, q[irr.index], 300.0, L, n_samples=S, seed=11, eps=1e-12, orbit_average=True)
     assert np.allclose(mean.numpy(), by_orbit.mean(0), rtol=1e-10)
     assert np.allclose(se.numpy(), by_orbit.std(0, ddof=1) / np.sqrt(S), rtol=1e-8, atol=1e-10 * mean.numpy())
-    _, se_point = sampled_intensity(m, phi, irr.q, 300.0, L, n_samples=S, seed=11, eps=1e-12)
+    _, se_point = sampled_intensity(m, phi, q[irr.index], 300.0, L, n_samples=S, seed=11, eps=1e-12)
     big = size > 8  # orbits with many members: much less Monte-Carlo noise
     assert np.median((se / se_point).numpy()[big]) < 0.5
 

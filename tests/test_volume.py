@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xtds
-from xtds.volume.laue_grid import grid_operations, laue_matrices
+from xtds.laue import LaueGroup
+from xtds.volume.laue_grid import grid_operations
 
 NI = xtds.Crystal.fcc("Ni", a=3.52)
 
@@ -52,7 +53,7 @@ def explicit_symmetrize(I, w, c, R):
 @pytest.mark.parametrize("laue", ["m-3m", "m-3", "4/mmm", "mmm"])
 def test_symmetrize_equals_explicit_loop(laue):
     ds = volume(n=7, seed=1)
-    R = laue_matrices(laue=laue)
+    R = LaueGroup.of(laue=laue).matrices
     assert len(R) == {"m-3m": 48, "m-3": 24, "4/mmm": 16, "mmm": 8}[laue]
     out = ds.tds.symmetrize(laue=laue)
     w = np.isfinite(ds["intensity"].values).astype(float)
@@ -66,7 +67,7 @@ def test_symmetrize_is_invariant_idempotent_and_fills_holes():
     out = ds.tds.symmetrize()  # Laue group from attrs' space group: m-3m
     assert out.attrs["symmetrized"].startswith("m-3m (48")
     I = out["intensity"].values
-    for op in grid_operations(laue_matrices(laue="m-3m"), [out[d].values for d in "HKL"]):
+    for op in grid_operations(LaueGroup.of(laue="m-3m").matrices, [out[d].values for d in "HKL"]):
         J = np.transpose(np.flip(I, op.flip_axes) if op.flip_axes else I, op.axes)
         np.testing.assert_allclose(J, I, rtol=1e-13)
     again = out.tds.symmetrize()

@@ -1,23 +1,20 @@
 """xtds: interatomic force constants and phonons from X-ray thermal diffuse scattering.
 
-Conventions (units, 2π, IFC naming, signs): see ``docs/conventions.md``.
+Conventions (units, 2π, IFC naming, signs): see ``docs/conventions.md``; the layers of the
+package and the data flow: ``docs/architecture.md``.
 """
 
 from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 from xtds._version import __version__
 from xtds.crystal import PRESETS, Crystal
+from xtds.errors import UnstableError
+from xtds.fitting import LM, Adam, Problem, fit, fit_points, fit_problems
 from xtds.ifc import IFCInfo, IFCModel
 from xtds.io import open_volume, write_volume
 from xtds.kpath import KPath, standard_path
-from xtds.phonons import (
-    StabilityReport,
-    UnstableError,
-    dispersion,
-    dos,
-    elastic_constants,
-    sound_speeds,
-    stability,
-)
+from xtds.laue import LaueGroup
+from xtds.model import InfiniteCrystal, PeriodicSupercell, TDSIntensity, simulate, tds_intensity
+from xtds.phonons import StabilityReport, dispersion, dos, elastic_constants, sound_speeds, stability
 from xtds.supercell import Supercell, supercell_hessian
 
 __all__ = [
@@ -26,6 +23,7 @@ __all__ = [
     "PRESETS",
     "IFCModel",
     "IFCInfo",
+    "LaueGroup",
     "KPath",
     "standard_path",
     "Supercell",
@@ -39,4 +37,15 @@ __all__ = [
     "UnstableError",
     "open_volume",
     "write_volume",
+    "tds_intensity",
+    "TDSIntensity",
+    "PeriodicSupercell",
+    "InfiniteCrystal",
+    "simulate",
+    "fit",
+    "fit_points",
+    "fit_problems",
+    "Problem",
+    "LM",
+    "Adam",
 ]

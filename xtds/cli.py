@@ -27,18 +27,18 @@ def _ifc_arg(text: str):
 
 
 def _crystal(name: str):
-    import xtds
+    from xtds.crystal import Crystal
 
     try:
-        return xtds.Crystal.preset(name)
+        return Crystal.preset(name)
     except ValueError as err:
         raise SystemExit(str(err)) from None
 
 
 def cmd_info(args) -> int:
-    import xtds
+    from xtds.io import open_volume
 
-    ds = xtds.open_volume(args.file, group=args.group)
+    ds = open_volume(args.file, group=args.group)
     print(f"{args.file}: {dict(ds.sizes)}")
     for d in "HKL":
         c = ds[d].values
@@ -50,13 +50,14 @@ def cmd_info(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    import xtds
+    from xtds.io import open_volume, write_volume
+    from xtds.model import simulate
 
     crystal = _crystal(args.crystal)
-    like = xtds.open_volume(args.like)
+    like = open_volume(args.like)
     T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
-    sim = like.tds.simulate(crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, model=args.model)
-    xtds.write_volume(sim, args.out, overwrite=args.overwrite)
+    sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, method=args.method)
+    write_volume(sim, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
@@ -70,18 +71,19 @@ def _print_result(res) -> None:
 
 
 def cmd_fit(args) -> int:
-    import xtds
+    from xtds.fitting import fit
+    from xtds.io import open_volume, write_volume
 
     crystal = _crystal(args.crystal)
-    ds = xtds.open_volume(args.file, group=args.group)
-    kw = dict(shells=args.shells, initial=_ifc_arg(args.initial), model=args.model, bragg=args.bragg,
-              q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint, progress=not args.quiet)
-    if args.wedge:
-        kw["wedge"] = {"normal": (0, 1, 0), "half_angle": args.wedge}
-    res = ds.tds.fit(crystal, temperature=args.temperature, **kw)
+    ds = open_volume(args.file, group=args.group)
+    if args.wedge is not None:
+        ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=args.wedge, crystal=crystal)
+    res = fit(ds, crystal, temperature=args.temperature, shells=args.shells, initial=_ifc_arg(args.initial),
+              method=args.method, bragg=args.bragg, q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint,
+              progress=not args.quiet)
     _print_result(res)
     if args.out:
-        xtds.write_volume(res, args.out, overwrite=args.overwrite)
+        write_volume(res, args.out, overwrite=args.overwrite)
         print(f"wrote {args.out}")
     if args.plots:
         _plots(res, args.plots, ds=ds, crystal=crystal, shells=args.shells)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--shells", type=int, required=True)
     p.add_argument("--ifc", required=True, help="'target', 'starting' or a JSON file name → eV/Å²")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
-    p.add_argument("--model", default="exact", choices=["exact", "one_phonon"])
+    p.add_argument("--method", default="exact", choices=["exact", "one_phonon"], help="forward model")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_simulate)
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--shells", type=int, required=True)
     p.add_argument("--initial", required=True, help="'starting' (the paper's Ni) or a JSON file name → eV/Å²")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
-    p.add_argument("--model", default="exact", choices=["exact", "one_phonon", "sampled"])
+    p.add_argument("--method", default="exact", choices=["exact", "one_phonon", "sampled"], help="forward model")
     p.add_argument("--group", default=None)
     p.add_argument("--bragg", type=float, default=None, help="Bragg mask radius, r.l.u.")
     p.add_argument("--q-min", type=float, default=None)

@@ -1,6 +1,6 @@
 """The crystal: lattice, basis, species, masses, space group and reciprocal lattice.
 
-Conventions (``shared/CONVENTIONS.md``): lengths in Å, masses in amu from :mod:`periodictable`,
+Conventions (``docs/conventions.md``): lengths in Å, masses in amu from :mod:`periodictable`,
 reciprocal vectors with 2π included (b_i · a_j = 2π δ_ij), q = H b1 + K b2 + L b3 in Å⁻¹.
 """
 
@@ -15,24 +15,23 @@ from functools import cached_property
 import numpy as np
 import periodictable
 
-__all__ = ["Crystal", "PRESETS"]
+from xtds.errors import triple
+
+__all__ = ["Crystal", "PRESETS", "SYMPREC", "spglib_call"]
 
 #: Symmetry tolerance (Å) used for every spglib call.
 SYMPREC = 1e-5
 
 
-def _spglib():
+def spglib_call(name: str, *args, **kwargs):
+    """Call the spglib function ``name`` (imported here, where it is used), silencing its
+    deprecation notice about error handling."""
     import spglib
 
-    return spglib
-
-
-def _quiet_spglib(func, *args, **kwargs):
-    """Call an spglib function, silencing its deprecation notice about error handling."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*OLD_ERROR_HANDLING.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="spglib")
-        return func(*args, **kwargs)
+        return getattr(spglib, name)(*args, **kwargs)
 
 
 def _element(symbol: str):
@@ -210,6 +209,14 @@ class Crystal:
             raise ValueError(f"last axis of hkl must have length 3 (H, K, L), got shape {hkl.shape}")
         return hkl @ self.reciprocal
 
+    def k_grid(self, shape, shift=(0.0, 0.0, 0.0)) -> np.ndarray:
+        """The k-points k = Σ ((m_i + shift_i) / L_i) b_i, m_i = 0 … L_i − 1, of this cell: shape
+        (L1, L2, L3, 3), Å⁻¹ (the k-grid of an L1×L2×L3 supercell, or a Monkhorst–Pack-style mesh
+        with ``shift`` in units of the step). The one k-grid builder of xtds."""
+        L = triple(shape, "k-grid sizes")
+        axes = [(np.arange(n) + float(s)) / n for n, s in zip(L, np.broadcast_to(shift, (3,)), strict=True)]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), -1) @ self.reciprocal
+
     def cartesian_to_rlu(self, q) -> np.ndarray:
         """Inverse of :meth:`rlu_to_cartesian`: shape (..., 3) Å⁻¹ → shape (..., 3) r.l.u."""
         q = np.asarray(q, dtype=float)
@@ -237,7 +244,7 @@ class Crystal:
     @cached_property
     def symmetry_dataset(self):
         """spglib's symmetry dataset of this cell."""
-        ds = _quiet_spglib(_spglib().get_symmetry_dataset, self.spglib_cell, symprec=SYMPREC)
+        ds = spglib_call("get_symmetry_dataset", self.spglib_cell, symprec=SYMPREC)
         if ds is None:
             raise RuntimeError("spglib could not determine the space group of this crystal")
         return ds
@@ -263,8 +270,8 @@ class Crystal:
         The primitive lattice vectors are lattice translations of this crystal, and the basis
         positions are wrapped into [0, 1).
         """
-        lat, pos, num = _quiet_spglib(
-            _spglib().standardize_cell,
+        lat, pos, num = spglib_call(
+            "standardize_cell",
             self.spglib_cell,
             to_primitive=True,
             no_idealize=True,

@@ -153,9 +153,4 @@ def mesh(model: IFCModel, n, shift=(0.0, 0.0, 0.0)) -> np.ndarray:
 
     Returns shape (n1 n2 n3, 3) Cartesian k, Å⁻¹. ``shift`` in units of the mesh step.
     """
-    n = np.broadcast_to(np.asarray(n, dtype=int), (3,))
-    if np.any(n < 1):
-        raise ValueError(f"mesh sizes must be positive, got {tuple(n)}")
-    axes = [(np.arange(ni) + si) / ni for ni, si in zip(n, shift, strict=True)]
-    frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    return frac @ model.primitive.reciprocal
+    return model.primitive.k_grid(n, shift).reshape(-1, 3)

@@ -4,7 +4,7 @@
 (a number of neighbour shells or a radius), and stores the result as a plain linear map
 φ → Φ(s, R+s') for every pair within the cutoff, self blocks included.
 
-Derivation (``shared/CONVENTIONS.md``, "Force constants"):
+Derivation (``docs/conventions.md``, "Force constants"):
 
 1. The pairs (s, s', R) of the primitive cell within the cutoff are grouped into orbits under the
    space group together with index permutation Φ(s, R+s') = Φ(s', −R+s)ᵀ.
@@ -494,7 +494,7 @@ class IFCModel:
     def vector(self, ifc, dtype=torch.float64, device=None) -> torch.Tensor:
         """The free constants φ as a tensor of shape (n_free,), eV/Å².
 
-        ``ifc`` may be a mapping name → value, an ``xr.DataArray`` on dim ``ifc`` (as returned by
+        ``ifc`` may be a mapping name → value, an ``xr.DataArray`` on dim ``constant`` (as returned by
         :meth:`to_dataarray`), an array of length n_free, or a tensor (returned as is, cast).
         Derived constants (a0 …) may be included in a mapping; they must then agree with the
         acoustic sum rule (within :data:`DERIVED_TOL`), else a ``ValueError`` says so.
@@ -504,16 +504,15 @@ class IFCModel:
                 raise ValueError(f"expected {self.n_free} free constants {self.names}, got shape {tuple(ifc.shape)}")
             return ifc.to(dtype=dtype, device=device)
         if hasattr(ifc, "dims") and hasattr(ifc, "coords"):  # xarray DataArray
-            dims = [d for d in ("ifc", "constant") if d in ifc.dims]
-            if len(dims) != 1 or ifc.ndim != 1:
+            if ifc.dims != ("constant",):
                 raise ValueError(
-                    "an IFC DataArray must be 1-D on the dimension 'ifc' (or 'constant', as in fit results) "
-                    "with the names as coordinate"
+                    f"an IFC DataArray must be 1-D on the dimension 'constant' with the names as coordinate "
+                    f"(as IFCModel.to_dataarray and fit results give), got dims {ifc.dims}"
                 )
             units = ifc.attrs.get("units")
             if units is not None and units.replace(" ", "") not in ("eV/Å^2", "eV/Å²", "eV/A^2", "eV/Angstrom^2"):
                 raise ValueError(f"IFC DataArray has units {units!r}; xtds expects eV/Å^2")
-            ifc = dict(zip([str(n) for n in ifc[dims[0]].values], np.asarray(ifc.values, dtype=float), strict=True))
+            ifc = dict(zip([str(n) for n in ifc["constant"].values], np.asarray(ifc.values, dtype=float), strict=True))
         if isinstance(ifc, Mapping):
             unknown = set(ifc) - set(self.names) - set(self.derived_names)
             if unknown:
@@ -552,10 +551,11 @@ class IFCModel:
         D = torch.as_tensor(self.derived_matrix, dtype=phi.dtype, device=phi.device)
         return D @ phi
 
-    def to_dataarray(self, ifc, include_derived: bool = True, stderr=None):
-        """The constants as an ``xr.DataArray`` on dim ``ifc`` with their metadata as coordinates.
+    def to_dataarray(self, ifc, include_derived: bool = True):
+        """The constants as an ``xr.DataArray`` named ``ifc`` on dim ``constant``, with their metadata
+        as coordinates.
 
-        Coordinates: ``shell``, ``element``, ``pair`` (species), ``distance`` (Å), ``rx, ry, rz``
+        Coordinates: ``shell``, ``element``, ``pair`` (species), ``pair_distance`` (Å), ``rx, ry, rz``
         (representative neighbour, Å), ``derived`` (bool). ``attrs["units"] = "eV/Å^2"``.
         """
         import xarray as xr
@@ -567,19 +567,19 @@ class IFCModel:
             infos = list(self.derived_info) + infos
             values = list(self.derived_matrix @ phi) + values
         coords = {
-            "ifc": [i.name for i in infos],
-            "shell": ("ifc", [i.shell for i in infos]),
-            "element": ("ifc", [i.element for i in infos]),
-            "pair": ("ifc", ["-".join(i.species) for i in infos]),
-            "distance": ("ifc", [i.distance for i in infos], {"units": "Å"}),
-            "rx": ("ifc", [i.neighbour[0] for i in infos], {"units": "Å"}),
-            "ry": ("ifc", [i.neighbour[1] for i in infos], {"units": "Å"}),
-            "rz": ("ifc", [i.neighbour[2] for i in infos], {"units": "Å"}),
-            "derived": ("ifc", [i.derived for i in infos]),
+            "constant": [i.name for i in infos],
+            "shell": ("constant", [i.shell for i in infos]),
+            "element": ("constant", [i.element for i in infos]),
+            "pair": ("constant", ["-".join(i.species) for i in infos]),
+            "pair_distance": ("constant", [i.distance for i in infos], {"units": "Å"}),
+            "rx": ("constant", [i.neighbour[0] for i in infos], {"units": "Å"}),
+            "ry": ("constant", [i.neighbour[1] for i in infos], {"units": "Å"}),
+            "rz": ("constant", [i.neighbour[2] for i in infos], {"units": "Å"}),
+            "derived": ("constant", [i.derived for i in infos]),
         }
         da = xr.DataArray(
             np.array(values),
-            dims=("ifc",),
+            dims=("constant",),
             coords=coords,
             name="ifc",
             attrs={

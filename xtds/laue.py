@@ -1,7 +1,19 @@
-"""Laue-group reduction of q-point sets: evaluate the irreducible points, then expand.
+"""The Laue group of a crystal: its operations on (H, K, L) and on Cartesian q, and its orbits.
 
 The harmonic TDS is invariant under the crystal's point group and, for real form factors, under
-q → −q (Friedel): together the Laue group (m-3m, 48 operations, for cubic crystals).
+q → −q (Friedel): together the Laue group (m-3m, 48 operations, for cubic crystals). One object,
+:class:`LaueGroup`, holds it for every layer: the data reduction (symmetrization, irreducible
+points of a volume), the forward models (evaluate the irreducible q only: ``laue_reduce``) and the
+sampled estimator (average each configuration over an orbit: ``orbit_average``).
+
+An operation acts on reciprocal-lattice coordinates h = (H, K, L) as an integer 3×3 matrix R; on
+Cartesian q = Bᵀh (B the reciprocal matrix, rows b_i) it is R_q = Bᵀ R B⁻ᵀ. The operations come
+from spglib's space-group database (a representative space group per Laue class) or from a
+crystal's own symmetry: nothing is typed in by hand.
+
+Orbits are found on integer coordinates n (grid indices, supercell modes, or h quantized to a
+resolution): each point is keyed by its integer images, an orbit is named by its largest key, and
+the orbits are returned in the order of those keys.
 """
 
 from __future__ import annotations
@@ -10,81 +22,229 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xtds.crystal import Crystal
+__all__ = ["LAUE_CLASSES", "laue_class_of", "LaueGroup", "Orbits"]
 
-__all__ = ["laue_rotations", "IrreducibleQ", "irreducible"]
+#: A representative space-group number for each Laue class (its point group's holohedral setting).
+LAUE_CLASSES = {
+    "-1": 2, "2/m": 10, "mmm": 47, "4/m": 83, "4/mmm": 123, "-3": 147, "-3m": 164,
+    "6/m": 175, "6/mmm": 191, "m-3": 200, "m-3m": 221,
+}
 
-#: q-points closer than this (Å⁻¹) are the same point.
-Q_TOL = 1e-6
+#: Point group (Hermann–Mauguin, as spglib writes it) → Laue class.
+_POINT_TO_LAUE = {
+    "1": "-1", "-1": "-1",
+    "2": "2/m", "m": "2/m", "2/m": "2/m",
+    "222": "mmm", "mm2": "mmm", "mmm": "mmm",
+    "4": "4/m", "-4": "4/m", "4/m": "4/m",
+    "422": "4/mmm", "4mm": "4/mmm", "-42m": "4/mmm", "-4m2": "4/mmm", "4/mmm": "4/mmm",
+    "3": "-3", "-3": "-3",
+    "32": "-3m", "3m": "-3m", "-3m": "-3m", "312": "-3m", "321": "-3m", "31m": "-3m", "3m1": "-3m",
+    "-31m": "-3m", "-3m1": "-3m",
+    "6": "6/m", "-6": "6/m", "6/m": "6/m",
+    "622": "6/mmm", "6mm": "6/mmm", "-6m2": "6/mmm", "-62m": "6/mmm", "6/mmm": "6/mmm",
+    "23": "m-3", "m-3": "m-3",
+    "432": "m-3m", "-43m": "m-3m", "m-3m": "m-3m",
+}
+
+#: Resolution (r.l.u.) at which :meth:`LaueGroup.reduce_q` quantizes arbitrary q: points closer
+#: than this are the same point.
+Q_RESOLUTION_RLU = 1e-4
 
 
-def laue_rotations(crystal: Crystal) -> np.ndarray:
-    """The Laue group of ``crystal`` as Cartesian rotations, shape (n_ops, 3, 3).
+def _hall_numbers_of(number: int) -> list[int]:
+    import spglib
 
-    The same group as :func:`xtds.volume.laue_grid.laue_matrices` (integer matrices on H, K, L),
-    carried to Cartesian q: q = Bᵀh with B the reciprocal matrix (rows b_i), so R_q = Bᵀ R_h B⁻ᵀ.
+    return [h for h in range(1, 531) if spglib.get_spacegroup_type(h).number == number]
+
+
+def laue_class_of(space_group: str) -> str:
+    """The Laue class of a space group given by symbol ('Fm-3m', 'P 4/m m m') or number ('225').
+
+    Raises ``ValueError`` for a symbol spglib's database does not know.
     """
-    from xtds.volume.laue_grid import laue_matrices
+    import spglib
 
-    B = crystal.reciprocal
-    return np.einsum("ji,gjk,kl->gil", B, laue_matrices(crystal=crystal), np.linalg.inv(B).T)
+    text = str(space_group).strip()
+    key = text.split("(")[0].replace(" ", "").replace("_", "")
+    number = None
+    if "(" in text:  # 'Fm-3m (225)', as Crystal.space_group writes it
+        number = int(text.split("(")[1].rstrip(") "))
+    elif key.isdigit():
+        number = int(key)
+    for h in range(1, 531):
+        t = spglib.get_spacegroup_type(h)
+        if (number is not None and t.number == number) or (
+            number is None and key in (t.international_short.replace(" ", ""), t.international_full.replace(" ", ""))
+        ):
+            return _POINT_TO_LAUE[t.pointgroup_international]
+    raise ValueError(
+        f"unknown space group {space_group!r}: give an international symbol such as 'Fm-3m' or a "
+        "number 1–230, or name the Laue class directly (laue='m-3m')"
+    )
+
+
+def _with_inversion(W: np.ndarray) -> np.ndarray:
+    """{Wᵀ} ∪ {−Wᵀ} as unique integer matrices: real-space rotations W act on h as W⁻ᵀ, and the set
+    {Wᵀ} is the same group; adding −1 makes it a Laue group."""
+    R = np.concatenate([np.transpose(W, (0, 2, 1)), -np.transpose(W, (0, 2, 1))]).astype(np.int64)
+    return np.unique(R.reshape(len(R), 9), axis=0).reshape(-1, 3, 3)
 
 
 @dataclass(frozen=True)
-class IrreducibleQ:
-    """An irreducible subset of a q-set.
+class Orbits:
+    """Points of a set grouped into Laue orbits.
 
     Attributes
     ----------
-    q
-        Shape (Q_irr, 3), Å⁻¹: one point per orbit (a member of the original set).
     index
-        Shape (Q_irr,) int: position of each irreducible point in the original set.
+        Shape (n_orbits,) int: the position in the input of each orbit's representative (its
+        first point in input order).
     inverse
-        Shape (Q,) int: for each original point, its irreducible point, so that
-        ``values_full = values_irr[inverse]``.
+        Shape (N,) int: the orbit of each input point, so that ``full = per_orbit[inverse]``.
+    counts
+        Shape (n_orbits,) int: input points in each orbit (a volume's multiplicity).
+    size
+        Shape (n_orbits,) int: distinct members of each orbit (images of its representative).
+    duplicates
+        True when the input holds a point twice.
     """
 
-    q: np.ndarray
     index: np.ndarray
     inverse: np.ndarray
+    counts: np.ndarray
+    size: np.ndarray
+    duplicates: bool
+
+    @property
+    def closed(self) -> bool:
+        """Every member of every orbit is in the input, once."""
+        return not self.duplicates and bool(np.array_equal(self.counts, self.size))
 
     @property
     def reduction(self) -> float:
-        return len(self.inverse) / max(1, len(self.q))
+        """Input points per orbit, on average."""
+        return len(self.inverse) / max(1, len(self.index))
 
 
-def _scalar_keys(q: np.ndarray, step: float, half: int) -> np.ndarray:
-    k = np.round(q / step).astype(np.int64) + half
-    base = 2 * half + 1
-    return (k[..., 0] * base + k[..., 1]) * base + k[..., 2]
+@dataclass(frozen=True, eq=False)
+class LaueGroup:
+    """A Laue group as integer matrices acting on (H, K, L).
 
+    Build it with :meth:`of` (from a crystal, a Laue class or a space group).
 
-def irreducible(q, rotations, chunk: int = 50000) -> IrreducibleQ | None:
-    """The irreducible points of ``q`` (shape (Q, 3), Å⁻¹) under ``rotations``.
-
-    Each point is keyed by its rounded coordinates (resolution 1e-4 Å⁻¹); an orbit is represented
-    by its largest key. Returns ``None`` when the set is not closed under the group or has
-    repeated points (then evaluate every point).
+    Attributes
+    ----------
+    name
+        The Laue class ('m-3m', '6/mmm', …).
+    matrices
+        Shape (n_ops, 3, 3) int: R with h' = R h.
     """
-    q = np.asarray(q, dtype=float)
-    step = 1e-4
-    half = int(np.ceil(np.abs(q).max() / step)) + 2 if len(q) else 2
-    if (2 * half + 1) ** 3 >= 2**62:
-        return None  # |q| too large for the integer keys; evaluate every point
-    own = _scalar_keys(q, step, half)
-    canon = np.empty(len(q), dtype=np.int64)
-    orbit = np.empty(len(q), dtype=np.int64)
-    for start in range(0, len(q), chunk):
-        img = np.einsum("gij,qj->gqi", rotations, q[start : start + chunk])
-        keys = np.sort(_scalar_keys(img, step, half), axis=0)  # (G, Qc)
-        canon[start : start + chunk] = keys[-1]
-        orbit[start : start + chunk] = 1 + np.count_nonzero(np.diff(keys, axis=0), axis=0)
-    uniq, inverse, counts = np.unique(canon, return_inverse=True, return_counts=True)
-    if len(np.unique(own)) != len(own) or not np.array_equal(counts[inverse], orbit):
-        return None
-    # the representative is the member whose own key is the orbit's canonical key
-    is_rep = own == canon
-    index = np.empty(len(uniq), dtype=np.int64)
-    index[inverse[is_rep]] = np.nonzero(is_rep)[0]
-    return IrreducibleQ(q=q[index], index=index, inverse=inverse)
+
+    name: str
+    matrices: np.ndarray
+
+    @classmethod
+    def of(cls, crystal=None, laue: str | None = None, space_group: str | None = None) -> LaueGroup:
+        """The Laue group from exactly one source: ``crystal`` (its own space group in its own
+        setting, with inversion), ``laue`` (a class in :data:`LAUE_CLASSES`, standard setting) or
+        ``space_group`` (a symbol or number)."""
+        import spglib
+
+        if sum(x is not None for x in (laue, crystal, space_group)) != 1:
+            raise ValueError("give exactly one of laue='m-3m', crystal=... or space_group='Fm-3m'")
+        if crystal is not None:
+            W = np.asarray(crystal.symmetry_dataset.rotations)
+            return cls(laue_class_of(crystal.space_group), _with_inversion(W))
+        if laue is None:
+            laue = laue_class_of(space_group)
+        if laue not in LAUE_CLASSES:
+            raise ValueError(f"unknown Laue class {laue!r}; choose one of {sorted(LAUE_CLASSES)}")
+        W = spglib.get_symmetry_from_database(_hall_numbers_of(LAUE_CLASSES[laue])[0])["rotations"]
+        return cls(laue, _with_inversion(np.asarray(W)))
+
+    def __len__(self) -> int:
+        return len(self.matrices)
+
+    def __repr__(self) -> str:
+        return f"LaueGroup({self.name!r}, {len(self)} operations)"
+
+    def cartesian(self, crystal) -> np.ndarray:
+        """The operations on Cartesian q of ``crystal``: shape (n_ops, 3, 3), R_q = Bᵀ R B⁻ᵀ."""
+        B = np.asarray(crystal.reciprocal)
+        return np.einsum("ji,gjk,kl->gil", B, self.matrices, np.linalg.inv(B).T)
+
+    # ------------------------------------------------------------------ orbits
+    def _integer_action(self, scale) -> np.ndarray:
+        """The operations on integer coordinates n with h = n·scale (per axis): diag(1/s) R diag(s),
+        which must be integer (e.g. a supercell with equal repeats along axes the group mixes)."""
+        if scale is None:
+            return self.matrices
+        s = np.broadcast_to(np.asarray(scale, dtype=float), (3,))
+        M = self.matrices * s[None, None, :] / s[None, :, None]
+        Mi = np.round(M)
+        if np.abs(M - Mi).max(initial=0.0) > 1e-9:
+            raise ValueError(
+                f"the Laue group {self.name} does not map this lattice of points onto itself (steps {s.tolist()} "
+                "r.l.u. differ along axes the group exchanges): use equal steps (supercell repeats) on those axes"
+            )
+        return Mi.astype(np.int64)
+
+    def _image_keys(self, n: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray] | None:
+        """Scalar keys of each point (N,) and of its images (N, G); None if they overflow int64."""
+        M = self._integer_action(scale)
+        n = np.asarray(n, dtype=np.int64).reshape(-1, 3)
+        img = np.einsum("gij,qj->qgi", M, n)  # (N, G, 3)
+        span = int(np.abs(img).max(initial=0)) + 1
+        base = 2 * span + 1
+        if base**3 >= 2**62:
+            return None
+        key = ((img[..., 0] + span) * base + img[..., 1] + span) * base + img[..., 2] + span
+        own = ((n[:, 0] + span) * base + n[:, 1] + span) * base + n[:, 2] + span
+        return own, key
+
+    def keeps(self, shape) -> bool:
+        """True when the group maps an L1×L2×L3 supercell (or k-mesh) ``shape`` onto itself."""
+        try:
+            self._integer_action(1.0 / np.broadcast_to(np.asarray(shape, dtype=float), (3,)))
+        except ValueError:
+            return False
+        return True
+
+    def images(self, n, scale=None) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct images of each point: (members (M, 3) int, owner (M,) int), grouped by
+        owner and, within an owner, in increasing order.
+
+        ``n``: shape (N, 3) int, with h = n·scale (``scale`` None: the matrices act on n itself).
+        """
+        M = self._integer_action(scale)
+        n = np.asarray(n, dtype=np.int64).reshape(-1, 3)
+        img = np.einsum("gij,qj->qgi", M, n).reshape(-1, 3)
+        owner = np.repeat(np.arange(len(n)), len(M))
+        span = int(np.abs(img).max(initial=0)) + 1
+        base = 2 * span + 1
+        key = ((owner * base + img[:, 0] + span) * base + img[:, 1] + span) * base + img[:, 2] + span
+        _, first = np.unique(key, return_index=True)  # sorted by key, so grouped by owner
+        return img[first], owner[first]
+
+    def orbits(self, n, scale=None) -> Orbits | None:
+        """Group the points ``n`` (shape (N, 3) int, h = n·scale) into orbits; None when the keys
+        would overflow (coordinates beyond ~10⁶)."""
+        keys = self._image_keys(n, scale)
+        if keys is None:
+            return None
+        own, img = keys
+        canon = img.max(axis=1)
+        size = 1 + np.count_nonzero(np.diff(np.sort(img, axis=1), axis=1), axis=1)
+        uniq, inverse, counts = np.unique(canon, return_inverse=True, return_counts=True)
+        index = np.zeros(len(uniq), dtype=np.int64)
+        index[inverse[::-1]] = np.arange(len(inverse))[::-1]  # first point of each orbit
+        duplicates = len(np.unique(own)) != len(own)
+        return Orbits(index=index, inverse=inverse.reshape(-1), counts=counts, size=size[index],
+                      duplicates=duplicates)
+
+    def reduce_q(self, crystal, q, resolution: float = Q_RESOLUTION_RLU) -> Orbits | None:
+        """Orbits of arbitrary Cartesian q (shape (Q, 3), Å⁻¹), quantized to ``resolution`` r.l.u.;
+        None when the set is not closed under the group (then evaluate every point)."""
+        h = crystal.cartesian_to_rlu(np.asarray(q, dtype=float))
+        orb = self.orbits(np.round(h / resolution).astype(np.int64))
+        return orb if orb is not None and orb.closed else None

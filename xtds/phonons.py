@@ -1,7 +1,7 @@
 """Labelled phonon outputs: dispersion, density of states, elastic constants, stability.
 
 The xarray layer over :mod:`xtds.dynamics` and :mod:`xtds.elastic`. Every function takes the
-IFCs as an ``xr.DataArray`` on dim ``ifc``, a name → value mapping, or a tensor of the free
+IFCs as an ``xr.DataArray`` on dim ``constant``, a name → value mapping, or a tensor of the free
 constants (see :meth:`xtds.IFCModel.vector`).
 """
 
@@ -15,6 +15,7 @@ import xarray as xr
 
 from xtds import dynamics
 from xtds.elastic import VOIGT, elastic_tensor
+from xtds.errors import UnstableError, triple
 from xtds.ifc import IFCModel
 from xtds.kpath import KPath, standard_path
 from xtds.units import GPA_PER_EV_A3, THZ_PER_SQRT_EV_A2_AMU
@@ -26,7 +27,6 @@ __all__ = [
     "sound_speeds",
     "stability",
     "StabilityReport",
-    "UnstableError",
 ]
 
 _VOIGT_NAMES = ["xx", "yy", "zz", "yz", "xz", "xy"]
@@ -120,7 +120,7 @@ def dos(
         attrs={
             "units": f"states/{unit}/primitive cell",
             "long_name": "phonon density of states",
-            "mesh": str(tuple(np.broadcast_to(mesh, (3,)).tolist())),
+            "mesh": str(triple(mesh, "DOS mesh")),
             "sigma": sigma,
             "normalization": f"integral = 3n = {3 * model.n_sites}",
         },
@@ -166,10 +166,6 @@ def sound_speeds(C, density: float, direction) -> np.ndarray:
     # ρ v² = λ  →  v² in eV/amu = (Å/s)²·(1/(Å² amu/eV)); ω = v k, so v in Å·rad/s = sqrt(λ/ρ)·conv
     lam = np.linalg.eigvalsh(gamma / density)
     return np.sqrt(np.clip(lam, 0, None)) * THZ_PER_SQRT_EV_A2_AMU * 2 * np.pi
-
-
-class UnstableError(ValueError):
-    """Force constants with imaginary phonon frequencies."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from xtds.crystal import Crystal
+from xtds.errors import triple
 from xtds.ifc import IFCModel
 
 __all__ = ["Supercell", "supercell_hessian"]
@@ -48,9 +49,7 @@ class Supercell:
         Atoms are ordered cell by cell (n1 slowest), basis atoms fastest.
         """
         crystal = model.crystal if crystal is None else crystal
-        reps = np.broadcast_to(np.asarray(repeats, dtype=int), (3,))
-        if np.any(reps < 1):
-            raise ValueError(f"supercell repeats must be positive integers, got {tuple(reps)}")
+        reps = np.asarray(triple(repeats, "supercell repeats"))
         cells = np.stack(np.meshgrid(*(np.arange(r) for r in reps), indexing="ij"), -1).reshape(-1, 3)
         frac = (cells[:, None, :] + crystal.positions[None, :, :]).reshape(-1, 3)
         pos = frac @ crystal.lattice

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xtds.crystal import SYMPREC, Crystal, _quiet_spglib, _spglib
+from xtds.crystal import SYMPREC, Crystal, spglib_call
 
 __all__ = ["SpaceGroupOperations", "space_group_operations"]
 
@@ -54,7 +54,7 @@ def space_group_operations(crystal: Crystal) -> SpaceGroupOperations:
 
     For a non-primitive cell the list includes the centring translations (W = 1).
     """
-    sym = _quiet_spglib(_spglib().get_symmetry, crystal.spglib_cell, symprec=SYMPREC)
+    sym = spglib_call("get_symmetry", crystal.spglib_cell, symprec=SYMPREC)
     W = np.asarray(sym["rotations"], dtype=int)
     w = np.asarray(sym["translations"], dtype=float)
     A = crystal.lattice

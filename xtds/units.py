@@ -1,7 +1,7 @@
 """Physical constants and unit conversions shared by every module.
 
 All values derive from :mod:`scipy.constants` (CODATA); none is typed in by hand.
-The conventions (Å, eV, amu, THz, 2π in q) are those of ``shared/CONVENTIONS.md``.
+The conventions (Å, eV, amu, THz, 2π in q) are those of ``docs/conventions.md``.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ import os
 import numpy as np
 import xarray as xr
 
+from xtds.io.nexus import NEXUS_EXTENSIONS
+from xtds.volume.schema import check_volume, crystal_attrs
+from xtds.volume.symmetrize import symmetric_chunks
+
 __all__ = ["open_volume", "write_volume", "check_volume", "crystal_attrs"]
 
-_NEXUS_EXT = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
 
 
 def _format_of(path: str) -> str:
@@ -25,7 +28,7 @@ def _format_of(path: str) -> str:
         return "zarr"
     if ext in (".nc", ".nc4", ".cdf"):
         return "netcdf"
-    if ext in _NEXUS_EXT:
+    if ext in NEXUS_EXTENSIONS:
         import h5py
 
         if os.path.exists(p):
@@ -36,29 +39,6 @@ def _format_of(path: str) -> str:
     raise ValueError(
         f"cannot tell the format of {path!r} from its name: use .nxs/.h5 (NeXus), .zarr or .nc, or pass format=..."
     )
-
-
-def check_volume(ds: xr.Dataset) -> xr.Dataset:
-    """Validate a volume Dataset: ``intensity`` on dims containing H, K, L with r.l.u. units."""
-    if "intensity" not in ds:
-        raise ValueError(f"the volume has no 'intensity' variable (it has {list(ds.data_vars)}); "
-                         "rename the signal to 'intensity'")
-    for d in "HKL":
-        if d not in ds["intensity"].dims or d not in ds.coords:
-            raise ValueError("'intensity' must have dims and coordinates H, K, L (r.l.u.); "
-                             f"it has dims {ds['intensity'].dims}")
-        units = str(ds[d].attrs.get("units", "")).lower()
-        if units not in ("rlu", "r.l.u.", "r.l.u"):
-            raise ValueError(
-                f"coordinate {d} has units {ds[d].attrs.get('units')!r}: xtds needs H, K, L in reciprocal lattice "
-                f"units; if they are, set ds['{d}'].attrs['units'] = 'rlu'"
-            )
-    return ds
-
-
-def crystal_attrs(crystal) -> dict:
-    """The attrs that describe a crystal's cell in a volume: unit_cell (Å, degrees), space_group."""
-    return {"unit_cell": [float(x) for x in crystal.parameters], "space_group": crystal.space_group}
 
 
 def _attach_crystal(ds: xr.Dataset, crystal, rtol: float = 0.02) -> xr.Dataset:
@@ -133,8 +113,6 @@ def open_volume(
 
 
 def _symmetric(ds, fmt, path, group, axis_units):
-    from xtds.volume.symmetrize import symmetric_chunks
-
     target = max(max(c) for c in ds["intensity"].chunks)
     if fmt == "nexus":  # re-chunk the lazily indexed arrays, so each block is read from the file
         ds = xr.open_dataset(path, engine="xtds", chunks=None, group=group, axis_units=axis_units)

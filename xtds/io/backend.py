@@ -15,7 +15,7 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from xtds.io.nexus import find_nxdata, read_nxdata
+from xtds.io.nexus import NEXUS_EXTENSIONS, find_nxdata, read_nxdata
 
 __all__ = ["XtdsBackendEntrypoint", "open_nexus_dataset"]
 
@@ -115,4 +115,4 @@ class XtdsBackendEntrypoint(BackendEntrypoint):
             ext = os.path.splitext(os.fspath(filename_or_obj))[1].lower()
         except TypeError:
             return False
-        return ext in (".nxs", ".nx5", ".nxspe")
+        return ext in NEXUS_EXTENSIONS

@@ -22,7 +22,12 @@ import os
 
 import numpy as np
 
-__all__ = ["NXREFINE_GROUPS", "find_nxdata", "read_nxdata", "write_nexus", "sample_attrs"]
+from xtds.volume.schema import is_rlu
+
+__all__ = ["NEXUS_EXTENSIONS", "NXREFINE_GROUPS", "find_nxdata", "read_nxdata", "write_nexus", "sample_attrs"]
+
+#: File name extensions read and written as NeXus/HDF5.
+NEXUS_EXTENSIONS = (".nxs", ".nx5", ".nxspe", ".h5", ".hdf5", ".hdf")
 
 #: The NXdata group names NXrefine writes, in the order xtds prefers them.
 NXREFINE_GROUPS = ("masked_transform", "transform", "masked_symm_transform", "symm_transform")
@@ -30,7 +35,6 @@ NXREFINE_GROUPS = ("masked_transform", "transform", "masked_symm_transform", "sy
 _AXIS_NAMES = {
     "qh": "H", "h": "H", "qk": "K", "k": "K", "ql": "L", "l": "L",
 }
-_RLU_UNITS = {"rlu", "r.l.u.", "r.l.u", "reciprocal lattice units"}
 
 
 def _text(value) -> str:
@@ -175,9 +179,9 @@ def read_nxdata(filename: str, path: str, axis_units: str | None = None):
                     f"axis {a!r} is not one of Qh/Qk/Ql or H/K/L: xtds needs reciprocal-lattice axes; rename the "
                     "axes or write the volume with H, K, L coordinates"
                 )
-            if units and units.lower() not in _RLU_UNITS and a.lower() not in ("qh", "qk", "ql"):
+            if units and not is_rlu(units) and a.lower() not in ("qh", "qk", "ql"):
                 raise ValueError(f"axis {a!r} has units {units!r}; xtds reads H, K, L volumes in r.l.u.")
-            if not units and a.lower() not in ("qh", "qk", "ql") and (axis_units or "").lower() not in _RLU_UNITS:
+            if not units and a.lower() not in ("qh", "qk", "ql") and not is_rlu(axis_units):
                 raise ValueError(
                     f"axis {a!r} has no units attribute: say that it is in reciprocal lattice units with "
                     "axis_units='rlu' (or write @units='rlu' on the axis)"

@@ -1,7 +1,9 @@
 """Differentiable TDS forward models: from force constants φ to the diffuse intensity.
 
-One entry point, :func:`tds_intensity`, and a thin :class:`TDSModel` (``torch.nn.Module``) that
-holds φ as its parameter. Methods:
+The observable :class:`TDSIntensity` (:mod:`xtds.model.observable`) is built once from the IFC
+model, the q-points, the temperature and the method with its options, and called with φ; the
+function :func:`tds_intensity` builds one and calls it once; :class:`TDSModel` is a thin
+``torch.nn.Module`` holding φ as its parameter. Methods:
 
 - ``"exact"``: the harmonic ensemble average to all orders (:mod:`xtds.model.exact`), on a
   :class:`PeriodicSupercell` (q on its grid, Bragg peaks included) or an :class:`InfiniteCrystal`
@@ -10,49 +12,35 @@ holds φ as its parameter. Methods:
 - ``"sampled"``: the paper's Cholesky-sampling estimator with NUFFT intensities
   (:mod:`xtds.model.sampled`), on a periodic supercell; classical.
 
+:func:`simulate` (:mod:`xtds.model.simulate`) evaluates a model on a volume's (H, K, L) grid.
 Intensities are in electrons² per primitive cell (``form_factor=None``: the bare lattice sum,
 per primitive cell). q is Cartesian, Å⁻¹, 2π included.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from xtds.ifc import IFCModel
-from xtds.laue import IrreducibleQ, irreducible, laue_rotations
-from xtds.model.exact import exact_infinite, exact_supercell, one_phonon
-from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, supercell_q_grid
+from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry, supercell_q_grid
+from xtds.model.observable import METHODS, Observable, TDSIntensity
 from xtds.model.sampled import sample_displacements, sampled_intensity
+from xtds.model.simulate import simulate
 
 __all__ = [
     "tds_intensity",
     "TDSModel",
+    "TDSIntensity",
+    "Observable",
     "PeriodicSupercell",
     "InfiniteCrystal",
+    "auto_geometry",
     "supercell_q_grid",
     "sample_displacements",
     "sampled_intensity",
-    "irreducible_q",
+    "simulate",
     "METHODS",
 ]
-
-METHODS = ("exact", "one_phonon", "sampled")
-
-
-def irreducible_q(model: IFCModel, q) -> IrreducibleQ | None:
-    """The Laue-irreducible part of ``q`` (None when the set is not closed under the Laue group)."""
-    return irreducible(np.asarray(q, dtype=float), laue_rotations(model.crystal))
-
-
-def _as_q(q, dtype, device) -> torch.Tensor:
-    if hasattr(q, "dims"):
-        raise TypeError("pass q as a (Q, 3) array of Cartesian Å⁻¹; convert labelled r.l.u. with "
-                        "crystal.rlu_to_cartesian")
-    qt = torch.as_tensor(np.asarray(q.detach().cpu() if isinstance(q, torch.Tensor) else q, dtype=float))
-    if qt.ndim != 2 or qt.shape[1] != 3:
-        raise ValueError(f"q must have shape (Q, 3), Cartesian Å⁻¹, got {tuple(qt.shape)}")
-    return qt.to(dtype=dtype, device=device)
 
 
 def tds_intensity(
@@ -64,99 +52,38 @@ def tds_intensity(
     geometry: PeriodicSupercell | InfiniteCrystal | None = None,
     quantum: bool = False,
     form_factor: str | None = "cromer-mann",
-    symmetrize: bool | str = "auto",
+    laue_reduce: bool | str = "auto",
+    orbit_average: bool = False,
     n_samples: int = 15,
     solver: str = "kspace",
     seed: int | None = None,
     return_stderr: bool = False,
     dtype: torch.dtype = torch.float64,
     device=None,
-    irreducible_set: IrreducibleQ | None = None,
 ):
-    """The TDS intensity ⟨I(q)⟩ for force constants ``ifc``.
+    """The TDS intensity ⟨I(q)⟩ for force constants ``ifc``: ``TDSIntensity(...)(ifc)``.
 
-    Parameters
-    ----------
-    model
-        The :class:`~xtds.IFCModel` (crystal and cutoff).
-    ifc
-        The free constants: a mapping, DataArray, array or tensor (a tensor with ``requires_grad``
-        makes the result differentiable).
-    q
-        Shape (Q, 3), Cartesian Å⁻¹ (2π included).
-    temperature
-        K; required.
-    method
-        ``"exact"``, ``"one_phonon"`` or ``"sampled"``.
-    geometry
-        :class:`PeriodicSupercell` (default for ``exact``/``sampled``: the 5×5×5 cells of the paper)
-        or :class:`InfiniteCrystal` (default for ``one_phonon``: a 16³ mesh for the Debye–Waller
-        factor; required for arbitrary q with ``exact``).
-    quantum
-        Bose–Einstein statistics with zero-point motion (``exact`` and ``one_phonon``).
-    form_factor
-        ``"cromer-mann"`` (periodictable's tabulation, per species) or None for the bare lattice sum.
-    symmetrize
-        ``exact`` and ``one_phonon``: evaluate only the Laue-irreducible q and expand (``"auto"``:
-        when the set is closed under the group; ``True``: require it). ``sampled``: ``True``
-        averages every configuration's intensity over the Laue orbit of each q (a lower-noise
-        estimate of the same mean; see :func:`~xtds.model.sampled.sampled_intensity`), ``"auto"``
-        and ``False`` keep the paper's per-point estimator.
-    n_samples, solver, seed
-        ``sampled`` only: configurations, ``"kspace"`` or ``"dense"``, noise seed.
-    return_stderr
-        ``sampled`` only: also return the Monte-Carlo standard error.
-    irreducible_set
-        A precomputed :func:`irreducible_q` for this q (saves the set-up on repeated calls).
+    ``ifc``: the free constants as a mapping, DataArray, array or tensor (a tensor with
+    ``requires_grad`` makes the result differentiable). ``q``: shape (Q, 3), Cartesian Å⁻¹.
+    ``return_stderr`` (``sampled`` only) also returns the Monte-Carlo standard error. Every other
+    argument is that of :class:`~xtds.model.observable.TDSIntensity`.
 
-    Returns
-    -------
-    Shape (Q,) tensor, electrons² per primitive cell (and the standard error for ``sampled`` if asked).
+    Returns shape (Q,) tensor, electrons² per primitive cell (and the standard error if asked).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if form_factor not in ("cromer-mann", None):
-        raise ValueError(f"form_factor must be 'cromer-mann' or None, got {form_factor!r}")
+    obs = TDSIntensity(model, q, temperature, method=method, geometry=geometry, quantum=quantum,
+                       form_factor=form_factor, laue_reduce=laue_reduce, orbit_average=orbit_average,
+                       n_samples=n_samples, solver=solver, seed=seed, dtype=dtype, device=device)
     phi = model.vector(ifc, dtype=dtype, device=device)
-    qt = _as_q(q, phi.dtype, phi.device)
-    if geometry is None:
-        geometry = InfiniteCrystal(16) if method == "one_phonon" else PeriodicSupercell(5)
-    if method == "sampled":
-        if not isinstance(geometry, PeriodicSupercell):
-            raise ValueError("the sampled model needs a PeriodicSupercell geometry")
-        if quantum:
-            raise ValueError("the sampled model is classical (the paper's); use method='exact' for quantum statistics")
-        mean, se = sampled_intensity(
-            model, phi, qt, temperature, geometry.repeats, n_samples=n_samples, solver=solver,
-            seed=seed, form_factor=form_factor, stderr=return_stderr, orbit_average=symmetrize is True,
-        )
-        return (mean, se) if return_stderr else mean
     if return_stderr:
-        raise ValueError("return_stderr applies to method='sampled' only")
-    if isinstance(geometry, PeriodicSupercell):
-        geometry.grid_indices(model.crystal, qt.detach().cpu().numpy())  # validates q
-    irr = irreducible_set
-    if irr is None and symmetrize:
-        irr = irreducible_q(model, qt.detach().cpu().numpy())
-        if irr is None and symmetrize is True:
-            raise ValueError("symmetrize=True, but the q-set is not closed under the Laue group")
-    q_eval = qt if irr is None else qt[torch.as_tensor(irr.index, device=qt.device)]
-    if method == "one_phonon":
-        mesh = geometry.mesh if isinstance(geometry, InfiniteCrystal) else geometry.repeats
-        out = one_phonon(model, phi, q_eval, temperature, mesh=mesh, quantum=quantum, form_factor=form_factor)
-    elif isinstance(geometry, PeriodicSupercell):
-        out = exact_supercell(model, phi, q_eval, temperature, geometry.repeats, quantum=quantum,
-                              form_factor=form_factor)
-    else:
-        out = exact_infinite(model, phi, q_eval, temperature, geometry.mesh, quantum=quantum, form_factor=form_factor)
-    return out if irr is None else out[torch.as_tensor(irr.inverse, device=out.device)]
+        return obs.sampled(phi, stderr=True)
+    return obs(phi)
 
 
 class TDSModel(torch.nn.Module):
     """A thin Module holding the free constants φ as a parameter; ``forward()`` returns ⟨I(q)⟩.
 
-    The q-set, temperature and settings are fixed at construction; the Laue reduction is computed
-    once. ``ifc`` gives the starting values. All other keywords as in :func:`tds_intensity`.
+    The observable (q-set, temperature, method and its options) is built once, with its Laue
+    reduction. ``ifc`` gives the starting values; other keywords as in :class:`TDSIntensity`.
 
     Examples
     --------
@@ -170,25 +97,14 @@ class TDSModel(torch.nn.Module):
     torch.Size([125])
     """
 
-    def __init__(self, model: IFCModel, q, temperature: float, ifc, dtype=torch.float64, device=None, **settings):
+    def __init__(self, model: IFCModel, q, temperature: float, ifc, dtype=torch.float64, device=None, **options):
         super().__init__()
-        self.ifc_model = model
-        self.temperature = float(temperature)
-        self.settings = settings
+        self.observable = TDSIntensity(model, q, temperature, dtype=dtype, device=device, **options)
         self.phi = torch.nn.Parameter(model.vector(ifc, dtype=dtype, device=device).clone())
-        self.register_buffer("q", _as_q(q, dtype, device))
-        irr = None
-        if settings.get("method", "exact") != "sampled" and settings.get("symmetrize", "auto"):
-            irr = irreducible_q(model, self.q.cpu().numpy())
-        self._irreducible = irr
 
     @property
     def names(self) -> tuple[str, ...]:
-        return self.ifc_model.names
+        return self.observable.model.names
 
-    def forward(self) -> torch.Tensor:
-        settings = dict(self.settings)
-        settings.setdefault("irreducible_set", self._irreducible)
-        if settings.get("method", "exact") == "sampled":
-            settings.pop("irreducible_set")
-        return tds_intensity(self.ifc_model, self.phi, self.q, self.temperature, **settings)
+    def forward(self, epoch: int = 0) -> torch.Tensor:
+        return self.observable(self.phi, epoch)

@@ -18,30 +18,15 @@ import torch
 
 from xtds import dynamics
 from xtds.crystal import Crystal
+from xtds.errors import UnstableError, check_temperature
 from xtds.ifc import IFCModel
-from xtds.phonons import UnstableError
+from xtds.model.geometry import k_grid, shape_of
 from xtds.units import H_EV_S, KB_EV_PER_K, RAD_PER_S_PER_SQRT_EV_A2_AMU
 
-__all__ = ["covariance_k", "lattice_covariance", "grid_k", "is_gamma"]
+__all__ = ["covariance_k", "lattice_covariance", "is_gamma"]
 
 #: ħ ω in eV for ω² = 1 eV/(Å² amu).
 _HBAR_OMEGA_UNIT = H_EV_S / (2 * np.pi) * RAD_PER_S_PER_SQRT_EV_A2_AMU
-
-
-def _check_temperature(T) -> float:
-    if T is None:
-        raise ValueError("temperature (K) is required: the TDS scale depends on k_B T")
-    T = float(T)
-    if not T > 0:
-        raise ValueError(f"temperature must be positive (K), got {T}")
-    return T
-
-
-def grid_k(cell: Crystal, repeats) -> np.ndarray:
-    """The k-points of an L1×L2×L3 supercell of ``cell``: shape (L1, L2, L3, 3), Å⁻¹."""
-    L = np.broadcast_to(np.asarray(repeats, dtype=int), (3,))
-    m = np.stack(np.meshgrid(*(np.arange(n) / n for n in L), indexing="ij"), -1)
-    return m @ cell.reciprocal
 
 
 def is_gamma(cell: Crystal, k: np.ndarray) -> np.ndarray:
@@ -104,7 +89,7 @@ def covariance_k(
     Classical: k_B T H(k)⁺. Quantum: Bose–Einstein with zero-point motion. At k ≡ 0 the rigid
     translations are projected out. Raises :class:`~xtds.phonons.UnstableError` for unstable IFCs.
     """
-    T = _check_temperature(temperature)
+    T = check_temperature(temperature)
     cell = model.primitive if cell is None else cell
     kt = torch.as_tensor(np.asarray(k, dtype=float), dtype=phi.dtype, device=phi.device)
     lead = kt.shape[:-1]
@@ -153,19 +138,22 @@ def covariance_k(
 def lattice_covariance(
     model: IFCModel,
     phi: torch.Tensor,
-    repeats,
+    shape,
     temperature: float,
     quantum: bool = False,
     cell: Crystal | None = None,
 ) -> torch.Tensor:
     """C(c0, c'r) on an L1×L2×L3 periodic supercell of ``cell`` (default ``model.crystal``).
 
+    ``shape``: (L1, L2, L3), or a geometry (its ``.shape``: the supercell, or an infinite
+    crystal's k-mesh).
+
     Returns shape (n, n, L1, L2, L3, 3, 3) real, Å²: ``C[c, c', r1, r2, r3]`` = ⟨u_{c,0} u_{c',r}ᵀ⟩.
     """
     cell = model.crystal if cell is None else cell
-    L = tuple(int(x) for x in np.broadcast_to(np.asarray(repeats, dtype=int), (3,)))
+    L = shape_of(shape)
     n = cell.n_atoms
-    k = grid_k(cell, L)  # (L1, L2, L3, 3)
+    k = k_grid(cell, L)  # (L1, L2, L3, 3)
     Ck = covariance_k(model, phi, k.reshape(-1, 3), temperature, quantum=quantum, cell=cell)
     Ck = Ck.reshape(*L, n, 3, n, 3)
     tau = torch.tensor(np.array(cell.cartesian_positions), dtype=phi.dtype, device=phi.device)

@@ -24,6 +24,7 @@ import itertools
 import numpy as np
 import torch
 
+from xtds.formfactor import form_factor_table
 from xtds.ifc import IFCModel
 from xtds.model.covariance import covariance_k, lattice_covariance
 
@@ -46,10 +47,10 @@ def _c6(C: torch.Tensor) -> torch.Tensor:
 class Terms:
     """The ingredients shared by the exact and one-phonon intensities of one geometry."""
 
-    def __init__(self, model: IFCModel, Cr: torch.Tensor, repeats, ws: bool):
+    def __init__(self, model: IFCModel, Cr: torch.Tensor, ws: bool):
         cell = model.crystal
         n = cell.n_atoms
-        L = np.broadcast_to(np.asarray(repeats, dtype=int), (3,))
+        L = np.asarray(Cr.shape[2:5])
         table = model.pair_table(cell)
         # one representative atom per primitive site, weighted by its share of the cell
         reps, weights = [], []
@@ -80,7 +81,7 @@ class Terms:
         self.w = torch.as_tensor(np.concatenate(w_list), dtype=Cr.dtype, device=dev)
         flat = Cr.reshape(n * n * len(r), 3, 3)
         self.C6 = _c6(flat[torch.as_tensor(np.concatenate(c_list), device=dev)])  # (M, 6)
-        self.C0 = _c6(Cr[torch.arange(n), torch.arange(n), 0, 0, 0])  # (n, 6) self covariances
+        self.C0 = _self_c6(Cr)  # (n, 6) self covariances
         self.species = list(cell.species)
         self.cell = cell
 
@@ -98,19 +99,6 @@ def _wigner_seitz(frac, L, lattice, cov_idx, dst):
     return cand[m, s], 1.0 / counts[m], cov_idx[m], dst[m]
 
 
-def _form(terms: Terms, qn: torch.Tensor, form_factor) -> torch.Tensor:
-    """(n_atoms_of_cell, Q) form factors (1 for ``form_factor=None``)."""
-    n = len(terms.species)
-    if form_factor is None:
-        return torch.ones(n, len(qn), dtype=qn.dtype, device=qn.device)
-    from xtds.formfactor import form_factors
-
-    uniq = sorted(set(terms.species))
-    f = form_factors(uniq, qn.detach().cpu().numpy())
-    table = torch.as_tensor(f, dtype=qn.dtype, device=qn.device)
-    return table[[uniq.index(s) for s in terms.species]]
-
-
 def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int) -> torch.Tensor:
     """Σ_M w f_s f_c' e^{−W_s−W_c'} cos(q·d) g(x), g = exp (all orders), or the multi-phonon part."""
     out = []
@@ -120,7 +108,7 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
         qc = q[start : start + chunk]
         qq = _qq(qc)  # (Q, 6)
         W = 0.5 * qq @ terms.C0.T  # (Q, n)
-        f = _form(terms, torch.linalg.norm(qc, dim=1), form_factor).T  # (Q, n)
+        f = form_factor_table(terms.species, torch.linalg.norm(qc, dim=1), form_factor).T  # (Q, n)
         a = f * torch.exp(-W)  # (Q, n)
         x = qq @ terms.C6.T  # (Q, M)
         phase = torch.cos(qc @ terms.d.T)
@@ -133,41 +121,48 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
     return torch.cat(out)
 
 
-def exact_supercell(model, phi, q, temperature, repeats, quantum=False, form_factor="cromer-mann", chunk=2048):
+def _self_c6(Cr: torch.Tensor) -> torch.Tensor:
+    """(n, 6): the self covariances C(c0, c0) of the cell's atoms, from a lattice covariance."""
+    n = Cr.shape[0]
+    return _c6(Cr[torch.arange(n), torch.arange(n), 0, 0, 0])
+
+
+def exact_supercell(model, phi, q, temperature, geometry, quantum=False, form_factor="cromer-mann", chunk=2048):
     """⟨I(q)⟩ per primitive cell of an L1×L2×L3 periodic supercell, Bragg peaks included.
 
-    q: shape (Q, 3) Å⁻¹ on the supercell's reciprocal grid. Returns shape (Q,), electrons².
+    ``geometry``: a :class:`~xtds.model.geometry.PeriodicSupercell` (or its repeats). q: shape
+    (Q, 3) Å⁻¹ on the supercell's reciprocal grid. Returns shape (Q,), electrons².
     """
-    Cr = lattice_covariance(model, phi, repeats, temperature, quantum=quantum)
-    terms = Terms(model, Cr, repeats, ws=False)
-    return _sum_pairs(terms, q, form_factor, "all", chunk)
+    Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
+    return _sum_pairs(Terms(model, Cr, ws=False), q, form_factor, "all", chunk)
 
 
-def debye_waller(model, phi, q, temperature, mesh, quantum=False):
-    """W_c(q) = ½ qᵀ C(c0, c0) q for every atom of the crystal's cell: shape (Q, n), from the mesh."""
-    Cr = lattice_covariance(model, phi, mesh, temperature, quantum=quantum)
-    n = model.crystal.n_atoms
-    C0 = _c6(Cr[torch.arange(n), torch.arange(n), 0, 0, 0])
-    return 0.5 * _qq(q) @ C0.T
+def debye_waller(model, phi, q, temperature, mesh, quantum=False, lattice_cov=None):
+    """W_c(q) = ½ qᵀ C(c0, c0) q for every atom of the crystal's cell: shape (Q, n), from the k-mesh
+    ``mesh`` (or from ``lattice_cov``, a :func:`lattice_covariance` already computed)."""
+    Cr = lattice_covariance(model, phi, mesh, temperature, quantum=quantum) if lattice_cov is None else lattice_cov
+    return 0.5 * _qq(q) @ _self_c6(Cr).T
 
 
-def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096):
+def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096,
+               lattice_cov=None):
     """First-order TDS per primitive cell at any q (Xu & Chiang), with the Debye–Waller factor.
 
     I₁(q) = Σ_{cc'} a_c a_c' qᵀ C_{cc'}(q) q / N_cell-to-primitive, a_c = f_c e^{−W_c}, where
     C(q) = k_BT H(q)⁺ (classical) or the Bose–Einstein covariance (quantum), in the phase
     convention of :mod:`xtds.dynamics` for the crystal's cell. Equivalently
-    Σ_j |Σ_s f_s e^{−W_s} (q·e_js)/√M_s e^{iq·τ_s}|² (ħ/2ω_j) coth(ħω_j/2k_BT). ``mesh`` sets the
-    k-mesh for W only. At q ≡ G the acoustic (divergent) part is left out: mask Bragg peaks.
+    Σ_j |Σ_s f_s e^{−W_s} (q·e_js)/√M_s e^{iq·τ_s}|² (ħ/2ω_j) coth(ħω_j/2k_BT). ``mesh`` (a shape
+    or a geometry) sets the k-mesh for W only. At q ≡ G the acoustic (divergent) part is left out:
+    mask Bragg peaks.
     """
     cell = model.crystal
     n = cell.n_atoms
-    W = debye_waller(model, phi, q, temperature, mesh, quantum=quantum)
+    W = debye_waller(model, phi, q, temperature, mesh, quantum=quantum, lattice_cov=lattice_cov)
     out = []
     for start in range(0, len(q), chunk):
         qc = q[start : start + chunk]
         Cq = covariance_k(model, phi, qc, temperature, quantum=quantum, cell=cell)  # (Q, 3n, 3n)
-        f = _form_cell(cell, torch.linalg.norm(qc, dim=1), form_factor)  # (Q, n)
+        f = form_factor_table(cell.species, torch.linalg.norm(qc, dim=1), form_factor).T  # (Q, n)
         a = f * torch.exp(-W[start : start + chunk])
         v = (a[:, :, None] * qc[:, None, :]).reshape(len(qc), 3 * n).to(Cq.dtype)
         val = torch.einsum("qi,qij,qj->q", v.conj(), Cq, v).real
@@ -175,23 +170,15 @@ def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="
     return torch.cat(out) * (model.n_sites / n)
 
 
-def _form_cell(cell, qn, form_factor):
-    if form_factor is None:
-        return torch.ones(len(qn), cell.n_atoms, dtype=qn.dtype, device=qn.device)
-    from xtds.formfactor import form_factors
-
-    uniq = sorted(set(cell.species))
-    f = torch.as_tensor(form_factors(uniq, qn.detach().cpu().numpy()), dtype=qn.dtype, device=qn.device)
-    return f[[uniq.index(s) for s in cell.species]].T
-
-
 def exact_infinite(model, phi, q, temperature, mesh, quantum=False, form_factor="cromer-mann", chunk=2048):
     """Diffuse ⟨I(q)⟩ per primitive cell of an infinite crystal at any q, Bragg peaks excluded.
 
-    One-phonon part exact at q (k-space); the multi-phonon part from covariances on the k-mesh,
-    summed over the mesh's Wigner–Seitz supercell. Converges as ``mesh`` grows.
+    One-phonon part exact at q (k-space); the multi-phonon part from covariances on the k-mesh
+    ``mesh`` (a shape or an :class:`~xtds.model.geometry.InfiniteCrystal`), summed over the
+    mesh's Wigner–Seitz supercell. Converges as ``mesh`` grows. The lattice covariance is
+    computed once and shared by both parts.
     """
     Cr = lattice_covariance(model, phi, mesh, temperature, quantum=quantum)
-    terms = Terms(model, Cr, mesh, ws=True)
-    multi = _sum_pairs(terms, q, form_factor, "multi", chunk)
-    return multi + one_phonon(model, phi, q, temperature, mesh=mesh, quantum=quantum, form_factor=form_factor)
+    multi = _sum_pairs(Terms(model, Cr, ws=True), q, form_factor, "multi", chunk)
+    return multi + one_phonon(model, phi, q, temperature, mesh=mesh, quantum=quantum, form_factor=form_factor,
+                              lattice_cov=Cr)

@@ -1,4 +1,8 @@
-"""Where the intensity is computed: a finite periodic supercell, or an effectively infinite crystal."""
+"""Where the intensity is computed: a finite periodic supercell, or an effectively infinite crystal.
+
+Both geometries are frozen objects passed down whole: ``.shape`` (the supercell repeats, or the
+k-mesh of an infinite crystal) and ``.k_grid(crystal)``, the one k-grid builder of the package.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from xtds.crystal import Crystal
+from xtds.errors import triple
 
-__all__ = ["PeriodicSupercell", "InfiniteCrystal", "supercell_q_grid"]
+__all__ = ["PeriodicSupercell", "InfiniteCrystal", "supercell_q_grid", "auto_geometry", "triple", "shape_of",
+           "k_grid", "GRID_TOL"]
+
+#: How far (in units of the grid step 1/L) an H, K or L may lie from a supercell's grid and still
+#: count as on it.
+GRID_TOL = 1e-6
 
 
-def _triple(x, what) -> tuple[int, int, int]:
-    t = tuple(int(v) for v in np.broadcast_to(np.asarray(x, dtype=int), (3,)))
-    if min(t) < 1 or not np.allclose(np.broadcast_to(np.asarray(x, dtype=float), (3,)), t):
-        raise ValueError(f"{what} must be positive integers, got {x!r}")
-    return t
+def k_grid(crystal: Crystal, shape) -> np.ndarray:
+    """The k-points k = Σ (m_i / L_i) b_i, m_i = 0 … L_i − 1, of an L1×L2×L3 supercell of
+    ``crystal``: shape (L1, L2, L3, 3), Å⁻¹."""
+    return crystal.k_grid(triple(shape, "k-grid sizes"))
 
 
 @dataclass(frozen=True)
@@ -27,17 +36,26 @@ class PeriodicSupercell:
     repeats: tuple[int, int, int]
 
     def __init__(self, repeats):
-        object.__setattr__(self, "repeats", _triple(repeats, "supercell repeats"))
+        object.__setattr__(self, "repeats", triple(repeats, "supercell repeats"))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The repeats (L1, L2, L3): the shape of the supercell's k-grid."""
+        return self.repeats
 
     @property
     def n_cells(self) -> int:
         return int(np.prod(self.repeats))
 
+    def k_grid(self, crystal: Crystal) -> np.ndarray:
+        """The supercell's k-points: shape (L1, L2, L3, 3), Å⁻¹."""
+        return k_grid(crystal, self.repeats)
+
     def grid_indices(self, crystal: Crystal, q: np.ndarray) -> np.ndarray:
         """Integer n with q = Σ n_i b_i / L_i; a ``ValueError`` if q is off the grid."""
         n = crystal.cartesian_to_rlu(q) * np.asarray(self.repeats)
         rn = np.round(n)
-        if len(n) and np.abs(n - rn).max() > 1e-6:
+        if len(n) and np.abs(n - rn).max() > GRID_TOL:
             bad = int(np.abs(n - rn).max(axis=1).argmax())
             raise ValueError(
                 f"q = {np.asarray(q)[bad].round(5)} Å⁻¹ is not on the reciprocal grid of the {self.repeats} "
@@ -54,7 +72,34 @@ class InfiniteCrystal:
     mesh: tuple[int, int, int]
 
     def __init__(self, mesh=16):
-        object.__setattr__(self, "mesh", _triple(mesh, "k-mesh sizes"))
+        object.__setattr__(self, "mesh", triple(mesh, "k-mesh sizes"))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The k-mesh (M1, M2, M3)."""
+        return self.mesh
+
+    def k_grid(self, crystal: Crystal) -> np.ndarray:
+        """The mesh's k-points: shape (M1, M2, M3, 3), Å⁻¹."""
+        return k_grid(crystal, self.mesh)
+
+
+def shape_of(geometry, what: str = "supercell repeats") -> tuple[int, int, int]:
+    """The k-grid shape of a geometry object, or of a shape given directly (one integer or three)."""
+    if isinstance(geometry, (PeriodicSupercell, InfiniteCrystal)):
+        return geometry.shape
+    return triple(geometry, what)
+
+
+def auto_geometry(hkl, max_repeats: int = 40, mesh: int = 16) -> PeriodicSupercell | InfiniteCrystal:
+    """:class:`PeriodicSupercell` (L) when every H, K, L (shape (N, 3), r.l.u.) is a multiple of
+    1/L within :data:`GRID_TOL` for some L ≤ ``max_repeats`` (the smallest such L), else
+    :class:`InfiniteCrystal` (``mesh``)."""
+    hkl = np.asarray(hkl, dtype=float)
+    for L in range(1, max_repeats + 1):
+        if np.abs(hkl * L - np.round(hkl * L)).max(initial=0.0) < GRID_TOL:
+            return PeriodicSupercell(L)
+    return InfiniteCrystal(mesh)
 
 
 def supercell_q_grid(crystal: Crystal, repeats, n_max) -> np.ndarray:
@@ -62,8 +107,9 @@ def supercell_q_grid(crystal: Crystal, repeats, n_max) -> np.ndarray:
 
     For the paper: ``supercell_q_grid(Crystal.preset("Ni"), 5, 40)`` is its 81³ grid.
     """
-    L = np.asarray(_triple(repeats, "supercell repeats"))
-    nm = np.broadcast_to(np.asarray(n_max, dtype=int), (3,))
+    L = np.asarray(triple(repeats, "supercell repeats"))
+    nm = np.asarray(triple(np.asarray(n_max) + 1, "n_max + 1")) - 1
     axes = [np.arange(-m, m + 1) for m in nm]
     n = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     return crystal.rlu_to_cartesian(n / L)
+

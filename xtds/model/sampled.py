@@ -23,10 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xtds.errors import UnstableError, check_temperature
+from xtds.formfactor import form_factor_table
 from xtds.ifc import IFCModel
-from xtds.model.covariance import _check_temperature, grid_k
+from xtds.laue import LaueGroup
+from xtds.model.geometry import PeriodicSupercell, k_grid, shape_of
 from xtds.model.nufft import DEFAULT_EPS, ModeBox, pair_sums, species_pairs
-from xtds.phonons import UnstableError
 from xtds.supercell import Supercell, supercell_hessian
 from xtds.units import KB_EV_PER_K
 
@@ -61,10 +63,10 @@ def sample_displacements(
     (cells slowest, basis atoms fastest). Differentiable in φ. The noise comes from ``generator``
     (a seeded ``torch.Generator`` makes the draw reproducible; it is always drawn on the CPU).
     """
-    T = _check_temperature(temperature)
+    T = check_temperature(temperature)
     kBT = KB_EV_PER_K * T
     cell = model.crystal
-    L = tuple(int(x) for x in np.broadcast_to(np.asarray(repeats, dtype=int), (3,)))
+    L = shape_of(repeats)
     n = cell.n_atoms
     N = n * int(np.prod(L))
     dt, dev = phi.dtype, phi.device
@@ -83,7 +85,7 @@ def sample_displacements(
         raise ValueError(f"solver must be 'dense' or 'kspace', got {solver!r}")
     from xtds import dynamics
 
-    k = grid_k(cell, L).reshape(-1, 3)
+    k = k_grid(cell, L).reshape(-1, 3)
     H = dynamics.force_constant_matrix(model, phi, k, cell=cell)  # (K, 3n, 3n)
     # k = 0 is the only k ≡ G on the grid; there the rigid translations are the uniform vector
     U = torch.eye(3, dtype=H.dtype, device=dev).repeat(n, 1) / np.sqrt(n)
@@ -135,32 +137,21 @@ class _Layout:
         return (self.weight * Pm).sum(-2) / self.n_prim_cells
 
 
-def _orbit_members(cell, geom, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _orbit_members(cell, geom: PeriodicSupercell, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct supercell modes of each q's Laue orbit: modes (n_members, 3) int and their
     owners (n_members,) int, grouped by owner."""
-    from xtds.laue import laue_rotations
-
-    R = laue_rotations(cell)
-    images = np.einsum("gij,qj->qgi", R, q).reshape(-1, 3)  # (Q·G, 3), Å⁻¹
+    n = geom.grid_indices(cell, q)
     try:
-        n = geom.grid_indices(cell, images)
+        return LaueGroup.of(crystal=cell).images(n, scale=1.0 / np.asarray(geom.repeats))
     except ValueError as err:
         raise ValueError(
             f"orbit averaging needs a supercell that the Laue group maps onto itself; the {geom.repeats} supercell "
             "is not (use equal repeats along axes the group permutes, or orbit_average=False)"
         ) from err
-    span = int(np.abs(n).max()) + 1
-    base = 2 * span + 1
-    owner = np.repeat(np.arange(len(q)), len(R))
-    key = ((owner * base + n[:, 0] + span) * base + n[:, 1] + span) * base + n[:, 2] + span
-    _, first = np.unique(key, return_index=True)  # sorted by key, so grouped by owner
-    return n[first], owner[first]
 
 
 def _layout(model, phi, q, repeats, form_factor, orbit_average=False) -> _Layout:
-    from xtds.model.geometry import PeriodicSupercell
-
-    geom = PeriodicSupercell(repeats)
+    geom = PeriodicSupercell(shape_of(repeats))
     cell = model.crystal
     qn = torch.as_tensor(q).detach().cpu().numpy().astype(float)
     if orbit_average:
@@ -172,12 +163,7 @@ def _layout(model, phi, q, repeats, form_factor, orbit_average=False) -> _Layout
     species = [cell.species[i % cell.n_atoms] for i in range(sc.n_atoms)]
     uniq = sorted(set(species))
     group = np.array([uniq.index(s) for s in species])
-    if form_factor is None:
-        f = np.ones((len(uniq), len(qn)))
-    else:
-        from xtds.formfactor import form_factors
-
-        f = form_factors(uniq, np.linalg.norm(qn, axis=1))
+    f = form_factor_table(uniq, np.linalg.norm(qn, axis=1), form_factor)
     weight = np.stack([(1 if s == t else 2) * f[s] * f[t] for s, t in species_pairs(len(uniq))])
 
     def tensor(x, dtype=None):

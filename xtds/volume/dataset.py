@@ -10,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from xtds.io import check_volume
+from xtds.errors import triple
+from xtds.laue import LaueGroup, laue_class_of
 from xtds.volume import masks as _masks
 from xtds.volume.backend import array_module as _xp
-from xtds.volume.laue_grid import grid_operations, laue_class_of, laue_matrices
+from xtds.volume.laue_grid import grid_operations
+from xtds.volume.schema import INV_ANGSTROM as _INV_A
+from xtds.volume.schema import check_volume
 from xtds.volume.symmetrize import symmetrize_array
 
 __all__ = [
@@ -29,8 +32,6 @@ __all__ = [
     "as_backend",
     "laue_of",
 ]
-
-_INV_A = "1/angstrom"
 
 
 def _is_dask(x) -> bool:
@@ -55,15 +56,14 @@ def reciprocal_of(ds: xr.Dataset, crystal=None) -> np.ndarray:
     return np.asarray(lattice_only.reciprocal)
 
 
-def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> tuple[str, np.ndarray]:
-    """(label, matrices) of the Laue group: ``laue``, else the crystal's, else ``attrs['space_group']``."""
+def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> LaueGroup:
+    """The Laue group: ``laue`` (a class name), else the crystal's, else ``attrs['space_group']``."""
     if laue is not None:
-        return laue, laue_matrices(laue=laue)
+        return LaueGroup.of(laue=laue)
     if crystal is not None:
-        return laue_class_of(crystal.space_group), laue_matrices(crystal=crystal)
+        return LaueGroup.of(crystal=crystal)
     if "space_group" in ds.attrs:
-        cls = laue_class_of(ds.attrs["space_group"])
-        return cls, laue_matrices(laue=cls)
+        return LaueGroup.of(laue=laue_class_of(ds.attrs["space_group"]))
     raise ValueError("no Laue group: pass laue='m-3m', crystal=..., or set ds.attrs['space_group']")
 
 
@@ -233,8 +233,8 @@ def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int
     summed ``weights``, and ``mask`` = no valid partner. attrs ``symmetrized`` names the group.
     """
     ds = check_volume(ds).transpose("H", "K", "L", ...)
-    label, R = laue_of(ds, laue, crystal)
-    ops = grid_operations(R, [ds[d].values for d in "HKL"])
+    group = laue_of(ds, laue, crystal)
+    ops = grid_operations(group.matrices, [ds[d].values for d in "HKL"])
     w = weights_of(ds)
     inten = xr.where(w > 0, ds["intensity"], 0.0)
     I_s, w_s = symmetrize_array(inten.data, w.data, ops, chunk=chunk)
@@ -245,7 +245,7 @@ def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int
                                   attrs={"units": "1", "long_name": "summed weights"})
     out["mask"] = out["weights"] <= 0
     out["mask"].attrs.update(long_name="excluded voxels (True = excluded)", units="1")
-    out.attrs["symmetrized"] = f"{label} ({len(ops)} operations)"
+    out.attrs["symmetrized"] = f"{group.name} ({len(ops)} operations)"
     return out
 
 
@@ -269,22 +269,13 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
     idx = np.stack(np.unravel_index(valid, shape), axis=1)  # (P, 3)
     Iv, wv = I.ravel()[valid], w.ravel()[valid]
     if irreducible:
-        _, R = laue_of(ds, laue, crystal)
-        ops = grid_operations(R, [ds[d].values for d in "HKL"])
-        n = np.asarray(shape)
-        keys = None
-        for op in ops:
-            cols = [idx[:, op.perm[a]] for a in range(3)]
-            src = np.stack([np.where(op.sign[a] < 0, n[a] - 1 - c, c) for a, c in enumerate(cols)], 1)
-            k = np.ravel_multi_index(src.T, shape)
-            keys = k if keys is None else np.maximum(keys, k)
-        uniq, inv = np.unique(keys, return_inverse=True)
-        wsum = np.bincount(inv, weights=wv)
-        Isum = np.bincount(inv, weights=Iv * wv)
-        mult = np.bincount(inv)
-        first = np.zeros(len(uniq), dtype=np.int64)
-        first[inv[::-1]] = np.arange(len(inv))[::-1]
-        idx, Iv, wv = idx[first], Isum / wsum, wsum
+        group = laue_of(ds, laue, crystal)
+        grid_operations(group.matrices, [ds[d].values for d in "HKL"])  # the grid maps onto itself
+        # centred integer coordinates m = 2i − (n − 1): the signed permutations act on them as on h
+        orb = group.orbits(2 * idx - (np.asarray(shape) - 1))
+        wsum = np.bincount(orb.inverse, weights=wv)
+        Isum = np.bincount(orb.inverse, weights=Iv * wv)
+        idx, Iv, wv, mult = idx[orb.index], Isum / wsum, wsum, orb.counts
     else:
         mult = np.ones(len(valid), dtype=np.int64)
     hkl = np.stack([ds[d].values[idx[:, a]] for a, d in enumerate("HKL")], 1)
@@ -314,9 +305,7 @@ def rebin(ds: xr.Dataset, factor: int | tuple[int, int, int]) -> xr.Dataset:
     intensity = Σ I w / Σ w over each block, weights = Σ w; H, K, L = block means.
     """
     ds = check_volume(ds)
-    f = tuple(int(x) for x in np.broadcast_to(np.asarray(factor), (3,)))
-    if min(f) < 1:
-        raise ValueError(f"rebin factors must be positive integers, got {factor}")
+    f = triple(factor, "rebin factors")
     w = weights_of(ds)
     win = dict(zip("HKL", f, strict=True))
     num = xr.where(w > 0, ds["intensity"] * w, 0.0).coarsen(win, boundary="trim").sum()

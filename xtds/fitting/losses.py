@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from xtds import dynamics
+from xtds.model.covariance import is_gamma
 
 __all__ = ["LOSSES", "residuals", "eigen_penalty", "min_eigenvalues"]
 
@@ -54,8 +55,6 @@ def min_eigenvalues(model, phi: torch.Tensor, k: np.ndarray) -> torch.Tensor:
     """
     H = dynamics.force_constant_matrix(model, phi, k, cell=model.crystal)
     lam = torch.linalg.eigvalsh(H)
-    from xtds.model.covariance import is_gamma
-
     g = torch.as_tensor(is_gamma(model.crystal, k), device=lam.device)
     if torch.any(g):
         lam = lam.clone()

@@ -1,0 +1,41 @@
+"""Errors and argument checks shared by every layer (the lowest module: it imports nothing of xtds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["UnstableError", "check_temperature", "triple"]
+
+
+class UnstableError(ValueError):
+    """Force constants with imaginary phonon frequencies (a Hessian that is not positive definite)."""
+
+
+def check_temperature(temperature) -> float:
+    """The temperature as a positive finite float in K; a ``ValueError`` that says why otherwise.
+
+    The TDS scale rests on k_B T, so a temperature is never guessed.
+    """
+    if temperature is None:
+        raise ValueError("temperature (K) is required: the TDS scale depends on k_B T")
+    try:
+        T = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a number in K, got {temperature!r}") from None
+    if not (math.isfinite(T) and T > 0):
+        raise ValueError(f"temperature must be positive and finite (K), got {temperature!r}")
+    return T
+
+
+def triple(x, what: str = "sizes") -> tuple[int, int, int]:
+    """Three positive integers from one (broadcast to three axes) or three; a ``ValueError``
+    naming ``what`` otherwise. The one reading of supercell repeats and mesh sizes."""
+    arr = np.asarray(x)
+    if arr.ndim > 1 or arr.size not in (1, 3) or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{what} must be one positive integer or three, got {x!r}")
+    f = np.broadcast_to(arr.astype(float), (3,))
+    if not np.all(np.isfinite(f)) or np.any(f < 1) or not np.allclose(f, np.round(f)):
+        raise ValueError(f"{what} must be positive integers, got {x!r}")
+    return tuple(int(v) for v in np.round(f))

@@ -1,0 +1,11 @@
+"""IFC fitting: problems (:mod:`xtds.fitting.problem`), losses (:mod:`xtds.fitting.losses`),
+optimizers with checkpoints (:mod:`xtds.fitting.optimize`) and the fit loop
+(:mod:`xtds.fitting.core`).
+
+``xtds.fit`` is :func:`fit`; this package is its home."""
+
+from xtds.fitting.core import Objective, fit, fit_points, fit_problems, points_problem
+from xtds.fitting.optimize import LM, Adam
+from xtds.fitting.problem import Problem
+
+__all__ = ["fit", "fit_points", "fit_problems", "points_problem", "Problem", "Objective", "LM", "Adam"]

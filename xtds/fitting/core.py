@@ -1,0 +1,457 @@
+"""The fit: problems → optimizer → covariance → a labelled Dataset.
+
+:func:`fit_problems` is the loop every kind of data goes through: a list of
+:class:`~xtds.fitting.problem.Problem` sharing one vector of force constants, an optimizer
+(:class:`~xtds.fitting.optimize.LM` or :class:`~xtds.fitting.optimize.Adam`), the covariance and
+the result. :func:`fit_points` makes the problem of a volume's fitting points and :func:`fit`
+prepares a volume first; ``ds.tds.fit(...)`` is :func:`fit` on the Dataset.
+
+Parameters x = (φ, nuisance of problem 1, nuisance of problem 2, …); the loss is the sum of the
+problems' squared residual norms.
+
+Uncertainties: the Gauss–Newton covariance of that (unweighted) least-squares estimator,
+cov = J⁺ Σ J⁺ᵀ, with J the Jacobian of the stacked residuals at the optimum and Σ the residual
+covariance: σ̂_p² per problem p from its residuals (for ``var_log``: Σρ² / dof, the irreducible
+points counting as independent observations; for ``chi2``: 1, the residuals being in units of σ),
+or, for data that are a mean over N sampled configurations, the covariance of single-configuration
+draws through the linearized fit, divided by N. For one problem J⁺ σ̂² J⁺ᵀ = σ̂² (JᵀJ)⁻¹.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xtds._version import __version__
+from xtds.errors import UnstableError, check_temperature
+from xtds.fitting.losses import eigen_penalty, min_eigenvalues
+from xtds.fitting.optimize import LM, Adam, Checkpoint
+from xtds.fitting.problem import Problem, describe
+from xtds.ifc import IFCModel
+from xtds.model.geometry import auto_geometry
+from xtds.model.observable import TDSIntensity
+from xtds.phonons import dispersion, dos, elastic_constants
+from xtds.volume import dataset as vol
+
+__all__ = ["fit", "fit_points", "fit_problems", "Objective"]
+
+
+def initial_vector(model: IFCModel, initial) -> torch.Tensor:
+    """Starting φ from a mapping, a DataArray, an array, or a Phonopy object (projected)."""
+    if initial is None:
+        raise ValueError(
+            "give starting force constants: initial={name: value} (eV/Å²), an IFC DataArray, or phonopy force "
+            "constants (a Phonopy object); e.g. xtds.datasets.paper_ni_ifcs('starting') for the paper's Ni"
+        )
+    if hasattr(initial, "force_constants") and hasattr(initial, "supercell"):
+        from xtds.phonopy_io import from_phonopy
+
+        return model.vector(from_phonopy(model, initial).phi)
+    phi = model.vector(initial)
+    if not torch.all(torch.isfinite(phi)):
+        given = dict(zip(model.names, phi.tolist(), strict=True))
+        raise ValueError(f"the starting force constants hold NaN or inf: {given}")
+    return phi
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """The problems of a fit as functions of the parameter vector x (what the optimizers call)."""
+
+    problems: tuple[Problem, ...]
+    model: IFCModel
+    k: np.ndarray  # (K, 3) Å⁻¹: where stability is required (every observable's k-points)
+
+    @property
+    def n_free(self) -> int:
+        return self.model.n_free
+
+    @property
+    def stochastic(self) -> bool:
+        return any(p.observable.stochastic for p in self.problems)
+
+    @property
+    def dtype(self):
+        return getattr(self.problems[0].observable, "dtype", torch.float64)
+
+    @property
+    def device(self):
+        return getattr(self.problems[0].observable, "device", None)
+
+    def split(self, x) -> tuple[torch.Tensor, list]:
+        """(φ, [nuisance of each problem]) from x."""
+        x = torch.as_tensor(x, dtype=self.dtype, device=self.device) if not isinstance(x, torch.Tensor) else \
+            x.to(dtype=self.dtype, device=self.device)
+        start, nus = self.n_free, []
+        for p in self.problems:
+            nus.append(x[start : start + p.n_nuisance])
+            start += p.n_nuisance
+        return x[: self.n_free], nus
+
+    def rows(self) -> list[slice]:
+        """The rows of each problem in the stacked residual vector."""
+        out, start = [], 0
+        for p in self.problems:
+            out.append(slice(start, start + len(p)))
+            start += len(p)
+        return out
+
+    def check_stable(self, phi: torch.Tensor) -> None:
+        lam = min_eigenvalues(self.model, phi, self.k)
+        bad = lam[torch.isfinite(lam)] < -1e-10
+        if torch.any(bad):
+            raise UnstableError(f"{int(bad.sum())} negative Hessian eigenvalues (min {float(lam.min()):.3g} eV/Å²)")
+
+    def residuals(self, x, check_stable: bool = False) -> np.ndarray:
+        """The stacked residuals (numpy) of the deterministic (mean) models."""
+        phi, nus = self.split(x)
+        if check_stable:
+            self.check_stable(phi)
+        with torch.no_grad():
+            return torch.cat([p.residuals(phi, nu) for p, nu in zip(self.problems, nus, strict=True)]).cpu().numpy()
+
+    def loss(self, x: torch.Tensor, epoch: int, penalty: float = 1.0) -> torch.Tensor:
+        """The stochastic loss Σ‖ρ‖² of one epoch; the eigenvalue penalty alone while it acts (Eq. 12–13)."""
+        phi, nus = self.split(x)
+        pen = eigen_penalty(self.model, phi, self.k, alpha=penalty)
+        if pen > 0:
+            return pen
+        return sum((p.residuals(phi, nu, epoch) ** 2).sum() for p, nu in zip(self.problems, nus, strict=True))
+
+
+def fit_problems(
+    problems,
+    initial,
+    optimizer: LM | Adam | None = None,
+    noise_draws: int = 200,
+    checkpoint=None,
+    callback=None,
+    progress: bool = True,
+    source: str | None = None,
+) -> xr.Dataset:
+    """Fit one vector of force constants to a sum of problems.
+
+    Parameters
+    ----------
+    problems
+        A :class:`~xtds.fitting.problem.Problem` or a list of them, all on the same
+        :class:`~xtds.IFCModel` (joint fits of several volumes, temperatures or kinds of data).
+    initial
+        Starting force constants: mapping, DataArray, array, or a Phonopy object (projected).
+    optimizer
+        :class:`LM` (default for deterministic observables) or :class:`Adam` (default, and
+        required, when an observable is stochastic).
+    noise_draws
+        Single-configuration draws for the covariance of problems with ``noise_configurations``.
+    checkpoint
+        A file path: progress is saved there and a restarted fit resumes from it (problems and
+        optimizer must be the same; ``max_iter``/``epochs`` may grow).
+    callback
+        Called as ``callback(iteration, x, loss)`` after every accepted iteration.
+
+    Returns
+    -------
+    ``xr.Dataset``: ``ifc``, ``ifc_stderr`` (dim ``constant``; eV/Å², a0 included), ``ifc_cov``,
+    ``dispersion``, ``dos``, ``elastic_constants``, ``loss`` and ``wall_time`` (dim
+    ``iteration``), each problem's data, scaled model and residual (prefixed by its name in a
+    joint fit), attrs with provenance and timings.
+    """
+    t_start = time.perf_counter()
+    problems = (problems,) if isinstance(problems, Problem) else tuple(problems)
+    if not problems:
+        raise ValueError("give at least one Problem to fit")
+    model = problems[0].model
+    for p in problems[1:]:
+        if p.model is not model and (repr(p.model.crystal), p.model.names) != (repr(model.crystal), model.names):
+            raise ValueError("the problems of one fit must share one IFCModel (crystal and cutoff)")
+    names = [p.name for p in problems]
+    if len(problems) > 1 and (len(set(names)) != len(names) or "" in names):
+        raise ValueError(f"the problems of a joint fit need distinct, non-empty names, got {names}")
+    k = np.unique(np.concatenate([p.observable.stability_k() for p in problems]).round(12), axis=0)
+    objective = Objective(problems, model, k)
+    if optimizer is None:
+        optimizer = Adam() if objective.stochastic else LM()
+    phi0 = initial_vector(model, initial).to(dtype=objective.dtype, device=objective.device)
+    try:
+        objective.check_stable(phi0)
+    except UnstableError as err:
+        raise UnstableError(
+            f"the starting force constants are dynamically unstable ({err}); start from stable IFCs (check with "
+            "xtds.stability(model, ifc)), e.g. a nearest-neighbour model or projected phonopy force constants"
+        ) from err
+    x0 = np.concatenate([phi0.cpu().numpy()] + [p.initial_nuisance(phi0) for p in problems])
+    settings = {"problems": [describe(p) for p in problems], "optimizer": describe(optimizer)}
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
+    res = optimizer.minimize(objective, x0, checkpoint=ckpt, progress=progress, callback=callback)
+    cov, stats = _covariance(objective, res, noise_draws)
+    out = _result(objective, res, cov, stats, settings, x0)
+    out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start))
+    return out
+
+
+def _covariance(objective: Objective, res, noise_draws: int):
+    """cov = J⁺ Σ J⁺ᵀ (see the module docstring) and per-problem (n, dof, σ̂²)."""
+    J = res.jacobian
+    rho = objective.residuals(res.x)
+    Jp = np.linalg.pinv(J)
+    phi, nus = objective.split(res.x)
+    n_total = len(rho)
+    cov = np.zeros((J.shape[1], J.shape[1]))
+    stats = []
+    for p, rows, nu in zip(objective.problems, objective.rows(), nus, strict=True):
+        dof, unit = p.dof_and_variance(rho[rows], objective.n_free * len(p) / n_total)
+        Jr = Jp[:, rows]
+        if p.noise_configurations:
+            seed = int(getattr(p.observable, "seed", 0) or 0) + 7919
+            shifts = -p.noise_residuals(phi, nu, noise_draws, seed) @ Jr.T
+            cov += np.cov(shifts, rowvar=False) / float(p.noise_configurations)
+            s2, dof = float("nan"), len(p)
+        else:
+            cov += unit * (Jr @ Jr.T)
+            s2 = unit * float(p.weight.sum()) if p.loss == "var_log" else 1.0  # per voxel: Var of one log I
+        stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2})
+    return cov, stats
+
+
+def _result(objective: Objective, res, cov, stats, settings, x0) -> xr.Dataset:
+    model, n_free = objective.model, objective.n_free
+    T = np.vstack([model.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
+
+    def on_constants(c):  # (n_x, n_x) → (n_constants, n_constants), a0 and the free constants
+        return T @ c[:n_free, :n_free] @ T.T
+
+    cov_optimizer = res.x_cov
+    kind = "Gauss–Newton" if cov_optimizer is None else "Gauss–Newton plus the Adam iterates' scatter"
+    cov_all = on_constants(cov if cov_optimizer is None else cov + cov_optimizer)
+    phi_hat = res.x[:n_free]
+    ifc = model.to_dataarray(phi_hat)
+    names = list(ifc["constant"].values)
+    ds = xr.Dataset({"ifc": ifc})
+    ds["ifc_stderr"] = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
+                                    attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
+    ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
+                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
+    if cov_optimizer is not None:
+        ds["ifc_optimizer_stderr"] = xr.DataArray(
+            np.sqrt(np.clip(np.diag(on_constants(cov_optimizer)), 0, None)), dims=("constant",),
+            attrs={"units": "eV/Å^2", "long_name": "scatter of the Adam iterates over the last 10% of epochs"})
+    phi_t = torch.as_tensor(phi_hat, dtype=torch.float64)
+    disp = dispersion(model, phi_t)
+    ds["dispersion"] = disp.rename({c: f"k_{c}" for c in ("H", "K", "L", "qx", "qy", "qz") if c in disp.coords})
+    ds["dos"] = dos(model, phi_t, mesh=16, sigma=0.1)
+    ds["elastic_constants"] = elastic_constants(model, phi_t)
+    hist = np.array(res.history, dtype=float).reshape(-1, 3)
+    losses = sorted({p.loss for p in objective.problems})
+    ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
+                              attrs={"long_name": f"loss ({' + '.join(losses)})", "units": "1"})
+    ds["wall_time"] = xr.DataArray(hist[:, 2], dims=("iteration",), attrs={"units": "s"})
+    phi, nus = objective.split(res.x)
+    for p, nu in zip(objective.problems, nus, strict=True):
+        ds = ds.assign(p.result_variables(phi, nu))
+    ds.attrs.update(
+        xtds_version=__version__,
+        settings=json.dumps(settings, default=str),
+        initial_ifc=json.dumps(dict(zip(model.names, x0[:n_free].tolist(), strict=True))),
+        converged=int(res.converged),
+        message=res.message,
+        iterations=int(res.iterations),
+        resumed_from=-1 if res.resumed_from is None else int(res.resumed_from),
+        sigma2_hat=float(stats[0]["sigma2_hat"]),
+        dof=int(stats[0]["dof"]),
+        problems=json.dumps(stats),
+        final_loss=float(res.loss),
+    )
+    if res.start_condition is not None:
+        ds.attrs["start_condition"] = res.start_condition
+    return ds
+
+
+def points_problem(
+    points: xr.Dataset,
+    model: IFCModel,
+    temperature: float,
+    method: str = "exact",
+    geometry="auto",
+    quantum: bool = False,
+    form_factor: str | None = "cromer-mann",
+    loss: str = "var_log",
+    background: bool = False,
+    n_samples: int = 15,
+    solver: str = "kspace",
+    orbit_average: bool = True,
+    seed: int = 0,
+    noise_configurations: int | None = None,
+    dtype=torch.float64,
+    device=None,
+    name: str = "",
+) -> Problem:
+    """The :class:`Problem` of a volume's fitting points (from :func:`xtds.volume.to_points`): a
+    :class:`~xtds.model.TDSIntensity` at their q with the method's options, compared with their
+    ``intensity`` (weights: ``multiplicity``; ``sigma`` when present). ``orbit_average`` applies
+    to ``sampled`` only. Arguments as :func:`fit_points`."""
+    if "point" not in points.dims or "q" not in points:
+        raise ValueError("points must be a Dataset on dim 'point' with 'q' (from ds.tds.to_points())")
+    if str(points["q"].attrs.get("units", "")) != "1/angstrom":
+        raise ValueError("points['q'] must carry units '1/angstrom' (Cartesian, 2π included)")
+    hkl = np.stack([points[d].values for d in "HKL"], 1)
+    if isinstance(geometry, str):
+        if geometry != "auto":
+            raise ValueError(f"geometry must be 'auto', a PeriodicSupercell or an InfiniteCrystal, got {geometry!r}")
+        geometry = auto_geometry(hkl)
+    observable = TDSIntensity(model, points["q"].values, temperature, method=method, geometry=geometry,
+                              quantum=quantum, form_factor=form_factor, laue_reduce="auto",
+                              orbit_average=bool(orbit_average) and method == "sampled", n_samples=n_samples,
+                              solver=solver, seed=seed, dtype=dtype, device=device)
+    mult = points["multiplicity"].values if "multiplicity" in points else None
+    coords = {"point": points["point"].values} if "point" in points.coords else {}
+    coords.update({d: (points[d].values, dict(points[d].attrs)) for d in "HKL"})
+    return Problem(observable, points["intensity"].values, weight=mult,
+                   sigma=points["sigma"].values if "sigma" in points else None, loss=loss,
+                   background=True if background else None,
+                   noise_configurations=noise_configurations, name=name, coords=coords,
+                   data_attrs=dict(points["intensity"].attrs))
+
+
+def fit_points(
+    points: xr.Dataset,
+    crystal,
+    temperature: float,
+    shells: int | None = None,
+    cutoff: float | None = None,
+    initial=None,
+    *,
+    method: str = "exact",
+    geometry="auto",
+    quantum: bool = False,
+    form_factor: str | None = "cromer-mann",
+    loss: str = "var_log",
+    background: bool = False,
+    n_samples: int = 15,
+    solver: str = "kspace",
+    orbit_average: bool = True,
+    seed: int = 0,
+    noise_configurations: int | None = None,
+    noise_draws: int = 200,
+    optimizer: LM | Adam | None = None,
+    checkpoint=None,
+    callback=None,
+    progress: bool = True,
+    dtype=torch.float64,
+    device=None,
+    source: str | None = None,
+) -> xr.Dataset:
+    """Fit force constants to fitting points (from :func:`xtds.volume.to_points`).
+
+    Parameters
+    ----------
+    points
+        Dataset on dim ``point`` with ``intensity``, ``multiplicity``, ``q`` (Å⁻¹) and H, K, L
+        (r.l.u.); optional ``sigma`` for ``loss="chi2"``.
+    crystal, temperature
+        The :class:`~xtds.Crystal` and the temperature (K, required).
+    shells, cutoff
+        The IFC model's range (neighbour shells or a radius in Å).
+    initial
+        Starting IFCs: mapping, DataArray, or a Phonopy object (projected on the basis).
+    method, geometry, quantum, form_factor
+        The forward model (:class:`~xtds.model.TDSIntensity`); ``geometry="auto"`` is a periodic
+        supercell when the points lie on its grid, else an infinite crystal.
+    loss, background
+        ``"var_log"`` (the paper's) or ``"chi2"``; ``background=True`` fits a scale and a constant
+        background jointly (always for ``chi2``).
+    n_samples, solver, orbit_average, seed
+        ``sampled`` only: configurations per epoch, the Cholesky solver, whether each point's
+        model averages every configuration over its Laue orbit (default; the same mean with less
+        noise), and the noise seed (``seed + epoch`` per epoch).
+    noise_configurations, noise_draws
+        The data are a mean over N sampled configurations (the paper's synthetic target): the
+        covariance then comes from ``noise_draws`` single configurations at the fitted IFCs, each
+        mapped to a parameter shift by the linearized fit, divided by N.
+    optimizer
+        :class:`~xtds.fitting.LM` (default for ``exact``/``one_phonon``) or
+        :class:`~xtds.fitting.Adam` (default for ``sampled``), with their settings.
+    checkpoint, callback, progress
+        As :func:`fit_problems`.
+
+    Returns
+    -------
+    The Dataset of :func:`fit_problems`, with ``intensity``, ``model_intensity`` and ``residual``
+    on dim ``point``.
+    """
+    check_temperature(temperature)
+    model = IFCModel(crystal, shells=shells, cutoff=cutoff)
+    problem = points_problem(points, model, temperature, method=method, geometry=geometry, quantum=quantum,
+                             form_factor=form_factor, loss=loss, background=background, n_samples=n_samples,
+                             solver=solver, orbit_average=orbit_average, seed=seed,
+                             noise_configurations=noise_configurations, dtype=dtype, device=device)
+    return fit_problems([problem], initial, optimizer=optimizer, noise_draws=noise_draws, checkpoint=checkpoint,
+                        callback=callback, progress=progress, source=source)
+
+
+def fit(
+    ds: xr.Dataset,
+    crystal,
+    temperature: float | None = None,
+    shells: int | None = None,
+    cutoff: float | None = None,
+    initial=None,
+    *,
+    bragg: float | None = None,
+    q_min: float | None = None,
+    q_max: float | None = None,
+    symmetrize: bool = True,
+    laue: str | None = None,
+    method: str = "exact",
+    geometry="auto",
+    quantum: bool = False,
+    form_factor: str | None = "cromer-mann",
+    loss: str = "var_log",
+    background: bool = False,
+    n_samples: int = 15,
+    solver: str = "kspace",
+    orbit_average: bool = True,
+    seed: int = 0,
+    noise_configurations: int | None = None,
+    noise_draws: int = 200,
+    optimizer: LM | Adam | None = None,
+    checkpoint=None,
+    callback=None,
+    progress: bool = True,
+    dtype=torch.float64,
+    device=None,
+) -> xr.Dataset:
+    """Fit a volume: mask, symmetrize, reduce to irreducible points, and :func:`fit_points`.
+
+    Masks and wedges beyond the convenience keywords are the accessor chain's:
+    ``ds.tds.mask(...).tds.wedge(...).tds.fit(...)``. ``temperature`` defaults to
+    ``ds.attrs['temperature']`` (the file's) and is required one way or the other. ``bragg``
+    (r.l.u. radius), ``q_min``/``q_max`` (Å⁻¹) add masks; ``symmetrize`` averages over the Laue
+    group first (``laue``: a class name instead of the crystal's). Every other keyword is
+    :func:`fit_points`'s.
+    """
+    if temperature is None:
+        temperature = ds.attrs.get("temperature")
+        if temperature is None:
+            raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
+    prepared = vol.mask(ds, bragg=bragg, q_min=q_min, q_max=q_max, crystal=crystal)
+    group = dict(laue=laue) if laue else dict(crystal=crystal)
+    if symmetrize:
+        prepared = vol.symmetrize(prepared, **group)
+    points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)
+    out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, initial=initial, method=method,
+                     geometry=geometry, quantum=quantum, form_factor=form_factor, loss=loss, background=background,
+                     n_samples=n_samples, solver=solver, orbit_average=orbit_average, seed=seed,
+                     noise_configurations=noise_configurations, noise_draws=noise_draws, optimizer=optimizer,
+                     checkpoint=checkpoint, callback=callback, progress=progress, dtype=dtype, device=device,
+                     source=ds.attrs.get("source"))
+    out.attrs["preparation"] = json.dumps(
+        {"masks": prepared.attrs.get("masks"), "symmetrized": prepared.attrs.get("symmetrized"),
+         "n_valid_voxels": points.attrs.get("n_valid_voxels")}, default=str)
+    return out
