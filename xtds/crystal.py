@@ -17,7 +17,7 @@ import periodictable
 
 from xtds.errors import triple
 
-__all__ = ["Crystal", "PRESETS", "SYMPREC", "spglib_call"]
+__all__ = ["Crystal", "PRESETS", "SYMPREC", "spglib_call", "as_crystal"]
 
 #: Symmetry tolerance (Å) used for every spglib call.
 SYMPREC = 1e-5
@@ -406,3 +406,12 @@ PRESETS = {
     "MgO": lambda: Crystal.rocksalt("Mg", "O", a=4.212),
     "NaCl": lambda: Crystal.rocksalt("Na", "Cl", a=5.640),
 }
+
+
+def as_crystal(crystal) -> Crystal:
+    """A :class:`Crystal` from itself or from a preset's name ('Ni'); a ``TypeError`` otherwise."""
+    if isinstance(crystal, Crystal):
+        return crystal
+    if isinstance(crystal, str):
+        return Crystal.preset(crystal)
+    raise TypeError(f"crystal must be an xtds.Crystal or a preset name such as 'Ni', got {crystal!r}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LAUE_CLASSES", "laue_class_of", "LaueGroup", "Orbits"]
+__all__ = ["LAUE_CLASSES", "GRID_TOL", "laue_class_of", "LaueGroup", "Orbits"]
 
 #: A representative space-group number for each Laue class (its point group's holohedral setting).
 LAUE_CLASSES = {
@@ -45,6 +45,11 @@ _POINT_TO_LAUE = {
     "23": "m-3", "m-3": "m-3",
     "432": "m-3m", "-43m": "m-3m", "m-3m": "m-3m",
 }
+
+#: How far a coordinate may lie from a lattice of points (a volume's grid, a supercell's q-grid)
+#: and still count as on it, as a fraction of the lattice's step. The one grid tolerance of xtds:
+#: symmetrization, the supercell geometry and its automatic choice all use it.
+GRID_TOL = 1e-3
 
 #: Resolution (r.l.u.) at which :meth:`LaueGroup.reduce_q` quantizes arbitrary q: points closer
 #: than this are the same point.

@@ -20,6 +20,7 @@ draws through the linearized fit, divided by N. For one problem J⁺ σ̂² J⁺
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -28,17 +29,25 @@ import torch
 import xarray as xr
 
 from xtds._version import __version__
+from xtds.crystal import as_crystal
 from xtds.errors import UnstableError, check_temperature
 from xtds.fitting.losses import eigen_penalty, min_eigenvalues
 from xtds.fitting.optimize import LM, Adam, Checkpoint
 from xtds.fitting.problem import Problem, describe
 from xtds.ifc import IFCModel
-from xtds.model.geometry import auto_geometry
+from xtds.model.geometry import PeriodicSupercell, auto_geometry
 from xtds.model.observable import TDSIntensity
 from xtds.phonons import dispersion, dos, elastic_constants
 from xtds.volume import dataset as vol
+from xtds.volume.schema import check_crystal
 
-__all__ = ["fit", "fit_points", "fit_problems", "Objective"]
+__all__ = ["fit", "fit_points", "fit_problems", "points_problem", "Objective"]
+
+#: Singular values of the column-scaled Jacobian below this fraction of the largest count as zero:
+#: a parameter combination the data do not determine.
+RANK_RTOL = 1e-9
+
+log = logging.getLogger("xtds.fitting")
 
 
 def initial_vector(model: IFCModel, initial) -> torch.Tensor:
@@ -100,6 +109,33 @@ class Objective:
             out.append(slice(start, start + len(p)))
             start += len(p)
         return out
+
+    def parameter_names(self) -> list[str]:
+        names = list(self.model.names)
+        for p in self.problems:
+            prefix = f"{p.name}_" if p.name else ""
+            names += [f"{prefix}log_scale", f"{prefix}background"][: p.n_nuisance]
+        return names
+
+    def check_identifiable(self, J: np.ndarray, raise_: bool = True) -> dict:
+        """Rank and condition number of the Jacobian with unit columns; a ``ValueError`` naming the
+        unconstrained combination when the data do not determine every parameter."""
+        norms = np.linalg.norm(J, axis=0)
+        names = self.parameter_names()
+        dead = [names[i] for i in np.nonzero(norms == 0)[0]]
+        Jn = J / np.where(norms > 0, norms, 1.0)
+        s, Vt = np.linalg.svd(Jn, full_matrices=False)[1:]
+        rank = int(np.sum(s > RANK_RTOL * s[0])) if len(s) and s[0] > 0 else 0
+        info = {"rank": rank, "n_parameters": len(names), "condition": float(s[0] / s[-1]) if s[-1] > 0 else np.inf}
+        if rank < len(names) and raise_:
+            v = Vt[-1]
+            combo = dead or [f"{v[i]:+.2f}·{names[i]}" for i in np.argsort(-np.abs(v))[:4] if abs(v[i]) > 0.1]
+            raise ValueError(
+                f"the data do not determine the parameters: the Jacobian at the start has rank {rank} of "
+                f"{len(names)} (unconstrained: {' '.join(combo)}). Fit fewer constants (fewer shells or a "
+                "smaller cutoff), or add data (a wider |q| range, a full volume instead of a wedge)"
+            )
+        return info
 
     def check_stable(self, phi: torch.Tensor) -> None:
         lam = min_eigenvalues(self.model, phi, self.k)
@@ -172,6 +208,16 @@ def fit_problems(
     names = [p.name for p in problems]
     if len(problems) > 1 and (len(set(names)) != len(names) or "" in names):
         raise ValueError(f"the problems of a joint fit need distinct, non-empty names, got {names}")
+    n_points = sum(len(p) for p in problems)
+    n_params = model.n_free + sum(p.n_nuisance for p in problems)
+    n_centring = sum(1 for p in problems if p.loss == "var_log" and not p.n_nuisance)
+    if n_points < n_params + n_centring:
+        raise ValueError(
+            f"{n_points} data points cannot determine {n_params} parameters ({model.n_free} force constants"
+            f"{' and nuisance parameters' if n_params > model.n_free else ''}"
+            f"{', and the var_log loss spends one on the scale' if n_centring else ''}): add data (a larger volume, "
+            "no wedge, fewer masks) or fit fewer constants (fewer shells or a smaller cutoff)"
+        )
     k = np.unique(np.concatenate([p.observable.stability_k() for p in problems]).round(12), axis=0)
     objective = Objective(problems, model, k)
     if optimizer is None:
@@ -270,6 +316,11 @@ def _result(objective: Objective, res, cov, stats, settings, x0) -> xr.Dataset:
     )
     if res.start_condition is not None:
         ds.attrs["start_condition"] = res.start_condition
+    ident = res.identifiability or {}
+    ds.attrs.update(n_points=int(sum(len(p) for p in objective.problems)),
+                    n_parameters=int(len(objective.parameter_names())),
+                    jacobian_rank=int(ident.get("rank", -1)), jacobian_condition=float(ident.get("condition", np.nan)),
+                    geometry="; ".join(repr(getattr(p.observable, "geometry", None)) for p in objective.problems))
     return ds
 
 
@@ -305,6 +356,8 @@ def points_problem(
         if geometry != "auto":
             raise ValueError(f"geometry must be 'auto', a PeriodicSupercell or an InfiniteCrystal, got {geometry!r}")
         geometry = auto_geometry(hkl)
+        log.info("geometry='auto' chose %r for %d points", geometry, len(hkl))
+    check_range(model, geometry)
     observable = TDSIntensity(model, points["q"].values, temperature, method=method, geometry=geometry,
                               quantum=quantum, form_factor=form_factor, laue_reduce="auto",
                               orbit_average=bool(orbit_average) and method == "sampled", n_samples=n_samples,
@@ -317,6 +370,23 @@ def points_problem(
                    background=True if background else None,
                    noise_configurations=noise_configurations, name=name, coords=coords,
                    data_attrs=dict(points["intensity"].attrs))
+
+
+def check_range(model: IFCModel, geometry) -> None:
+    """A ``ValueError`` when the force constants reach beyond half a periodic supercell: a pair and
+    its periodic images would then be the same pair twice (the model no longer an infinite crystal's)."""
+    if not isinstance(geometry, PeriodicSupercell):
+        return
+    reach = max(float(i.distance) for i in model.info)
+    cell = np.asarray(model.crystal.lattice) * np.asarray(geometry.repeats)[:, None]
+    volume = abs(np.linalg.det(cell))
+    half = min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)) / 2
+    if reach > half * (1 + 1e-9):
+        raise ValueError(
+            f"the force constants reach {reach:.3f} Å, beyond half the {geometry.repeats} supercell ({half:.3f} Å): "
+            "a pair would meet its own periodic image. Fit fewer shells (or a smaller cutoff), or use a supercell "
+            "of more repeats (data on a finer grid) or geometry=InfiniteCrystal(...)"
+        )
 
 
 def fit_points(
@@ -386,7 +456,7 @@ def fit_points(
     on dim ``point``.
     """
     check_temperature(temperature)
-    model = IFCModel(crystal, shells=shells, cutoff=cutoff)
+    model = IFCModel(as_crystal(crystal), shells=shells, cutoff=cutoff)
     problem = points_problem(points, model, temperature, method=method, geometry=geometry, quantum=quantum,
                              form_factor=form_factor, loss=loss, background=background, n_samples=n_samples,
                              solver=solver, orbit_average=orbit_average, seed=seed,
@@ -440,6 +510,9 @@ def fit(
         temperature = ds.attrs.get("temperature")
         if temperature is None:
             raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
+    check_temperature(temperature)
+    crystal = as_crystal(crystal)
+    check_crystal(ds, crystal)
     prepared = vol.mask(ds, bragg=bragg, q_min=q_min, q_max=q_max, crystal=crystal)
     group = dict(laue=laue) if laue else dict(crystal=crystal)
     if symmetrize:

@@ -42,6 +42,7 @@ class OptimizeResult:
     x_cov: np.ndarray | None = None  # Adam: covariance of the iterates averaged into x (the last 10%)
     jacobian: np.ndarray | None = None  # of the deterministic residuals at x
     start_condition: float | None = None  # preconditioned Adam: condition number of JᵀJ at the start
+    identifiability: dict = field(default_factory=dict)  # rank and condition of the (scaled) Jacobian
 
 
 class Checkpoint:
@@ -50,6 +51,13 @@ class Checkpoint:
     def __init__(self, path, fingerprint: str):
         self.path = os.fspath(path)
         self.fingerprint = fingerprint
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"the folder of the checkpoint {self.path} does not exist: create it first")
+        if os.path.isdir(self.path):
+            raise ValueError(f"the checkpoint {self.path} is a folder: give a file name (e.g. fit.ckpt)")
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"cannot write the checkpoint {self.path}: its folder is not writable")
 
     @staticmethod
     def fingerprint_of(settings: dict) -> str:
@@ -58,8 +66,16 @@ class Checkpoint:
     def load(self) -> dict | None:
         if not os.path.exists(self.path):
             return None
-        with open(self.path, encoding="utf-8") as f:
-            state = json.load(f)
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                state = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"the checkpoint {self.path} is not a readable xtds checkpoint ({err}): it is empty or corrupt; "
+                "delete it (or pass another path) to start afresh"
+            ) from err
+        if not isinstance(state, dict) or "x" not in state:
+            raise ValueError(f"the checkpoint {self.path} is not an xtds checkpoint: delete it or pass another path")
         if state.get("fingerprint") != self.fingerprint:
             raise ValueError(
                 f"the checkpoint {self.path} belongs to a fit with other settings (data, model or options): "
@@ -118,9 +134,11 @@ def levenberg_marquardt(
     checkpoint: Checkpoint | None = None,
     progress: bool = True,
     callback=None,
+    on_start=None,
 ) -> tuple[OptimizeResult, np.ndarray]:
     """Minimize ‖fun(x)‖² from ``x0``; ``fun`` returns a numpy residual vector or raises
-    :class:`~xtds.phonons.UnstableError`. Returns the result and the Jacobian at the optimum."""
+    :class:`~xtds.errors.UnstableError`. ``on_start(J)`` sees the first Jacobian (and may raise).
+    Returns the result and the Jacobian at the optimum."""
     x = np.asarray(x0, dtype=float).copy()
     lam, start, history, resumed = 1e-3, 0, [], None
     state = checkpoint.load() if checkpoint else None
@@ -133,6 +151,8 @@ def levenberg_marquardt(
     if not history:
         history.append((0, f, 0.0))
     J = jacobian(fun, x, h)
+    if on_start is not None:
+        on_start(J)
     converged, message = False, "maximum number of iterations reached"
     bar = _bar(max_iter, "Levenberg–Marquardt", progress)
     bar.update(start)
@@ -277,9 +297,12 @@ class LM:
         def fun(x):
             return objective.residuals(x, check_stable=True)
 
+        start = {}
         res, J = levenberg_marquardt(fun, x0, max_iter=self.max_iter, xtol=self.xtol, ftol=self.ftol, h=self.h,
-                                     checkpoint=checkpoint, progress=progress, callback=callback)
+                                     checkpoint=checkpoint, progress=progress, callback=callback,
+                                     on_start=lambda J0: start.update(objective.check_identifiable(J0)))
         res.jacobian = J
+        res.identifiability = start
         return res
 
 
@@ -319,6 +342,7 @@ class Adam:
                   progress=progress)
         if self.precondition:  # Adam on z, x = x0 + P z, in which the Gauss–Newton metric is the identity
             J0 = jacobian(objective.residuals, x0, self.h)
+            identifiability = objective.check_identifiable(J0)
             P = torch.as_tensor(whitening(J0), dtype=torch.float64)
             X0 = torch.as_tensor(np.asarray(x0, dtype=float), dtype=torch.float64)
 
@@ -331,7 +355,9 @@ class Adam:
             res.x = to_x(res.x).numpy()
             res.x_cov = P.numpy() @ res.x_cov @ P.numpy().T
             res.start_condition = float(np.linalg.cond(J0) ** 2)  # of the Gauss–Newton metric J0ᵀJ0
-        else:
+        else:  # no Jacobian at the start: identifiability is judged at the end (reported, not raised)
             res = adam(loss_fn, x0, lr=0.01 if self.lr is None else self.lr, callback=callback, **kw)
+            identifiability = None
         res.jacobian = jacobian(objective.residuals, res.x, self.h)  # the covariance: the mean model's Jacobian
+        res.identifiability = identifiability or objective.check_identifiable(res.jacobian, raise_=False)
         return res

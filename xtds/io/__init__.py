@@ -7,54 +7,118 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import uuid
 
 import numpy as np
 import xarray as xr
 
+from xtds._version import __version__
 from xtds.io.nexus import NEXUS_EXTENSIONS
-from xtds.volume.schema import check_volume, crystal_attrs
+from xtds.volume.schema import check_crystal, check_volume, crystal_attrs
+from xtds.volume.sources import lazy_sources, reading
 from xtds.volume.symmetrize import symmetric_chunks
 
 __all__ = ["open_volume", "write_volume", "check_volume", "crystal_attrs"]
 
 
 
-def _format_of(path: str) -> str:
+#: Attributes of a zarr store that xtds writes last: the chunk files of each variable. A store
+#: that has the first but not this one was not completely written.
+ZARR_WRITER_ATTR = "xtds_writer"
+ZARR_COMPLETE_ATTR = "xtds_complete"
+
+_ZARR_META = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
+def _is_zarr_store(p: str) -> bool:
+    return os.path.isdir(p) and any(os.path.exists(os.path.join(p, n)) for n in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def _format_of(path, writing: bool = False) -> str:
+    """'nexus', 'zarr' or 'netcdf' from the name and, for an existing file, its first bytes."""
     p = os.fspath(path).rstrip("/")
     ext = os.path.splitext(p)[1].lower()
-    zarr_marker = any(os.path.exists(os.path.join(p, name)) for name in ("zarr.json", ".zgroup"))
-    if ext == ".zarr" or (os.path.isdir(p) and zarr_marker):
+    if ext == ".zarr" or _is_zarr_store(p):
         return "zarr"
-    if ext in (".nc", ".nc4", ".cdf"):
-        return "netcdf"
-    if ext in NEXUS_EXTENSIONS:
-        import h5py
+    if ext not in (".nc", ".nc4", ".cdf") + NEXUS_EXTENSIONS:
+        raise ValueError(
+            f"cannot tell the format of {path!r} from its name: use .nxs/.h5 (NeXus), .zarr or .nc, or pass "
+            "format='nexus', 'zarr' or 'netcdf'"
+        )
+    if not writing and os.path.isfile(p):
+        head = _head(p)
+        if head.startswith(b"CDF"):
+            return "netcdf3"
+        if head.startswith(b"\x89HDF"):
+            import h5py
 
-        if os.path.exists(p):
-            with h5py.File(p, "r") as f:
-                if "_NCProperties" in f.attrs:
-                    return "netcdf"
-        return "nexus"
-    raise ValueError(
-        f"cannot tell the format of {path!r} from its name: use .nxs/.h5 (NeXus), .zarr or .nc, or pass format=..."
-    )
+            try:
+                with h5py.File(p, "r") as f:
+                    if "_NCProperties" in f.attrs:
+                        return "netcdf"
+                    if any("NX_class" in f[k].attrs for k in f):
+                        return "nexus"
+            except OSError:
+                pass  # reported by the reader, with the file's name
+    return "netcdf" if ext in (".nc", ".nc4", ".cdf") else "nexus"
 
 
-def _attach_crystal(ds: xr.Dataset, crystal, rtol: float = 0.02) -> xr.Dataset:
+def _head(p: str) -> bytes:
+    with open(p, "rb") as f:
+        return f.read(8)
+
+
+def _check_readable(path: str, fmt: str) -> None:
+    """Errors that name the file and the fix, before any library sees it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or store: {path}")
+    if fmt == "zarr":
+        if not _is_zarr_store(path):
+            raise ValueError(f"{path} is not a zarr store (no zarr.json or .zgroup inside): check the path")
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a {fmt} file: a zarr store is a folder (name it .zarr)")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes): the file was not written completely; copy or write it again")
+    head = _head(path)
+    if fmt in ("nexus", "netcdf") and not head.startswith(b"\x89HDF"):
+        raise ValueError(
+            f"{path} is not an HDF5 file (it starts with {head!r}), so not {fmt}: check that the file is complete "
+            "and of the format its name says (NeXus .nxs/.h5, netCDF4 .nc)"
+        )
+
+
+def _check_zarr_complete(path: str, attrs: dict) -> None:
+    """A store written by xtds must carry its completeness record and every chunk file it lists."""
+    if ZARR_WRITER_ATTR not in attrs:
+        return
+    if ZARR_COMPLETE_ATTR not in attrs:
+        raise ValueError(f"{path} was not completely written (no completion record): write it again")
+    import json
+
+    expected = json.loads(attrs[ZARR_COMPLETE_ATTR])
+    for name, n in expected.items():
+        have = _chunk_files(os.path.join(path, name))
+        if have < n:
+            raise ValueError(
+                f"{path}: variable {name!r} has {have} of its {n} chunk files; {n - have} are missing (deleted or not "
+                "copied), and they would read as NaN: copy the store again or rewrite it"
+            )
+
+
+def _chunk_files(folder: str) -> int:
+    return sum(1 for _, _, files in os.walk(folder) for f in files if f not in _ZARR_META)
+
+
+def _attach_crystal(ds: xr.Dataset, crystal) -> xr.Dataset:
     if crystal is None:
         return ds
-    mine = crystal_attrs(crystal)
-    if "unit_cell" in ds.attrs:
-        theirs = np.asarray(ds.attrs["unit_cell"], dtype=float)
-        if not np.allclose(theirs, mine["unit_cell"], rtol=rtol):
-            raise ValueError(
-                f"the file's unit cell {np.round(theirs, 4).tolist()} differs from the crystal's "
-                f"{np.round(mine['unit_cell'], 4).tolist()} by more than {rtol:.0%}: pass a Crystal with the "
-                "measured lattice (e.g. Crystal.fcc('Ni', a=...)), or check the file"
-            )
+    check_crystal(ds, crystal)
     out = ds.copy()
-    out.attrs.update(mine)
+    out.attrs.update(crystal_attrs(crystal))
     return out
 
 
@@ -92,23 +156,46 @@ def open_volume(
     file has them, coords H, K, L (r.l.u.) and attrs ``unit_cell``, ``space_group``,
     ``temperature`` (K), ``wavelength`` (Å) where present. Nothing is computed.
     """
-    fmt = format or _format_of(path)
-    if not os.path.exists(os.fspath(path)):
+    path = os.fspath(path)
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or store: {path}")
-    ck = {} if chunks in ("auto", "symmetric") else chunks
-    if fmt == "nexus":
-        ds = xr.open_dataset(path, engine="xtds", chunks=ck, group=group, axis_units=axis_units)
-    elif fmt == "zarr":
-        ds = xr.open_zarr(path, chunks=ck)
-    elif fmt == "netcdf":
-        ds = xr.open_dataset(path, engine="h5netcdf", chunks=ck)
-    else:
+    fmt = format or _format_of(path)
+    if fmt not in ("nexus", "zarr", "netcdf", "netcdf3"):
         raise ValueError(f"format must be 'nexus', 'zarr' or 'netcdf', got {fmt!r}")
-    ds = check_volume(ds.transpose("H", "K", "L", ...))
+    _check_readable(path, fmt)
+    ck = {} if chunks in ("auto", "symmetric") else chunks
+    try:
+        if fmt == "nexus":
+            ds = xr.open_dataset(path, engine="xtds", chunks=ck, group=group, axis_units=axis_units)
+        elif fmt == "zarr":
+            ds = xr.open_zarr(path, chunks=ck)
+            _check_zarr_complete(path, ds.attrs)
+        elif fmt == "netcdf3":  # classic netCDF: scipy reads it (not HDF5)
+            ds = xr.open_dataset(path, engine="scipy", chunks=ck)
+        else:
+            ds = xr.open_dataset(path, engine="h5netcdf", chunks=ck)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:
+        if path in str(err):
+            raise
+        raise ValueError(f"{path}: {err}") from err
+    except (OSError, KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(
+            f"cannot read {path} as {fmt}: {type(err).__name__}: {err}. Check that the file is complete and of "
+            "this format (pass format= or group= to choose)"
+        ) from err
+    for key in (ZARR_WRITER_ATTR, ZARR_COMPLETE_ATTR):
+        ds.attrs.pop(key, None)
+    try:
+        ds = check_volume(ds.transpose("H", "K", "L", ...))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     if chunks == "symmetric":
         ds = _symmetric(ds, fmt, path, group, axis_units)
     if "mask" in ds:
         ds["mask"] = ds["mask"].astype(bool)
+    ds.attrs["source"] = os.path.abspath(path)  # where this Dataset comes from, whatever the file says
     return _attach_crystal(ds, crystal)
 
 
@@ -151,35 +238,110 @@ def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
 def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: bool = False) -> str:
     """Write a volume (or any result Dataset) to zarr, NeXus or netCDF; returns the path.
 
-    Dask-backed data is streamed chunk by chunk. An existing file is never replaced unless
-    ``overwrite=True``. NeXus output is the NXrefine layout (``entry/data`` with ``data``,
-    ``weights``, ``Ql``/``Qk``/``Qh``), holding ``intensity`` and ``weights`` only.
+    Safe by construction (see ``docs/reliability.md``):
+
+    - the data go to a temporary sibling (``.NAME.xtds-tmp-…``) that replaces ``path`` in one
+      atomic rename at the end, so a killed write leaves the old file (or nothing) behind, never
+      a half-written one;
+    - an existing ``path`` is replaced only with ``overwrite=True``, never when the Dataset still
+      reads from it lazily (``ds.load()`` first, or write elsewhere), and never when it is a folder
+      that is not a zarr store (or a folder where a file is expected);
+    - a zarr store records its chunk files last; :func:`open_volume` refuses a store whose
+      record is missing or whose chunks are not all there.
+
+    Dask-backed data is streamed chunk by chunk (NeXus: computed in this process and written
+    block by block, so it works under a ``dask.distributed`` Client). NeXus output is the
+    NXrefine layout (``entry/data`` with ``data``, ``weights``, ``Ql``/``Qk``/``Qh``), holding
+    ``intensity`` and ``weights`` only; masked voxels get weight 0. The ``source`` attribute is
+    not written: :func:`open_volume` sets it to the file it opens.
     """
-    fmt = format or _format_of(path)
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    fmt = format or _format_of(path, writing=True)
+    if fmt not in ("nexus", "zarr", "netcdf"):
+        raise ValueError(f"format must be 'nexus', 'zarr' or 'netcdf', got {fmt!r}")
+    _check_target(ds, path, fmt, overwrite)
     out = ds.copy()
-    out.attrs = _serializable_attrs(ds.attrs)
+    out.attrs = _serializable_attrs({k: v for k, v in ds.attrs.items() if k != "source"})
     for name in list(out.variables):
         out[name].attrs = _serializable_attrs(out[name].attrs)
         out[name].encoding = {}
         if out[name].dtype == bool and name != "mask":  # netCDF has no booleans
             out[name] = out[name].astype("u1")
-    if fmt == "zarr":
-        if "mask" in out:
-            out["mask"] = out["mask"].astype("u1")
-        out = _regular_chunks(out)
-        out.to_zarr(path, mode="w" if overwrite else "w-")
-    elif fmt == "netcdf":
-        if "mask" in out:
-            out["mask"] = out["mask"].astype("u1")
-        out.to_netcdf(path, engine="h5netcdf", mode="w")
-    elif fmt == "nexus":
-        from xtds.io.nexus import write_nexus
-
+    if fmt == "nexus":
         check_volume(out)
-        write_nexus(out, path, mode="w" if overwrite else "w-")
-    else:
-        raise ValueError(f"format must be 'nexus', 'zarr' or 'netcdf', got {fmt!r}")
+        if "mask" in out:  # NXrefine has no mask: masked voxels get weight 0
+            w = out["weights"] if "weights" in out else xr.ones_like(out["intensity"], dtype=float)
+            out["weights"] = w.where(~out["mask"].astype(bool), 0.0)
+    elif "mask" in out:
+        out["mask"] = out["mask"].astype("u1")
+    with _atomic(path, fmt) as tmp, reading(ds, f"writing {path}"):
+        if fmt == "zarr":
+            _write_zarr(_regular_chunks(out), tmp)
+        elif fmt == "netcdf":
+            out.to_netcdf(tmp, engine="h5netcdf", mode="w")
+        else:
+            from xtds.io.nexus import write_nexus
+
+            write_nexus(out, tmp, mode="w")
     return path
+
+
+def _check_target(ds: xr.Dataset, path: str, fmt: str, overwrite: bool) -> None:
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise FileNotFoundError(f"the folder of {path} does not exist: create it first")
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it, or another path")
+    if fmt == "zarr" and not _is_zarr_store(path):
+        raise ValueError(
+            f"{path} exists and is not a zarr store: xtds does not delete it to write one there; choose another path"
+        )
+    if fmt != "zarr" and os.path.isdir(path):
+        raise ValueError(f"{path} is a folder: xtds does not delete a folder to write a {fmt} file; "
+                         "choose another path")
+    if os.path.realpath(path) in lazy_sources(ds):
+        raise ValueError(
+            f"{path} is the file this Dataset is still reading from (lazily): replacing it would destroy the data "
+            "while they are written. Write to another path, or load the data first (ds = ds.load())"
+        )
+
+
+@contextlib.contextmanager
+def _atomic(path: str, fmt: str):
+    """A temporary sibling of ``path`` to write; renamed over ``path`` on success, removed on failure."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.xtds-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if fmt == "zarr" and os.path.lexists(path):  # a folder cannot be replaced atomically: swap, then delete
+        old = os.path.join(folder, f".{stem}.xtds-old-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove(p: str) -> None:
+    if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p, ignore_errors=True)
+    elif os.path.lexists(p):
+        os.remove(p)
+
+
+def _write_zarr(out: xr.Dataset, tmp: str) -> None:
+    """The store, then (last) the record of its chunk files that :func:`open_volume` checks."""
+    import json
+
+    import zarr
+
+    out.attrs[ZARR_WRITER_ATTR] = f"xtds {__version__}"
+    out.to_zarr(tmp, mode="w", write_empty_chunks=True, consolidated=False)
+    record = {name: _chunk_files(os.path.join(tmp, name)) for name in out.variables}
+    zarr.open_group(tmp, mode="r+").attrs[ZARR_COMPLETE_ATTR] = json.dumps(record)
+    zarr.consolidate_metadata(tmp)  # readers find every array's metadata, the record included, in one file

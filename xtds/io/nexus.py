@@ -307,11 +307,27 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group:
             data = da.where(w > 0, da.nan_to_num(da.asarray(inten.data)) * w, 0.0)
         else:
             data = inten.data
-        targets, sources = [], []
         for name, arr in (("data", data),) + ((("weights", w),) if has_w else ()):
             arr = da.asarray(arr)
             dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
             dset = g.create_dataset(name, shape=shape, dtype=dtype, chunks=ck)
-            sources.append(arr.rechunk(ck))
-            targets.append(dset)
-        da.store(sources, targets, lock=True)
+            _store_blocks(arr.rechunk(ck), dset)
+
+
+#: Bytes of blocks computed together when writing NeXus (bounds the memory of a write).
+WRITE_BATCH_BYTES = 64 * 2**20
+
+
+def _store_blocks(arr, dset) -> None:
+    """Compute the blocks of ``arr`` a batch at a time with the current dask scheduler (threads, or
+    a distributed Client) and write them here: the h5py dataset never leaves this process."""
+    import dask
+    from dask.array.core import slices_from_chunks
+
+    slices = slices_from_chunks(arr.chunks)
+    block_bytes = max(1, int(np.prod([max(c) for c in arr.chunks])) * arr.dtype.itemsize)
+    batch = max(1, WRITE_BATCH_BYTES // block_bytes)
+    for start in range(0, len(slices), batch):
+        part = slices[start : start + batch]
+        for sl, value in zip(part, dask.compute(*[arr[s] for s in part]), strict=True):
+            dset[sl] = np.asarray(value, dtype=dset.dtype)

@@ -12,13 +12,11 @@ import numpy as np
 
 from xtds.crystal import Crystal
 from xtds.errors import triple
+from xtds.laue import GRID_TOL
 
 __all__ = ["PeriodicSupercell", "InfiniteCrystal", "supercell_q_grid", "auto_geometry", "triple", "shape_of",
            "k_grid", "GRID_TOL"]
 
-#: How far (in units of the grid step 1/L) an H, K or L may lie from a supercell's grid and still
-#: count as on it.
-GRID_TOL = 1e-6
 
 
 def k_grid(crystal: Crystal, shape) -> np.ndarray:

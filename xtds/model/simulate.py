@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from xtds.crystal import as_crystal
 from xtds.ifc import IFCModel
 from xtds.model.geometry import auto_geometry
 from xtds.model.observable import TDSIntensity
@@ -39,6 +40,7 @@ def simulate(
         temperature = ds.attrs.get("temperature")
         if temperature is None:
             raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
+    crystal = as_crystal(crystal)
     model = IFCModel(crystal, shells=shells, cutoff=cutoff)
     hkl = np.stack(np.meshgrid(*(ds[d].values for d in "HKL"), indexing="ij"), -1).reshape(-1, 3)
     if isinstance(geometry, str):

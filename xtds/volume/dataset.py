@@ -7,6 +7,7 @@ says so. Masks follow one convention: **True = excluded**.
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -17,6 +18,7 @@ from xtds.volume.backend import array_module as _xp
 from xtds.volume.laue_grid import grid_operations
 from xtds.volume.schema import INV_ANGSTROM as _INV_A
 from xtds.volume.schema import check_volume
+from xtds.volume.sources import reading
 from xtds.volume.symmetrize import symmetrize_array
 
 __all__ = [
@@ -65,6 +67,10 @@ def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> LaueGroup:
     if "space_group" in ds.attrs:
         return LaueGroup.of(laue=laue_class_of(ds.attrs["space_group"]))
     raise ValueError("no Laue group: pass laue='m-3m', crystal=..., or set ds.attrs['space_group']")
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def _map_hkl(ds: xr.Dataset, fn, dtype=bool) -> xr.DataArray:
@@ -212,6 +218,8 @@ def wedge(ds: xr.Dataset, normal=(0, 1, 0), half_angle: float = 10.0, crystal=No
     the paper's ±10° about the H0L plane is ``normal=(0, 1, 0)``. The rest is added to ``mask``.
     """
     ds = check_volume(ds)
+    if not 0 < float(half_angle) <= 90:
+        raise ValueError(f"the wedge half-angle must be in (0, 90] degrees, got {half_angle}")
     B = reciprocal_of(ds, crystal)
     n_cart = np.asarray(normal, dtype=float) @ B
     if not np.linalg.norm(n_cart) > 0:
@@ -222,8 +230,9 @@ def wedge(ds: xr.Dataset, normal=(0, 1, 0), half_angle: float = 10.0, crystal=No
 
 
 def masked_fraction(ds: xr.Dataset) -> float:
-    """The fraction of voxels excluded (mask, invalid intensity or zero weight); computes."""
-    return float(1.0 - (weights_of(ds) > 0).mean())
+    """The fraction of voxels excluded (mask, invalid intensity or zero weight); computes (one pass)."""
+    with reading(ds, "computing the masked fraction"):
+        return float(1.0 - (weights_of(ds) > 0).mean().compute())
 
 
 def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int | None = None) -> xr.Dataset:
@@ -260,8 +269,8 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
     """
     ds = check_volume(ds).transpose("H", "K", "L", ...)
     B = reciprocal_of(ds, crystal)
-    w = np.asarray(weights_of(ds).values)
-    I = np.asarray(ds["intensity"].values)
+    with reading(ds, "reducing the volume to points"):  # one pass: weights and intensity together
+        w, I = (_to_numpy(x) for x in dask.compute(weights_of(ds).data, ds["intensity"].data))
     valid = np.flatnonzero(w.ravel() > 0)
     if len(valid) == 0:
         raise ValueError("no valid voxel is left after masking: loosen the masks or check the data")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xtds.laue import GRID_TOL
+
 __all__ = ["GridOp", "grid_operations"]
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class GridOp:
         )
 
 
-def grid_operations(matrices: np.ndarray, coords, rtol: float = 1e-6) -> list[GridOp]:
+def grid_operations(matrices: np.ndarray, coords) -> list[GridOp]:
     """The operations as :class:`GridOp` on a grid with 1-D ``coords`` (H, K, L), r.l.u.
 
     Raises ``ValueError`` naming the fix when an operation would need interpolation or the grid
@@ -51,7 +53,7 @@ def grid_operations(matrices: np.ndarray, coords, rtol: float = 1e-6) -> list[Gr
     """
     coords = [np.asarray(c, dtype=float) for c in coords]
     step = min(float(np.min(np.abs(np.diff(c)))) if len(c) > 1 else 1.0 for c in coords)
-    tol = rtol * max(step, 1e-12) * 1e3
+    tol = GRID_TOL * max(step, 1e-12)
     ops = []
     for R in np.asarray(matrices):
         nz = [np.flatnonzero(R[a]) for a in range(3)]

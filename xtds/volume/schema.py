@@ -6,9 +6,13 @@ only consume it.
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
-__all__ = ["RLU_UNITS", "INV_ANGSTROM", "is_rlu", "check_volume", "crystal_attrs"]
+__all__ = ["RLU_UNITS", "INV_ANGSTROM", "CELL_RTOL", "is_rlu", "check_volume", "crystal_attrs", "check_crystal"]
+
+#: How far (relative) a crystal's cell may differ from a volume's ``unit_cell`` attribute.
+CELL_RTOL = 0.02
 
 #: Spellings of reciprocal lattice units accepted on H, K, L (compared in lower case).
 RLU_UNITS = frozenset({"rlu", "r.l.u.", "r.l.u", "reciprocal lattice units"})
@@ -27,6 +31,13 @@ def check_volume(ds: xr.Dataset) -> xr.Dataset:
     if "intensity" not in ds:
         raise ValueError(f"the volume has no 'intensity' variable (it has {list(ds.data_vars)}); "
                          "rename the signal to 'intensity'")
+    extra = [d for d in ds["intensity"].dims if d not in ("H", "K", "L")]
+    if extra:
+        first = {d: 0 for d in extra}
+        raise ValueError(
+            f"'intensity' has dims {ds['intensity'].dims}: xtds works on one (H, K, L) volume at a time; select one "
+            f"along {extra} (e.g. ds.isel({', '.join(f'{d}=0' for d in first)})) or loop over them"
+        )
     for d in "HKL":
         if d not in ds["intensity"].dims or d not in ds.coords:
             raise ValueError("'intensity' must have dims and coordinates H, K, L (r.l.u.); "
@@ -42,3 +53,34 @@ def check_volume(ds: xr.Dataset) -> xr.Dataset:
 def crystal_attrs(crystal) -> dict:
     """The attrs that describe a crystal's cell in a volume: unit_cell (Å, degrees), space_group."""
     return {"unit_cell": [float(x) for x in crystal.parameters], "space_group": crystal.space_group}
+
+
+def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL) -> None:
+    """A ``ValueError`` when ``crystal`` does not describe the volume: its cell differs from
+    ``attrs['unit_cell']`` by more than ``rtol``, or its space group from ``attrs['space_group']``."""
+    if not hasattr(crystal, "parameters"):
+        raise TypeError(f"crystal must be an xtds.Crystal (e.g. xtds.Crystal.preset('Ni')), got {crystal!r}")
+    mine = crystal_attrs(crystal)
+    if "unit_cell" in ds.attrs:
+        theirs = np.asarray(ds.attrs["unit_cell"], dtype=float)
+        if theirs.shape != (6,) or not np.allclose(theirs, mine["unit_cell"], rtol=rtol):
+            raise ValueError(
+                f"the volume's unit cell {np.round(theirs, 4).tolist()} differs from the crystal's "
+                f"{np.round(mine['unit_cell'], 4).tolist()} by more than {rtol:.0%}: pass a Crystal with the "
+                "measured lattice (e.g. Crystal.fcc('Ni', a=...)), or check the file"
+            )
+    if "space_group" in ds.attrs:
+        theirs, ours = _sg_number(ds.attrs["space_group"]), _sg_number(mine["space_group"])
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ValueError(
+                f"the volume's space group {ds.attrs['space_group']!r} is not the crystal's {mine['space_group']!r}: "
+                "pass the crystal that was measured, or correct ds.attrs['space_group']"
+            )
+
+
+def _sg_number(text) -> int | None:
+    """The number of a space group written 'Fm-3m (225)' or '225'; None for a bare symbol."""
+    t = str(text).strip()
+    if "(" in t:
+        t = t.split("(")[1].rstrip(") ")
+    return int(t) if t.isdigit() else None
