@@ -53,11 +53,12 @@ def cmd_simulate(args) -> int:
     from xtds.io import open_volume, write_volume
     from xtds.model import simulate
 
+    _check_out(args.out, args.overwrite, _FORMATS.get(args.format), results=False)
     crystal = _crystal(args.crystal)
     like = open_volume(args.like)
     T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
     sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, method=args.method)
-    write_volume(sim, args.out, overwrite=args.overwrite)
+    write_volume(sim, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
@@ -70,20 +71,51 @@ def _print_result(res) -> None:
           f"({res.attrs['message']}); {res.attrs['wall_time_s']:.1f} s")
 
 
+def _check_out(path, overwrite: bool, fmt=None, results: bool = True) -> None:
+    """Validate an output path before the work, so that a finished fit is never lost to it."""
+    from xtds.io import _format_of
+
+    if path is None:
+        return
+    try:
+        kind = fmt or _format_of(path, writing=True)
+    except ValueError:
+        raise SystemExit(f"--out {path}: give a name ending in .nc or .zarr (or --format nc|zarr)") from None
+    if results and kind == "nexus":
+        raise SystemExit(f"--out {path}: a fit result is written as netCDF (.nc) or zarr (.zarr), not NeXus")
+    if os.path.lexists(path) and not overwrite:
+        raise SystemExit(f"--out {path} exists: pass --overwrite to replace it, or another --out")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise SystemExit(f"--out {path}: its folder does not exist")
+
+
+def _optimizer(args):
+    from xtds.fitting import LM, Adam
+
+    if args.method == "sampled" or args.epochs is not None or args.lr is not None:
+        if args.max_iter is not None:
+            raise SystemExit("--max-iter is for Levenberg–Marquardt; the sampled method uses Adam (--epochs, --lr)")
+        return Adam(**{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
+    return LM(**({"max_iter": args.max_iter} if args.max_iter is not None else {}))
+
+
 def cmd_fit(args) -> int:
     from xtds.fitting import fit
     from xtds.io import open_volume, write_volume
 
+    _check_out(args.out, args.overwrite, _FORMATS.get(args.format))
     crystal = _crystal(args.crystal)
+    optimizer = _optimizer(args)
+    initial = _ifc_arg(args.initial)
     ds = open_volume(args.file, group=args.group)
     if args.wedge is not None:
         ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=args.wedge, crystal=crystal)
-    res = fit(ds, crystal, temperature=args.temperature, shells=args.shells, initial=_ifc_arg(args.initial),
-              method=args.method, bragg=args.bragg, q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint,
+    res = fit(ds, crystal, temperature=args.temperature, shells=args.shells, initial=initial, method=args.method,
+              bragg=args.bragg, q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint, optimizer=optimizer,
               progress=not args.quiet)
     _print_result(res)
     if args.out:
-        write_volume(res, args.out, overwrite=args.overwrite)
+        write_volume(res, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
         print(f"wrote {args.out}")
     if args.plots:
         _plots(res, args.plots, ds=ds, crystal=crystal, shells=args.shells)
@@ -115,15 +147,30 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
 def cmd_plot(args) -> int:
     import xarray as xr
 
-    res = xr.open_dataset(args.file, engine="h5netcdf") if args.file.endswith(".nc") else xr.open_zarr(args.file)
+    from xtds.io import _format_of
+
+    if not os.path.exists(args.file):
+        raise SystemExit(f"no such file or store: {args.file}")
+    kind = _format_of(args.file)
+    if kind == "nexus":
+        raise SystemExit(f"{args.file} is a NeXus volume, not a fit result: plot a result of 'xtds fit --out' "
+                         "(.nc or .zarr); for a volume use 'xtds info'")
+    res = xr.open_zarr(args.file) if kind == "zarr" else xr.open_dataset(args.file, engine="h5netcdf")
     if "dispersion" not in res:
         raise SystemExit(f"{args.file} is not a fit result (no 'dispersion'); for a volume use 'xtds info'")
     _plots(res, args.out)
     return 0
 
 
+_FORMATS = {None: None, "nc": "netcdf", "netcdf": "netcdf", "zarr": "zarr", "nxs": "nexus", "nexus": "nexus"}
+
+
 def main(argv=None) -> int:
+    from xtds._version import __version__
+
     ap = argparse.ArgumentParser(prog="xtds", description="X-ray TDS → interatomic force constants")
+    ap.add_argument("--version", action="version", version=f"xtds {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="describe a volume file")
     p.add_argument("file")
@@ -136,7 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--ifc", required=True, help="'target', 'starting' or a JSON file name → eV/Å²")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
     p.add_argument("--method", default="exact", choices=["exact", "one_phonon"], help="forward model")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the model volume (.zarr, .nc or .nxs)")
+    p.add_argument("--format", choices=["zarr", "nc", "nxs"], default=None, help="instead of the --out suffix")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("fit", help="fit force constants to a volume")
@@ -152,7 +200,11 @@ def main(argv=None) -> int:
     p.add_argument("--q-max", type=float, default=None)
     p.add_argument("--wedge", type=float, default=None, help="keep ±this many degrees about H0L")
     p.add_argument("--checkpoint", default=None, help="checkpoint file: resume a killed fit")
+    p.add_argument("--max-iter", type=int, default=None, help="Levenberg–Marquardt iterations (default 50)")
+    p.add_argument("--epochs", type=int, default=None, help="Adam epochs (sampled method; default 1000)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     p.add_argument("--out", default=None, help="write the result (.nc or .zarr)")
+    p.add_argument("--format", choices=["zarr", "nc"], default=None, help="instead of the --out suffix")
     p.add_argument("--plots", default=None, help="folder for the plots")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -164,8 +216,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"xtds {args.command}: {err}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
+        if args.debug:
+            raise
+        message = str(err).replace("overwrite=True", "--overwrite").replace("format=", "--format ")
+        print(f"xtds {args.command}: {type(err).__name__}: {message} (--debug for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -287,8 +287,11 @@ def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: boo
 
 
 def _check_target(ds: xr.Dataset, path: str, fmt: str, overwrite: bool) -> None:
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
         raise FileNotFoundError(f"the folder of {path} does not exist: create it first")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write {path}: its folder {folder} is not writable")
     if not os.path.lexists(path):
         return
     if not overwrite:

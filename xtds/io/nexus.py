@@ -156,6 +156,11 @@ def read_nxdata(filename: str, path: str, axis_units: str | None = None):
         if "axes" not in g.attrs:
             raise ValueError(f"{path} has no @axes attribute: name the three axis fields, e.g. ['Ql', 'Qk', 'Qh']")
         axes = _axes_attr(g.attrs["axes"])
+        if any(a in (".", "", "/") for a in axes):
+            raise ValueError(
+                f"{path}/@axes = {axes} in {filename} holds placeholders ('.'), not axis names: write the names of "
+                "the three axis fields, e.g. ['Ql', 'Qk', 'Qh'] (NXrefine's order)"
+            )
         if len(axes) != 3 or any(a not in g for a in axes):
             raise ValueError(
                 f"{path}/@axes = {axes} does not name three axis fields of the group (it has {list(g)})"

@@ -29,6 +29,10 @@ from xtds.model.sampled import configuration_intensities, sampled_intensity
 
 __all__ = ["Observable", "TDSIntensity", "METHODS"]
 
+#: Offset from a supercell's grid (in grid steps) above which a point counts as jittered and is
+#: moved onto the grid; below it the difference is round-off.
+JITTER = 1e-9
+
 #: The forward-model methods of :class:`TDSIntensity`.
 METHODS = ("exact", "one_phonon", "sampled")
 
@@ -84,7 +88,8 @@ class TDSIntensity:
     model
         The :class:`~xtds.IFCModel` (crystal and cutoff).
     q
-        Shape (Q, 3), Cartesian Å⁻¹ (2π included).
+        Shape (Q, 3), Cartesian Å⁻¹ (2π included). On a :class:`PeriodicSupercell` every q must lie
+        on its grid within :data:`xtds.laue.GRID_TOL` of a step, and is moved onto it.
     temperature
         K; required.
     method
@@ -145,6 +150,15 @@ class TDSIntensity:
             raise TypeError(f"geometry must be a PeriodicSupercell or an InfiniteCrystal, got {geometry!r}")
         set_(self, "geometry", geometry)
         qt = as_q(self.q, self.dtype, self.device)
+        if isinstance(geometry, PeriodicSupercell):  # validated on the grid; jittered points moved onto it
+            crystal, L = self.model.crystal, np.asarray(geometry.repeats)
+            qn = qt.detach().cpu().numpy()
+            n = geometry.grid_indices(crystal, qn)
+            off = np.abs(crystal.cartesian_to_rlu(qn) * L - n).max(axis=1) > JITTER if len(qn) else []
+            if np.any(off):  # (points on the grid to round-off keep their q bit for bit)
+                qn = qn.copy()
+                qn[off] = crystal.rlu_to_cartesian(n[off] / L)
+                qt = as_q(qn, self.dtype, self.device)
         set_(self, "q", qt.detach().cpu().numpy().astype(float))
         set_(self, "_qt", qt)
         if self.method == "sampled":
@@ -158,8 +172,6 @@ class TDSIntensity:
         elif self.orbit_average:
             raise ValueError("orbit_average is an estimator of the sampled method; for exact and one_phonon the "
                              "Laue reduction (laue_reduce) is the speed-up")
-        if isinstance(geometry, PeriodicSupercell):
-            geometry.grid_indices(self.model.crystal, self.q)  # validates q
         set_(self, "_orbits", self._laue_orbits())
 
     def _laue_orbits(self) -> Orbits | None:
