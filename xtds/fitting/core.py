@@ -120,8 +120,12 @@ class Objective:
     def check_identifiable(self, J: np.ndarray, raise_: bool = True) -> dict:
         """Rank and condition number of the Jacobian with unit columns; a ``ValueError`` naming the
         unconstrained combination when the data do not determine every parameter."""
-        norms = np.linalg.norm(J, axis=0)
         names = self.parameter_names()
+        if not np.all(np.isfinite(J)):
+            bad = sorted({names[j] for j in np.nonzero(~np.isfinite(J))[1]})
+            raise ValueError(f"the model gives non-finite values or derivatives at the start (parameters {bad}): "
+                             "check the data's q-points against the geometry and the starting constants")
+        norms = np.linalg.norm(J, axis=0)
         dead = [names[i] for i in np.nonzero(norms == 0)[0]]
         Jn = J / np.where(norms > 0, norms, 1.0)
         s, Vt = np.linalg.svd(Jn, full_matrices=False)[1:]
