@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 
 from xtds.errors import triple
-from xtds.laue import LaueGroup, laue_class_of
+from xtds.laue import GRID_TOL, LaueGroup, laue_class_of
 from xtds.volume import masks as _masks
 from xtds.volume.backend import array_module as _xp
 from xtds.volume.laue_grid import grid_operations
@@ -123,9 +123,12 @@ def add_q(ds: xr.Dataset, crystal=None) -> xr.Dataset:
 
 
 def weights_of(ds: xr.Dataset) -> xr.DataArray:
-    """The per-voxel weight the reductions use: ``weights`` (or 1), 0 where masked or non-finite."""
+    """The per-voxel weight the reductions use: ``weights`` (or 1), 0 where masked or non-finite
+    (and, when the volume has ``sigma``, where σ is not positive and finite)."""
     w = ds["weights"] if "weights" in ds else xr.ones_like(ds["intensity"], dtype=float)
     ok = np.isfinite(ds["intensity"]) & np.isfinite(w) & (w > 0)
+    if "sigma" in ds:
+        ok = ok & np.isfinite(ds["sigma"]) & (ds["sigma"] > 0)
     if "mask" in ds:
         ok = ok & ~ds["mask"]
     return xr.where(ok, w, 0.0)
@@ -240,6 +243,8 @@ def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int
 
     Returns a Dataset with the symmetrized ``intensity`` (NaN where no partner is valid), the
     summed ``weights``, and ``mask`` = no valid partner. attrs ``symmetrized`` names the group.
+    A ``sigma`` variable (standard uncertainties of independent voxels) becomes that of the
+    weighted orbit mean, √(Σ w²σ²)/Σ w.
     """
     ds = check_volume(ds).transpose("H", "K", "L", ...)
     group = laue_of(ds, laue, crystal)
@@ -252,10 +257,39 @@ def symmetrize(ds: xr.Dataset, laue: str | None = None, crystal=None, chunk: int
     out["intensity"] = xr.DataArray(I_s, dims=("H", "K", "L"), coords=coords, attrs=ds["intensity"].attrs)
     out["weights"] = xr.DataArray(w_s, dims=("H", "K", "L"), coords=coords,
                                   attrs={"units": "1", "long_name": "summed weights"})
+    if "sigma" in ds:
+        # The kernel sums over the G operations, which visit each distinct member of h's orbit
+        # r(h) = |stabilizer of h| times: A = Σ_g w²σ² / Σ_g w and W = Σ_g w are r × the sums over
+        # members, so the σ of the weighted mean over members is √(r A / W).
+        s2w = xr.where(w > 0, ds["sigma"] ** 2 * w, 0.0)
+        A, _ = symmetrize_array(s2w.data, w.data, ops, chunk=chunk)
+        sig = xr.DataArray(A, dims=("H", "K", "L"), coords=coords)
+        r = _map_hkl(ds, _stabilizer_order(ops, [ds[d].values for d in "HKL"]), dtype=float)
+        out["sigma"] = np.sqrt(r * sig / out["weights"].where(out["weights"] > 0))
+        out["sigma"].attrs = dict(ds["sigma"].attrs)
     out["mask"] = out["weights"] <= 0
     out["mask"].attrs.update(long_name="excluded voxels (True = excluded)", units="1")
     out.attrs["symmetrized"] = f"{group.name} ({len(ops)} operations)"
     return out
+
+
+def _stabilizer_order(ops, coords):
+    """fn(H, K, L) → the number of the grid operations that leave each voxel where it is."""
+    step = min(float(np.min(np.abs(np.diff(c)))) if len(c) > 1 else 1.0 for c in coords)
+    tol = GRID_TOL * step
+
+    def order(h, k, l):
+        xp = _xp(h)
+        hkl = (h, k, l)
+        count = 0
+        for op in ops:
+            fixed = True
+            for a in range(3):
+                fixed = fixed & (xp.abs(op.sign[a] * hkl[op.perm[a]] - hkl[a]) <= tol)
+            count = count + fixed
+        return count * 1.0
+
+    return order
 
 
 def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible: bool = True) -> xr.Dataset:
@@ -266,17 +300,23 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
     each orbit are merged into one: weighted mean intensity, summed weight, multiplicity = the
     number of valid voxels merged. The loss over the compressed points, weighted by
     multiplicity, equals the loss over all valid voxels when the volume is symmetrized.
+
+    ``sigma`` (standard uncertainties of independent voxels), when present, is combined over each
+    orbit as the σ of the weighted mean, √(Σ w²σ²)/Σ w; after :func:`symmetrize` (which has done
+    that already, so the members hold copies of one mean) it is kept as it is.
     """
     ds = check_volume(ds).transpose("H", "K", "L", ...)
     B = reciprocal_of(ds, crystal)
-    with reading(ds, "reducing the volume to points"):  # one pass: weights and intensity together
-        w, I = (_to_numpy(x) for x in dask.compute(weights_of(ds).data, ds["intensity"].data))
+    arrays = [weights_of(ds).data, ds["intensity"].data] + ([ds["sigma"].data] if "sigma" in ds else [])
+    with reading(ds, "reducing the volume to points"):  # one pass: weights, intensity (and sigma) together
+        w, I, *S = (_to_numpy(x) for x in dask.compute(*arrays))
     valid = np.flatnonzero(w.ravel() > 0)
     if len(valid) == 0:
         raise ValueError("no valid voxel is left after masking: loosen the masks or check the data")
     shape = w.shape
     idx = np.stack(np.unravel_index(valid, shape), axis=1)  # (P, 3)
     Iv, wv = I.ravel()[valid], w.ravel()[valid]
+    sv = S[0].ravel()[valid] if S else None
     if irreducible:
         group = laue_of(ds, laue, crystal)
         grid_operations(group.matrices, [ds[d].values for d in "HKL"])  # the grid maps onto itself
@@ -284,6 +324,11 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
         orb = group.orbits(2 * idx - (np.asarray(shape) - 1))
         wsum = np.bincount(orb.inverse, weights=wv)
         Isum = np.bincount(orb.inverse, weights=Iv * wv)
+        if sv is not None:
+            if "symmetrized" in ds.attrs:  # the members hold one orbit mean (and its σ) each: keep it
+                sv = np.bincount(orb.inverse, weights=sv * wv) / wsum
+            else:  # independent voxels: the σ of their weighted mean
+                sv = np.sqrt(np.bincount(orb.inverse, weights=(wv * sv) ** 2)) / wsum
         idx, Iv, wv, mult = idx[orb.index], Isum / wsum, wsum, orb.counts
     else:
         mult = np.ones(len(valid), dtype=np.int64)
@@ -294,6 +339,7 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
             "intensity": ("point", Iv, ds["intensity"].attrs),
             "weight": ("point", wv, {"units": "1"}),
             "multiplicity": ("point", mult, {"units": "1"}),
+            **({"sigma": ("point", sv, dict(ds["sigma"].attrs))} if sv is not None else {}),
         },
         coords={
             "H": ("point", hkl[:, 0], {"units": "rlu"}),
@@ -311,7 +357,8 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
 def rebin(ds: xr.Dataset, factor: int | tuple[int, int, int]) -> xr.Dataset:
     """Weighted block average onto a grid ``factor`` times coarser (trailing voxels dropped).
 
-    intensity = Σ I w / Σ w over each block, weights = Σ w; H, K, L = block means.
+    intensity = Σ I w / Σ w over each block, weights = Σ w; H, K, L = block means; ``sigma``
+    (independent voxels) becomes √(Σ w²σ²)/Σ w.
     """
     ds = check_volume(ds)
     f = triple(factor, "rebin factors")
@@ -325,6 +372,10 @@ def rebin(ds: xr.Dataset, factor: int | tuple[int, int, int]) -> xr.Dataset:
     )
     out["intensity"].attrs = dict(ds["intensity"].attrs)
     out["weights"].attrs = {"units": "1"}
+    if "sigma" in ds:
+        s2 = xr.where(w > 0, (ds["sigma"] * w) ** 2, 0.0).coarsen(win, boundary="trim").sum()
+        out["sigma"] = xr.where(den > 0, np.sqrt(s2) / den.where(den > 0, 1.0), np.nan)
+        out["sigma"].attrs = dict(ds["sigma"].attrs)
     for d in "HKL":
         out[d].attrs = dict(ds[d].attrs)
     out["mask"] = out["weights"] <= 0
