@@ -8,7 +8,7 @@ from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 from xtds._version import __version__
 from xtds.crystal import PRESETS, Crystal
 from xtds.errors import UnstableError
-from xtds.fitting import LM, Adam, Problem, fit, fit_points, fit_problems
+from xtds.fitting import LM, Adam, Problem, fit, fit_points, fit_problems, open_fit
 from xtds.ifc import IFCInfo, IFCModel
 from xtds.io import open_volume, write_volume
 from xtds.kpath import KPath, standard_path
@@ -45,6 +45,7 @@ __all__ = [
     "fit",
     "fit_points",
     "fit_problems",
+    "open_fit",
     "Problem",
     "LM",
     "Adam",

@@ -7,5 +7,7 @@ optimizers with checkpoints (:mod:`xtds.fitting.optimize`) and the fit loop
 from xtds.fitting.core import Objective, fit, fit_points, fit_problems, points_problem
 from xtds.fitting.optimize import LM, Adam
 from xtds.fitting.problem import Problem
+from xtds.fitting.result import FitResult, open_fit
 
-__all__ = ["fit", "fit_points", "fit_problems", "points_problem", "Problem", "Objective", "LM", "Adam"]
+__all__ = ["fit", "fit_points", "fit_problems", "points_problem", "Problem", "Objective", "LM", "Adam", "open_fit",
+           "FitResult"]

@@ -28,16 +28,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xtds._version import __version__
 from xtds.crystal import as_crystal
 from xtds.errors import UnstableError, check_temperature
 from xtds.fitting.losses import eigen_penalty, min_eigenvalues
 from xtds.fitting.optimize import LM, Adam, Checkpoint
 from xtds.fitting.problem import Problem, describe
+from xtds.fitting.result import result_dataset
 from xtds.ifc import IFCModel
 from xtds.model.geometry import PeriodicSupercell, auto_geometry
 from xtds.model.observable import TDSIntensity
-from xtds.phonons import dispersion, dos, elastic_constants
 from xtds.volume import dataset as vol
 from xtds.volume.schema import check_crystal
 
@@ -241,7 +240,7 @@ def fit_problems(
         ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
     res = optimizer.minimize(objective, x0, checkpoint=ckpt, progress=progress, callback=callback)
     cov, stats = _covariance(objective, res, noise_draws)
-    out = _result(objective, res, cov, stats, settings, x0)
+    out = result_dataset(objective, res, cov, stats, settings, x0)
     out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start))
     return out
 
@@ -268,64 +267,6 @@ def _covariance(objective: Objective, res, noise_draws: int):
             s2 = unit * float(p.weight.sum()) if p.loss == "var_log" else 1.0  # per voxel: Var of one log I
         stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2})
     return cov, stats
-
-
-def _result(objective: Objective, res, cov, stats, settings, x0) -> xr.Dataset:
-    model, n_free = objective.model, objective.n_free
-    T = np.vstack([model.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
-
-    def on_constants(c):  # (n_x, n_x) → (n_constants, n_constants), a0 and the free constants
-        return T @ c[:n_free, :n_free] @ T.T
-
-    cov_optimizer = res.x_cov
-    kind = "Gauss–Newton" if cov_optimizer is None else "Gauss–Newton plus the Adam iterates' scatter"
-    cov_all = on_constants(cov if cov_optimizer is None else cov + cov_optimizer)
-    phi_hat = res.x[:n_free]
-    ifc = model.to_dataarray(phi_hat)
-    names = list(ifc["constant"].values)
-    ds = xr.Dataset({"ifc": ifc})
-    ds["ifc_stderr"] = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
-                                    attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
-    ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
-                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
-    if cov_optimizer is not None:
-        ds["ifc_optimizer_stderr"] = xr.DataArray(
-            np.sqrt(np.clip(np.diag(on_constants(cov_optimizer)), 0, None)), dims=("constant",),
-            attrs={"units": "eV/Å^2", "long_name": "scatter of the Adam iterates over the last 10% of epochs"})
-    phi_t = torch.as_tensor(phi_hat, dtype=torch.float64)
-    disp = dispersion(model, phi_t)
-    ds["dispersion"] = disp.rename({c: f"k_{c}" for c in ("H", "K", "L", "qx", "qy", "qz") if c in disp.coords})
-    ds["dos"] = dos(model, phi_t, mesh=16, sigma=0.1)
-    ds["elastic_constants"] = elastic_constants(model, phi_t)
-    hist = np.array(res.history, dtype=float).reshape(-1, 3)
-    losses = sorted({p.loss for p in objective.problems})
-    ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
-                              attrs={"long_name": f"loss ({' + '.join(losses)})", "units": "1"})
-    ds["wall_time"] = xr.DataArray(hist[:, 2], dims=("iteration",), attrs={"units": "s"})
-    phi, nus = objective.split(res.x)
-    for p, nu in zip(objective.problems, nus, strict=True):
-        ds = ds.assign(p.result_variables(phi, nu))
-    ds.attrs.update(
-        xtds_version=__version__,
-        settings=json.dumps(settings, default=str),
-        initial_ifc=json.dumps(dict(zip(model.names, x0[:n_free].tolist(), strict=True))),
-        converged=int(res.converged),
-        message=res.message,
-        iterations=int(res.iterations),
-        resumed_from=-1 if res.resumed_from is None else int(res.resumed_from),
-        sigma2_hat=float(stats[0]["sigma2_hat"]),
-        dof=int(stats[0]["dof"]),
-        problems=json.dumps(stats),
-        final_loss=float(res.loss),
-    )
-    if res.start_condition is not None:
-        ds.attrs["start_condition"] = res.start_condition
-    ident = res.identifiability or {}
-    ds.attrs.update(n_points=int(sum(len(p) for p in objective.problems)),
-                    n_parameters=int(len(objective.parameter_names())),
-                    jacobian_rank=int(ident.get("rank", -1)), jacobian_condition=float(ident.get("condition", np.nan)),
-                    geometry="; ".join(repr(getattr(p.observable, "geometry", None)) for p in objective.problems))
-    return ds
 
 
 def points_problem(

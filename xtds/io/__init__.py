@@ -267,6 +267,8 @@ def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: boo
         out[name].encoding = {}
         if out[name].dtype == bool and name != "mask":  # netCDF has no booleans
             out[name] = out[name].astype("u1")
+        if out[name].dtype.kind == "U" and fmt == "zarr":  # zarr v3 specifies variable-length strings only
+            out[name] = out[name].astype(object)
     if fmt == "nexus":
         check_volume(out)
         if "mask" in out:  # NXrefine has no mask: masked voxels get weight 0

@@ -1,0 +1,161 @@
+"""The result of a fit as a labelled Dataset, and a fit rebuilt from its file.
+
+The Dataset holds everything needed to use the result without the session that made it: the
+constants with their covariance, the derived phonons, the fit's history and data, and the crystal
+(lattice, basis, species, masses) and the model's cutoff as data. :func:`open_fit` reads such a
+file (netCDF or zarr) and rebuilds the :class:`~xtds.IFCModel`, so that the dispersion, DOS or
+elastic constants can be recomputed (on another path or mesh) in a new process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xtds._version import __version__
+from xtds.crystal import Crystal
+from xtds.ifc import IFCModel
+from xtds.phonons import dispersion, dos, elastic_constants
+
+__all__ = ["result_dataset", "crystal_variables", "crystal_from", "FitResult", "open_fit"]
+
+
+def crystal_variables(crystal: Crystal) -> dict[str, xr.DataArray]:
+    """The crystal as data: ``crystal_lattice`` (Å), ``crystal_positions`` (fractional),
+    ``crystal_species`` and ``crystal_masses`` (amu), on dims ``lattice_vector``, ``atom``,
+    ``cartesian`` and ``fractional``."""
+    return {
+        "crystal_lattice": xr.DataArray(np.asarray(crystal.lattice, dtype=float), dims=("lattice_vector", "cartesian"),
+                                        attrs={"units": "Å", "long_name": "lattice vectors (rows)",
+                                               "space_group": crystal.space_group, "name": crystal.name}),
+        "crystal_positions": xr.DataArray(np.asarray(crystal.positions, dtype=float), dims=("atom", "fractional"),
+                                          attrs={"units": "1", "long_name": "basis, fractional coordinates"}),
+        "crystal_species": xr.DataArray(np.array(list(crystal.species), dtype=object), dims=("atom",)),
+        "crystal_masses": xr.DataArray(np.asarray(crystal.masses, dtype=float), dims=("atom",),
+                                       attrs={"units": "amu"}),
+    }
+
+
+def crystal_from(ds: xr.Dataset) -> Crystal:
+    """The :class:`Crystal` stored by :func:`crystal_variables`."""
+    missing = [v for v in ("crystal_lattice", "crystal_positions", "crystal_species") if v not in ds]
+    if missing:
+        raise ValueError(f"the Dataset holds no crystal ({missing} missing): it is not an xtds fit result of "
+                         "version 0.2 or later")
+    return Crystal(np.asarray(ds["crystal_lattice"].values, dtype=float),
+                   np.asarray(ds["crystal_positions"].values, dtype=float),
+                   tuple(str(s) for s in ds["crystal_species"].values),
+                   masses=np.asarray(ds["crystal_masses"].values, dtype=float) if "crystal_masses" in ds else None,
+                   name=str(ds["crystal_lattice"].attrs.get("name", "")))
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """A fit result read back from its file: the Dataset and the rebuilt model."""
+
+    dataset: xr.Dataset
+    model: IFCModel
+
+    @property
+    def phi(self) -> torch.Tensor:
+        """The fitted free constants, shape (n_free,), eV/Å²."""
+        return self.model.vector(self.dataset["ifc"].sel(constant=list(self.model.names)))
+
+    def dispersion(self, **kwargs) -> xr.DataArray:
+        """:func:`xtds.dispersion` of the fitted constants (THz)."""
+        return dispersion(self.model, self.phi, **kwargs)
+
+    def dos(self, **kwargs) -> xr.DataArray:
+        """:func:`xtds.dos` of the fitted constants."""
+        return dos(self.model, self.phi, **kwargs)
+
+    def elastic_constants(self) -> xr.DataArray:
+        """:func:`xtds.elastic_constants` of the fitted constants (GPa)."""
+        return elastic_constants(self.model, self.phi)
+
+
+def open_fit(path) -> FitResult:
+    """Read a fit result written with :func:`xtds.write_volume` (netCDF or zarr) and rebuild its
+    model from the crystal and cutoff stored in it."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such fit result: {path}")
+    ds = xr.open_zarr(path) if os.path.isdir(path) else xr.open_dataset(path, engine="h5netcdf")
+    if "ifc" not in ds or "ifc_cutoff_A" not in ds.attrs:
+        raise ValueError(f"{path} is not an xtds fit result (no 'ifc' or no 'ifc_cutoff_A'); for a volume use "
+                         "xtds.open_volume")
+    model = IFCModel(crystal_from(ds), cutoff=float(ds.attrs["ifc_cutoff_A"]))
+    stored = [str(c) for c in ds["constant"].values if not bool(ds["derived"].sel(constant=c))] \
+        if "derived" in ds.coords else None
+    if stored is not None and tuple(stored) != tuple(model.names):
+        raise ValueError(f"{path}: the rebuilt model has constants {model.names}, the file {tuple(stored)}")
+    return FitResult(ds.load(), model)
+
+
+def result_dataset(objective, res, cov, stats, settings, x0) -> xr.Dataset:
+    """The labelled result of a fit (see :func:`xtds.fitting.fit_problems`), the crystal and the
+    model's cutoff included as data, so that :func:`open_fit` can rebuild the model from the file."""
+    model, n_free = objective.model, objective.n_free
+    T = np.vstack([model.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
+
+    def on_constants(c):  # (n_x, n_x) → (n_constants, n_constants), a0 and the free constants
+        return T @ c[:n_free, :n_free] @ T.T
+
+    cov_optimizer = res.x_cov
+    kind = "Gauss–Newton" if cov_optimizer is None else "Gauss–Newton plus the Adam iterates' scatter"
+    cov_all = on_constants(cov if cov_optimizer is None else cov + cov_optimizer)
+    phi_hat = res.x[:n_free]
+    ifc = model.to_dataarray(phi_hat)
+    names = list(ifc["constant"].values)
+    ds = xr.Dataset({"ifc": ifc})
+    ds["ifc_stderr"] = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
+                                    attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
+    ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
+                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
+    if cov_optimizer is not None:
+        ds["ifc_optimizer_stderr"] = xr.DataArray(
+            np.sqrt(np.clip(np.diag(on_constants(cov_optimizer)), 0, None)), dims=("constant",),
+            attrs={"units": "eV/Å^2", "long_name": "scatter of the Adam iterates over the last 10% of epochs"})
+    phi_t = torch.as_tensor(phi_hat, dtype=torch.float64)
+    disp = dispersion(model, phi_t)
+    ds["dispersion"] = disp.rename({c: f"k_{c}" for c in ("H", "K", "L", "qx", "qy", "qz") if c in disp.coords})
+    ds["dos"] = dos(model, phi_t, mesh=16, sigma=0.1)
+    ds["elastic_constants"] = elastic_constants(model, phi_t)
+    hist = np.array(res.history, dtype=float).reshape(-1, 3)
+    losses = sorted({p.loss for p in objective.problems})
+    ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
+                              attrs={"long_name": f"loss ({' + '.join(losses)})", "units": "1"})
+    ds["wall_time"] = xr.DataArray(hist[:, 2], dims=("iteration",), attrs={"units": "s"})
+    phi, nus = objective.split(res.x)
+    for p, nu in zip(objective.problems, nus, strict=True):
+        ds = ds.assign(p.result_variables(phi, nu))
+    ds.attrs.update(
+        xtds_version=__version__,
+        settings=json.dumps(settings, default=str),
+        initial_ifc=json.dumps(dict(zip(model.names, x0[:n_free].tolist(), strict=True))),
+        converged=int(res.converged),
+        message=res.message,
+        iterations=int(res.iterations),
+        resumed_from=-1 if res.resumed_from is None else int(res.resumed_from),
+        sigma2_hat=float(stats[0]["sigma2_hat"]),
+        dof=int(stats[0]["dof"]),
+        problems=json.dumps(stats),
+        final_loss=float(res.loss),
+    )
+    ds = ds.assign(crystal_variables(model.crystal))
+    ds.attrs["ifc_cutoff_A"] = float(model.cutoff)
+    if res.start_condition is not None:
+        ds.attrs["start_condition"] = res.start_condition
+    ident = res.identifiability or {}
+    ds.attrs.update(n_points=int(sum(len(p) for p in objective.problems)),
+                    n_parameters=int(len(objective.parameter_names())),
+                    jacobian_rank=int(ident.get("rank", -1)), jacobian_condition=float(ident.get("condition", np.nan)),
+                    geometry="; ".join(repr(getattr(p.observable, "geometry", None)) for p in objective.problems))
+    return ds
+
+
