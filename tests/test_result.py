@@ -59,3 +59,22 @@ def test_open_fit_refuses_a_volume(tmp_path):
     xtds.write_volume(paper_ni_volume(n_max=2), path)
     with pytest.raises(ValueError, match="not an xtds fit result"):
         xtds.open_fit(path)
+
+
+def test_an_unstable_result_is_flagged_and_a_stable_one_is_not(mg_fit):
+    """Constants stable on the fit's own 2×2×2 k-grid but with a negative long-wavelength stiffness
+    (the elastic tensor not positive definite): the fit ends there, and says so."""
+    from xtds.errors import UnstableResultWarning
+
+    assert mg_fit[2].attrs["stable"] == 1
+    model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=2)
+    bad = np.array([-0.786, -0.665, -1.043, 0.534, -0.783])
+    c = np.arange(-4, 5) / 2.0
+    hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    with torch.no_grad():
+        I = tds_intensity(model, bad, model.crystal.rlu_to_cartesian(hkl), 300.0, geometry=PeriodicSupercell(2))
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
+                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
+    with pytest.warns(UnstableResultWarning, match="elastic tensor not positive definite"):
+        res = ds.tds.fit("Ni", shells=2, initial=bad, progress=False)
+    assert res.attrs["stable"] == 0 and "Γ" in res.attrs["stability"]

@@ -6,11 +6,16 @@ import math
 
 import numpy as np
 
-__all__ = ["UnstableError", "check_temperature", "triple"]
+__all__ = ["UnstableError", "UnstableResultWarning", "check_temperature", "triple"]
 
 
 class UnstableError(ValueError):
     """Force constants with imaginary phonon frequencies (a Hessian that is not positive definite)."""
+
+
+class UnstableResultWarning(UserWarning):
+    """A fit ended at force constants with imaginary frequencies (away from the k-points the fit
+    itself checks): the result is returned, flagged in ``attrs['stable']``, and should not be used."""
 
 
 def check_temperature(temperature) -> float:

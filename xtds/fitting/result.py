@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +20,32 @@ import xarray as xr
 
 from xtds._version import __version__
 from xtds.crystal import Crystal
+from xtds.errors import UnstableResultWarning
 from xtds.ifc import IFCModel
-from xtds.phonons import dispersion, dos, elastic_constants
+from xtds.phonons import dispersion, dos, elastic_constants, stability
 
 __all__ = ["result_dataset", "crystal_variables", "crystal_from", "FitResult", "open_fit"]
+
+
+#: The Γ-centred mesh on which every result is checked for stability (besides the standard path and
+#: the long-wavelength limit, the Born criteria of the elastic tensor).
+STABILITY_MESH = 16
+
+
+def flag_stability(ds: xr.Dataset, model: IFCModel, phi: torch.Tensor) -> None:
+    """Check the fitted constants on a fine mesh, the standard path and the long-wavelength limit;
+    record the outcome in ``attrs['stable']`` (1/0) and ``attrs['stability']``, and warn
+    (:class:`~xtds.errors.UnstableResultWarning`) when they are unstable."""
+    report = stability(model, phi, mesh=STABILITY_MESH)
+    ds.attrs.update(stable=int(report.stable), stability=str(report))
+    if not report.stable:
+        warnings.warn(
+            f"the fitted force constants are dynamically unstable ({report}). The result is flagged "
+            "(attrs['stable'] = 0): check the masks (Bragg tails), the background and the model's range before "
+            "using it",
+            UnstableResultWarning,
+            stacklevel=4,
+        )
 
 
 def crystal_variables(crystal: Crystal) -> dict[str, xr.DataArray]:
@@ -149,6 +172,7 @@ def result_dataset(objective, res, cov, stats, settings, x0) -> xr.Dataset:
     )
     ds = ds.assign(crystal_variables(model.crystal))
     ds.attrs["ifc_cutoff_A"] = float(model.cutoff)
+    flag_stability(ds, model, phi_t)
     if res.start_condition is not None:
         ds.attrs["start_condition"] = res.start_condition
     ident = res.identifiability or {}
