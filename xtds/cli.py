@@ -129,7 +129,8 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
     from xtds.plot import plot_convergence, plot_dispersion, plot_slices
 
     os.makedirs(folder, exist_ok=True)
-    fig = plot_dispersion(res["dispersion"], dos=res["dos"], title="fitted dispersion")
+    fig = plot_dispersion(res["dispersion"], dos=res["dos"], title="fitted dispersion (±1σ)",
+                          stderr=res["dispersion_stderr"] if "dispersion_stderr" in res else None)
     fig.savefig(os.path.join(folder, "dispersion.png"), dpi=110, bbox_inches="tight")
     fig = plot_convergence(res)
     fig.savefig(os.path.join(folder, "convergence.png"), dpi=110, bbox_inches="tight")

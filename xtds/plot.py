@@ -15,8 +15,9 @@ def _pyplot():
     return plt
 
 
-def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, **line_kwargs):
-    """Plot a dispersion DataArray (from :func:`xtds.dispersion`), optionally with a DOS panel.
+def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, stderr=None, **line_kwargs):
+    """Plot a dispersion DataArray (from :func:`xtds.dispersion`), optionally with a DOS panel
+    and, with ``stderr`` (a fit's ``dispersion_stderr``), ±1σ bands.
 
     Returns the matplotlib Figure. Breaks in the path (e.g. ``U|K``) are drawn as gaps.
     """
@@ -39,6 +40,11 @@ def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, **l
     style = {"color": "C0", "lw": 1.5, **line_kwargs}
     for seg in np.split(np.arange(len(x)), breaks):
         ax.plot(x[seg], y[seg], **style)
+        if stderr is not None:
+            e = np.asarray(stderr.values)[seg]
+            for b in range(y.shape[1]):
+                ax.fill_between(x[seg], y[seg, b] - e[:, b], y[seg, b] + e[:, b], color=style["color"], alpha=0.25,
+                                lw=0)
     ticks = [(x[i], lab) for i, lab in enumerate(labels) if lab]
     for xt, _ in ticks:
         ax.axvline(xt, color="0.7", lw=0.8)

@@ -48,6 +48,38 @@ def flag_stability(ds: xr.Dataset, model: IFCModel, phi: torch.Tensor) -> None:
         )
 
 
+def delta_method(f, phi: torch.Tensor, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(f(φ), its standard error √diag(J Σ Jᵀ)) with J = ∂f/∂φ by autograd: the delta method.
+
+    ``f`` maps φ (shape (p,)) to a tensor of any shape; ``cov`` is Σ, shape (p, p)."""
+    phi = phi.detach().to(torch.float64)
+    with torch.no_grad():
+        value = f(phi)
+    J = torch.autograd.functional.jacobian(f, phi, vectorize=True).reshape(-1, len(phi)).cpu().numpy()
+    var = np.einsum("ip,pq,iq->i", J, cov, J)
+    return value.cpu().numpy(), np.sqrt(np.clip(var, 0, None)).reshape(value.shape)
+
+
+def derived_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, disp: xr.DataArray,
+                   cij: xr.DataArray) -> dict[str, xr.DataArray]:
+    """Standard errors of the dispersion (on ``disp``'s path) and of the elastic constants by the
+    delta method. The acoustic frequencies at Γ are zero for every φ (the sum rule): their error
+    is zero (√λ has no derivative there)."""
+    from xtds.dynamics import frequencies
+    from xtds.elastic import elastic_tensor
+
+    k = np.stack([disp[f"k_{c}"].values for c in ("qx", "qy", "qz")], 1)
+    nu, se = delta_method(lambda p: frequencies(model, p, k), phi, cov)
+    se = np.where(np.abs(nu) > 1e-6 * np.abs(nu).max(), se, 0.0)
+    _, se_c = delta_method(lambda p: elastic_tensor(model, p)[0], phi, cov)
+    kind = "delta method, from ifc_cov"
+    return {
+        "dispersion_stderr": disp.copy(data=se).assign_attrs(units=disp.attrs.get("units", "THz"),
+                                                             long_name=f"standard error ({kind})"),
+        "elastic_constants_stderr": cij.copy(data=se_c).assign_attrs(units="GPa", long_name=f"standard error ({kind})"),
+    }
+
+
 def crystal_variables(crystal: Crystal) -> dict[str, xr.DataArray]:
     """The crystal as data: ``crystal_lattice`` (Å), ``crystal_positions`` (fractional),
     ``crystal_species`` and ``crystal_masses`` (amu), on dims ``lattice_vector``, ``atom``,
@@ -149,6 +181,8 @@ def result_dataset(objective, res, cov, stats, settings, x0) -> xr.Dataset:
     ds["dispersion"] = disp.rename({c: f"k_{c}" for c in ("H", "K", "L", "qx", "qy", "qz") if c in disp.coords})
     ds["dos"] = dos(model, phi_t, mesh=16, sigma=0.1)
     ds["elastic_constants"] = elastic_constants(model, phi_t)
+    cov_free = (cov if cov_optimizer is None else cov + cov_optimizer)[:n_free, :n_free]
+    ds = ds.assign(derived_stderr(model, phi_t, cov_free, ds["dispersion"], ds["elastic_constants"]))
     hist = np.array(res.history, dtype=float).reshape(-1, 3)
     losses = sorted({p.loss for p in objective.problems})
     ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
