@@ -377,10 +377,11 @@ def test_checkpoints_that_cannot_be_used_are_named(small, tmp_path):
         ck.write_text(content)
         with pytest.raises(ValueError, match="bad.ckpt is not a readable xtds checkpoint"):
             small.tds.fit(NI, shells=5, initial=START, checkpoint=ck, progress=False)
-    t = time.perf_counter()
+    iterations = []
     with pytest.raises(FileNotFoundError, match="folder of the checkpoint"):
-        small.tds.fit(NI, shells=5, initial=START, checkpoint=tmp_path / "missing" / "fit.ckpt", progress=False)
-    assert time.perf_counter() - t < 10  # refused before the fit, not after its first iteration
+        small.tds.fit(NI, shells=5, initial=START, checkpoint=tmp_path / "missing" / "fit.ckpt", progress=False,
+                      callback=lambda it, x, loss: iterations.append(it))
+    assert iterations == []  # refused before the fit, not when saving after its first iteration
 
 
 def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path):
@@ -392,11 +393,10 @@ def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path):
     path = written(small, tmp_path, "nxs")
     (tmp_path / "exists.nc").write_text("an earlier result")
     for out, message in [("exists.nc", "--overwrite"), ("result.txt", ".nc or .zarr"), ("result.nxs", "not NeXus")]:
-        t = time.perf_counter()
         res = run_cli("fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
                       "--out", str(tmp_path / out))
         assert res.returncode != 0 and message in res.stderr, res.stderr
-        assert time.perf_counter() - t < 30  # checked before the fit
+        assert "b2" not in res.stdout and "iterations" not in res.stdout  # checked before the fit: no table
     assert (tmp_path / "exists.nc").read_text() == "an earlier result"
     assert run_cli("--version").stdout.strip() == f"xtds {xtds.__version__}"
     res = run_cli("plot", path)
