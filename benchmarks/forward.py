@@ -81,7 +81,8 @@ def main():
     geo = PeriodicSupercell(L)
     sc = xtds.Supercell.from_crystal(model, L)
     t0 = time.perf_counter()
-    observable = TDSIntensity(model, q, 300.0, geometry=geo)  # the Laue reduction is computed here, once
+    # the paper: classical statistics; the Laue reduction is computed here, once
+    observable = TDSIntensity(model, q, 300.0, geometry=geo, quantum=False)
     irr = observable.orbits
     q_irr = q[irr.index]
     t_setup = time.perf_counter() - t0
@@ -98,7 +99,8 @@ def main():
     def sampled(solver, cells=L, qs=q, orbit=False):
         def run():
             phi = model.vector(target).requires_grad_(True)
-            intensity = tds_intensity(model, phi, qs, 300.0, method="sampled", geometry=PeriodicSupercell(cells),
+            intensity = tds_intensity(model, phi, qs, 300.0, method="sampled", quantum=False,
+                                      geometry=PeriodicSupercell(cells),
                                       n_samples=N_CONFIGS, solver=solver, seed=0, orbit_average=orbit)
             loss_of(intensity).backward()
         return run

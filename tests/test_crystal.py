@@ -58,7 +58,7 @@ def test_frozen_and_hashable():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(lattice=np.eye(3), positions=[[0, 0, 0]], species=["Xx"]), "unknown element"),
+        (dict(lattice=np.eye(3), positions=[[0, 0, 0]], species=["Xx"]), "unknown species"),
         (dict(lattice=np.eye(2), positions=[[0, 0, 0]], species=["Ni"]), "shape"),
         (dict(lattice=-np.eye(3), positions=[[0, 0, 0]], species=["Ni"]), "left-handed"),
         (dict(lattice=np.eye(3), positions=[[0, 0, 0], [1, 0, 0]], species=["Ni", "Ni"]), "same position"),

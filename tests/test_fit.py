@@ -107,11 +107,12 @@ def test_adam_sampled_resume_is_exact(tmp_path):
     hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
     q = NI.rlu_to_cartesian(hkl)
     with torch.no_grad():
-        I = tds_intensity(model, model.vector({**start, "b0": -1.0}), q, 300.0, geometry=PeriodicSupercell(2))
+        I = tds_intensity(model, model.vector({**start, "b0": -1.0}), q, 300.0, geometry=PeriodicSupercell(2),
+                          quantum=False)
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
-    kw = dict(shells=2, initial=start, method="sampled", n_samples=4, progress=False)
+    kw = dict(shells=2, initial=start, method="sampled", quantum=False, n_samples=4, progress=False)
     full = fit_points(pts, NI, 300.0, optimizer=Adam(epochs=8, lr=0.01), **kw)
     assert full["loss"].sizes["iteration"] == 8
 
@@ -138,13 +139,14 @@ def test_preconditioned_adam_reaches_the_target():
     c = np.arange(-8, 9) / 2.0
     q = NI.rlu_to_cartesian(np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3))
     with torch.no_grad():
-        I = tds_intensity(model, model.vector(truth), q, 300.0, geometry=PeriodicSupercell(2))
+        I = tds_intensity(model, model.vector(truth), q, 300.0, geometry=PeriodicSupercell(2), quantum=False)
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(17, 17, 17))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
     err = {}
     for pre in (True, False):
-        res = fit_points(pts, NI, 300.0, shells=2, initial=start, method="sampled", seed=2, progress=False,
+        res = fit_points(pts, NI, 300.0, shells=2, initial=start, method="sampled", quantum=False, seed=2,
+                         progress=False,
                          optimizer=Adam(epochs=100, precondition=pre))
         err[pre] = max(abs(float(res["ifc"].sel(constant=k)) - v) for k, v in truth.items())
         assert (res["ifc_stderr"] >= res["ifc_optimizer_stderr"]).all() and (res["ifc_optimizer_stderr"] > 0).all()

@@ -52,7 +52,7 @@ def test_exact_equals_brute_force(which, L, ni3, si2):
     m, phi = ni3 if which == "ni" else si2
     q = supercell_q_grid(m.crystal, L, 4)
     q = q[np.random.default_rng(L).choice(len(q), 40, replace=False)]
-    got = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
+    got = tds_intensity(m, phi, q, 300.0, quantum=False, geometry=PeriodicSupercell(L), laue_reduce=False)
     ref = brute_force(m, phi, L, 300.0, q)
     assert ((got - ref).abs() / ref.abs()).max() < 1e-10
 
@@ -119,8 +119,9 @@ def test_multiphonon_remainder_scales_as_T_squared(ni3):
     q = q[~is_gamma(m.primitive, q)][::7]
     rem = []
     for T in (5.0, 10.0, 20.0):
-        ex = tds_intensity(m, phi, q, T, geometry=PeriodicSupercell(L), laue_reduce=False)
-        op = tds_intensity(m, phi, q, T, method="one_phonon", geometry=PeriodicSupercell(L), laue_reduce=False)
+        ex = tds_intensity(m, phi, q, T, quantum=False, geometry=PeriodicSupercell(L), laue_reduce=False)
+        op = tds_intensity(m, phi, q, T, quantum=False, method="one_phonon", geometry=PeriodicSupercell(L),
+                           laue_reduce=False)
         rem.append((ex - op).numpy())
     r1, r2 = rem[1] / rem[0], rem[2] / rem[1]
     assert np.all(rem[0] > 0)
@@ -133,7 +134,7 @@ def test_quantum_limits(ni3):
     q = supercell_q_grid(m.crystal, L, 8)
     q = q[~is_gamma(m.primitive, q)][::11]
     geo = PeriodicSupercell(L)
-    cl = tds_intensity(m, phi, q, 3000.0, geometry=geo, laue_reduce=False)
+    cl = tds_intensity(m, phi, q, 3000.0, quantum=False, geometry=geo, laue_reduce=False)
     qu = tds_intensity(m, phi, q, 3000.0, geometry=geo, quantum=True, laue_reduce=False)
     rel = ((qu - cl) / cl).abs().numpy()
     # per mode, (ħω/2) coth(ħω/2k_BT) / (k_BT) − 1 ≤ (hν/k_BT)²/12: 1.4e-3 for ν_max = 8.1 THz at
@@ -156,7 +157,7 @@ def test_quantum_limits(ni3):
     pred = _sum_pairs(Terms(m, Cr, ws=False), torch.tensor(q), "cromer-mann", "all", 4096)
     assert (((qu - pred) / (qu - cl)).abs()).max() < 0.05  # next order is (ħω/k_BT)² smaller
     # zero-point motion at 10 K: the quantum diffuse intensity far exceeds the classical one
-    cl10 = tds_intensity(m, phi, q, 10.0, geometry=geo, laue_reduce=False)
+    cl10 = tds_intensity(m, phi, q, 10.0, quantum=False, geometry=geo, laue_reduce=False)
     qu10 = tds_intensity(m, phi, q, 10.0, geometry=geo, quantum=True, laue_reduce=False)
     assert torch.median(qu10 / cl10) > 3
 
@@ -166,11 +167,12 @@ def test_infinite_crystal_converges_and_matches_supercell(ni3):
     L = 4
     q = supercell_q_grid(m.crystal, L, 5)
     q = q[~is_gamma(m.primitive, q)][::9]
-    sc = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
-    inf = tds_intensity(m, phi, q, 300.0, geometry=InfiniteCrystal(L), laue_reduce=False)
+    sc = tds_intensity(m, phi, q, 300.0, quantum=False, geometry=PeriodicSupercell(L), laue_reduce=False)
+    inf = tds_intensity(m, phi, q, 300.0, quantum=False, geometry=InfiniteCrystal(L), laue_reduce=False)
     assert ((sc - inf).abs() / sc).max() < 1e-10
     qo = np.random.default_rng(2).normal(size=(8, 3)) * 3
-    vals = [tds_intensity(m, phi, qo, 300.0, geometry=InfiniteCrystal(M)).numpy() for M in (4, 8, 12, 16)]
+    vals = [tds_intensity(m, phi, qo, 300.0, quantum=False, geometry=InfiniteCrystal(M)).numpy()
+            for M in (4, 8, 12, 16)]
     diffs = [np.abs(vals[i + 1] - vals[i]).max() for i in range(3)]
     assert diffs[0] > diffs[1] > diffs[2] and diffs[2] / np.abs(vals[-1]).min() < 1e-3
 
@@ -182,7 +184,7 @@ def test_rocksalt_exact_and_one_phonon():
     L = 2
     q = supercell_q_grid(m.crystal, L, 3)
     q = q[np.random.default_rng(4).choice(len(q), 25, replace=False)]
-    got = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
+    got = tds_intensity(m, phi, q, 300.0, quantum=False, geometry=PeriodicSupercell(L), laue_reduce=False)
     assert ((got - brute_force(m, phi, L, 300.0, q)).abs() / got).max() < 1e-10
 
 

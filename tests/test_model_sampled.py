@@ -106,7 +106,7 @@ def _pooled(m, phi, L, solver, seed0):
     direct sum (test_nufft_path_gives_the_same_draws ties the NUFFT path to it).
     """
     q = torch.tensor(supercell_q_grid(m.crystal, L, 3))
-    exact = tds_intensity(m, phi, q, 300.0, geometry=PeriodicSupercell(L), laue_reduce=False)
+    exact = tds_intensity(m, phi, q, 300.0, quantum=False, geometry=PeriodicSupercell(L), laue_reduce=False)
     chis, means, ses = [], [], []
     for r in range(RUNS):
         mean, se = sampled_intensity(
@@ -184,10 +184,10 @@ def test_sampled_errors(ni):
     with pytest.raises(ValueError, match="classical"):
         tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), quantum=True)
     with pytest.raises(ValueError, match="solver"):
-        tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), solver="qr")
+        tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=PeriodicSupercell(L), solver="qr")
     with pytest.raises(ValueError, match="PeriodicSupercell"):
-        tds_intensity(m, phi, q, 300.0, method="sampled", geometry=xtds.model.InfiniteCrystal(4))
-    mean, se = tds_intensity(m, phi, q, 300.0, method="sampled", geometry=PeriodicSupercell(L), seed=1,
+        tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=xtds.model.InfiniteCrystal(4))
+    mean, se = tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=PeriodicSupercell(L), seed=1,
                              return_stderr=True)
     assert mean.shape == se.shape == (len(q),)
 

@@ -57,7 +57,8 @@ def cmd_simulate(args) -> int:
     crystal = _crystal(args.crystal)
     like = open_volume(args.like)
     T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
-    sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, method=args.method)
+    sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, method=args.method,
+                   quantum=False if args.classical else None)
     write_volume(sim, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
@@ -89,6 +90,11 @@ def _check_out(path, overwrite: bool, fmt=None, results: bool = True) -> None:
         raise SystemExit(f"--out {path}: its folder does not exist")
 
 
+def _background_arg(text):
+    return {None: False, "none": False, "constant": "constant", "compton": "compton",
+            "polynomial": "polynomial"}[text]
+
+
 def _optimizer(args):
     from xtds.fitting import LM, Adam
 
@@ -110,9 +116,12 @@ def cmd_fit(args) -> int:
     ds = open_volume(args.file, group=args.group)
     if args.wedge is not None:
         ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=args.wedge, crystal=crystal)
+    if args.method == "sampled" and not args.classical and "quantum" not in ds.attrs:
+        raise SystemExit("--method sampled is classical: add --classical (the paper's statistics)")
     res = fit(ds, crystal, temperature=args.temperature, shells=args.shells, initial=initial, method=args.method,
               bragg=args.bragg, q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint, optimizer=optimizer,
-              progress=not args.quiet)
+              progress=not args.quiet, quantum=False if args.classical else None,
+              background=_background_arg(args.background), temperature_stderr=args.temperature_stderr)
     _print_result(res)
     if args.out:
         write_volume(res, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
@@ -184,6 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--ifc", required=True, help="'target', 'starting' or a JSON file name → eV/Å²")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
     p.add_argument("--method", default="exact", choices=["exact", "one_phonon"], help="forward model")
+    p.add_argument("--classical", action="store_true",
+                   help="classical statistics (default: the --like file's, else quantum)")
     p.add_argument("--out", required=True, help="the model volume (.zarr, .nc or .nxs)")
     p.add_argument("--format", choices=["zarr", "nc", "nxs"], default=None, help="instead of the --out suffix")
     p.add_argument("--overwrite", action="store_true")
@@ -195,6 +206,11 @@ def main(argv=None) -> int:
     p.add_argument("--initial", required=True, help="'starting' (the paper's Ni) or a JSON file name → eV/Å²")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the file's)")
     p.add_argument("--method", default="exact", choices=["exact", "one_phonon", "sampled"], help="forward model")
+    p.add_argument("--classical", action="store_true",
+                   help="classical statistics (default: the file's, else quantum as for measured data)")
+    p.add_argument("--background", default=None, choices=["none", "constant", "compton", "polynomial"],
+                   help="nuisance terms fitted with a scale (default none: the scale-free loss)")
+    p.add_argument("--temperature-stderr", type=float, default=0.0, help="uncertainty of the temperature, K")
     p.add_argument("--group", default=None)
     p.add_argument("--bragg", type=float, default=None, help="Bragg mask radius, r.l.u.")
     p.add_argument("--q-min", type=float, default=None)

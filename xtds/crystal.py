@@ -7,6 +7,7 @@ reciprocal vectors with 2π included (b_i · a_j = 2π δ_ij), q = H b1 + K b2 +
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import periodictable
 
 from xtds.errors import triple
 
-__all__ = ["Crystal", "PRESETS", "SYMPREC", "spglib_call", "as_crystal"]
+__all__ = ["Crystal", "PRESETS", "SYMPREC", "spglib_call", "as_crystal", "element_of"]
 
 #: Symmetry tolerance (Å) used for every spglib call.
 SYMPREC = 1e-5
@@ -34,14 +35,37 @@ def spglib_call(name: str, *args, **kwargs):
         return getattr(spglib, name)(*args, **kwargs)
 
 
-def _element(symbol: str):
+#: An ion symbol: element, optional charge number, sign ('O2-', 'Na1+', 'Na+').
+_ION = re.compile(r"^([A-Z][a-z]?)(\d*)([+-])$")
+
+
+def element_of(symbol: str):
+    """The periodictable element of a species symbol: an element ('Ni') or an ion ('O2-', 'Na1+',
+    'Na+'), whose mass and atomic number are the element's. A ``ValueError`` names bad symbols."""
+    match = _ION.match(symbol)
+    name = match.group(1) if match else symbol
     try:
-        return periodictable.elements.symbol(symbol)
+        element = periodictable.elements.symbol(name)
     except ValueError:
         raise ValueError(
-            f"unknown element symbol {symbol!r}: species must be element symbols such as 'Ni' "
-            "or 'Si' (periodictable names them); pass masses=... for isotopes"
+            f"unknown species {symbol!r}: give element symbols such as 'Ni' or 'Si', or ions such as 'O2-' or "
+            "'Na1+' (periodictable names them); pass masses=... for isotopes"
         ) from None
+    if match:
+        charge = int(match.group(2) or 1) * (1 if match.group(3) == "+" else -1)
+        if abs(charge) > element.number:
+            raise ValueError(f"the ion {symbol!r} has more charge than {element.symbol} has electrons")
+        from periodictable.cromermann import getCMformula
+
+        try:
+            getCMformula(f"{element.symbol}{abs(charge)}{match.group(3)}")
+        except Exception:
+            raise ValueError(f"no X-ray form factor is tabulated for the ion {symbol!r} (Cromer–Mann, "
+                             "periodictable); use the neutral element's symbol") from None
+    return element
+
+
+_element = element_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +79,8 @@ class Crystal:
     positions
         Shape (n, 3) float: the basis in fractional coordinates of ``lattice``.
     species
-        n element symbols, one per basis atom.
+        n element or ion symbols ('Ni', 'O2-', 'Na1+'), one per basis atom; ions scatter X-rays
+        with their own form factor and have their element's mass.
     masses
         Optional shape (n,) float, amu. Default: standard atomic weights from periodictable.
     name

@@ -47,7 +47,8 @@ def paper_ni_volume(
     wedge: float | None = None,
     seed: int = 0,
 ):
-    """The paper's synthetic Ni volume: ``exact`` TDS of the Target IFCs on the 5×5×5 supercell.
+    """The paper's synthetic Ni volume: ``exact`` TDS of the Target IFCs on the 5×5×5 supercell,
+    in classical statistics as in the paper (``attrs['quantum'] = 0``, which fits follow).
 
     Parameters
     ----------
@@ -83,7 +84,7 @@ def paper_ni_volume(
     phi = model.vector(paper_ni_ifcs("target"))
     q = supercell_q_grid(ni, 5, n_max)
     with torch.no_grad():
-        exact = tds_intensity(model, phi, q, temperature, geometry=PeriodicSupercell(5))
+        exact = tds_intensity(model, phi, q, temperature, geometry=PeriodicSupercell(5), quantum=False)
         I = exact
         if noise_configurations:
             mean, _ = sampled_intensity(model, phi, torch.as_tensor(q), temperature, 5, n_samples=emulate_with,
@@ -97,7 +98,7 @@ def paper_ni_volume(
         coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
         attrs={**crystal_attrs(ni), "temperature": float(temperature),
                "description": "synthetic Ni TDS, paper Target IFCs (EAM u3 / 1.505), exact model, 5x5x5 supercell",
-               "noise_configurations": int(noise_configurations or 0)},
+               "noise_configurations": int(noise_configurations or 0), "quantum": 0},
     )
     if wedge is not None:
         from xtds.volume.dataset import wedge as keep_wedge

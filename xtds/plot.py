@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_dispersion", "plot_slices", "plot_convergence"]
+__all__ = ["plot_dispersion", "plot_slices", "plot_convergence", "plot_residuals"]
 
 
 def _pyplot():
@@ -133,5 +133,27 @@ def plot_convergence(result, reference=None):
         ax2.set_xticklabels(names)
         ax2.set_ylabel("fitted − reference (eV/Å²)")
         ax2.set_title("IFC errors (±1σ)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_residuals(diag):
+    """Two panels: the binned log residuals of a fit vs |q| and vs the distance to the nearest Bragg
+    reflection, with ±1 standard-error bars (``diag`` from :func:`xtds.fitting.diagnostics`, or a fit
+    result, whose diagnostics are computed). Returns the Figure."""
+    plt = _pyplot()
+    if "residual_mean_by_q" not in diag:
+        from xtds.fitting.diagnostics import diagnostics
+
+        diag = diagnostics(diag)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, dim, tag, label in ((axes[0], "q", "q", "|q| (Å⁻¹)"),
+                                (axes[1], "bragg_distance", "bragg", "distance to nearest Bragg peak (Å⁻¹)")):
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.errorbar(diag[dim].values, diag[f"residual_mean_by_{dim}"].values,
+                    yerr=diag[f"residual_stderr_by_{dim}"].values, fmt="o-", ms=3, lw=1, capsize=2)
+        ax.set_xlabel(label)
+        ax.set_title(f"η² = {diag.attrs[f'eta2_{tag}']:.2f}", fontsize=9)
+    axes[0].set_ylabel("mean log(data / model)")
     fig.tight_layout()
     return fig

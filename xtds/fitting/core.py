@@ -15,10 +15,13 @@ covariance: σ̂_p² per problem p from its residuals (for ``var_log``: Σρ² /
 points counting as independent observations; for ``chi2``: 1, the residuals being in units of σ),
 or, for data that are a mean over N sampled configurations, the covariance of single-configuration
 draws through the linearized fit, divided by N. For one problem J⁺ σ̂² J⁺ᵀ = σ̂² (JᵀJ)⁻¹.
+A problem's temperature uncertainty σ_T adds σ_T² g gᵀ, g = ∂x̂/∂T = −J⁺ ∂ρ/∂T (the shift of the
+optimum when the temperature moves; in classical statistics every force constant scales with T).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -36,7 +39,7 @@ from xtds.fitting.problem import Problem, describe
 from xtds.fitting.result import result_dataset
 from xtds.ifc import IFCModel
 from xtds.model.geometry import PeriodicSupercell, auto_geometry
-from xtds.model.observable import TDSIntensity
+from xtds.model.observable import TDSIntensity, statistics_of
 from xtds.volume import dataset as vol
 from xtds.volume.schema import check_crystal
 
@@ -113,7 +116,7 @@ class Objective:
         names = list(self.model.names)
         for p in self.problems:
             prefix = f"{p.name}_" if p.name else ""
-            names += [f"{prefix}log_scale", f"{prefix}background"][: p.n_nuisance]
+            names += [f"{prefix}{n}" for n in p.nuisance_names]
         return names
 
     def check_identifiable(self, J: np.ndarray, raise_: bool = True) -> dict:
@@ -265,8 +268,25 @@ def _covariance(objective: Objective, res, noise_draws: int):
         else:
             cov += unit * (Jr @ Jr.T)
             s2 = unit * float(p.weight.sum()) if p.loss == "var_log" else 1.0  # per voxel: Var of one log I
-        stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2})
+        if p.temperature_stderr:
+            g = -Jr @ _temperature_derivative(p, phi, nu)
+            cov += p.temperature_stderr**2 * np.outer(g, g)
+        stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2,
+                      "temperature_stderr_K": float(p.temperature_stderr)})
     return cov, stats
+
+
+def _temperature_derivative(p: Problem, phi, nu, rel_step: float = 1e-3) -> np.ndarray:
+    """∂ρ/∂T (shape (P,)) of a problem's residuals at fixed parameters, by central differences of
+    the observable rebuilt at T ± h (h = 10⁻³ T)."""
+    T = float(p.observable.temperature)
+    h = rel_step * T
+    rho = []
+    for t in (T + h, T - h):
+        q = dataclasses.replace(p, observable=dataclasses.replace(p.observable, temperature=t))
+        with torch.no_grad():
+            rho.append(q.residuals(phi, nu).cpu().numpy())
+    return (rho[0] - rho[1]) / (2 * h)
 
 
 def points_problem(
@@ -275,10 +295,11 @@ def points_problem(
     temperature: float,
     method: str = "exact",
     geometry="auto",
-    quantum: bool = False,
+    quantum: bool = True,
     form_factor: str | None = "cromer-mann",
     loss: str = "var_log",
-    background: bool = False,
+    background=False,
+    temperature_stderr: float = 0.0,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -312,8 +333,9 @@ def points_problem(
     coords.update({d: (points[d].values, dict(points[d].attrs)) for d in "HKL"})
     return Problem(observable, points["intensity"].values, weight=mult,
                    sigma=points["sigma"].values if "sigma" in points else None, loss=loss,
-                   background=True if background else None,
-                   noise_configurations=noise_configurations, name=name, coords=coords,
+                   background=None if background is False else background,
+                   temperature_stderr=temperature_stderr, noise_configurations=noise_configurations, name=name,
+                   coords=coords,
                    data_attrs=dict(points["intensity"].attrs))
 
 
@@ -344,10 +366,11 @@ def fit_points(
     *,
     method: str = "exact",
     geometry="auto",
-    quantum: bool = False,
+    quantum: bool | None = None,
     form_factor: str | None = "cromer-mann",
     loss: str = "var_log",
-    background: bool = False,
+    background=False,
+    temperature_stderr: float = 0.0,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -377,10 +400,17 @@ def fit_points(
         Starting IFCs: mapping, DataArray, or a Phonopy object (projected on the basis).
     method, geometry, quantum, form_factor
         The forward model (:class:`~xtds.model.TDSIntensity`); ``geometry="auto"`` is a periodic
-        supercell when the points lie on its grid, else an infinite crystal.
+        supercell when the points lie on its grid, else an infinite crystal. ``quantum``: None
+        (default) takes the statistics the data say they were simulated with (``attrs['quantum']``,
+        written by :func:`xtds.simulate`) and otherwise Bose–Einstein statistics, those of a measured
+        crystal; False: classical (the paper's benchmark).
     loss, background
-        ``"var_log"`` (the paper's) or ``"chi2"``; ``background=True`` fits a scale and a constant
-        background jointly (always for ``chi2``).
+        ``"var_log"`` (the paper's) or ``"chi2"``. ``background``: the nuisance terms fitted with an
+        overall scale: True or ``"constant"``, ``"compton"`` (Compton scattering of free amplitude
+        and a constant), ``"polynomial"``, or a :class:`~xtds.fitting.background.Background`
+        (always at least a constant for ``chi2``); see :mod:`xtds.fitting.background`.
+    temperature_stderr
+        Standard uncertainty of the temperature (K), propagated into the errors (0: exact).
     n_samples, solver, orbit_average, seed
         ``sampled`` only: configurations per epoch, the Cholesky solver, whether each point's
         model averages every configuration over its Laue orbit (default; the same mean with less
@@ -401,9 +431,11 @@ def fit_points(
     on dim ``point``.
     """
     check_temperature(temperature)
+    quantum = statistics_of(points.attrs, quantum)
     model = IFCModel(as_crystal(crystal), shells=shells, cutoff=cutoff)
     problem = points_problem(points, model, temperature, method=method, geometry=geometry, quantum=quantum,
-                             form_factor=form_factor, loss=loss, background=background, n_samples=n_samples,
+                             form_factor=form_factor, loss=loss, background=background,
+                             temperature_stderr=temperature_stderr, n_samples=n_samples,
                              solver=solver, orbit_average=orbit_average, seed=seed,
                              noise_configurations=noise_configurations, dtype=dtype, device=device)
     return fit_problems([problem], initial, optimizer=optimizer, noise_draws=noise_draws, checkpoint=checkpoint,
@@ -425,10 +457,11 @@ def fit(
     laue: str | None = None,
     method: str = "exact",
     geometry="auto",
-    quantum: bool = False,
+    quantum: bool | None = None,
     form_factor: str | None = "cromer-mann",
     loss: str = "var_log",
-    background: bool = False,
+    background=False,
+    temperature_stderr: float = 0.0,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -456,6 +489,7 @@ def fit(
         if temperature is None:
             raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
     check_temperature(temperature)
+    quantum = statistics_of(ds.attrs, quantum)
     crystal = as_crystal(crystal)
     check_crystal(ds, crystal)
     prepared = vol.mask(ds, bragg=bragg, q_min=q_min, q_max=q_max, crystal=crystal)
@@ -465,6 +499,7 @@ def fit(
     points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)
     out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, initial=initial, method=method,
                      geometry=geometry, quantum=quantum, form_factor=form_factor, loss=loss, background=background,
+                     temperature_stderr=temperature_stderr,
                      n_samples=n_samples, solver=solver, orbit_average=orbit_average, seed=seed,
                      noise_configurations=noise_configurations, noise_draws=noise_draws, optimizer=optimizer,
                      checkpoint=checkpoint, callback=callback, progress=progress, dtype=dtype, device=device,

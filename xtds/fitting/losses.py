@@ -3,10 +3,10 @@
 - ``"var_log"`` (the paper's Eq. 11): L = Var_q[log I_target − log I_fit], weighted by the
   points' multiplicities; invariant to an overall scale. As residuals:
   ρ_i = √(m_i/M) (r_i − r̄), r_i = log I_target,i − log I_fit,i, r̄ = Σ m_i r_i / M, so Σ ρ_i² = L.
-  With ``background=True`` the model is s·I_fit + b with a fitted scale s and background b
-  (intensity units of the data), and the residual is the plain log difference (no centring).
-- ``"chi2"``: (I_target − s·I_fit − b)/σ with per-point σ (from the data's ``sigma``), s and b
-  fitted jointly: the noise-weighted alternative when the noise is known.
+  With a background (:mod:`xtds.fitting.background`) the model is s·I_fit + b (+ Compton and
+  smooth terms) with a fitted scale s, and the residual is the plain log difference (no centring).
+- ``"chi2"``: (I_target − s·I_fit − b)/σ with per-point σ (from the data's ``sigma``), s and the
+  background fitted jointly: the noise-weighted alternative when the noise is known.
 - The eigenvalue penalty (Eq. 12–13): P = α Σ max(0, −λ_i) over the eigenvalues of H(k) on the
   model's k-grid (rigid translations excluded); the paper switches the variance term off while
   P > 0. The Adam loop uses it; Levenberg–Marquardt instead rejects any step with P > 0.
@@ -25,26 +25,25 @@ __all__ = ["LOSSES", "residuals", "eigen_penalty", "min_eigenvalues"]
 LOSSES = ("var_log", "chi2")
 
 
-def residuals(I_fit, I_target, weight, loss: str = "var_log", nuisance=None, sigma=None):
+def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = False, sigma=None):
     """The residual vector ρ (shape (P,)) whose squared norm is the loss.
 
-    ``nuisance``: None, or a tensor (log s, b) for the scale and background.
+    ``I_model``: the model at the points; ``scaled``: whether it already holds the problem's scale
+    and background (:class:`~xtds.fitting.background.Background`). An unscaled ``var_log`` model is
+    compared up to the free scale (centring); an unscaled ``chi2`` model as it is.
     """
     if loss == "var_log":
-        if nuisance is None:
-            r = torch.log(I_target) - torch.log(I_fit)
+        if not scaled:
+            r = torch.log(I_target) - torch.log(I_model)
             M = weight.sum()
             rbar = (weight * r).sum() / M
             return torch.sqrt(weight / M) * (r - rbar)
-        model = torch.exp(nuisance[0]) * I_fit + nuisance[1]
-        r = torch.log(I_target) - torch.log(model.clamp(min=1e-300))
+        r = torch.log(I_target) - torch.log(I_model.clamp(min=1e-300))
         return torch.sqrt(weight / weight.sum()) * r
     if loss == "chi2":
         if sigma is None:
             raise ValueError("loss='chi2' needs per-voxel uncertainties: a 'sigma' variable in the data")
-        s = torch.exp(nuisance[0]) if nuisance is not None else 1.0
-        b = nuisance[1] if nuisance is not None else 0.0
-        return (I_target - s * I_fit - b) / sigma
+        return (I_target - I_model) / sigma
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 

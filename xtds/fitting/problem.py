@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from xtds.fitting.background import Background, as_background
 from xtds.fitting.losses import LOSSES, residuals
 from xtds.ifc import IFCModel
 
@@ -41,9 +42,15 @@ class Problem:
     loss
         ``"var_log"`` (the paper's Eq. 11, scale-free) or ``"chi2"``.
     background
-        Fit an overall scale and a constant background: two nuisance parameters of this problem,
-        (log s, b). None (default): the loss's own choice, no for ``var_log`` (which is
-        scale-free) and yes for ``chi2``; False with ``chi2`` compares the model unscaled.
+        The nuisance terms fitted with an overall scale s (:mod:`xtds.fitting.background`): True or
+        ``"constant"`` (a constant b), ``"compton"`` (Compton scattering of free amplitude and a
+        constant), ``"polynomial"`` (a constant and a quadratic in |q|), or a
+        :class:`~xtds.fitting.background.Background`. None (default): the loss's own choice, none
+        for ``var_log`` (which is scale-free) and a constant for ``chi2``; False with ``chi2``
+        compares the model unscaled.
+    temperature_stderr
+        Standard uncertainty of the observable's temperature (K): propagated into the covariance
+        of the fitted parameters (0: the temperature is taken as exact).
     noise_configurations
         The data are a mean over this many sampled configurations (the paper's synthetic target):
         the covariance then comes from the observable's noise model
@@ -61,7 +68,8 @@ class Problem:
     weight: np.ndarray | None = None
     sigma: np.ndarray | None = None
     loss: str = "var_log"
-    background: bool | None = None
+    background: bool | str | Background | None = None
+    temperature_stderr: float = 0.0
     noise_configurations: int | None = None
     name: str = ""
     coords: dict = field(default_factory=dict)
@@ -99,11 +107,25 @@ class Problem:
                 raise ValueError(f"noise_configurations must be a positive count, got {self.noise_configurations}")
             if not hasattr(self.observable, "configuration_noise"):
                 raise ValueError(f"{type(self.observable).__name__} has no noise model for noise_configurations")
+        if not (np.isfinite(self.temperature_stderr) and self.temperature_stderr >= 0):
+            raise ValueError(f"temperature_stderr must be a non-negative number of K, got {self.temperature_stderr!r}")
+        if self.temperature_stderr and not hasattr(self.observable, "temperature"):
+            raise ValueError(f"{type(self.observable).__name__} has no temperature to take temperature_stderr")
+        bg = as_background(self.background, self.loss)
+        set_(self, "_bg", bg)
         obs = self.observable
         dt, dev = getattr(obs, "dtype", torch.float64), getattr(obs, "device", None)
         set_(self, "_target", torch.as_tensor(data, dtype=dt, device=dev))
         set_(self, "_weight", torch.as_tensor(self.weight, dtype=dt, device=dev))
         set_(self, "_sigma", None if self.sigma is None else torch.as_tensor(self.sigma, dtype=dt, device=dev))
+        C, A = None, np.ones((n, 1)) if bg is not None and bg.constant else np.zeros((n, 0))
+        if bg is not None and (bg.compton or bg.polynomial):
+            q = getattr(obs, "q", None)
+            if q is None or np.shape(q) != (n, 3):
+                raise ValueError(f"background {bg} needs the points' q: {type(obs).__name__} has none")
+            C, A = bg.basis(obs.model, q)
+        set_(self, "_C", None if C is None else torch.as_tensor(C, dtype=dt, device=dev))
+        set_(self, "_A", torch.as_tensor(A, dtype=dt, device=dev))
 
     @property
     def model(self) -> IFCModel:
@@ -111,45 +133,67 @@ class Problem:
 
     @property
     def n_nuisance(self) -> int:
-        """Nuisance parameters of this problem: 2 (log scale, background) or 0."""
-        on = self.background if self.background is not None else self.loss == "chi2"
-        return 2 if on else 0
+        """Nuisance parameters of this problem: log scale and the background's terms, or 0."""
+        return 0 if self._bg is None else 1 + len(self._bg.names)
+
+    @property
+    def nuisance_names(self) -> list[str]:
+        return [] if self._bg is None else ["log_scale", *self._bg.names]
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def _nuisance(self, nu):
-        return None if self.n_nuisance == 0 else nu
+    def _model(self, I: torch.Tensor, nu) -> torch.Tensor:
+        """The observable's values with this problem's scale and background applied."""
+        return I if self._bg is None else self._bg.apply(I, nu, self._C, self._A)
 
     def initial_nuisance(self, phi0: torch.Tensor) -> list[float]:
-        """Starting (log s, b): the least-squares scale (chi2) or the weighted mean log ratio."""
+        """Starting nuisance parameters: the linear least-squares scale and background terms for the
+        starting model (relative errors for ``var_log``), the scale alone when those fail."""
         if self.n_nuisance == 0:
             return []
         with torch.no_grad():
-            I0 = self.observable.mean(phi0)
-        t, w = self._target, self._weight
-        if self.loss == "chi2":
-            s0 = float((t * I0).sum() / (I0 * I0).sum())
-        else:
-            s0 = float(torch.exp((w * (torch.log(t) - torch.log(I0))).sum() / w.sum()))
-        return [float(np.log(max(s0, 1e-300))), 0.0]
+            I0 = self.observable.mean(phi0).cpu().numpy()
+        t, w = self.data, self.weight
+        cols = [I0] + ([self._C.cpu().numpy()] if self._C is not None else []) + list(self._A.cpu().numpy().T)
+        X = np.stack(cols, 1)
+        rw = np.sqrt(w) / (t if self.loss == "var_log" else self.sigma)
+        try:
+            coef = np.linalg.lstsq(X * rw[:, None], t * rw, rcond=None)[0]
+        except np.linalg.LinAlgError:
+            coef = np.full(X.shape[1], np.nan)
+        model = X @ coef
+        if not (np.all(np.isfinite(coef)) and coef[0] > 0 and (self.loss != "var_log" or np.all(model > 0))):
+            if self.loss == "chi2":
+                s0 = float((t * I0).sum() / (I0 * I0).sum())
+            else:
+                s0 = float(np.exp((w * (np.log(t) - np.log(I0))).sum() / w.sum()))
+            coef = np.zeros(X.shape[1])
+            coef[0] = s0
+        s0 = max(float(coef[0]), 1e-300)
+        rest = list(coef[1:])
+        if self._C is not None:  # X holds s·a_C; the parameter is a_C, after the constant
+            a_c = rest.pop(0) / s0
+            rest.insert(1 if self._bg.constant else 0, a_c)
+        return [float(np.log(s0)), *map(float, rest)]
 
     def residuals(self, phi: torch.Tensor, nu, epoch: int | None = None) -> torch.Tensor:
         """ρ, shape (P,), whose squared norm is this problem's loss: of the deterministic mean model
         (``epoch`` None) or of one stochastic evaluation."""
         I = self.observable.mean(phi) if epoch is None else self.observable(phi, epoch)
-        return residuals(I, self._target, self._weight, self.loss, self._nuisance(nu), self._sigma)
+        return residuals(self._model(I, nu), self._target, self._weight, self.loss, self._bg is not None, self._sigma)
 
     def noise_residuals(self, phi: torch.Tensor, nu, draws: int, seed: int) -> np.ndarray:
         """Residual vectors (draws, P) of data drawn from the observable's noise model of
         ``noise_configurations`` single configurations, against the model at ``phi``."""
         eps = self.observable.configuration_noise(phi, draws, seed, multiplicity=self.weight)
         with torch.no_grad():
-            Ie = self.observable.mean(phi).cpu()
-        nu_c = None if self._nuisance(nu) is None else nu.cpu()
+            Ie = self.observable.mean(phi)
+            model = self._model(Ie, nu).cpu()
+            Ie = (Ie if self._bg is None else torch.exp(nu[0]) * Ie).cpu()  # the TDS part, scaled
         sig = None if self._sigma is None else self._sigma.cpu()
-        w = self._weight.cpu()
-        return np.stack([residuals(Ie, Ie * (1.0 + torch.as_tensor(row, dtype=Ie.dtype)), w, self.loss, nu_c,
+        w, scaled = self._weight.cpu(), self._bg is not None
+        return np.stack([residuals(model, model + Ie * torch.as_tensor(row, dtype=Ie.dtype), w, self.loss, scaled,
                                    sig).numpy() for row in eps])
 
     def dof_and_variance(self, rho: np.ndarray, n_shared: float) -> tuple[int, float]:
@@ -172,8 +216,8 @@ class Problem:
         weighted mean log ratio, the scale the loss leaves free)."""
         with torch.no_grad():
             I = self.observable.mean(phi)
-            if self.n_nuisance:
-                return torch.exp(nu[0]) * I + nu[1]
+            if self._bg is not None:
+                return self._model(I, nu)
             shift = (self._weight * (torch.log(self._target) - torch.log(I))).sum() / self._weight.sum()
             return I * torch.exp(shift)
 
@@ -194,9 +238,22 @@ class Problem:
         with np.errstate(divide="ignore", invalid="ignore"):
             out["residual"] = xr.DataArray(np.log(self.data) - np.log(model), dims=(dim,),
                                            attrs={"long_name": "log data − log model", "units": "1"})
-        if self.n_nuisance:
+        if self._bg is not None:
+            nu = nu.detach().cpu()
             out["scale"] = xr.DataArray(float(torch.exp(nu[0])), attrs={"units": "1"})
-            out["background"] = xr.DataArray(float(nu[1]), attrs={"long_name": "background, data units"})
+            attrs = {"background": {"long_name": "constant background", "units": "data units"},
+                     "compton_amplitude": {"long_name": "amplitude of the Compton scattering (1: the tabulated one "
+                                                        "on the model's scale)", "units": "1",
+                                           "source": "xraylib SF_Compt (Hubbell et al. 1975)"}}
+            for name, value in zip(self._bg.names, nu[1:].tolist(), strict=True):
+                out[name] = xr.DataArray(value, attrs=attrs.get(name, {"long_name": "Chebyshev coefficient of the "
+                                                                                    "smooth background in |q|",
+                                                                       "units": "data units"}))
+            with torch.no_grad():
+                zero = torch.zeros(len(self), dtype=self._A.dtype, device=self._A.device)
+                bg_only = self._model(zero, nu.to(self._A)).cpu().numpy()
+            out["model_background"] = xr.DataArray(bg_only, dims=(dim,), attrs={
+                "long_name": "the fitted background (Compton and additive terms, scaled)", "units": "data units"})
         return {f"{self.name}_{k}" if self.name else k: v for k, v in out.items()}
 
 

@@ -229,7 +229,8 @@ def _first(f, paths):
 
 
 def sample_attrs(f, path: str) -> dict:
-    """Unit cell, space group, temperature and wavelength from the entry of ``path`` (or 'entry')."""
+    """Unit cell, space group, temperature and wavelength from the entry of ``path`` (or 'entry'), and
+    the statistics of a volume xtds simulated (``quantum``, from the NXdata's ``xtds_quantum``)."""
     entry = path.split("/")[0]
     roots = [entry, "entry"] if entry != "entry" else ["entry"]
     out = {}
@@ -260,6 +261,8 @@ def sample_attrs(f, path: str) -> dict:
         wl = _first(f, [f"{r}/instrument/monochromator/wavelength"])
         if wl is not None and "wavelength" not in out:
             out["wavelength"] = float(np.ravel(wl)[0])
+    if path in f and "xtds_quantum" in f[path].attrs:  # a volume xtds simulated: its statistics
+        out["quantum"] = int(np.ravel(f[path].attrs["xtds_quantum"])[0])
     return out
 
 
@@ -303,6 +306,8 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group:
         g.attrs["NX_class"] = "NXdata"
         g.attrs["signal"] = "data"
         g.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+        if "quantum" in ds.attrs:  # the statistics of a simulated volume, which fits follow
+            g.attrs["xtds_quantum"] = int(ds.attrs["quantum"])
         for dim, name in (("H", "Qh"), ("K", "Qk"), ("L", "Ql")):
             g[name] = np.asarray(ds[dim].values, dtype=float)
             g[name].attrs["units"] = "rlu"

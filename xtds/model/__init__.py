@@ -50,7 +50,7 @@ def tds_intensity(
     temperature: float,
     method: str = "exact",
     geometry: PeriodicSupercell | InfiniteCrystal | None = None,
-    quantum: bool = False,
+    quantum: bool = True,
     form_factor: str | None = "cromer-mann",
     laue_reduce: bool | str = "auto",
     orbit_average: bool = False,

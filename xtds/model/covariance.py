@@ -123,9 +123,10 @@ def covariance_k(
         Um = U * sqrt_m[None, :, None]
         Um = Um / torch.linalg.norm(Um[:, :, :1], dim=1, keepdim=True)
         Pm = Um @ Um.mH
-        dscale = torch.diagonal(D, dim1=-2, dim2=-1).real.mean().detach().abs().clamp(min=1e-6)
+        # the translations at Γ are moved to twice the Gershgorin bound (above every mode; the mean
+        # diagonal can meet a folded optical mode exactly) and get weight zero: marked by value
+        dscale = 2 * D.detach().abs().sum(-1).amax().real.clamp(min=1e-6)
         Dreg = D + torch.where(g, dscale * Pm, torch.zeros_like(Pm))
-        # the translation eigenvalue dscale at Γ gets weight zero: mark it by value
         lam0 = torch.linalg.eigvalsh(Dreg.detach())
         zero_mask = g[:, :, 0] & ((lam0 - dscale).abs() < 1e-9 * dscale)
         if torch.any(g) and not torch.all(zero_mask.sum(-1)[gamma] == 3):

@@ -13,6 +13,7 @@ is a new module with a class of this shape; the fit loop does not change.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -27,7 +28,7 @@ from xtds.model.exact import exact_infinite, exact_supercell, one_phonon
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell
 from xtds.model.sampled import configuration_intensities, sampled_intensity
 
-__all__ = ["Observable", "TDSIntensity", "METHODS"]
+__all__ = ["Observable", "TDSIntensity", "METHODS", "statistics_of"]
 
 #: Offset from a supercell's grid (in grid steps) above which a point counts as jittered and is
 #: moved onto the grid; below it the difference is round-off.
@@ -100,7 +101,9 @@ class TDSIntensity:
         paper) or :class:`InfiniteCrystal` (default for ``one_phonon``: a 16³ mesh for the
         Debye–Waller factor; required for arbitrary q with ``exact``).
     quantum
-        Bose–Einstein statistics with zero-point motion (``exact`` and ``one_phonon``).
+        Bose–Einstein statistics with zero-point motion (default: what a measured crystal
+        obeys; ``exact`` and ``one_phonon``). False: classical statistics (the paper's choice,
+        the only one of ``sampled``).
     form_factor
         ``"cromer-mann"`` (periodictable's tabulation) or None for the bare lattice sum.
     laue_reduce
@@ -125,7 +128,7 @@ class TDSIntensity:
     temperature: float
     method: str = "exact"
     geometry: PeriodicSupercell | InfiniteCrystal | None = None
-    quantum: bool = False
+    quantum: bool = True
     form_factor: str | None = "cromer-mann"
     laue_reduce: bool | str = "auto"
     orbit_average: bool = False
@@ -165,8 +168,8 @@ class TDSIntensity:
             if not isinstance(geometry, PeriodicSupercell):
                 raise ValueError("the sampled model needs a PeriodicSupercell geometry")
             if self.quantum:
-                raise ValueError("the sampled model is classical (the paper's); use method='exact' for quantum "
-                                 "statistics")
+                raise ValueError("the sampled model is classical (the paper's): pass quantum=False with "
+                                 "method='sampled', or use method='exact' for quantum statistics (the default)")
             if self.n_samples < 2:
                 raise ValueError("n_samples must be at least 2 (the standard error needs two)")
         elif self.orbit_average:
@@ -268,3 +271,17 @@ class TDSIntensity:
                 orb = torch.zeros(b, len(n), dtype=self.dtype).index_add_(1, own, Ic.to(self.dtype))
                 out.append((orb / torch.as_tensor(size, dtype=self.dtype) / Ie - 1.0) * inflate)
         return torch.cat(out).numpy()
+
+
+def statistics_of(attrs, quantum: bool | None) -> bool:
+    """The statistics of a fit: ``quantum`` when given; else what the data say they were simulated
+    with (``attrs['quantum']``, 0/1, written by :func:`xtds.simulate`); else quantum, as a measured
+    crystal obeys."""
+    if quantum is not None:
+        return bool(quantum)
+    if "quantum" in attrs:
+        chosen = bool(int(attrs["quantum"]))
+        logging.getLogger("xtds.model").info("quantum=None: the data were simulated with %s statistics; using them",
+                                             "quantum" if chosen else "classical")
+        return chosen
+    return True

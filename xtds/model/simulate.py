@@ -9,7 +9,7 @@ import xarray as xr
 from xtds.crystal import as_crystal
 from xtds.ifc import IFCModel
 from xtds.model.geometry import auto_geometry
-from xtds.model.observable import TDSIntensity
+from xtds.model.observable import TDSIntensity, statistics_of
 
 __all__ = ["simulate"]
 
@@ -23,7 +23,7 @@ def simulate(
     cutoff: float | None = None,
     method: str = "exact",
     geometry="auto",
-    quantum: bool = False,
+    quantum: bool | None = None,
     form_factor: str | None = "cromer-mann",
     **options,
 ) -> xr.Dataset:
@@ -33,13 +33,15 @@ def simulate(
 
     ``temperature`` defaults to ``ds.attrs['temperature']``; ``geometry="auto"`` is a periodic
     supercell when the grid lies on one, else an infinite crystal. The Laue reduction is used when
-    the grid is closed under the group. ``options``: the method's options of
+    the grid is closed under the group. ``quantum``: None (default) takes the statistics of ``ds``
+    when it says (``attrs['quantum']``), else quantum. ``options``: the method's options of
     :class:`~xtds.model.observable.TDSIntensity` (``n_samples``, ``seed``, …).
     """
     if temperature is None:
         temperature = ds.attrs.get("temperature")
         if temperature is None:
             raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
+    quantum = statistics_of(ds.attrs, quantum)
     crystal = as_crystal(crystal)
     model = IFCModel(crystal, shells=shells, cutoff=cutoff)
     hkl = np.stack(np.meshgrid(*(ds[d].values for d in "HKL"), indexing="ij"), -1).reshape(-1, 3)

@@ -38,11 +38,9 @@ def allowed_reflections(crystal, hkl_max: int) -> np.ndarray:
     extinction rules of the structure: FCC h, k, l unmixed; diamond also h+k+l ≠ 4n+2 for all-even).
     Shape (n, 3) int.
     """
-    import periodictable
-
     r = np.arange(-hkl_max, hkl_max + 1)
     hkl = np.array(list(itertools.product(r, r, r)))
-    z = np.array([periodictable.elements.symbol(s).number for s in crystal.species], dtype=float)
+    z = np.asarray(crystal.numbers, dtype=float)
     F = np.exp(2j * np.pi * hkl @ np.asarray(crystal.positions).T) @ z
     return hkl[np.abs(F) > 1e-6 * z.sum()]
 

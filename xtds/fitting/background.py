@@ -1,0 +1,163 @@
+"""Backgrounds and the overall scale: the nuisance terms of a problem's model.
+
+A measured diffuse volume is the TDS times an unknown scale, plus scattering that is not TDS. The
+model of a point at |q| is
+
+    I_model = s · (I_TDS + a_C · C(|q|)) + b + Σ_{n=1..N} c_n T_n(x),
+
+- s: the overall scale (fitted as log s);
+- C(|q|): the Compton (incoherent) scattering of the cell, Σ_atoms S_Z(|q|/4π) in electrons² per
+  primitive cell, the same units as I_TDS, from xraylib's incoherent scattering functions
+  (Hubbell et al. 1975, as tabulated by xraylib's ``SF_Compt``), optionally times the Breit–Dirac
+  recoil factor (E'/E)² of an energy-integrating detector; a_C is its free amplitude (1 when the
+  data are on the absolute scale of the model and nothing else attenuates the Compton part);
+- b: a constant (data units);
+- T_n(x): Chebyshev polynomials of x = |q| mapped onto [−1, 1] over the problem's |q| range: a
+  smooth background of low order N (air, fluorescence, the tails of a broad amorphous signal).
+
+Which to use: a constant always (detector offset, fluorescence); Compton at energies and |q| where
+it is comparable to the TDS (high |q|, light elements: it rises towards Z per atom while the TDS
+falls with f²); a polynomial only when the diagnostics (:func:`xtds.fitting.diagnostics`) still
+show structure in |q| after those, and of the lowest order that removes it, because a smooth
+background trades off against the Debye–Waller factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Background", "as_background", "compton", "ELECTRON_REST_KEV", "HC_KEV_A"]
+
+#: m_e c² in keV (CODATA 2018).
+ELECTRON_REST_KEV = 510.99895
+#: h c in keV·Å (CODATA 2018), λ = HC_KEV_A / E.
+HC_KEV_A = 12.398419843
+
+
+def _atomic_number(species: str) -> int:
+    from xtds.crystal import element_of
+
+    return int(element_of(species).number)
+
+
+def compton(species, qnorm, energy_keV: float | None = None) -> np.ndarray:
+    """Incoherent (Compton) scattering of a set of atoms, electrons² per set.
+
+    Parameters
+    ----------
+    species
+        Element or ion symbols (ions use their element's function: the core electrons dominate
+        at the |q| where the Compton part matters).
+    qnorm
+        Shape (Q,), |q| in Å⁻¹ (2π included); xraylib's argument is x = sin θ/λ = |q|/4π.
+    energy_keV
+        The incident energy. When given, each term is multiplied by the Breit–Dirac recoil factor
+        (E'/E)², E'/E = 1 / (1 + (E/m_e c²)(1 − cos 2θ)), sin θ = |q|λ/4π (energy-integrating
+        detector); None leaves it out.
+
+    Returns
+    -------
+    Shape (Q,): Σ_atoms S_Z(x).
+    """
+    import xraylib_np
+
+    q = np.asarray(qnorm, dtype=float).reshape(-1)
+    if np.any(q < 0) or not np.all(np.isfinite(q)):
+        raise ValueError("|q| must be finite and non-negative")
+    z = np.array([_atomic_number(s) for s in species], dtype=np.int64)
+    uniq, counts = np.unique(z, return_counts=True)
+    table = np.asarray(xraylib_np.SF_Compt(uniq.astype(np.int64), q / (4 * math.pi)), dtype=float)  # (Z, Q)
+    total = counts @ table
+    if energy_keV is not None:
+        energy = float(energy_keV)
+        if not energy > 0:
+            raise ValueError(f"energy_keV must be positive, got {energy_keV}")
+        s = q * (HC_KEV_A / energy) / (4 * math.pi)
+        if np.any(s > 1):
+            raise ValueError(f"|q| up to {q.max():.3g} Å⁻¹ is beyond the Ewald sphere at {energy} keV")
+        cos2t = 1 - 2 * s * s
+        total = total / (1 + energy / ELECTRON_REST_KEV * (1 - cos2t)) ** 2
+    return total
+
+
+@dataclass(frozen=True)
+class Background:
+    """The nuisance terms of a problem besides the scale: which are fitted.
+
+    Parameters
+    ----------
+    constant
+        A constant b (data units).
+    compton
+        The Compton scattering of the cell with a free amplitude a_C (see the module docstring).
+    polynomial
+        N: Chebyshev terms T_1…T_N in |q| (data units); 0 for none.
+    energy_keV
+        Incident energy for the Breit–Dirac factor of the Compton term (None: left out).
+    """
+
+    constant: bool = True
+    compton: bool = False
+    polynomial: int = 0
+    energy_keV: float | None = None
+
+    def __post_init__(self):
+        if int(self.polynomial) != self.polynomial or self.polynomial < 0:
+            raise ValueError(f"polynomial must be a non-negative order, got {self.polynomial!r}")
+
+    @property
+    def names(self) -> list[str]:
+        """The nuisance parameters after log_scale, in order."""
+        return (["background"] if self.constant else []) + (["compton_amplitude"] if self.compton else []) + [
+            f"background_T{n}" for n in range(1, int(self.polynomial) + 1)]
+
+    def basis(self, model, q: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(C(|q|) or None, the additive columns (Q, n_add): ones and T_n(x)) at Cartesian q."""
+        qn = np.linalg.norm(np.asarray(q, dtype=float).reshape(-1, 3), axis=1)
+        C = compton(model.primitive.species, qn, self.energy_keV) if self.compton else None
+        cols = [np.ones_like(qn)] if self.constant else []
+        if self.polynomial:
+            lo, hi = float(qn.min()), float(qn.max())
+            x = 2 * (qn - lo) / (hi - lo) - 1 if hi > lo else np.zeros_like(qn)
+            T = np.polynomial.chebyshev.chebvander(x, int(self.polynomial))[:, 1:]
+            cols += list(T.T)
+        return C, np.stack(cols, 1) if cols else np.zeros((len(qn), 0))
+
+    def apply(self, I: torch.Tensor, nu: torch.Tensor, C: torch.Tensor | None, A: torch.Tensor) -> torch.Tensor:
+        """s (I + a_C C) + b + Σ c_n T_n for nu = (log s, [b], [a_C], c_1…c_N); ``C`` and ``A`` from
+        :meth:`basis` (as tensors)."""
+        model = torch.exp(nu[0]) * (I if C is None else I + nu[1 + int(self.constant)] * C)
+        if A.shape[1] == 0:
+            return model
+        b = nu[1:2] if self.constant else nu[:0]
+        c = nu[1 + int(self.constant) + int(self.compton) :]
+        return model + A @ torch.cat([b, c])
+
+
+def as_background(background, loss: str) -> Background | None:
+    """The :class:`Background` of a problem's ``background`` setting (None: scale-free, no terms).
+
+    None: the loss's default (none for ``var_log``, a constant for ``chi2``); False: none; True or
+    ``"constant"``: a constant; ``"compton"``: Compton and a constant; ``"polynomial"``: a constant
+    and a quadratic in |q|; or a :class:`Background`.
+    """
+    if isinstance(background, Background):
+        return background
+    if background is None:
+        background = loss == "chi2"
+    if background is False:
+        return None
+    if background is True or background == "constant":
+        return Background()
+    if background == "compton":
+        return Background(compton=True)
+    if background == "polynomial":
+        return Background(polynomial=2)
+    raise ValueError(f"background must be None, True/False, 'constant', 'compton', 'polynomial' or a "
+                     f"xtds.Background(...), got {background!r}")
+
+
