@@ -115,3 +115,14 @@ def test_delta_method_errors_agree_with_monte_carlo():
         assert abs(np.median(ratio) - 1) < 0.05 and np.all(np.abs(ratio - 1) < 0.10), (np.median(ratio), ratio.min(),
                                                                                         ratio.max())
     assert float(res["dispersion_stderr"].max()) > 1e-3  # the test is not about zeros
+    # the DOS (16³ mesh, σ = 0.1 THz): 300 draws, a standard deviation uncertain by 1/√600 = 4%
+    from xtds.fitting.result import dos_values
+
+    f = res["dos"]["frequency"].values
+    g = np.stack([dos_values(model, torch.as_tensor(p), (16, 16, 16), f, 0.1) for p in draws[:300]])
+    np.testing.assert_allclose(g.mean(0), res["dos"].values, atol=0.05 * res["dos"].values.max())
+    mc, delta = g.std(0, ddof=1), res["dos_stderr"].values
+    big = delta > 0.05 * delta.max()
+    ratio = mc[big] / delta[big]
+    assert abs(np.median(ratio) - 1) < 0.05 and np.all(np.abs(ratio - 1) < 0.2), (np.median(ratio), ratio.min(),
+                                                                                   ratio.max())

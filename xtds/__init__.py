@@ -8,7 +8,7 @@ from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 from xtds._version import __version__
 from xtds.crystal import PRESETS, Crystal
 from xtds.errors import UnstableError
-from xtds.fitting import LM, Adam, Problem, fit, fit_points, fit_problems, open_fit
+from xtds.fitting import LM, Adam, Background, Problem, diagnostics, fit, fit_points, fit_problems, open_fit
 from xtds.ifc import IFCInfo, IFCModel
 from xtds.io import open_volume, write_volume
 from xtds.kpath import KPath, standard_path
@@ -35,6 +35,8 @@ __all__ = [
     "stability",
     "StabilityReport",
     "UnstableError",
+    "Background",
+    "diagnostics",
     "open_volume",
     "write_volume",
     "tds_intensity",

@@ -139,7 +139,8 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
 
     os.makedirs(folder, exist_ok=True)
     fig = plot_dispersion(res["dispersion"], dos=res["dos"], title="fitted dispersion (±1σ)",
-                          stderr=res["dispersion_stderr"] if "dispersion_stderr" in res else None)
+                          stderr=res["dispersion_stderr"] if "dispersion_stderr" in res else None,
+                          dos_stderr=res["dos_stderr"] if "dos_stderr" in res else None)
     fig.savefig(os.path.join(folder, "dispersion.png"), dpi=110, bbox_inches="tight")
     fig = plot_convergence(res)
     fig.savefig(os.path.join(folder, "convergence.png"), dpi=110, bbox_inches="tight")

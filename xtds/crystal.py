@@ -35,6 +35,32 @@ def spglib_call(name: str, *args, **kwargs):
         return getattr(spglib, name)(*args, **kwargs)
 
 
+def _polar(born, epsilon, n: int):
+    """Validated (Born charges (n, 3, 3), ε∞ (3, 3)), or (None, None)."""
+    if born is None and epsilon is None:
+        return None, None
+    if born is None or epsilon is None:
+        raise ValueError("a polar crystal needs both born= (Born effective charges, (n, 3, 3) in e) and epsilon= "
+                         "(the electronic dielectric tensor ε∞, (3, 3))")
+    born = np.array(born, dtype=float)
+    if born.shape != (n, 3, 3) or not np.all(np.isfinite(born)):
+        raise ValueError(f"born must hold a finite 3×3 tensor (e) per atom: shape ({n}, 3, 3), got {born.shape}")
+    epsilon = np.array(epsilon, dtype=float)
+    if epsilon.shape == ():
+        epsilon = np.eye(3) * float(epsilon)
+    if epsilon.shape != (3, 3) or not np.allclose(epsilon, epsilon.T, atol=1e-6):
+        raise ValueError(f"epsilon must be a symmetric 3×3 tensor (or a number), got {epsilon}")
+    if np.linalg.eigvalsh(epsilon).min() < 1:
+        raise ValueError(f"epsilon (ε∞) must have eigenvalues ≥ 1, got {np.linalg.eigvalsh(epsilon)}")
+    total = born.sum(axis=0)
+    if np.abs(total).max() > 0.1:
+        raise ValueError(f"the Born charges violate charge neutrality (Σ_s Z_s = {total.round(3).tolist()}, "
+                         "should be 0): symmetrize them (e.g. phonopy's symmetrize_borns_and_epsilon)")
+    for arr in (born, epsilon):
+        arr.setflags(write=False)
+    return born, epsilon
+
+
 #: An ion symbol: element, optional charge number, sign ('O2-', 'Na1+', 'Na+').
 _ION = re.compile(r"^([A-Z][a-z]?)(\d*)([+-])$")
 
@@ -85,6 +111,11 @@ class Crystal:
         Optional shape (n,) float, amu. Default: standard atomic weights from periodictable.
     name
         A label used in outputs and plots.
+    born, epsilon
+        A polar crystal's Born effective charges, shape (n, 3, 3) in e, Z[s, i, j] = ∂P_i/∂u_sj
+        (phonopy's convention), and its electronic dielectric tensor ε∞, shape (3, 3). Given
+        together, they add the long-range dipole–dipole interaction (:mod:`xtds.nac`, LO–TO
+        splitting) to every force-constant matrix of the crystal.
 
     Examples
     --------
@@ -100,6 +131,8 @@ class Crystal:
     species: tuple[str, ...]
     masses: np.ndarray | None = None
     name: str = ""
+    born: np.ndarray | None = None
+    epsilon: np.ndarray | None = None
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
@@ -137,6 +170,9 @@ class Crystal:
             masses = np.array(self.masses, dtype=float)
             if masses.shape != (len(species),) or np.any(masses <= 0):
                 raise ValueError(f"masses must be {len(species)} positive numbers in amu")
+        born, epsilon = _polar(self.born, self.epsilon, len(species))
+        object.__setattr__(self, "born", born)
+        object.__setattr__(self, "epsilon", epsilon)
         for arr in (lattice, positions, masses):
             arr.setflags(write=False)
         object.__setattr__(self, "lattice", lattice)
@@ -144,7 +180,8 @@ class Crystal:
         object.__setattr__(self, "species", species)
         object.__setattr__(self, "masses", masses)
         object.__setattr__(
-            self, "_hash", hash((lattice.tobytes(), positions.tobytes(), species, masses.tobytes()))
+            self, "_hash", hash((lattice.tobytes(), positions.tobytes(), species, masses.tobytes(),
+                                 None if born is None else born.tobytes()))
         )
 
     # ------------------------------------------------------------------ identity
@@ -156,7 +193,29 @@ class Crystal:
             and np.array_equal(self.lattice, other.lattice)
             and np.array_equal(self.positions, other.positions)
             and np.array_equal(self.masses, other.masses)
+            and self.polar == other.polar
+            and (not self.polar or (np.array_equal(self.born, other.born)
+                                    and np.array_equal(self.epsilon, other.epsilon)))
         )
+
+    def with_born(self, born, epsilon) -> Crystal:
+        """This crystal with Born effective charges and ε∞ (a polar crystal, :mod:`xtds.nac`).
+
+        ``born``: (n, 3, 3) per atom, or a mapping species → a number (isotropic) or a 3×3 tensor,
+        in e; ``epsilon``: 3×3 or a number."""
+        if isinstance(born, dict):
+            missing = sorted(set(self.species) - set(born))
+            if missing:
+                raise ValueError(f"born gives no charge for {missing}")
+            born = np.stack([np.eye(3) * born[s] if np.ndim(born[s]) == 0 else np.asarray(born[s], dtype=float)
+                             for s in self.species])
+        return Crystal(self.lattice, self.positions, self.species, masses=self.masses, name=self.name, born=born,
+                       epsilon=epsilon)
+
+    @property
+    def polar(self) -> bool:
+        """Whether Born charges and ε∞ are set (the dipole–dipole term applies)."""
+        return self.born is not None
 
     def __hash__(self) -> int:
         return self._hash
@@ -317,7 +376,14 @@ class Crystal:
         idx = [type_to_index[int(n)] for n in num]
         species = tuple(self.species[i] for i in idx)
         masses = np.array([self.masses[i] for i in idx])
-        return Crystal(lat, np.mod(pos, 1.0), species, masses=masses, name=self.name)
+        born = None
+        if self.polar:  # by position: equivalent atoms' tensors differ by the operation relating them
+            frac = (np.mod(pos, 1.0) @ lat) @ np.linalg.inv(self.lattice)
+            d = frac[:, None, :] - self.positions[None, :, :]
+            d -= np.round(d)
+            born = self.born[np.argmin(np.linalg.norm(d @ self.lattice, axis=-1), axis=1)]
+        return Crystal(lat, np.mod(pos, 1.0), species, masses=masses, name=self.name, born=born,
+                       epsilon=self.epsilon)
 
     # ------------------------------------------------------------------ constructors
     @staticmethod

@@ -55,6 +55,8 @@ def force_constant_matrix(
     Returns
     -------
     Shape (..., 3n, 3n) complex Hermitian, eV/Å²; index 3s + i for atom s of the cell, axis i.
+    For a polar crystal (Born charges and ε∞ set) the dipole–dipole term of :mod:`xtds.nac` is
+    included.
     """
     table = model.pair_table(cell)
     kt = _as_k(k, phi.dtype, phi.device)
@@ -81,6 +83,11 @@ def force_constant_matrix(
         H = H.reshape(-1, n, n, 3, 3).permute(0, 1, 3, 2, 4).reshape(-1, 3 * n, 3 * n)
         out.append(H)
     H = torch.cat(out) if out else torch.zeros(0, 3 * n, 3 * n, dtype=cdtype, device=phi.device)
+    atoms = model.primitive if cell is None else cell
+    if atoms.polar:  # the long-range dipole–dipole term (LO–TO), independent of φ
+        from xtds.nac import dipole_dipole_tensor
+
+        H = H + dipole_dipole_tensor(atoms, kt).to(H.dtype)
     return H.reshape(*lead, 3 * n, 3 * n)
 
 

@@ -15,9 +15,10 @@ def _pyplot():
     return plt
 
 
-def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, stderr=None, **line_kwargs):
+def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, stderr=None, dos_stderr=None,
+                    **line_kwargs):
     """Plot a dispersion DataArray (from :func:`xtds.dispersion`), optionally with a DOS panel
-    and, with ``stderr`` (a fit's ``dispersion_stderr``), ±1σ bands.
+    and, with ``stderr`` / ``dos_stderr`` (a fit's ``dispersion_stderr`` / ``dos_stderr``), ±1σ bands.
 
     Returns the matplotlib Figure. Breaks in the path (e.g. ``U|K``) are drawn as gaps.
     """
@@ -57,7 +58,11 @@ def plot_dispersion(dispersion, dos=None, ax=None, title: str | None = None, std
         ax.set_title(title)
     if dos is not None and ax_dos is not None:
         ax_dos.plot(dos.values, dos["frequency"].values, color="C1")
-        ax_dos.fill_betweenx(dos["frequency"].values, 0, dos.values, color="C1", alpha=0.3)
+        if dos_stderr is None:
+            ax_dos.fill_betweenx(dos["frequency"].values, 0, dos.values, color="C1", alpha=0.3)
+        else:
+            e = np.asarray(dos_stderr.values)
+            ax_dos.fill_betweenx(dos["frequency"].values, dos.values - e, dos.values + e, color="C1", alpha=0.35, lw=0)
         ax_dos.set_xlabel("DOS")
         ax_dos.set_xlim(left=0)
         ax_dos.tick_params(labelleft=False)

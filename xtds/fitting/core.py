@@ -242,20 +242,32 @@ def fit_problems(
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
     res = optimizer.minimize(objective, x0, checkpoint=ckpt, progress=progress, callback=callback)
-    cov, stats = _covariance(objective, res, noise_draws)
-    out = result_dataset(objective, res, cov, stats, settings, x0)
+    cov, robust, stats = _covariance(objective, res, noise_draws)
+    out = result_dataset(objective, res, cov, stats, settings, x0, robust=robust)
     out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start))
     return out
 
 
+#: Blocks (|q| shells) per problem of the robust (cluster-sandwich) covariance.
+ROBUST_BLOCKS = 12
+
+
 def _covariance(objective: Objective, res, noise_draws: int):
-    """cov = J⁺ Σ J⁺ᵀ (see the module docstring) and per-problem (n, dof, σ̂²)."""
+    """cov = J⁺ Σ J⁺ᵀ (see the module docstring), the robust covariance and per-problem (n, dof, σ̂²).
+
+    Robust: the cluster sandwich J⁺ Ω J⁺ᵀ with Ω block-diagonal, Ω_b = ρ_b ρ_bᵀ over
+    :data:`ROBUST_BLOCKS` shells of |q| per problem, times G/(G − 1) for G blocks. It takes the
+    residuals as they are, correlations within a shell included, so a model that cannot fit the
+    data (missing shells, a wrong background) widens it where the Gauss–Newton covariance, which
+    assumes independent residuals of the model's own form, stays narrow.
+    """
     J = res.jacobian
     rho = objective.residuals(res.x)
     Jp = np.linalg.pinv(J)
     phi, nus = objective.split(res.x)
     n_total = len(rho)
     cov = np.zeros((J.shape[1], J.shape[1]))
+    robust = np.zeros_like(cov)
     stats = []
     for p, rows, nu in zip(objective.problems, objective.rows(), nus, strict=True):
         dof, unit = p.dof_and_variance(rho[rows], objective.n_free * len(p) / n_total)
@@ -264,16 +276,21 @@ def _covariance(objective: Objective, res, noise_draws: int):
             seed = int(getattr(p.observable, "seed", 0) or 0) + 7919
             shifts = -p.noise_residuals(phi, nu, noise_draws, seed) @ Jr.T
             cov += np.cov(shifts, rowvar=False) / float(p.noise_configurations)
+            robust += np.cov(shifts, rowvar=False) / float(p.noise_configurations)
             s2, dof = float("nan"), len(p)
         else:
             cov += unit * (Jr @ Jr.T)
+            blocks = p.blocks(ROBUST_BLOCKS)
+            shifts = np.stack([Jr[:, b] @ rho[rows][b] for b in blocks])
+            robust += shifts.T @ shifts * (len(blocks) / max(len(blocks) - 1, 1))
             s2 = unit * float(p.weight.sum()) if p.loss == "var_log" else 1.0  # per voxel: Var of one log I
         if p.temperature_stderr:
             g = -Jr @ _temperature_derivative(p, phi, nu)
             cov += p.temperature_stderr**2 * np.outer(g, g)
+            robust += p.temperature_stderr**2 * np.outer(g, g)
         stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2,
                       "temperature_stderr_K": float(p.temperature_stderr)})
-    return cov, stats
+    return cov, robust, stats
 
 
 def _temperature_derivative(p: Problem, phi, nu, rel_step: float = 1e-3) -> np.ndarray:

@@ -196,6 +196,16 @@ class Problem:
         return np.stack([residuals(model, model + Ie * torch.as_tensor(row, dtype=Ie.dtype), w, self.loss, scaled,
                                    sig).numpy() for row in eps])
 
+    def blocks(self, n_blocks: int) -> list[np.ndarray]:
+        """The points in ``n_blocks`` contiguous groups for the robust covariance: shells of |q| with
+        equal counts when the observable has q (residuals of a wrong model are smooth in q, hence
+        correlated within a shell), else consecutive runs of points."""
+        q = getattr(self.observable, "q", None)
+        n = len(self)
+        order = np.argsort(np.linalg.norm(np.asarray(q), axis=1), kind="stable") \
+            if q is not None and np.shape(q) == (n, 3) else np.arange(n)
+        return [b for b in np.array_split(order, max(1, min(int(n_blocks), n))) if len(b)]
+
     def dof_and_variance(self, rho: np.ndarray, n_shared: float) -> tuple[int, float]:
         """(degrees of freedom, σ̂²) of this problem's residuals, in the units of ρ.
 

@@ -60,11 +60,40 @@ def delta_method(f, phi: torch.Tensor, cov: np.ndarray) -> tuple[np.ndarray, np.
     return value.cpu().numpy(), np.sqrt(np.clip(var, 0, None)).reshape(value.shape)
 
 
+def dos_values(model: IFCModel, phi: torch.Tensor, mesh, frequency: np.ndarray, sigma: float) -> np.ndarray:
+    """The Gaussian-broadened DOS of :func:`xtds.dos` (THz⁻¹ per primitive cell) at the given
+    frequencies (THz), as a function of φ (numpy out)."""
+    from xtds.dynamics import frequencies, mesh as k_mesh
+
+    k = k_mesh(model, mesh)
+    with torch.no_grad():
+        nu = frequencies(model, phi, k).cpu().numpy().reshape(-1)
+    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
+    return np.exp(-0.5 * ((frequency[:, None] - nu[None, :]) / sigma) ** 2).sum(axis=1) * norm
+
+
+def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.DataArray, h: float = 1e-6) -> np.ndarray:
+    """Standard error of a DOS (from :func:`xtds.dos`, THz) by the delta method, its Jacobian in φ
+    by central differences (step ``h`` eV/Å²; the broadened DOS is smooth in φ, degenerate
+    branches included, where single frequencies are not)."""
+    mesh = tuple(int(x) for x in str(dos.attrs["mesh"]).strip("()").split(","))
+    sigma = float(dos.attrs["sigma"])
+    f = np.asarray(dos["frequency"].values, dtype=float)
+    phi = phi.detach().to(torch.float64)
+    cols = []
+    for j in range(len(phi)):
+        e = torch.zeros_like(phi)
+        e[j] = h
+        cols.append((dos_values(model, phi + e, mesh, f, sigma) - dos_values(model, phi - e, mesh, f, sigma)) / (2 * h))
+    J = np.stack(cols, 1)
+    return np.sqrt(np.clip(np.einsum("ip,pq,iq->i", J, cov, J), 0, None))
+
+
 def derived_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, disp: xr.DataArray,
-                   cij: xr.DataArray) -> dict[str, xr.DataArray]:
-    """Standard errors of the dispersion (on ``disp``'s path) and of the elastic constants by the
-    delta method. The acoustic frequencies at Γ are zero for every φ (the sum rule): their error
-    is zero (√λ has no derivative there)."""
+                   cij: xr.DataArray, dos: xr.DataArray | None = None) -> dict[str, xr.DataArray]:
+    """Standard errors of the dispersion (on ``disp``'s path), of the elastic constants and of the
+    DOS by the delta method. The acoustic frequencies at Γ are zero for every φ (the sum rule):
+    their error is zero (√λ has no derivative there)."""
     from xtds.dynamics import frequencies
     from xtds.elastic import elastic_tensor
 
@@ -77,6 +106,8 @@ def derived_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, disp: xr
         "dispersion_stderr": disp.copy(data=se).assign_attrs(units=disp.attrs.get("units", "THz"),
                                                              long_name=f"standard error ({kind})"),
         "elastic_constants_stderr": cij.copy(data=se_c).assign_attrs(units="GPa", long_name=f"standard error ({kind})"),
+        **({} if dos is None else {"dos_stderr": dos.copy(data=dos_stderr(model, phi, cov, dos)).assign_attrs(
+            long_name=f"standard error ({kind})")}),
     }
 
 
@@ -152,7 +183,7 @@ def open_fit(path) -> FitResult:
     return FitResult(ds.load(), model)
 
 
-def result_dataset(objective, res, cov, stats, settings, x0) -> xr.Dataset:
+def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.Dataset:
     """The labelled result of a fit (see :func:`xtds.fitting.fit_problems`), the crystal and the
     model's cutoff included as data, so that :func:`open_fit` can rebuild the model from the file."""
     model, n_free = objective.model, objective.n_free
@@ -172,6 +203,13 @@ def result_dataset(objective, res, cov, stats, settings, x0) -> xr.Dataset:
                                     attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
     ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
                                  attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
+    if robust is not None:
+        rob = on_constants(robust if cov_optimizer is None else robust + cov_optimizer)
+        ds["ifc_stderr_robust"] = xr.DataArray(
+            np.sqrt(np.clip(np.diag(rob), 0, None)), dims=("constant",),
+            attrs={"units": "eV/Å^2", "long_name": "robust standard error (cluster sandwich over |q| shells)"})
+        ds["ifc_cov_robust"] = xr.DataArray(rob, dims=("constant", "constant_"), coords={"constant_": names},
+                                            attrs={"units": "(eV/Å^2)^2", "long_name": "robust covariance"})
     if cov_optimizer is not None:
         ds["ifc_optimizer_stderr"] = xr.DataArray(
             np.sqrt(np.clip(np.diag(on_constants(cov_optimizer)), 0, None)), dims=("constant",),
@@ -182,7 +220,7 @@ def result_dataset(objective, res, cov, stats, settings, x0) -> xr.Dataset:
     ds["dos"] = dos(model, phi_t, mesh=16, sigma=0.1)
     ds["elastic_constants"] = elastic_constants(model, phi_t)
     cov_free = (cov if cov_optimizer is None else cov + cov_optimizer)[:n_free, :n_free]
-    ds = ds.assign(derived_stderr(model, phi_t, cov_free, ds["dispersion"], ds["elastic_constants"]))
+    ds = ds.assign(derived_stderr(model, phi_t, cov_free, ds["dispersion"], ds["elastic_constants"], ds["dos"]))
     hist = np.array(res.history, dtype=float).reshape(-1, 3)
     losses = sorted({p.loss for p in objective.problems})
     ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
