@@ -9,11 +9,12 @@ xtds adds it in the form of Gonze & Lee (Phys. Rev. B 55, 10355 (1997)), the rec
 part of the Ewald sum with a Gaussian damping, and the acoustic sum rule restored:
 
     H_dd(k)_{sα,tβ} = (4π e²/Ω) Σ_{G, K = k+G ≠ 0} (K·Z_s)_α (K·Z_t)_β / (K·ε·K)
-                       · exp(−K·ε·K / 4Λ²) · exp(i K·(τ_t − τ_s))
+                       · exp(−K·ε·K / 4Λ²) · exp(−i G·(τ_t − τ_s))
                      − δ_st Σ_u [same sum at k = 0]_{sα,uβ},
 
-with (K·Z_s)_α = Σ_γ K_γ Z_s[γ, α], e² = 14.3996 eV·Å, Ω the cell volume and the phase
-convention of :mod:`xtds.dynamics`. The real-space part of the Ewald sum is short-ranged
+with (K·Z_s)_α = Σ_γ K_γ Z_s[γ, α], e² = 14.3996 eV·Å, Ω the cell volume; the phase
+exp(−iG·(τ_t − τ_s)) is the Poisson sum of a pair interaction in the phase convention of
+:mod:`xtds.dynamics` (H(k + G) = e^{iG·(τ_t − τ_s)} H(k), as the short-range part). The real-space part of the Ewald sum is short-ranged
 (erfc(Λr)/r³): a fitted short-range model absorbs it, and force constants imported from a
 supercell calculation have the same damped sum subtracted at the supercell's wave vectors
 (:func:`supercell_force_constants`), exactly as phonopy does, so that near Γ both give
@@ -60,16 +61,18 @@ def _sum(cell, k: np.ndarray, lam: float) -> np.ndarray:
     G = _g_vectors(cell, k_cut)
     pref = 4 * math.pi * COULOMB_EV_A / cell.volume
     out = np.zeros((len(k), 3 * n, 3 * n), dtype=complex)
-    for i, kk in enumerate(k):
+    frac = k @ cell.lattice.T / (2 * math.pi)
+    k_red = k - np.round(frac) @ cell.reciprocal  # the same K = k + G set, centred on the first zone
+    for i, (kk, k0) in enumerate(zip(k_red, k, strict=True)):
         K = kk[None, :] + G
         KeK = np.einsum("ma,ab,mb->m", K, eps, K)
         keep = (KeK > 1e-14) & (KeK / (4 * lam * lam) < _EXPONENT_CUT)
         K, KeK = K[keep], KeK[keep]
         KZ = np.einsum("mg,sga->msa", K, Z).reshape(len(K), 3 * n)  # (K·Z_s)_α
-        phase = np.exp(1j * (K @ tau.T))  # (M, n): e^{iK·τ_s}
+        phase = np.exp(-1j * ((K - k0[None, :]) @ tau.T))  # (M, n): e^{−iG·τ_s}, K = k + G
         ph = np.repeat(phase, 3, axis=1)
         w = np.exp(-KeK / (4 * lam * lam)) / KeK
-        v = KZ * ph  # (M, 3n): (K·Z_t)_β e^{iK·τ_t}
+        v = KZ * ph  # (M, 3n): (K·Z_t)_β e^{−iG·τ_t}
         out[i] = pref * (np.conj(v).T * w) @ v
     return out
 
@@ -116,12 +119,14 @@ def supercell_force_constants(primitive, supercell, site: np.ndarray, lam: float
     primitive-cell atom of each supercell atom."""
     lat, pos = (np.asarray(a, dtype=float) for a in supercell)
     n_cells = round(abs(np.linalg.det(lat)) / primitive.volume)
-    # commensurate k: integer combinations of the supercell's reciprocal vectors, modulo the primitive's
-    B_sc = 2 * math.pi * np.linalg.inv(lat).T
-    r = np.arange(-n_cells, n_cells + 1)
+    # commensurate k: integer combinations m of the supercell's reciprocal vectors, modulo the
+    # primitive's; in primitive reciprocal coordinates f = m M⁻ᵀ with M = lattice_sc · lattice_prim⁻¹,
+    # so m needs to run over [0, L)³ only, L the smallest integer with L M⁻¹ integral
+    minv = np.linalg.inv(lat @ np.linalg.inv(primitive.lattice))
+    L = next(L for L in range(1, n_cells + 1) if np.allclose(L * minv, np.round(L * minv), atol=1e-6))
+    r = np.arange(L)
     m = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    k = m @ B_sc
-    frac = np.round(np.mod(k @ primitive.lattice.T / (2 * math.pi), 1.0), 8) % 1.0
+    frac = np.round(np.mod(m @ minv.T, 1.0), 8) % 1.0
     _, first = np.unique(frac, axis=0, return_index=True)
     k = frac[np.sort(first)] @ primitive.reciprocal
     if len(k) != n_cells:

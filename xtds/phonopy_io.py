@@ -24,6 +24,7 @@ __all__ = [
     "read_force_constants",
     "to_phonopy",
     "phonopy_atoms",
+    "polar_crystal",
 ]
 
 
@@ -129,7 +130,34 @@ def from_phonopy(model: IFCModel, phonon) -> ProjectedIFC:
     sc = phonon.supercell
     supercell = Supercell.from_positions(model, sc.cell, sc.scaled_positions @ sc.cell)
     p2s = phonon.primitive.p2s_map if fc.shape[0] != fc.shape[1] else None
+    if phonon.nac_params is not None and not model.crystal.polar:
+        raise ValueError("the phonopy force constants come with Born charges (nac_params): build the model on the "
+                         "polar crystal, IFCModel(xtds.phonopy_io.polar_crystal(crystal, phonon), ...), so that the "
+                         "dipole–dipole part is treated as phonopy treats it")
+    if model.crystal.polar:  # leave the short-range part: subtract the damped dipole sum (as phonopy's Gonze NAC)
+        from xtds.nac import supercell_force_constants
+
+        lat = np.asarray(sc.cell)
+        dd = supercell_force_constants(model.primitive, (lat, sc.scaled_positions @ lat), supercell.site)
+        fc = np.asarray(fc) - (dd if p2s is None else dd[np.asarray(p2s)])
     return from_force_constants(model, fc, supercell, p2s_map=p2s)
+
+
+def polar_crystal(crystal: Crystal, phonon) -> Crystal:
+    """``crystal`` with the Born charges and ε∞ of a Phonopy object's ``nac_params`` (each atom
+    takes the charge tensor of the phonopy primitive-cell atom at its position)."""
+    nac = phonon.nac_params
+    if nac is None:
+        raise ValueError("the Phonopy object has no nac_params (Born charges and dielectric tensor)")
+    prim = phonon.primitive
+    plat = np.asarray(prim.cell)
+    pcart = np.asarray(prim.scaled_positions) @ plat
+    born = []
+    for x in crystal.cartesian_positions:
+        d = (x[None, :] - pcart) @ np.linalg.inv(plat)
+        d -= np.round(d)
+        born.append(np.asarray(nac["born"])[int(np.argmin(np.linalg.norm(d @ plat, axis=1)))])
+    return crystal.with_born(np.array(born), np.asarray(nac["dielectric"]))
 
 
 def read_force_constants(model: IFCModel, filename, supercell_matrix, crystal: Crystal | None = None) -> ProjectedIFC:
@@ -199,4 +227,22 @@ def to_phonopy(model: IFCModel, ifc, supercell_matrix, crystal: Crystal | None =
         H = supercell_hessian(model, phi, supercell).cpu().numpy()
     N = supercell.n_atoms
     ph.force_constants = H.reshape(N, 3, N, 3).transpose(0, 2, 1, 3).copy()
+    if model.crystal.polar:  # full force constants (short range + dipole part) and phonopy's NAC
+        from xtds.nac import COULOMB_EV_A, supercell_force_constants
+
+        dd = supercell_force_constants(model.primitive, (lat, sc.scaled_positions @ lat), supercell.site)
+        ph.force_constants = ph.force_constants + dd
+        ph.nac_params = {"born": np.asarray(polar_born(model.primitive, ph.primitive)),
+                         "dielectric": np.asarray(model.crystal.epsilon), "factor": COULOMB_EV_A}
     return ph
+
+
+def polar_born(cell: Crystal, prim) -> np.ndarray:
+    """The Born charges of ``cell``'s atoms in the order of a phonopy primitive cell ``prim``."""
+    plat = np.asarray(prim.cell)
+    out = []
+    for x in np.asarray(prim.scaled_positions) @ plat:
+        d = (x[None, :] - cell.cartesian_positions) @ np.linalg.inv(cell.lattice)
+        d -= np.round(d)
+        out.append(cell.born[int(np.argmin(np.linalg.norm(d @ cell.lattice, axis=1)))])
+    return np.array(out)

@@ -116,7 +116,9 @@ class Supercell:
 def supercell_hessian(model: IFCModel, phi: torch.Tensor, supercell: Supercell) -> torch.Tensor:
     """The dense Hessian of a periodic supercell, shape (3N, 3N), eV/Å², differentiable in φ.
 
-    Index 3j + i for atom j and Cartesian axis i. Periodic images of a pair add up.
+    Index 3j + i for atom j and Cartesian axis i. Periodic images of a pair add up. The model's
+    short-range force constants only: a polar crystal's dipole–dipole term (:mod:`xtds.nac`) is
+    not in it.
     """
     j, p, t = supercell.pair_targets(model)
     N = supercell.n_atoms

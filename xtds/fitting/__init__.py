@@ -7,8 +7,8 @@ fit loop (:mod:`xtds.fitting.core`).
 
 from xtds.fitting.background import Background
 from xtds.fitting.core import Objective, fit, fit_points, fit_problems, points_problem
-from xtds.fitting.optimize import LM, Adam
 from xtds.fitting.diagnostics import diagnostics
+from xtds.fitting.optimize import LM, Adam
 from xtds.fitting.problem import Problem
 from xtds.fitting.result import FitResult, open_fit
 

@@ -63,7 +63,8 @@ def delta_method(f, phi: torch.Tensor, cov: np.ndarray) -> tuple[np.ndarray, np.
 def dos_values(model: IFCModel, phi: torch.Tensor, mesh, frequency: np.ndarray, sigma: float) -> np.ndarray:
     """The Gaussian-broadened DOS of :func:`xtds.dos` (THz⁻¹ per primitive cell) at the given
     frequencies (THz), as a function of φ (numpy out)."""
-    from xtds.dynamics import frequencies, mesh as k_mesh
+    from xtds.dynamics import frequencies
+    from xtds.dynamics import mesh as k_mesh
 
     k = k_mesh(model, mesh)
     with torch.no_grad():

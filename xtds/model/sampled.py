@@ -71,6 +71,9 @@ def sample_displacements(
     N = n * int(np.prod(L))
     dt, dev = phi.dtype, phi.device
     if solver == "dense":
+        if model.crystal.polar:
+            raise ValueError("the dense solver holds the short-range Hessian only: use solver='kspace' for a polar "
+                             "crystal (Born charges set), whose k-space blocks include the dipole–dipole term")
         sc = Supercell.from_crystal(model, L)
         H = supercell_hessian(model, phi, sc)
         U = torch.eye(3, dtype=dt, device=dev).repeat(N, 1) / np.sqrt(N)
