@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xtds"
 LAYERS = [
     ("xtds._version", "xtds.errors", "xtds.units"),
     ("xtds.crystal",),
-    ("xtds.symmetry", "xtds.laue", "xtds.formfactor", "xtds.kpath"),
+    ("xtds.symmetry", "xtds.laue", "xtds.formfactor", "xtds.kpath", "xtds.nac", "xtds.corrections"),
     ("xtds.ifc",),
     ("xtds.dynamics", "xtds.supercell", "xtds.elastic"),
     ("xtds.phonons", "xtds.phonopy_io"),

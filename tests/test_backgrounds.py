@@ -104,14 +104,27 @@ def test_temperature_uncertainty_widens_the_errors_as_expected(volume):
     pts = volume.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
     base = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False)
     sig = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, temperature_stderr=5.0, progress=False)
-    # expected: the shift of the optimum when T moves by ±5 K, by refitting (classical data and
-    # model: the constants scale as T exactly, so the shift is 5/300 of each constant)
+    # expected: the shift of the optimum when T moves by 5 K, by refitting (classical data and
+    # model: the constants scale as T exactly, so the shift is also 5/300 of each constant)
     hi = xtds.fit_points(pts, NI, 305.0, shells=5, initial=START, progress=False)
-    lo = xtds.fit_points(pts, NI, 295.0, shells=5, initial=START, progress=False)
-    expected = np.abs(hi["ifc"].values - lo["ifc"].values) / 2
+    expected = np.abs(hi["ifc"].values - base["ifc"].values)
     widened = np.sqrt(sig["ifc_stderr"].values ** 2 - base["ifc_stderr"].values ** 2)
     np.testing.assert_allclose(widened, expected, rtol=1e-3)
     np.testing.assert_allclose(expected, np.abs(base["ifc"].values) * 5 / 300, rtol=1e-6)
     assert xr.DataArray(sig.attrs["problems"]).size == 1 and "temperature_stderr_K" in sig.attrs["problems"]
     with pytest.raises(ValueError, match="temperature_stderr"):
         xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, temperature_stderr=-1.0, progress=False)
+
+
+def test_corrections_multiply_the_model(volume):
+    from xtds.corrections import Corrections
+
+    corr = Corrections(wavelength=0.5, sample_radius=0.05)  # 24.8 keV, a 100 µm sphere of Ni (μR ≈ 1)
+    hkl = np.stack(np.meshgrid(*(volume[d].values for d in "HKL"), indexing="ij"), -1).reshape(-1, 3)
+    factor = corr.factor(NI, NI.rlu_to_cartesian(hkl)).reshape(volume["intensity"].shape)
+    assert 0.2 < factor.min() < factor.max() < 1
+    data = volume.copy()
+    data["intensity"] = volume["intensity"] * factor
+    res = data.tds.fit(NI, shells=5, initial=START, corrections=corr, progress=False)
+    assert np.abs(rel_errors(res)).max() < 1e-6
+    assert "Corrections" in res.attrs["settings"]

@@ -14,7 +14,8 @@ part of the Ewald sum with a Gaussian damping, and the acoustic sum rule restore
 
 with (K·Z_s)_α = Σ_γ K_γ Z_s[γ, α], e² = 14.3996 eV·Å, Ω the cell volume; the phase
 exp(−iG·(τ_t − τ_s)) is the Poisson sum of a pair interaction in the phase convention of
-:mod:`xtds.dynamics` (H(k + G) = e^{iG·(τ_t − τ_s)} H(k), as the short-range part). The real-space part of the Ewald sum is short-ranged
+:mod:`xtds.dynamics` (H(k + G) = e^{iG·(τ_t − τ_s)} H(k), as the short-range part).
+The real-space part of the Ewald sum is short-ranged
 (erfc(Λr)/r³): a fitted short-range model absorbs it, and force constants imported from a
 supercell calculation have the same damped sum subtracted at the supercell's wave vectors
 (:func:`supercell_force_constants`), exactly as phonopy does, so that near Γ both give

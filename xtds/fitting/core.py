@@ -317,6 +317,7 @@ def points_problem(
     loss: str = "var_log",
     background=False,
     temperature_stderr: float = 0.0,
+    corrections=None,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -351,7 +352,8 @@ def points_problem(
     return Problem(observable, points["intensity"].values, weight=mult,
                    sigma=points["sigma"].values if "sigma" in points else None, loss=loss,
                    background=None if background is False else background,
-                   temperature_stderr=temperature_stderr, noise_configurations=noise_configurations, name=name,
+                   temperature_stderr=temperature_stderr, corrections=corrections,
+                   noise_configurations=noise_configurations, name=name,
                    coords=coords,
                    data_attrs=dict(points["intensity"].attrs))
 
@@ -388,6 +390,7 @@ def fit_points(
     loss: str = "var_log",
     background=False,
     temperature_stderr: float = 0.0,
+    corrections=None,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -428,6 +431,10 @@ def fit_points(
         (always at least a constant for ``chi2``); see :mod:`xtds.fitting.background`.
     temperature_stderr
         Standard uncertainty of the temperature (K), propagated into the errors (0: exact).
+    corrections
+        Polarization and absorption factors multiplied into the model
+        (:class:`~xtds.corrections.Corrections`, e.g. ``Corrections.from_attrs(ds.attrs,
+        sample_radius=0.1)``); None: the volume is taken as corrected.
     n_samples, solver, orbit_average, seed
         ``sampled`` only: configurations per epoch, the Cholesky solver, whether each point's
         model averages every configuration over its Laue orbit (default; the same mean with less
@@ -452,7 +459,7 @@ def fit_points(
     model = IFCModel(as_crystal(crystal), shells=shells, cutoff=cutoff)
     problem = points_problem(points, model, temperature, method=method, geometry=geometry, quantum=quantum,
                              form_factor=form_factor, loss=loss, background=background,
-                             temperature_stderr=temperature_stderr, n_samples=n_samples,
+                             temperature_stderr=temperature_stderr, corrections=corrections, n_samples=n_samples,
                              solver=solver, orbit_average=orbit_average, seed=seed,
                              noise_configurations=noise_configurations, dtype=dtype, device=device)
     return fit_problems([problem], initial, optimizer=optimizer, noise_draws=noise_draws, checkpoint=checkpoint,
@@ -479,6 +486,7 @@ def fit(
     loss: str = "var_log",
     background=False,
     temperature_stderr: float = 0.0,
+    corrections=None,
     n_samples: int = 15,
     solver: str = "kspace",
     orbit_average: bool = True,
@@ -516,7 +524,7 @@ def fit(
     points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)
     out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, initial=initial, method=method,
                      geometry=geometry, quantum=quantum, form_factor=form_factor, loss=loss, background=background,
-                     temperature_stderr=temperature_stderr,
+                     temperature_stderr=temperature_stderr, corrections=corrections,
                      n_samples=n_samples, solver=solver, orbit_average=orbit_average, seed=seed,
                      noise_configurations=noise_configurations, noise_draws=noise_draws, optimizer=optimizer,
                      checkpoint=checkpoint, callback=callback, progress=progress, dtype=dtype, device=device,

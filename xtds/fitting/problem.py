@@ -48,6 +48,9 @@ class Problem:
         :class:`~xtds.fitting.background.Background`. None (default): the loss's own choice, none
         for ``var_log`` (which is scale-free) and a constant for ``chi2``; False with ``chi2``
         compares the model unscaled.
+    corrections
+        A :class:`~xtds.corrections.Corrections` (polarization, absorption): its factor at each
+        point multiplies the observable (and the Compton term) before the scale; None: none.
     temperature_stderr
         Standard uncertainty of the observable's temperature (K): propagated into the covariance
         of the fitted parameters (0: the temperature is taken as exact).
@@ -70,6 +73,7 @@ class Problem:
     loss: str = "var_log"
     background: bool | str | Background | None = None
     temperature_stderr: float = 0.0
+    corrections: object = None
     noise_configurations: int | None = None
     name: str = ""
     coords: dict = field(default_factory=dict)
@@ -124,6 +128,15 @@ class Problem:
             if q is None or np.shape(q) != (n, 3):
                 raise ValueError(f"background {bg} needs the points' q: {type(obs).__name__} has none")
             C, A = bg.basis(obs.model, q)
+        corr = None
+        if self.corrections is not None:
+            q = getattr(obs, "q", None)
+            if q is None or np.shape(q) != (n, 3):
+                raise ValueError(f"corrections need the points' q: {type(obs).__name__} has none")
+            corr = torch.as_tensor(self.corrections.factor(obs.model.crystal, q), dtype=dt, device=dev)
+            if C is not None:
+                C = C * corr.cpu().numpy()
+        set_(self, "_corr", corr)
         set_(self, "_C", None if C is None else torch.as_tensor(C, dtype=dt, device=dev))
         set_(self, "_A", torch.as_tensor(A, dtype=dt, device=dev))
 
@@ -144,7 +157,9 @@ class Problem:
         return len(self.data)
 
     def _model(self, I: torch.Tensor, nu) -> torch.Tensor:
-        """The observable's values with this problem's scale and background applied."""
+        """The observable's values with this problem's corrections, scale and background applied."""
+        if self._corr is not None:
+            I = I * self._corr
         return I if self._bg is None else self._bg.apply(I, nu, self._C, self._A)
 
     def initial_nuisance(self, phi0: torch.Tensor) -> list[float]:
@@ -153,7 +168,8 @@ class Problem:
         if self.n_nuisance == 0:
             return []
         with torch.no_grad():
-            I0 = self.observable.mean(phi0).cpu().numpy()
+            I0 = self.observable.mean(phi0)
+            I0 = (I0 if self._corr is None else I0 * self._corr).cpu().numpy()
         t, w = self.data, self.weight
         cols = [I0] + ([self._C.cpu().numpy()] if self._C is not None else []) + list(self._A.cpu().numpy().T)
         X = np.stack(cols, 1)
@@ -228,6 +244,7 @@ class Problem:
             I = self.observable.mean(phi)
             if self._bg is not None:
                 return self._model(I, nu)
+            I = self._model(I, nu)
             shift = (self._weight * (torch.log(self._target) - torch.log(I))).sum() / self._weight.sum()
             return I * torch.exp(shift)
 

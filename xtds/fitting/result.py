@@ -125,6 +125,11 @@ def crystal_variables(crystal: Crystal) -> dict[str, xr.DataArray]:
         "crystal_species": xr.DataArray(np.array(list(crystal.species), dtype=object), dims=("atom",)),
         "crystal_masses": xr.DataArray(np.asarray(crystal.masses, dtype=float), dims=("atom",),
                                        attrs={"units": "amu"}),
+        **({} if not crystal.polar else {
+            "crystal_born": xr.DataArray(np.asarray(crystal.born), dims=("atom", "cartesian", "cartesian_"),
+                                         attrs={"units": "e", "long_name": "Born effective charges Z[s, i, j]"}),
+            "crystal_epsilon": xr.DataArray(np.asarray(crystal.epsilon), dims=("cartesian", "cartesian_"),
+                                            attrs={"units": "1", "long_name": "electronic dielectric tensor ε∞"})}),
     }
 
 
@@ -138,6 +143,8 @@ def crystal_from(ds: xr.Dataset) -> Crystal:
                    np.asarray(ds["crystal_positions"].values, dtype=float),
                    tuple(str(s) for s in ds["crystal_species"].values),
                    masses=np.asarray(ds["crystal_masses"].values, dtype=float) if "crystal_masses" in ds else None,
+                   born=np.asarray(ds["crystal_born"].values, dtype=float) if "crystal_born" in ds else None,
+                   epsilon=np.asarray(ds["crystal_epsilon"].values, dtype=float) if "crystal_epsilon" in ds else None,
                    name=str(ds["crystal_lattice"].attrs.get("name", "")))
 
 
