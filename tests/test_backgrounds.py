@@ -19,7 +19,7 @@ ALL = [n for n in TARGET if n != "a0"]  # the 16 free constants (a0, from the su
 
 @pytest.fixture(scope="module")
 def volume():
-    return paper_ni_volume(n_max=16)  # 33³ voxels, |q| up to 9.9 Å⁻¹
+    return paper_ni_volume(n_max=12)  # 25³ voxels, |q| up to 7.4 Å⁻¹
 
 
 def grid_q(ds):

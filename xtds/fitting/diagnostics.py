@@ -42,7 +42,7 @@ def _binned(x: np.ndarray, r: np.ndarray, w: np.ndarray, edges: np.ndarray, dim:
         mean = np.bincount(idx, w * r, nb) / W
         var = np.bincount(idx, w * (r - mean[idx]) ** 2, nb) / W
         n_eff = W**2 / np.bincount(idx, w * w, nb)  # effective number of independent points
-        se = np.sqrt(var / np.maximum(n_eff - 1, 1))
+        se = np.where(n > 1, np.sqrt(var / np.maximum(n_eff - 1, 1)), np.nan)  # one point: no error
     rbar = np.sum(w * r) / w.sum()
     total = np.sum(w * (r - rbar) ** 2)
     between = np.nansum(W * (mean - rbar) ** 2)
@@ -111,8 +111,10 @@ def diagnostics(result: xr.Dataset, problem: str = "", crystal=None, q_bins: int
         coords.update(c)
         tag = "q" if key == "q" else "bragg"
         attrs[f"eta2_{tag}"] = eta2
-        z = d[f"residual_mean_by_{key}"].values / d[f"residual_stderr_by_{key}"].values
-        attrs[f"max_abs_z_{tag}"] = float(np.nanmax(np.abs(z))) if np.any(np.isfinite(z)) else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):  # one-point bins have no standard error
+            z = d[f"residual_mean_by_{key}"].values / d[f"residual_stderr_by_{key}"].values
+        z = z[np.isfinite(z)]
+        attrs[f"max_abs_z_{tag}"] = float(np.abs(z).max()) if len(z) else 0.0
     attrs["n_points"] = int(ok.sum())
     attrs["description"] = ("log residuals binned by |q| and by the distance to the nearest allowed Bragg reflection; "
                             "eta2_*: share of the residual variance the bins explain")

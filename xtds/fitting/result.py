@@ -73,20 +73,42 @@ def dos_values(model: IFCModel, phi: torch.Tensor, mesh, frequency: np.ndarray, 
     return np.exp(-0.5 * ((frequency[:, None] - nu[None, :]) / sigma) ** 2).sum(axis=1) * norm
 
 
-def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.DataArray, h: float = 1e-6) -> np.ndarray:
-    """Standard error of a DOS (from :func:`xtds.dos`, THz) by the delta method, its Jacobian in φ
-    by central differences (step ``h`` eV/Å²; the broadened DOS is smooth in φ, degenerate
-    branches included, where single frequencies are not)."""
+def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.DataArray) -> np.ndarray:
+    """Standard error of a DOS (from :func:`xtds.dos`, THz) by the delta method.
+
+    The Jacobian is analytic: D(k) is affine in φ, so ∂λ_n/∂φ_j = e_nᴴ (∂D/∂φ_j) e_n (Hellmann–
+    Feynman; summed over a degenerate set it is basis-free, and the broadened DOS sums over it),
+    ∂ν/∂λ = ν/2λ, and ∂g(f)/∂ν is the derivative of the Gaussian. One diagonalization on the mesh.
+    The delta method is linear: in the far tails of a peak (beyond ~2σ of the broadening) the DOS
+    is not, and the error there is only indicative."""
+    from xtds.dynamics import dynamical_matrix, eigenvalues_to_thz
+    from xtds.dynamics import mesh as k_mesh
+
     mesh = tuple(int(x) for x in str(dos.attrs["mesh"]).strip("()").split(","))
     sigma = float(dos.attrs["sigma"])
     f = np.asarray(dos["frequency"].values, dtype=float)
     phi = phi.detach().to(torch.float64)
-    cols = []
-    for j in range(len(phi)):
-        e = torch.zeros_like(phi)
-        e[j] = h
-        cols.append((dos_values(model, phi + e, mesh, f, sigma) - dos_values(model, phi - e, mesh, f, sigma)) / (2 * h))
-    J = np.stack(cols, 1)
+    k = k_mesh(model, mesh)
+    with torch.no_grad():
+        D = dynamical_matrix(model, phi, k)
+        lam, vec = torch.linalg.eigh(D)
+        D0 = dynamical_matrix(model, torch.zeros_like(phi), k)
+        dlam = []
+        for j in range(len(phi)):
+            e = torch.zeros_like(phi)
+            e[j] = 1.0
+            Dj = dynamical_matrix(model, e, k) - D0
+            dlam.append(torch.einsum("kan,kab,kbn->kn", vec.conj(), Dj, vec).real)
+        dlam = torch.stack(dlam, -1).reshape(-1, len(phi)).cpu().numpy()  # (K·3n, p)
+        nu = eigenvalues_to_thz(lam).cpu().numpy().reshape(-1)
+    lam = lam.cpu().numpy().reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dnu_dlam = np.where(np.abs(lam) > 1e-12 * np.abs(lam).max(), nu / (2 * lam), 0.0)
+    dnu = dlam * dnu_dlam[:, None]  # (K·3n, p), THz per eV/Å²
+    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
+    x = (f[:, None] - nu[None, :]) / sigma
+    dg_dnu = norm * np.exp(-0.5 * x * x) * x / sigma  # (F, K·3n)
+    J = dg_dnu @ dnu
     return np.sqrt(np.clip(np.einsum("ip,pq,iq->i", J, cov, J), 0, None))
 
 
