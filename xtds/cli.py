@@ -27,11 +27,11 @@ def _ifc_arg(text: str):
 
 
 def _crystal(name: str):
-    from xtds.crystal import Crystal
+    from xtds.crystal import as_crystal
 
     try:
-        return Crystal.preset(name)
-    except ValueError as err:
+        return as_crystal(name)  # a preset name or a CIF file
+    except (ValueError, FileNotFoundError) as err:
         raise SystemExit(str(err)) from None
 
 
@@ -121,7 +121,8 @@ def cmd_fit(args) -> int:
     res = fit(ds, crystal, temperature=args.temperature, shells=args.shells, initial=initial, method=args.method,
               bragg=args.bragg, q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint, optimizer=optimizer,
               progress=not args.quiet, quantum=False if args.classical else None,
-              background=_background_arg(args.background), temperature_stderr=args.temperature_stderr)
+              background=_background_arg(args.background), temperature_stderr=args.temperature_stderr,
+              symmetrize=not args.no_symmetrize)
     _print_result(res)
     if args.out:
         write_volume(res, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
@@ -213,6 +214,7 @@ def main(argv=None) -> int:
                    help="nuisance terms fitted with a scale (default none: the scale-free loss)")
     p.add_argument("--temperature-stderr", type=float, default=0.0, help="uncertainty of the temperature, K")
     p.add_argument("--group", default=None)
+    p.add_argument("--no-symmetrize", action="store_true", help="fit without Laue symmetrization first")
     p.add_argument("--bragg", type=float, default=None, help="Bragg mask radius, r.l.u.")
     p.add_argument("--q-min", type=float, default=None)
     p.add_argument("--q-max", type=float, default=None)

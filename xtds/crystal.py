@@ -469,6 +469,66 @@ class Crystal:
         return cls(np.array([a1, a2, [cx, cy, math.sqrt(cz2)]]), positions, tuple(species), name=name)
 
     @classmethod
+    def hcp(cls, element: str, a: float | None = None, c: float | None = None) -> Crystal:
+        """Hexagonal close packed (P6₃/mmc, atoms at 2c: (1/3, 2/3, 1/4), (2/3, 1/3, 3/4)); a and c
+        in Å, default periodictable's a and c/a for the element."""
+        cs = _element(element).crystal_structure or {}
+        if a is None or c is None:
+            if cs.get("symmetry") != "hcp" or "a" not in cs:
+                raise ValueError(f"periodictable has no hcp structure for {element}: pass a=... and c=... (Å)")
+            a = float(cs["a"]) if a is None else a
+            c = float(cs["c/a"]) * float(cs["a"]) if c is None else c
+        if not (a > 0 and c > 0):
+            raise ValueError(f"lattice constants must be positive (Å), got a={a}, c={c}")
+        return cls.from_parameters(a, a, c, 90, 90, 120, [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]],
+                                   [element] * 2, name=element)
+
+    @classmethod
+    def from_cif(cls, path, block: str | None = None) -> Crystal:
+        """A crystal from a CIF file (gemmi's small-structure reader, the ``cif`` extra): the cell,
+        the space group's full set of sites, species from ``_atom_site_type_symbol`` (ions such as
+        'O2-' kept). Partially occupied or mixed sites are refused: xtds models ordered crystals.
+        The cell is set up as :meth:`from_parameters` (a along x, b in the xy plane)."""
+        import os
+
+        try:
+            import gemmi
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("reading CIF needs gemmi: pip install 'xtds[cif]'") from exc
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such CIF file: {path}")
+        try:
+            doc = gemmi.cif.read_file(path)
+            blk = doc.sole_block() if block is None else doc.find_block(block)
+            if blk is None:
+                raise ValueError(f"no data block {block!r} in {path}")
+            st = gemmi.make_small_structure_from_block(blk)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{path}: not a readable CIF ({err})") from None
+        cell = st.cell
+        if cell.a <= 0 or cell.volume <= 0:
+            raise ValueError(f"{path}: the CIF gives no unit cell (_cell_length_a … _cell_angle_gamma)")
+        sites = st.get_all_unit_cell_sites()
+        if not sites:
+            raise ValueError(f"{path}: the CIF lists no atom sites (_atom_site_fract_x …)")
+        partial = sorted({s.label for s in sites if abs(s.occ - 1.0) > 1e-3})
+        if partial:
+            raise ValueError(f"{path}: sites {partial} are partially occupied; xtds models ordered crystals "
+                             "(give the ordered structure, or the majority species at occupancy 1)")
+        species = []
+        for s in sites:
+            sym = s.type_symbol.strip() or s.element.name
+            try:
+                element_of(sym)
+            except ValueError:
+                sym = s.element.name
+            species.append(sym)
+        positions = np.mod([[s.fract.x, s.fract.y, s.fract.z] for s in sites], 1.0)
+        return cls.from_parameters(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma, positions, species,
+                                   name=str(blk.name))
+
+    @classmethod
     def preset(cls, name: str) -> Crystal:
         """A ready-made crystal: one of :data:`PRESETS` (case-insensitive).
 
@@ -496,13 +556,35 @@ PRESETS = {
     # Wyckoff, Crystal Structures vol. 1 (1963): MgO 4.212 Å, NaCl 5.640 Å at room temperature
     "MgO": lambda: Crystal.rocksalt("Mg", "O", a=4.212),
     "NaCl": lambda: Crystal.rocksalt("Na", "Cl", a=5.640),
+    # hcp metals: periodictable's a and c/a
+    "Mg": lambda: Crystal.hcp("Mg"),
+    "Ti": lambda: Crystal.hcp("Ti"),
+    "Zn": lambda: Crystal.hcp("Zn"),
+    "Co": lambda: Crystal.hcp("Co"),
+    # rutile TiO2 (P4₂/mnm): a = 4.5937, c = 2.9587 Å, O at (x, x, 0), x = 0.30478 (Baur & Khan,
+    # Acta Cryst. B27, 2133 (1971))
+    "TiO2": lambda: Crystal.from_parameters(
+        4.5937, 4.5937, 2.9587, 90, 90, 90,
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.30478, 0.30478, 0], [0.69522, 0.69522, 0], [0.80478, 0.19522, 0.5],
+         [0.19522, 0.80478, 0.5]], ["Ti", "Ti", "O", "O", "O", "O"], name="TiO2"),
+    # wurtzite ZnO (P6₃mc): a = 3.2495, c = 5.2069 Å, u = 0.3819 (Kisi & Elcombe, Acta Cryst. C45,
+    # 1867 (1989))
+    "ZnO": lambda: Crystal.from_parameters(
+        3.2495, 3.2495, 5.2069, 90, 90, 120,
+        [[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0.5], [1 / 3, 2 / 3, 0.3819], [2 / 3, 1 / 3, 0.8819]],
+        ["Zn", "Zn", "O", "O"], name="ZnO"),
 }
 
 
 def as_crystal(crystal) -> Crystal:
-    """A :class:`Crystal` from itself or from a preset's name ('Ni'); a ``TypeError`` otherwise."""
+    """A :class:`Crystal` from itself, a preset's name ('Ni') or a CIF file's path ('Mg.cif'); a
+    ``TypeError`` otherwise."""
+    import os
+
     if isinstance(crystal, Crystal):
         return crystal
+    if isinstance(crystal, os.PathLike) or (isinstance(crystal, str) and crystal.lower().endswith(".cif")):
+        return Crystal.from_cif(crystal)
     if isinstance(crystal, str):
         return Crystal.preset(crystal)
-    raise TypeError(f"crystal must be an xtds.Crystal or a preset name such as 'Ni', got {crystal!r}")
+    raise TypeError(f"crystal must be an xtds.Crystal, a preset name such as 'Ni' or a CIF file, got {crystal!r}")

@@ -518,7 +518,7 @@ def fit(
     crystal = as_crystal(crystal)
     check_crystal(ds, crystal)
     prepared = vol.mask(ds, bragg=bragg, q_min=q_min, q_max=q_max, crystal=crystal)
-    group = dict(laue=laue) if laue else dict(crystal=crystal)
+    group = dict(laue=laue, crystal=crystal) if laue else dict(crystal=crystal)
     if symmetrize:
         prepared = vol.symmetrize(prepared, **group)
     points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)

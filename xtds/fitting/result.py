@@ -73,42 +73,49 @@ def dos_values(model: IFCModel, phi: torch.Tensor, mesh, frequency: np.ndarray, 
     return np.exp(-0.5 * ((frequency[:, None] - nu[None, :]) / sigma) ** 2).sum(axis=1) * norm
 
 
-def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.DataArray) -> np.ndarray:
-    """Standard error of a DOS (from :func:`xtds.dos`, THz) by the delta method.
+def frequency_jacobian(model: IFCModel, phi: torch.Tensor, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ν (K, 3n) THz, ∂ν/∂φ (K, 3n, p) THz per eV/Å²) at wave vectors k (Cartesian Å⁻¹).
 
-    The Jacobian is analytic: D(k) is affine in φ, so ∂λ_n/∂φ_j = e_nᴴ (∂D/∂φ_j) e_n (Hellmann–
-    Feynman; summed over a degenerate set it is basis-free, and the broadened DOS sums over it),
-    ∂ν/∂λ = ν/2λ, and ∂g(f)/∂ν is the derivative of the Gaussian. One diagonalization on the mesh.
-    The delta method is linear: in the far tails of a peak (beyond ~2σ of the broadening) the DOS
-    is not, and the error there is only indicative."""
+    D(k) is affine in φ, so ∂λ_n/∂φ_j = e_nᴴ (∂D/∂φ_j) e_n (Hellmann–Feynman; within a degenerate
+    set that symmetry keeps degenerate, the projected ∂D/∂φ_j is a multiple of the identity and any
+    basis gives the same values) and ∂ν/∂λ = ν/2λ; the acoustic modes at Γ (λ = 0 for every φ)
+    get 0. One diagonalization, p + 1 cheap evaluations of D."""
     from xtds.dynamics import dynamical_matrix, eigenvalues_to_thz
+
+    phi = phi.detach().to(torch.float64)
+    with torch.no_grad():
+        lam, vec = torch.linalg.eigh(dynamical_matrix(model, phi, k))
+        D0 = dynamical_matrix(model, torch.zeros_like(phi), k)
+        cols = []
+        for j in range(len(phi)):
+            e = torch.zeros_like(phi)
+            e[j] = 1.0
+            Dj = dynamical_matrix(model, e, k) - D0
+            cols.append(torch.einsum("kan,kab,kbn->kn", vec.conj(), Dj, vec).real)
+        dlam = torch.stack(cols, -1).cpu().numpy()  # (K, 3n, p)
+        nu = eigenvalues_to_thz(lam).cpu().numpy()
+    lam = lam.cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dnu_dlam = np.where(np.abs(lam) > 1e-12 * max(np.abs(lam).max(), 1e-300), nu / (2 * lam), 0.0)
+    return nu, dlam * dnu_dlam[..., None]
+
+
+def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.DataArray) -> np.ndarray:
+    """Standard error of a DOS (from :func:`xtds.dos`, THz) by the delta method, with the analytic
+    Jacobian of :func:`frequency_jacobian` and the derivative of the Gaussian broadening (summed
+    over degenerate branches, which the broadened DOS does). The delta method is linear: near the
+    tops of peaks and in their far tails the DOS is not, and the error there is only indicative."""
     from xtds.dynamics import mesh as k_mesh
 
     mesh = tuple(int(x) for x in str(dos.attrs["mesh"]).strip("()").split(","))
     sigma = float(dos.attrs["sigma"])
     f = np.asarray(dos["frequency"].values, dtype=float)
-    phi = phi.detach().to(torch.float64)
     k = k_mesh(model, mesh)
-    with torch.no_grad():
-        D = dynamical_matrix(model, phi, k)
-        lam, vec = torch.linalg.eigh(D)
-        D0 = dynamical_matrix(model, torch.zeros_like(phi), k)
-        dlam = []
-        for j in range(len(phi)):
-            e = torch.zeros_like(phi)
-            e[j] = 1.0
-            Dj = dynamical_matrix(model, e, k) - D0
-            dlam.append(torch.einsum("kan,kab,kbn->kn", vec.conj(), Dj, vec).real)
-        dlam = torch.stack(dlam, -1).reshape(-1, len(phi)).cpu().numpy()  # (K·3n, p)
-        nu = eigenvalues_to_thz(lam).cpu().numpy().reshape(-1)
-    lam = lam.cpu().numpy().reshape(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dnu_dlam = np.where(np.abs(lam) > 1e-12 * np.abs(lam).max(), nu / (2 * lam), 0.0)
-    dnu = dlam * dnu_dlam[:, None]  # (K·3n, p), THz per eV/Å²
+    nu, dnu = frequency_jacobian(model, phi, k)
+    nu, dnu = nu.reshape(-1), dnu.reshape(-1, dnu.shape[-1])
     norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
     x = (f[:, None] - nu[None, :]) / sigma
-    dg_dnu = norm * np.exp(-0.5 * x * x) * x / sigma  # (F, K·3n)
-    J = dg_dnu @ dnu
+    J = (norm * np.exp(-0.5 * x * x) * x / sigma) @ dnu
     return np.sqrt(np.clip(np.einsum("ip,pq,iq->i", J, cov, J), 0, None))
 
 
@@ -117,11 +124,11 @@ def derived_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, disp: xr
     """Standard errors of the dispersion (on ``disp``'s path), of the elastic constants and of the
     DOS by the delta method. The acoustic frequencies at Γ are zero for every φ (the sum rule):
     their error is zero (√λ has no derivative there)."""
-    from xtds.dynamics import frequencies
     from xtds.elastic import elastic_tensor
 
     k = np.stack([disp[f"k_{c}"].values for c in ("qx", "qy", "qz")], 1)
-    nu, se = delta_method(lambda p: frequencies(model, p, k), phi, cov)
+    nu, J = frequency_jacobian(model, phi, k)
+    se = np.sqrt(np.clip(np.einsum("knp,pq,knq->kn", J, cov, J), 0, None))
     se = np.where(np.abs(nu) > 1e-6 * np.abs(nu).max(), se, 0.0)
     _, se_c = delta_method(lambda p: elastic_tensor(model, p)[0], phi, cov)
     kind = "delta method, from ifc_cov"

@@ -58,10 +58,25 @@ def reciprocal_of(ds: xr.Dataset, crystal=None) -> np.ndarray:
     return np.asarray(lattice_only.reciprocal)
 
 
+def check_subgroup(group: LaueGroup, of: LaueGroup) -> None:
+    """A ``ValueError`` unless every operation of ``group`` is one of ``of`` (the crystal's): averaging
+    over operations the crystal does not have mixes inequivalent points and corrupts the data."""
+    have = {tuple(np.asarray(m).ravel()) for m in of.matrices}
+    extra = [m for m in group.matrices if tuple(np.asarray(m).ravel()) not in have]
+    if extra:
+        raise ValueError(
+            f"laue={group.name!r} is not a symmetry of this crystal (Laue class {of.name}): {len(extra)} of its "
+            f"{len(group)} operations, e.g. {np.asarray(extra[0]).tolist()}, are not the crystal's. Leave laue out "
+            f"(the crystal's own class is used) or give a subgroup of {of.name}")
+
+
 def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> LaueGroup:
     """The Laue group: ``laue`` (a class name), else the crystal's, else ``attrs['space_group']``."""
     if laue is not None:
-        return LaueGroup.of(laue=laue)
+        group = LaueGroup.of(laue=laue)
+        if crystal is not None:
+            check_subgroup(group, LaueGroup.of(crystal=crystal))
+        return group
     if crystal is not None:
         return LaueGroup.of(crystal=crystal)
     if "space_group" in ds.attrs:
@@ -283,9 +298,11 @@ def _stabilizer_order(ops, coords):
         hkl = (h, k, l)
         count = 0
         for op in ops:
+            R = op.matrix
             fixed = True
             for a in range(3):
-                fixed = fixed & (xp.abs(op.sign[a] * hkl[op.perm[a]] - hkl[a]) <= tol)
+                image = sum(R[a][b] * hkl[b] for b in range(3) if R[a][b])
+                fixed = fixed & (xp.abs(image - hkl[a]) <= tol)
             count = count + fixed
         return count * 1.0
 

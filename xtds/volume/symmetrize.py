@@ -22,12 +22,14 @@ import operator
 import numpy as np
 
 from xtds.volume.backend import array_module as _xp
-from xtds.volume.laue_grid import GridOp
+from xtds.volume.laue_grid import GatherOp, GridOp
 
 __all__ = ["symmetrize_array", "symmetric_chunks"]
 
 
-def _apply(op: GridOp, block, xp):
+def _apply(op: GridOp | GatherOp, block, xp):
+    if isinstance(op, GatherOp):
+        return op.apply(block, xp)
     if op.flip_axes:
         block = xp.flip(block, axis=op.flip_axes)
     return xp.transpose(block, op.axes)
@@ -111,7 +113,18 @@ def symmetrize_array(intensity, weight, ops: list[GridOp], chunk: int | None = N
                          f"got {intensity.shape} and {weight.shape}")
     import dask.array as da
 
-    if not isinstance(intensity, da.Array) and not isinstance(weight, da.Array):
+    lazy = isinstance(intensity, da.Array) or isinstance(weight, da.Array)
+    if lazy and any(isinstance(op, GatherOp) for op in ops):
+        # operations that mix axes gather from anywhere in the volume: no block-local scheme, so
+        # the volume is computed in memory (a hexagonal volume of 10⁸ voxels needs ~2 GB)
+        import logging
+
+        logging.getLogger("xtds.volume").info("symmetrizing in memory: the Laue group mixes axes (hexagonal/trigonal)")
+        chunks = da.asarray(intensity).chunks
+        I_np, w_np = da.compute(da.asarray(intensity), da.asarray(weight))
+        I_s, w_s = symmetrize_array(I_np, w_np, ops)
+        return da.from_array(I_s, chunks=chunks), da.from_array(w_s, chunks=chunks)
+    if not lazy:
         iw, w = _weighted(intensity, weight)
         out = _sym_block([iw] * len(ops), [w] * len(ops), ops, _out_dtype(intensity, weight))
         return out[0], out[1]
