@@ -118,12 +118,12 @@ def test_delta_method_errors_agree_with_monte_carlo():
     # the DOS (16³ mesh, σ = 0.1 THz): 300 draws, a standard deviation uncertain by 1/√600 = 4%
     from xtds.fitting.result import dos_values
 
-    f = res["dos"]["frequency"].values
+    f = res["dos"]["frequency"].values[::4]  # every fourth frequency: the cost is the Gaussians
     g = np.stack([dos_values(model, torch.as_tensor(p), (16, 16, 16), f, 0.1) for p in draws[:300]])
-    np.testing.assert_allclose(g.mean(0), res["dos"].values, atol=0.05 * res["dos"].values.max())
-    mc, delta = g.std(0, ddof=1), res["dos_stderr"].values
+    np.testing.assert_allclose(g.mean(0), res["dos"].values[::4], atol=0.05 * res["dos"].values.max())
+    mc, delta = g.std(0, ddof=1), res["dos_stderr"].values[::4]
     # where the DOS itself is (the far tails of the broadened peaks are not linear in φ)
-    big = (delta > 0.05 * delta.max()) & (res["dos"].values > 0.1 * res["dos"].values.max())
+    big = (delta > 0.05 * delta.max()) & (res["dos"].values[::4] > 0.1 * res["dos"].values.max())
     ratio = mc[big] / delta[big]
     # linear propagation: at the tops of peaks (∂g/∂ν = 0) the second order dominates and the draws
     # scatter more than the delta method says (measured: up to 2.4×); elsewhere within 20 %

@@ -76,6 +76,8 @@ def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> LaueGroup:
         group = LaueGroup.of(laue=laue)
         if crystal is not None:
             check_subgroup(group, LaueGroup.of(crystal=crystal))
+        elif "space_group" in ds.attrs:  # the file's space group, in its standard setting
+            check_subgroup(group, LaueGroup.of(space_group=ds.attrs["space_group"]))
         return group
     if crystal is not None:
         return LaueGroup.of(crystal=crystal)
