@@ -192,8 +192,10 @@ def test_sampled_errors(ni):
     assert mean.shape == se.shape == (len(q),)
 
 
+@pytest.mark.slow
 def test_silicon_sampled_matches_exact():
-    """A two-atom basis: the k-space sampler's phases for τ ≠ 0."""
+    """A two-atom basis: the k-space sampler's phases for τ ≠ 0 (also covered, with two species,
+    by the rocksalt test below; this one runs with `make bench` to keep the default run short)."""
     m = xtds.IFCModel(xtds.Crystal.preset("Si"), shells=2)
     phi = torch.tensor(m.central_force({1: 6.0, 2: 1.0}) + 0.05 * np.random.default_rng(0).standard_normal(m.n_free))
     chi2, _, _ = _pooled(m, phi, L, "kspace", 300)
