@@ -12,13 +12,10 @@ import time
 
 import numpy as np
 import torch
-import xarray as xr
 
 import xtds
-from xtds.datasets import paper_ni_ifcs, paper_ni_volume
+from xtds.datasets import paper_ni_ifcs, paper_ni_volume, six_shell_ni_volume
 from xtds.fitting.background import compton
-from xtds.io import crystal_attrs
-from xtds.model import PeriodicSupercell, supercell_q_grid, tds_intensity
 
 NI = xtds.Crystal.preset("Ni")
 TARGET = paper_ni_ifcs("target")
@@ -69,16 +66,7 @@ def statistics(vol):
 
 
 def robust():
-    truth = {k: v for k, v in TARGET.items() if k != "a0"} | {"g0": -0.03, "g1": -0.015}
-    six = xtds.IFCModel(NI, shells=6)
-    n = 16
-    with torch.no_grad():
-        I = tds_intensity(six, six.vector(truth), supercell_q_grid(NI, 6, n), 300.0, geometry=PeriodicSupercell(6),
-                          quantum=False)
-    c = np.arange(-n, n + 1) / 6
-    ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(2 * n + 1, 2 * n + 1, 2 * n + 1))},
-                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={**crystal_attrs(NI), "temperature": 300.0, "quantum": 0})
+    ds, truth = six_shell_ni_volume(16)
     res = ds.tds.fit(NI, shells=5, initial=START, progress=False)
     print("\n## 6-shell truth (g0 = -0.03, g1 = -0.015 eV/Å²) fitted with 5 shells: |error| / σ")
     print(f"{'constant':<10}{'truth':>10}{'fit':>10}{'Gauss–Newton':>14}{'robust':>8}")

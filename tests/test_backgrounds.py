@@ -76,21 +76,6 @@ def test_compton_background_recovers_every_constant_and_shows_when_missing(volum
     assert bad["count_by_q"].sum() == bad.attrs["n_points"] == res.sizes["point"]
 
 
-def test_smooth_polynomial_background(volume):
-    x = grid_q(volume)
-    smooth = 30.0 + 4.0 * x - 0.2 * x**2
-    data = volume.copy()
-    data["intensity"] = 10.0 * volume["intensity"] + smooth
-    res = data.tds.fit(NI, shells=5, initial=START, background=Background(polynomial=2), progress=False)
-    assert np.abs(rel_errors(res)).max() < 1e-6
-    model_bg = res["model_background"].values
-    hkl = np.stack([res[c].values for c in "HKL"], 1)
-    qn = np.linalg.norm(NI.rlu_to_cartesian(hkl), axis=1)
-    np.testing.assert_allclose(model_bg, 30.0 + 4.0 * qn - 0.2 * qn**2, rtol=1e-6)
-    with pytest.raises(ValueError, match="background must be"):
-        volume.tds.fit(NI, shells=5, initial=START, background="spline", progress=False)
-
-
 def test_measured_data_are_fitted_with_quantum_statistics(volume):
     quantum = volume.tds.simulate(NI, TARGET, shells=5, quantum=True)
     del quantum.attrs["quantum"]  # a "measured" volume: no record of how it was made
@@ -119,15 +104,22 @@ def test_temperature_uncertainty_widens_the_errors_as_expected(volume):
         xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, temperature_stderr=-1.0, progress=False)
 
 
-def test_corrections_multiply_the_model(volume):
+def test_corrections_and_a_smooth_background(volume):
+    """Polarization and absorption multiply the model; a quadratic in |q| is added to the data."""
     from xtds.corrections import Corrections
 
     corr = Corrections(wavelength=0.5, sample_radius=0.05)  # 24.8 keV, a 100 µm sphere of Ni (μR ≈ 1)
     hkl = np.stack(np.meshgrid(*(volume[d].values for d in "HKL"), indexing="ij"), -1).reshape(-1, 3)
     factor = corr.factor(NI, NI.rlu_to_cartesian(hkl)).reshape(volume["intensity"].shape)
     assert 0.2 < factor.min() < factor.max() < 1
+    x = grid_q(volume)
     data = volume.copy()
-    data["intensity"] = volume["intensity"] * factor
-    res = data.tds.fit(NI, shells=5, initial=START, corrections=corr, progress=False)
+    data["intensity"] = 10.0 * volume["intensity"] * factor + 30.0 + 4.0 * x - 0.2 * x**2
+    res = data.tds.fit(NI, shells=5, initial=START, corrections=corr, background=Background(polynomial=2),
+                       progress=False)
     assert np.abs(rel_errors(res)).max() < 1e-6
     assert "Corrections" in res.attrs["settings"]
+    qn = np.linalg.norm(NI.rlu_to_cartesian(np.stack([res[c].values for c in "HKL"], 1)), axis=1)
+    np.testing.assert_allclose(res["model_background"].values, 30.0 + 4.0 * qn - 0.2 * qn**2, rtol=1e-6)
+    with pytest.raises(ValueError, match="background must be"):
+        volume.tds.fit(NI, shells=5, initial=START, background="spline", progress=False)

@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["paper_ni_ifcs", "paper_ni_tables", "paper_ni_volume", "small_ni_nexus"]
+__all__ = ["paper_ni_ifcs", "paper_ni_tables", "paper_ni_volume", "small_ni_nexus", "six_shell_ni_volume"]
 
 
 @lru_cache(maxsize=1)
@@ -127,3 +127,33 @@ def small_ni_nexus(path, n_max: int = 12, temperature: float = 300.0, overwrite:
     ds["weights"] = xr.ones_like(ds["intensity"])
     write_nexus(ds, path, mode="w", group="masked_transform")
     return path
+
+
+def six_shell_ni_volume(n_max: int = 16, g=(-0.03, -0.015)):
+    """A model-mismatch test case: the paper's Ni Target plus a sixth shell ((2, 2, 2) a/2, constants
+    g0, g1 in eV/Å²), ``exact`` and classical on the 6×6×6 supercell grid n ∈ [−n_max, n_max]³ (H = n/6).
+    A five-shell fit cannot describe it. Returns (volume, the true constants by name)."""
+    import numpy as np
+    import torch
+    import xarray as xr
+
+    from xtds.crystal import Crystal
+    from xtds.ifc import IFCModel
+    from xtds.io import crystal_attrs
+    from xtds.model import PeriodicSupercell, supercell_q_grid, tds_intensity
+
+    ni = Crystal.preset("Ni")
+    truth = {k: v for k, v in paper_ni_ifcs("target").items() if k != "a0"} | {"g0": g[0], "g1": g[1]}
+    six = IFCModel(ni, shells=6)
+    with torch.no_grad():
+        I = tds_intensity(six, six.vector(truth), supercell_q_grid(ni, 6, n_max), 300.0,
+                          geometry=PeriodicSupercell(6), quantum=False)
+    n = 2 * n_max + 1
+    c = np.arange(-n_max, n_max + 1) / 6
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(n, n, n),
+                                   {"units": "electrons^2 per primitive cell"})},
+                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
+                    attrs={**crystal_attrs(ni), "temperature": 300.0, "quantum": 0,
+                           "description": f"Ni Target plus a sixth shell g0={g[0]}, g1={g[1]} eV/Å^2"})
+    return ds, truth
+
