@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xtds.units import G_PER_AMU, HC_KEV_A
+
 __all__ = ["Corrections", "polarization_factor", "absorption_factor", "attenuation_coefficient", "two_theta"]
 
 #: Sobol points (2^n) of the absorption quadrature over the sphere.
@@ -71,7 +73,7 @@ def attenuation_coefficient(crystal, energy_keV: float) -> float:
     mass = np.asarray(crystal.masses, dtype=float)
     sigma = np.array([xraylib.CS_Total(int(element_of(s).number), float(energy_keV)) for s in crystal.species])
     mass_att = float((mass * sigma).sum() / mass.sum())  # cm²/g, mass-fraction weighted
-    density = mass.sum() * 1.66053906660e-24 / (crystal.volume * 1e-24)  # g/cm³
+    density = mass.sum() * G_PER_AMU / (crystal.volume * 1e-24)  # g/cm³
     return mass_att * density / 10.0  # 1/cm → 1/mm
 
 
@@ -143,7 +145,7 @@ class Corrections:
 
     @property
     def energy_keV(self) -> float:
-        return 12.398419843 / self.wavelength
+        return HC_KEV_A / self.wavelength
 
     def factor(self, crystal, q) -> np.ndarray:
         """The product of the factors at Cartesian q (shape (Q, 3), Å⁻¹): shape (Q,)."""

@@ -33,3 +33,13 @@ EV_A2_PER_N_M: float = 1.0 / _c.e * _c.angstrom**2
 
 #: Mass density in kg/m³ of 1 amu/Å³.
 KG_M3_PER_AMU_A3: float = _c.atomic_mass / _c.angstrom**3
+
+#: h c in keV·Å: the X-ray wavelength λ (Å) = this / E (keV) (≈ 12.398420).
+HC_KEV_A: float = _c.h * _c.c / _c.e / 1e3 / _c.angstrom
+
+#: The electron's rest energy m_e c² in keV (≈ 510.999).
+ELECTRON_REST_KEV: float = _c.m_e * _c.c**2 / _c.e / 1e3
+
+#: The atomic mass unit in grams.
+G_PER_AMU: float = _c.atomic_mass * 1e3
+

@@ -30,12 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Background", "as_background", "compton", "ELECTRON_REST_KEV", "HC_KEV_A"]
+from xtds.corrections import two_theta
+from xtds.units import ELECTRON_REST_KEV, HC_KEV_A
 
-#: m_e c² in keV (CODATA 2018).
-ELECTRON_REST_KEV = 510.99895
-#: h c in keV·Å (CODATA 2018), λ = HC_KEV_A / E.
-HC_KEV_A = 12.398419843
+__all__ = ["Background", "as_background", "compton"]
 
 
 def _atomic_number(species: str) -> int:
@@ -76,10 +74,7 @@ def compton(species, qnorm, energy_keV: float | None = None) -> np.ndarray:
         energy = float(energy_keV)
         if not energy > 0:
             raise ValueError(f"energy_keV must be positive, got {energy_keV}")
-        s = q * (HC_KEV_A / energy) / (4 * math.pi)
-        if np.any(s > 1):
-            raise ValueError(f"|q| up to {q.max():.3g} Å⁻¹ is beyond the Ewald sphere at {energy} keV")
-        cos2t = 1 - 2 * s * s
+        cos2t = np.cos(two_theta(q, HC_KEV_A / energy))
         total = total / (1 + energy / ELECTRON_REST_KEV * (1 - cos2t)) ** 2
     return total
 

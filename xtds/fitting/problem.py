@@ -122,18 +122,19 @@ class Problem:
         set_(self, "_target", torch.as_tensor(data, dtype=dt, device=dev))
         set_(self, "_weight", torch.as_tensor(self.weight, dtype=dt, device=dev))
         set_(self, "_sigma", None if self.sigma is None else torch.as_tensor(self.sigma, dtype=dt, device=dev))
+        def points_q(what):
+            q = getattr(obs, "q", None)
+            if q is None or np.shape(q) != (n, 3):
+                raise ValueError(f"{what} needs the points' q: {type(obs).__name__} has none")
+            return q
+
         C, A = None, np.ones((n, 1)) if bg is not None and bg.constant else np.zeros((n, 0))
         if bg is not None and (bg.compton or bg.polynomial):
-            q = getattr(obs, "q", None)
-            if q is None or np.shape(q) != (n, 3):
-                raise ValueError(f"background {bg} needs the points' q: {type(obs).__name__} has none")
-            C, A = bg.basis(obs.model, q)
+            C, A = bg.basis(obs.model, points_q(f"background {bg}"))
         corr = None
         if self.corrections is not None:
-            q = getattr(obs, "q", None)
-            if q is None or np.shape(q) != (n, 3):
-                raise ValueError(f"corrections need the points' q: {type(obs).__name__} has none")
-            corr = torch.as_tensor(self.corrections.factor(obs.model.crystal, q), dtype=dt, device=dev)
+            corr = torch.as_tensor(self.corrections.factor(obs.model.crystal, points_q("corrections")), dtype=dt,
+                                   device=dev)
             if C is not None:
                 C = C * corr.cpu().numpy()
         set_(self, "_corr", corr)
