@@ -98,7 +98,8 @@ def test_cli_fits_a_mg_volume_from_its_cif(tmp_path):
         I = tds_intensity(model, truth, crystal.rlu_to_cartesian(hkl), 300.0, geometry=PeriodicSupercell(3))
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(7, 7, 7))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={**xtds.io.crystal_attrs(crystal), "temperature": 300.0})
+                    attrs={**xtds.io.crystal_attrs(crystal), "temperature": 300.0,
+                           "geometry": repr(PeriodicSupercell(3))})  # made on a supercell: auto follows
     path = str(tmp_path / "mg.nc")
     xtds.write_volume(ds, path)
     start = tmp_path / "start.json"

@@ -98,7 +98,8 @@ def paper_ni_volume(
         coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
         attrs={**crystal_attrs(ni), "temperature": float(temperature),
                "description": "synthetic Ni TDS, paper Target IFCs (EAM u3 / 1.505), exact model, 5x5x5 supercell",
-               "noise_configurations": int(noise_configurations or 0), "quantum": 0},
+               "noise_configurations": int(noise_configurations or 0), "quantum": 0,
+               "geometry": repr(PeriodicSupercell(5))},
     )
     if wedge is not None:
         from xtds.volume.dataset import wedge as keep_wedge
@@ -153,7 +154,7 @@ def six_shell_ni_volume(n_max: int = 16, g=(-0.03, -0.015)):
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(n, n, n),
                                    {"units": "electrons^2 per primitive cell"})},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={**crystal_attrs(ni), "temperature": 300.0, "quantum": 0,
+                    attrs={**crystal_attrs(ni), "temperature": 300.0, "quantum": 0, "geometry": repr(PeriodicSupercell(6)),
                            "description": f"Ni Target plus a sixth shell g0={g[0]}, g1={g[1]} eV/Å^2"})
     return ds, truth
 

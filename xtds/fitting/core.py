@@ -126,7 +126,8 @@ class Objective:
         if not np.all(np.isfinite(J)):
             bad = sorted({names[j] for j in np.nonzero(~np.isfinite(J))[1]})
             raise ValueError(f"the model gives non-finite values or derivatives at the start (parameters {bad}): "
-                             "check the data's q-points against the geometry and the starting constants")
+                             "check the data's q-points against the geometry and the starting constants (an "
+                             "infinite crystal has no value at Bragg peaks and q = 0: mask them, e.g. bragg=0.1)")
         norms = np.linalg.norm(J, axis=0)
         dead = [names[i] for i in np.nonzero(norms == 0)[0]]
         Jn = J / np.where(norms > 0, norms, 1.0)
@@ -339,8 +340,11 @@ def points_problem(
     if isinstance(geometry, str):
         if geometry != "auto":
             raise ValueError(f"geometry must be 'auto', a PeriodicSupercell or an InfiniteCrystal, got {geometry!r}")
-        geometry = auto_geometry(hkl)
-        log.info("geometry='auto' chose %r for %d points", geometry, len(hkl))
+        geometry, why = auto_geometry(hkl, points.attrs, method=method)
+        log.info("geometry='auto' chose %r for %d points: %s", geometry, len(hkl), why)
+        geometry_reason = why
+    else:
+        geometry_reason = "given"
     check_range(model, geometry)
     observable = TDSIntensity(model, points["q"].values, temperature, method=method, geometry=geometry,
                               quantum=quantum, form_factor=form_factor, laue_reduce="auto",
@@ -355,7 +359,7 @@ def points_problem(
                    temperature_stderr=temperature_stderr, corrections=corrections,
                    noise_configurations=noise_configurations, name=name,
                    coords=coords,
-                   data_attrs=dict(points["intensity"].attrs))
+                   data_attrs=dict(points["intensity"].attrs), geometry_reason=geometry_reason)
 
 
 def check_range(model: IFCModel, geometry) -> None:
@@ -419,8 +423,11 @@ def fit_points(
     initial
         Starting IFCs: mapping, DataArray, or a Phonopy object (projected on the basis).
     method, geometry, quantum, form_factor
-        The forward model (:class:`~xtds.model.TDSIntensity`); ``geometry="auto"`` is a periodic
-        supercell when the points lie on its grid, else an infinite crystal. ``quantum``: None
+        The forward model (:class:`~xtds.model.TDSIntensity`); ``geometry="auto"`` is an infinite
+        crystal (measured data), or the periodic supercell the data say they were simulated on
+        (:func:`~xtds.model.geometry.auto_geometry`); the choice and its reason are logged and kept in
+        the result's attrs ``geometry``/``geometry_reason``, with ``mesh_convergence`` for an
+        infinite crystal. ``quantum``: None
         (default) takes the statistics the data say they were simulated with (``attrs['quantum']``,
         written by :func:`xtds.simulate`) and otherwise Bose–Einstein statistics, those of a measured
         crystal; False: classical (the paper's benchmark).

@@ -64,6 +64,8 @@ class Problem:
         Per-point coordinates for the result: name → (P,) array or ``(array, attrs)``.
     data_name, data_attrs
         The name and attrs of the data variable in the result (``"intensity"`` for TDS).
+    geometry_reason
+        Why the observable's geometry was chosen (``geometry="auto"``), for the result's attrs.
     """
 
     observable: object
@@ -79,6 +81,7 @@ class Problem:
     coords: dict = field(default_factory=dict)
     data_name: str = "intensity"
     data_attrs: dict = field(default_factory=dict)
+    geometry_reason: str = ""
 
     def __post_init__(self):
         set_ = object.__setattr__

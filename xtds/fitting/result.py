@@ -10,6 +10,7 @@ elastic constants can be recomputed (on another path or mesh) in a new process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,11 @@ from xtds._version import __version__
 from xtds.crystal import Crystal
 from xtds.errors import UnstableResultWarning
 from xtds.ifc import IFCModel
+from xtds.model.geometry import InfiniteCrystal
+from xtds.model.infinite import mesh_convergence
 from xtds.phonons import dispersion, dos, elastic_constants, stability
+
+log = logging.getLogger("xtds.fit")
 
 __all__ = ["result_dataset", "crystal_variables", "crystal_from", "FitResult", "open_fit"]
 
@@ -289,6 +294,17 @@ def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.
                     n_parameters=int(len(objective.parameter_names())),
                     jacobian_rank=int(ident.get("rank", -1)), jacobian_condition=float(ident.get("condition", np.nan)),
                     geometry="; ".join(repr(getattr(p.observable, "geometry", None)) for p in objective.problems))
+    reasons = [p.geometry_reason for p in objective.problems if p.geometry_reason]
+    if reasons:
+        ds.attrs["geometry_reason"] = "; ".join(reasons)
+    conv = [mesh_convergence(p.observable, phi_t) for p in objective.problems
+            if isinstance(getattr(p.observable, "geometry", None), InfiniteCrystal)]
+    if conv:
+        ds.attrs["mesh_convergence"] = json.dumps(conv)
+        for c in conv:
+            log.info("infinite crystal: mesh %s vs %s changes the model by %.2e (median) / %.2e (max, relative) "
+                     "at the fitted constants", c["mesh"], c["finer_mesh"], c["median_rel_change"],
+                     c["max_rel_change"])
     return ds
 
 

@@ -263,6 +263,9 @@ def sample_attrs(f, path: str) -> dict:
             out["wavelength"] = float(np.ravel(wl)[0])
     if path in f and "xtds_quantum" in f[path].attrs:  # a volume xtds simulated: its statistics
         out["quantum"] = int(np.ravel(f[path].attrs["xtds_quantum"])[0])
+    if path in f and "xtds_geometry" in f[path].attrs:  # ... and the geometry it was simulated on
+        g = f[path].attrs["xtds_geometry"]
+        out["geometry"] = g.decode() if isinstance(g, bytes) else str(g)
     return out
 
 
@@ -308,6 +311,8 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group:
         g.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
         if "quantum" in ds.attrs:  # the statistics of a simulated volume, which fits follow
             g.attrs["xtds_quantum"] = int(ds.attrs["quantum"])
+        if "geometry" in ds.attrs:  # the geometry of a simulated volume, which geometry="auto" follows
+            g.attrs["xtds_geometry"] = str(ds.attrs["geometry"])
         for dim, name in (("H", "Qh"), ("K", "Qk"), ("L", "Ql")):
             g[name] = np.asarray(ds[dim].values, dtype=float)
             g[name].attrs["units"] = "rlu"

@@ -64,22 +64,38 @@ class PeriodicSupercell:
 
 @dataclass(frozen=True)
 class InfiniteCrystal:
-    """An effectively infinite crystal: covariances from an M1×M2×M3 k-mesh of the crystal's cell
-    (a convergence parameter); the diffuse intensity at any q, Bragg peaks excluded."""
+    """An infinite crystal: the diffuse intensity at any q, Bragg peaks excluded
+    (:mod:`xtds.model.infinite`).
 
-    mesh: tuple[int, int, int]
+    ``mesh``: the k-mesh (M1, M2, M3) of the **primitive** cell from which the Debye–Waller factor and
+    the multi-phonon pair covariances are computed (multiples of 4, at least 8), a convergence
+    parameter; None (default) takes :func:`~xtds.model.infinite.default_mesh` of the crystal (steps of
+    at most 0.1 Å⁻¹), resolved by :meth:`resolve`.
+    """
 
-    def __init__(self, mesh=16):
-        object.__setattr__(self, "mesh", triple(mesh, "k-mesh sizes"))
+    mesh: tuple[int, int, int] | None
+
+    def __init__(self, mesh=None):
+        object.__setattr__(self, "mesh", None if mesh is None else triple(mesh, "k-mesh sizes"))
+
+    def resolve(self, crystal: Crystal) -> InfiniteCrystal:
+        """This geometry with its mesh made concrete for ``crystal``."""
+        if self.mesh is not None:
+            return self
+        from xtds.model.infinite import default_mesh
+
+        return InfiniteCrystal(default_mesh(crystal))
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """The k-mesh (M1, M2, M3)."""
+        """The k-mesh (M1, M2, M3) of the primitive cell."""
+        if self.mesh is None:
+            raise ValueError("InfiniteCrystal() has no mesh until resolved for a crystal (geometry.resolve(crystal))")
         return self.mesh
 
     def k_grid(self, crystal: Crystal) -> np.ndarray:
-        """The mesh's k-points: shape (M1, M2, M3, 3), Å⁻¹."""
-        return k_grid(crystal, self.mesh)
+        """The mesh's k-points in the primitive cell of ``crystal``: shape (M1, M2, M3, 3), Å⁻¹."""
+        return k_grid(crystal.primitive(), self.resolve(crystal).mesh)
 
 
 def shape_of(geometry, what: str = "supercell repeats") -> tuple[int, int, int]:
@@ -89,15 +105,29 @@ def shape_of(geometry, what: str = "supercell repeats") -> tuple[int, int, int]:
     return triple(geometry, what)
 
 
-def auto_geometry(hkl, max_repeats: int = 40, mesh: int = 16) -> PeriodicSupercell | InfiniteCrystal:
-    """:class:`PeriodicSupercell` (L) when every H, K, L (shape (N, 3), r.l.u.) is a multiple of
-    1/L within :data:`GRID_TOL` for some L ≤ ``max_repeats`` (the smallest such L), else
-    :class:`InfiniteCrystal` (``mesh``)."""
+def auto_geometry(hkl, attrs=None, max_repeats: int = 40,
+                  method: str = "exact") -> tuple[PeriodicSupercell | InfiniteCrystal, str]:
+    """The geometry ``geometry="auto"`` chooses for points at ``hkl`` (shape (N, 3), r.l.u.) of a
+    volume with ``attrs``, and why (one sentence for the log and the result's attrs).
+
+    A measured volume comes from an infinite crystal, whatever its step: :class:`InfiniteCrystal`.
+    The exception is a volume that says it was simulated on a periodic supercell (``attrs['geometry']``
+    written by :func:`xtds.simulate`, e.g. the paper's 5×5×5 benchmark), whose points lie on that
+    supercell's grid: then that :class:`PeriodicSupercell` (the L ≤ ``max_repeats`` of the grid).
+    ``method="sampled"`` (the paper's estimator, defined on a supercell) always takes the grid's
+    supercell.
+    """
     hkl = np.asarray(hkl, dtype=float)
-    for L in range(1, max_repeats + 1):
-        if np.abs(hkl * L - np.round(hkl * L)).max(initial=0.0) < GRID_TOL:
-            return PeriodicSupercell(L)
-    return InfiniteCrystal(mesh)
+    said = str((attrs or {}).get("geometry", ""))
+    if method == "sampled":
+        said = said if said.startswith("PeriodicSupercell") else "PeriodicSupercell (the sampled model needs one)"
+    if said.startswith("PeriodicSupercell"):
+        for L in range(1, max_repeats + 1):
+            if np.abs(hkl * L - np.round(hkl * L)).max(initial=0.0) < GRID_TOL:
+                return PeriodicSupercell(L), (f"the data say they were simulated on {said}, and the points lie on the "
+                                              f"grid of PeriodicSupercell({L})")
+    return InfiniteCrystal(), ("measured data come from an infinite crystal (no attrs['geometry'] naming a periodic "
+                               "supercell whose grid the points lie on)")
 
 
 def supercell_q_grid(crystal: Crystal, repeats, n_max) -> np.ndarray:

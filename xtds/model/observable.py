@@ -24,8 +24,9 @@ from xtds.errors import check_temperature
 from xtds.formfactor import check_form_factor
 from xtds.ifc import IFCModel
 from xtds.laue import LaueGroup, Orbits
-from xtds.model.exact import exact_infinite, exact_supercell, one_phonon
+from xtds.model.exact import exact_supercell, one_phonon
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell
+from xtds.model.infinite import InfinitePlan, infinite_intensity
 from xtds.model.sampled import configuration_intensities, sampled_intensity
 
 __all__ = ["Observable", "TDSIntensity", "METHODS", "statistics_of"]
@@ -98,8 +99,8 @@ class TDSIntensity:
         Debye–Waller factor) or ``"sampled"`` (the paper's Cholesky-sampling estimator).
     geometry
         :class:`PeriodicSupercell` (default for ``exact``/``sampled``: the 5×5×5 cells of the
-        paper) or :class:`InfiniteCrystal` (default for ``one_phonon``: a 16³ mesh for the
-        Debye–Waller factor; required for arbitrary q with ``exact``).
+        paper) or :class:`InfiniteCrystal` (default for ``one_phonon``; required for arbitrary q
+        with ``exact``: :mod:`xtds.model.infinite`, its mesh resolved for the crystal).
     quantum
         Bose–Einstein statistics with zero-point motion (default: what a measured crystal
         obeys; ``exact`` and ``one_phonon``). False: classical statistics (the paper's choice,
@@ -148,9 +149,11 @@ class TDSIntensity:
         set_(self, "temperature", check_temperature(self.temperature))
         geometry = self.geometry
         if geometry is None:
-            geometry = InfiniteCrystal(16) if self.method == "one_phonon" else PeriodicSupercell(5)
+            geometry = InfiniteCrystal() if self.method == "one_phonon" else PeriodicSupercell(5)
         if not isinstance(geometry, (PeriodicSupercell, InfiniteCrystal)):
             raise TypeError(f"geometry must be a PeriodicSupercell or an InfiniteCrystal, got {geometry!r}")
+        if isinstance(geometry, InfiniteCrystal):
+            geometry = geometry.resolve(self.model.crystal)
         set_(self, "geometry", geometry)
         qt = as_q(self.q, self.dtype, self.device)
         if isinstance(geometry, PeriodicSupercell):  # validated on the grid; jittered points moved onto it
@@ -181,7 +184,9 @@ class TDSIntensity:
         if self.method == "sampled" or not self.laue_reduce:
             return None
         group = LaueGroup.of(crystal=self.model.crystal)
-        orbits = group.reduce_q(self.model.crystal, self.q) if group.keeps(self.geometry.shape) else None
+        # an infinite crystal's model is Laue-symmetric for any q-set (its mesh and window are)
+        kept = isinstance(self.geometry, InfiniteCrystal) or group.keeps(self.geometry.shape)
+        orbits = group.reduce_q(self.model.crystal, self.q) if kept else None
         if orbits is None and self.laue_reduce is True:
             raise ValueError("laue_reduce=True, but the q-set is not closed under the Laue group (or the geometry "
                              f"{self.geometry} is not): use laue_reduce='auto' or False")
@@ -209,14 +214,23 @@ class TDSIntensity:
         if orb is not None:
             q = q[torch.as_tensor(orb.index, device=q.device)]
         T, ff = self.temperature, self.form_factor
-        if self.method == "one_phonon":
-            mesh = self.geometry.shape
-            out = one_phonon(self.model, phi, q, T, mesh=mesh, quantum=self.quantum, form_factor=ff)
-        elif isinstance(self.geometry, PeriodicSupercell):
-            out = exact_supercell(self.model, phi, q, T, self.geometry, quantum=self.quantum, form_factor=ff)
+        if isinstance(self.geometry, InfiniteCrystal):
+            out = infinite_intensity(self.plan, phi, q, T, quantum=self.quantum, form_factor=ff,
+                                     multi_phonon=self.method == "exact", cache=self.__dict__.setdefault("_cache", {}))
+        elif self.method == "one_phonon":
+            out = one_phonon(self.model, phi, q, T, mesh=self.geometry.shape, quantum=self.quantum, form_factor=ff)
         else:
-            out = exact_infinite(self.model, phi, q, T, self.geometry, quantum=self.quantum, form_factor=ff)
+            out = exact_supercell(self.model, phi, q, T, self.geometry, quantum=self.quantum, form_factor=ff)
         return out if orb is None else out[torch.as_tensor(orb.inverse, device=out.device)]
+
+    @property
+    def plan(self) -> InfinitePlan:
+        """The pair set and window of the infinite-crystal model (built once, on first use)."""
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = InfinitePlan(self.model, self.geometry)
+            object.__setattr__(self, "_plan", plan)
+        return plan
 
     def sampled(self, phi: torch.Tensor, epoch: int = 0, stderr: bool = True):
         """``sampled`` only: (mean, standard error or None), each shape (Q,)."""
@@ -238,8 +252,12 @@ class TDSIntensity:
         return twin(phi)
 
     def stability_k(self) -> np.ndarray:
-        """The geometry's k-grid, shape (K, 3), Å⁻¹."""
-        return self.geometry.k_grid(self.model.crystal).reshape(-1, 3)
+        """The geometry's k-grid, shape (K, 3), Å⁻¹; for an infinite crystal its M/4 sub-mesh (the
+        whole mesh is checked anyway: the covariances raise :class:`~xtds.errors.UnstableError`)."""
+        k = self.geometry.k_grid(self.model.crystal)
+        if isinstance(self.geometry, InfiniteCrystal):
+            k = k[::4, ::4, ::4]
+        return k.reshape(-1, 3)
 
     # ------------------------------------------------------------------ noise of sampled data
     def configuration_noise(self, phi: torch.Tensor, draws: int, seed: int, multiplicity=None) -> np.ndarray:

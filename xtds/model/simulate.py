@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import xarray as xr
@@ -31,8 +33,9 @@ def simulate(
     (electrons² per primitive cell) on (H, K, L), and attrs ``unit_cell``, ``space_group``,
     ``temperature``, ``method`` and ``geometry``.
 
-    ``temperature`` defaults to ``ds.attrs['temperature']``; ``geometry="auto"`` is a periodic
-    supercell when the grid lies on one, else an infinite crystal. The Laue reduction is used when
+    ``temperature`` defaults to ``ds.attrs['temperature']``; ``geometry="auto"`` is an infinite
+    crystal unless ``ds`` says it was simulated on a periodic supercell whose grid it lies on
+    (:func:`~xtds.model.geometry.auto_geometry`). The Laue reduction is used when
     the grid is closed under the group. ``quantum``: None (default) takes the statistics of ``ds``
     when it says (``attrs['quantum']``), else quantum. ``options``: the method's options of
     :class:`~xtds.model.observable.TDSIntensity` (``n_samples``, ``seed``, …).
@@ -48,7 +51,8 @@ def simulate(
     if isinstance(geometry, str):
         if geometry != "auto":
             raise ValueError(f"geometry must be 'auto', a PeriodicSupercell or an InfiniteCrystal, got {geometry!r}")
-        geometry = auto_geometry(hkl)
+        geometry, why = auto_geometry(hkl, ds.attrs, method=method)
+        logging.getLogger("xtds.model").info("geometry='auto' chose %r: %s", geometry, why)
     obs = TDSIntensity(model, crystal.rlu_to_cartesian(hkl), temperature, method=method, geometry=geometry,
                        quantum=quantum, form_factor=form_factor, **options)
     with torch.no_grad():
@@ -59,6 +63,6 @@ def simulate(
                        {"units": "electrons^2 per primitive cell", "long_name": f"TDS intensity ({method})"})},
         coords={d: ds[d] for d in "HKL"},
         attrs={"unit_cell": [float(x) for x in crystal.parameters], "space_group": crystal.space_group,
-               "temperature": float(temperature), "method": method, "geometry": repr(geometry),
+               "temperature": float(temperature), "method": method, "geometry": repr(obs.geometry),
                "quantum": int(quantum)},
     )
