@@ -14,7 +14,7 @@ from xtds.datasets import paper_ni_ifcs
 from xtds.laue import LaueGroup
 from xtds.model import InfiniteCrystal, PeriodicSupercell, auto_geometry, supercell_q_grid, tds_intensity
 from xtds.model.covariance import is_gamma, lattice_covariance
-from xtds.model.infinite import InfinitePlan, _covariances, mesh_convergence
+from xtds.model.infinite import InfinitePlan, _covariances
 from xtds.model.observable import TDSIntensity
 
 

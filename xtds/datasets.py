@@ -154,7 +154,8 @@ def six_shell_ni_volume(n_max: int = 16, g=(-0.03, -0.015)):
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(n, n, n),
                                    {"units": "electrons^2 per primitive cell"})},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={**crystal_attrs(ni), "temperature": 300.0, "quantum": 0, "geometry": repr(PeriodicSupercell(6)),
+                    attrs={**crystal_attrs(ni), "temperature": 300.0, "quantum": 0,
+                           "geometry": repr(PeriodicSupercell(6)),
                            "description": f"Ni Target plus a sixth shell g0={g[0]}, g1={g[1]} eV/Å^2"})
     return ds, truth
 
