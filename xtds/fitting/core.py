@@ -38,7 +38,8 @@ from xtds.fitting.optimize import LM, Adam, Checkpoint
 from xtds.fitting.problem import Problem, describe
 from xtds.fitting.result import result_dataset
 from xtds.ifc import IFCModel
-from xtds.model.geometry import PeriodicSupercell, auto_geometry
+from xtds.model.covariance import is_gamma
+from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry
 from xtds.model.observable import TDSIntensity, statistics_of
 from xtds.volume import dataset as vol
 from xtds.volume.schema import check_crystal
@@ -346,6 +347,7 @@ def points_problem(
     else:
         geometry_reason = "given"
     check_range(model, geometry)
+    check_bragg_free(model, geometry, points["q"].values, hkl)
     observable = TDSIntensity(model, points["q"].values, temperature, method=method, geometry=geometry,
                               quantum=quantum, form_factor=form_factor, laue_reduce="auto",
                               orbit_average=bool(orbit_average) and method == "sampled", n_samples=n_samples,
@@ -360,6 +362,21 @@ def points_problem(
                    noise_configurations=noise_configurations, name=name,
                    coords=coords,
                    data_attrs=dict(points["intensity"].attrs), geometry_reason=geometry_reason)
+
+
+def check_bragg_free(model: IFCModel, geometry, q: np.ndarray, hkl: np.ndarray) -> None:
+    """A ``ValueError`` when an infinite crystal is to be fitted at reciprocal-lattice points (q = 0
+    and Bragg positions), where its diffuse intensity is undefined and measured data are Bragg peaks."""
+    if not isinstance(geometry, InfiniteCrystal):
+        return
+    on = is_gamma(model.primitive, np.asarray(q, dtype=float))
+    if np.any(on):
+        raise ValueError(
+            f"{int(on.sum())} points lie on reciprocal-lattice points (e.g. H K L = {hkl[on][0].round(4)}), where an "
+            "infinite crystal has Bragg peaks and no defined diffuse intensity: mask them (fit(..., bragg=0.1) or "
+            "ds.tds.mask(bragg=...)), or, for a volume simulated on a periodic supercell, pass "
+            "geometry=PeriodicSupercell(L) (or keep its attrs['geometry'])"
+        )
 
 
 def check_range(model: IFCModel, geometry) -> None:

@@ -203,6 +203,10 @@ def mesh_convergence(observable, phi, max_points: int = 2000, factor: float = 1.
         vals = [infinite_intensity(InfinitePlan(observable.model, m), phi, q, observable.temperature,
                                    quantum=observable.quantum, form_factor=observable.form_factor,
                                    multi_phonon=multi).numpy() for m in (mesh, finer)]
-    rel = np.abs(vals[0] - vals[1]) / np.abs(vals[1])
+    ok = np.isfinite(vals[0]) & np.isfinite(vals[1]) & (np.abs(vals[1]) > 0)
+    if not np.any(ok):
+        return {"mesh": list(mesh), "finer_mesh": list(finer), "median_rel_change": float("nan"),
+                "max_rel_change": float("nan"), "n_points": 0}
+    rel = np.abs(vals[0][ok] - vals[1][ok]) / np.abs(vals[1][ok])
     return {"mesh": list(mesh), "finer_mesh": list(finer), "median_rel_change": float(np.median(rel)),
-            "max_rel_change": float(rel.max()), "n_points": int(len(q))}
+            "max_rel_change": float(rel.max()), "n_points": int(ok.sum())}
