@@ -53,7 +53,8 @@ def problems():
     import xarray as xr
 
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.reshape(9, 9, 9))},
-                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2))})
+                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
+                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2))})
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
     # 2% noise per voxel, averaged over each point's voxels; fitted by χ² (with scale and background)
     rel = 0.02 / np.sqrt(pts["multiplicity"].values)
