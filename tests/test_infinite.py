@@ -53,8 +53,8 @@ def test_debye_waller_extrapolation(ni3, quantum):
 def test_matches_periodic_supercell_as_it_grows(ni3):
     """The exact periodic-supercell intensity (an independent sum over a finite crystal) approaches
     the infinite-crystal model as L grows, at points ≥ 0.4 r.l.u. from Bragg peaks (measured:
-    max 2.4e-3, 1.0e-3, 8.8e-4 at L = 4, 8, 16; medians 2.7e-4, 8.7e-5, 8.1e-5; the remainder is
-    the infinite model's own window error, 1.3e-3 between meshes 32 and 48)."""
+    max 1.5e-3, 2.1e-4, 1.8e-4 at L = 4, 8, 16; medians 3.3e-4, 3.0e-5, 4.6e-5; the remainder is
+    the infinite model's own error, 7.9e-4 between meshes 32 and 48 at these points)."""
     m, phi = ni3
     h = np.random.default_rng(3).integers(-16, 17, size=(40, 3)) / 4.0
     q = m.crystal.rlu_to_cartesian(_away_from_bragg(h, 0.4)[:16])
@@ -64,19 +64,21 @@ def test_matches_periodic_supercell_as_it_grows(ni3):
         sc = tds_intensity(m, phi, q, 300.0, quantum=False, geometry=PeriodicSupercell(L), laue_reduce=False)
         rel.append(((sc - inf) / inf).abs())
     assert rel[0].max() > rel[1].max() > rel[2].max()
-    assert rel[2].max() < 2e-3 and rel[2].median() < 2e-4
+    assert rel[2].max() < 5e-4 and rel[2].median() < 1e-4
 
 
 def test_laue_symmetric_and_reduced(ni3):
-    """I(g q) = I(q) for the 48 operations of m-3m, and the Laue-reduced evaluation equals the full one."""
+    """I(g q) = I(q) for the 48 operations of m-3m (to 1e-7: the continuum tail's direction grid and
+    its choice among equidistant reciprocal-lattice vectors are not exactly symmetric; measured 1.4e-8),
+    and the Laue-reduced evaluation equals the full one."""
     m, phi = ni3
     q = np.random.default_rng(0).normal(size=(6, 3)) * 4
     ops = LaueGroup.of(crystal=m.crystal).cartesian(m.crystal)
     qs = np.einsum("gij,qj->gqi", ops, q).reshape(-1, 3)
     full = tds_intensity(m, phi, qs, 300.0, geometry=InfiniteCrystal(16), laue_reduce=False).reshape(len(ops), -1)
-    assert ((full - full[0]).abs() / full[0]).max() < 1e-10
+    assert ((full - full[0]).abs() / full[0]).max() < 1e-7
     reduced = tds_intensity(m, phi, qs, 300.0, geometry=InfiniteCrystal(16), laue_reduce=True)
-    assert ((reduced - full.reshape(-1)).abs() / reduced).max() < 1e-12
+    assert ((reduced - full.reshape(-1)).abs() / reduced).max() < 1e-7
 
 
 def test_bad_mesh_is_refused(ni3):
@@ -87,7 +89,7 @@ def test_bad_mesh_is_refused(ni3):
 
 def test_paper_grid_forward_backward_under_a_second():
     """Forward + backward on the paper's 81³ Ni grid (12,286 irreducible points, 5 shells, default
-    mesh 32³) in under a second on the 2-core machine (median of 3; measured 0.43 s)."""
+    mesh 32³) in under a second on the 2-core machine (median of 3; measured 0.69 s)."""
     ni = xtds.Crystal.preset("Ni")
     m = xtds.IFCModel(ni, shells=5)
     q = supercell_q_grid(ni, 5, 40)

@@ -12,12 +12,14 @@ parts and how each is made accurate:
 - **Debye–Waller factor**: C_ss(0) = mean of C(k) over the k-mesh converges only as 1/M (the
   acoustic 1/k² singularity at Γ); two levels of Richardson extrapolation over the sub-meshes M/2 and
   M/4 (free: subsets of the mesh) remove the 1/M and 1/M³ errors.
-- **Multi-phonon**: the self term exactly, the correlated terms by a direct sum over the pairs
+- **Multi-phonon**: the self term exactly; the correlated terms by a direct sum over the pairs
   within a smooth (cos²) window of radius R, half the in-radius of the mesh's supercell, with C(r)
-  from the mesh by FFT plus the same uniform long-wavelength correction as C(0). A smooth window
-  makes the truncated sum converge fast away from Bragg peaks; within a few hundredths of a r.l.u. of
-  a peak (where the two-phonon term grows as 1/|q − G|) the mesh error is larger: mask Bragg peaks.
-  :func:`mesh_convergence` measures it on the points of a fit.
+  from the mesh by FFT plus the same uniform long-wavelength correction as C(0). Their terms fall
+  only as 1/r² (C(r) → the elastic Kelvin solution A(r̂)/r), so the truncated sum alone is poor
+  near Bragg peaks; the pair sum therefore subtracts the continuum's x²/2 + x³/6 pair by pair, and
+  :mod:`xtds.model.continuum` adds the continuum's sum over the whole lattice in closed form
+  (Poisson summation over the :data:`TAIL_G` reciprocal-lattice vectors nearest q). What remains
+  truncated falls as 1/r⁴. :func:`mesh_convergence` measures the rest on the points of a fit.
 
 Everything is a torch expression of φ, so the model is differentiable. The pair set and window are
 geometry (:class:`InfinitePlan`), built once per model and mesh.
@@ -25,11 +27,14 @@ geometry (:class:`InfinitePlan`), built once per model and mesh.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from xtds.formfactor import form_factor_table
 from xtds.ifc import IFCModel
+from xtds.model.continuum import ORDERS, Continuum, smooth_step
 from xtds.model.covariance import covariance_k
 from xtds.model.exact import _c6, _qq
 from xtds.model.geometry import shape_of
@@ -42,6 +47,9 @@ WINDOW = 0.5
 
 #: Largest window × cos(q·d) matrix (bytes) :func:`infinite_intensity` keeps between calls.
 CACHE_BYTES = 512 * 2**20
+
+#: Reciprocal-lattice vectors nearest each q whose continuum tails are summed (Poisson summation).
+TAIL_G = 4
 
 #: Default k-mesh spacing |b_i| / M_i (Å⁻¹) of :func:`default_mesh`.
 MESH_SPACING = 0.1
@@ -105,6 +113,10 @@ class InfinitePlan:
         self.src, self.dst = np.concatenate(src), np.concatenate(dst)
         self.d, self.weight, self.index = np.concatenate(d), np.concatenate(w), np.concatenate(idx)
         self.k = P.k_grid(self.mesh)  # (M1, M2, M3, 3)
+        # the elastic-continuum tail (xtds.model.continuum), switched on from a third of the window
+        self.continuum = Continuum(model, P, r0=self.radius / 3)
+        self.chi = smooth_step(np.linalg.norm(self.d, axis=1) / self.continuum.r0 - 1.0)
+        self.Y_pairs = self.continuum.harmonics_over_r(self.d)
 
     def __len__(self) -> int:
         return len(self.d)
@@ -161,6 +173,13 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
     dev = q.device
     d = torch.as_tensor(plan.d, dtype=q.dtype, device=dev)
     w = torch.as_tensor(plan.weight, dtype=q.dtype, device=dev)
+    cont = plan.continuum
+    if multi_phonon:
+        coeffs = cont.kelvin_coefficients(phi, temperature, quantum)
+        A_pairs = torch.as_tensor(plan.Y_pairs, dtype=q.dtype, device=dev) @ coeffs  # (N, 6): A(d̂)/|d|
+        chi = torch.as_tensor(plan.chi, dtype=q.dtype, device=dev)
+        powers = cont.power_coefficients(coeffs)
+    tau = torch.as_tensor(np.array(P.cartesian_positions), dtype=q.dtype, device=dev)
     keep = cache is not None and len(q) * len(plan) * q.element_size() <= CACHE_BYTES
     out = []
     for start in range(0, len(q), chunk):
@@ -179,9 +198,25 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
                 wc = w * torch.cos(qc @ d.T)
                 if keep:
                     cache[start] = wc
-            g = _g(qq @ C6.T) * wc
+            x_el = qq @ A_pairs.T
+            g = (_g(qq @ C6.T) - chi * sum(x_el**n / math.factorial(n) for n in ORDERS)) * wc
             for s, t, sl in plan.groups:
                 one = one + a[:, s] * a[:, t] * g[:, sl].sum(dim=1)
+            key = ("tail", start)
+            tab = cache.get(key) if cache is not None else None
+            if tab is None:
+                G, K = cont.table(qc.detach().cpu().numpy(), TAIL_G)
+                tab = (torch.as_tensor(G, dtype=q.dtype, device=dev),
+                       {n: torch.as_tensor(v_, dtype=q.dtype, device=dev) for n, v_ in K.items()})
+                if cache is not None:
+                    cache[key] = tab
+            G, K = tab
+            mono = cont.monomial_values(qq)
+            ph = G @ tau.T  # (Q, n_g, n)
+            F2 = (a[:, None] * torch.cos(ph)).sum(2) ** 2 + (a[:, None] * torch.sin(ph)).sum(2) ** 2  # (Q, n_g)
+            # [Xⁿ]_ℓm of each point first (Q, n_lm), then against each G's fixed factors
+            tail = sum((K[n] * (mono[n] @ powers[n])[:, None, :]).sum(dim=2) for n in ORDERS)  # (Q, n_g)
+            one = one + (F2 * tail).sum(dim=1) / cont.volume
         out.append(one)
     return torch.cat(out)
 

@@ -1,0 +1,211 @@
+"""The long-range part of the multi-phonon sum of an infinite crystal, from elasticity.
+
+Far from an atom the displacement covariance is that of an elastic continuum,
+C(d) → A(d̂)/|d| (the anisotropic Kelvin solution): with Cₗ(k̂) = lim k² C(k) (the long-wavelength
+limit of the covariance, classical at any temperature),
+
+    A(d̂) = V_c/(8π²) ∮_{k̂ ⊥ d̂} Cₗ(k̂) dψ,
+
+so x = qᵀC(d)q → X(d̂)/|d| with X = qᵀA q, and the multi-phonon terms x²/2 + x³/6 fall only as
+1/|d|² and 1/|d|³: their lattice sum converges only through the oscillation of cos(q·d), which a
+truncated sum resolves poorly near Bragg peaks. This module adds their sum over all lattice vectors
+in closed form: with a smooth step χ(d) that removes the origin,
+
+    Σ_r χ(d) G_el(x_el(d)) e^{iq·d} = (1/V_c) Σ_G |F_G|² T(q − G),
+    T(κ) = Σ_n (4π/n!) Σ_ℓm (−1)^{ℓ/2} Y_ℓm(κ̂) [Xⁿ]_ℓm J⁽ⁿ⁾_ℓ(|κ|),
+    J⁽ⁿ⁾_ℓ(κ) = ∫₀^∞ d^{2−n} j_ℓ(κd) χ(d) dd,
+
+(Poisson summation, then the plane-wave expansion), with F_G = Σ_s a_s e^{−iG·τ_s}. Spherical
+harmonics are real and of even degree (every function here is even); [Xⁿ]_ℓm comes from the monomials
+of q q, so the q-dependence is a fixed table per point and the force-constant dependence a small
+matrix per call. The pair sum of :mod:`xtds.model.infinite` subtracts χ G_el(x_el) pair by pair, so
+only the difference between the lattice and the continuum, which falls as 1/|d|⁴, is truncated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+from scipy.special import sici, spherical_jn, sph_harm_y
+
+from xtds.model.covariance import covariance_k
+
+__all__ = ["Continuum", "smooth_step", "ORDERS"]
+
+#: The powers n of x_el summed in closed form (x²/2 + x³/6).
+ORDERS = (2, 3)
+
+#: Spherical-harmonic degree of the long-wavelength covariance Cₗ(k̂) and of A(d̂).
+DEGREE = 10
+
+#: Spherical-harmonic degree kept of each power Xⁿ (X² exactly; X³, a small correction, truncated).
+POWER_DEGREE = {2: 2 * DEGREE, 3: 12, 4: 12}
+
+#: ε (Å⁻¹) of the long-wavelength limit ε² C(ε k̂).
+EPS = 1e-3
+
+
+def smooth_step(t: np.ndarray) -> np.ndarray:
+    """0 for t ≤ 0, 1 for t ≥ 1, C^∞ in between."""
+    t = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
+    a = np.where(t > 0, np.exp(-1.0 / np.where(t > 0, t, 1.0)), 0.0)
+    b = np.where(t < 1, np.exp(-1.0 / np.where(t < 1, 1 - t, 1.0)), 0.0)
+    return a / (a + b)
+
+
+def _real_sph(lmax: int, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Real spherical harmonics of even degree ≤ lmax at polar angles θ, azimuths φ: (P, n_lm),
+    ordered by degree ℓ, then m = −ℓ … ℓ."""
+    cols = []
+    for ell in range(0, lmax + 1, 2):
+        ys = [sph_harm_y(ell, m, theta, phi) for m in range(ell + 1)]
+        neg = [np.sqrt(2) * (-1) ** m * ys[m].imag for m in range(ell, 0, -1)]
+        pos = [np.sqrt(2) * (-1) ** m * ys[m].real for m in range(1, ell + 1)]
+        cols.extend(neg + [ys[0].real] + pos)
+    return np.stack(cols, axis=1)
+
+
+def _degrees(lmax: int) -> np.ndarray:
+    return np.concatenate([np.full(2 * ell + 1, ell) for ell in range(0, lmax + 1, 2)])
+
+
+def _angles(v: np.ndarray):
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.arccos(np.clip(v[..., 2], -1, 1)), np.arctan2(v[..., 1], v[..., 0])
+
+
+def _monomials(n: int):
+    """Index tuples α₁ ≤ … ≤ αₙ over the 6 symmetric pairs and their multinomial counts."""
+    out = []
+    for combo in itertools.combinations_with_replacement(range(6), n):
+        counts = np.bincount(combo, minlength=6)
+        mult = math.factorial(n) / np.prod([math.factorial(c) for c in counts])
+        out.append((combo, mult))
+    return out
+
+
+def _radial_smooth(n: int, ell: int, kappa: np.ndarray, r0: float) -> np.ndarray:
+    """The part of J⁽ⁿ⁾_ℓ that is smooth in κ (see :func:`_radial`)."""
+    x, w = np.polynomial.legendre.leggauss(96)
+    d = r0 * (x + 1.0)  # [0, 2 r0]
+    w = w * r0
+    inner = 1.0 - smooth_step(d / r0 - 1.0)  # 1 − χ on [0, 2 r0]
+    k = np.asarray(kappa, dtype=float)[:, None]
+    if n == 2 or ell >= 2:
+        return -(d[None] ** (2 - n) * spherical_jn(ell, k * d[None]) * inner[None] * w[None]).sum(1)
+    # n = 3, ℓ = 0: ∫_{r0}^{2r0} j₀(κd) χ / d dd
+    return (spherical_jn(0, k * d[None]) / d[None] * (1.0 - inner)[None] * w[None]).sum(1)
+
+
+def _radial(n: int, ell: int, kappa: np.ndarray, r0: float) -> np.ndarray:
+    """J⁽ⁿ⁾_ℓ(κ) = ∫₀^∞ d^{2−n} j_ℓ(κd) χ(d) dd, χ(d) = smooth_step(d/r0 − 1), n = 2, 3; κ > 0 (Å⁻¹).
+
+    The full integral ∫₀^∞ (known in closed form, a power of κ) minus the part on [0, 2 r0] where
+    χ < 1, a smooth function of κ tabulated on a fine grid and interpolated; for n = 3, ℓ = 0 (where
+    the full integral diverges) the part on [r0, 2 r0] plus the rest through the cosine integral."""
+    kappa = np.asarray(kappa, dtype=float)
+    grid = np.linspace(0.0, kappa.max() * 1.001 + 1e-9, 4097)
+    smooth = np.interp(kappa, grid, _radial_smooth(n, ell, grid, r0))
+    if n == 2 or ell >= 2:
+        mu = 3 - n  # ∫₀^∞ t^{μ−1} j_ℓ(t) dt (−ℓ < μ < 2)
+        full = 2.0 ** (mu - 2) * np.sqrt(np.pi) * math.gamma((ell + mu) / 2) / math.gamma((ell - mu + 3) / 2)
+        return full / kappa ** (3 - n) + smooth
+    a = 2 * r0
+    ci = sici(kappa * a)[1]
+    return smooth + (np.sin(kappa * a) / a - kappa * ci) / kappa
+
+
+class Continuum:
+    """The elastic-continuum tail of one primitive cell (see the module docstring).
+
+    Built once per plan: the direction grid (Gauss–Legendre × uniform azimuth), its spherical
+    harmonics, the smooth step's radius ``r0`` (Å).
+    """
+
+    def __init__(self, model, cell, r0: float, degree: int = DEGREE):
+        self.model, self.cell, self.r0, self.degree = model, cell, float(r0), int(degree)
+        self.volume = abs(float(np.linalg.det(np.asarray(cell.lattice))))
+        if self.degree != DEGREE:
+            raise ValueError(f"degree must be {DEGREE} (POWER_DEGREE is set for it)")
+        exact = max(n * self.degree + POWER_DEGREE[n] for n in ORDERS)  # the projections integrate these
+        top = max(POWER_DEGREE.values())
+        n_theta = exact // 2 + 1
+        mu, wmu = np.polynomial.legendre.leggauss(n_theta)
+        n_phi = exact + 1
+        phi = np.arange(n_phi) * 2 * np.pi / n_phi
+        theta = np.arccos(mu)
+        T, Ph = np.meshgrid(theta, phi, indexing="ij")
+        self.weights = (wmu[:, None] * np.full(n_phi, 2 * np.pi / n_phi)[None]).ravel()
+        self.dirs = np.stack([np.sin(T) * np.cos(Ph), np.sin(T) * np.sin(Ph), np.cos(T)], -1).reshape(-1, 3)
+        self.Y_top = _real_sph(max(top, self.degree), T.ravel(), Ph.ravel())  # (G, n_lm(top))
+        nA = len(_degrees(self.degree))
+        ell = _degrees(self.degree)
+        # C(d) = V_c/(2π)³ ∫ e^{−ik·d} Cₗ(k̂)/k² d³k: degree ℓ picks up 4π(−1)^{ℓ/2} ∫₀^∞ j_ℓ = this / |d|
+        gam = np.array([math.gamma((x + 1) / 2) / math.gamma(x / 2 + 1) for x in ell])
+        self.kelvin = self.volume / (2 * np.pi**2) * (-1.0) ** (ell // 2) * np.sqrt(np.pi) * gam / 2
+        self.nA = nA
+        self.monos = {n: _monomials(n) for n in ORDERS}
+
+    # ------------------------------------------------------------------ force-constant dependent
+    def kelvin_coefficients(self, phi, temperature, quantum) -> torch.Tensor:
+        """Spherical-harmonic coefficients of A (the six symmetric components): (n_lm(degree), 6), Å³."""
+        from xtds.model.exact import _c6
+
+        k = EPS * self.dirs
+        C = covariance_k(self.model, phi, k, temperature, quantum=quantum, cell=self.cell)[:, :3, :3].real * EPS**2
+        Y = torch.as_tensor(self.Y_top[:, : self.nA] * self.weights[:, None], dtype=phi.dtype, device=phi.device)
+        b = Y.T @ _c6(C)  # (n_lm, 6)
+        return b * torch.as_tensor(self.kelvin, dtype=phi.dtype, device=phi.device)[:, None]
+
+    def harmonics_over_r(self, d: np.ndarray) -> np.ndarray:
+        """Y_ℓm(d̂)/|d| at vectors d (N, 3) Å, for :meth:`kelvin_at`: (N, n_lm(degree))."""
+        th, ph = _angles(np.asarray(d, dtype=float))
+        return _real_sph(self.degree, th, ph) / np.linalg.norm(d, axis=1)[:, None]
+
+    def power_coefficients(self, coeffs: torch.Tensor) -> dict:
+        """For each order n: (n_monomials, n_lm(n·degree)) spherical-harmonic coefficients of the
+        products A_α₁…A_αₙ (times their multinomial counts)."""
+        Y = torch.as_tensor(self.Y_top, dtype=coeffs.dtype, device=coeffs.device)
+        A = Y[:, : self.nA] @ coeffs  # (G, 6) on the grid
+        w = torch.as_tensor(self.weights, dtype=coeffs.dtype, device=coeffs.device)
+        out = {}
+        for n in ORDERS:
+            nlm = len(_degrees(POWER_DEGREE[n]))
+            prods = torch.stack([mult * torch.prod(A[:, list(c)], dim=1) for c, mult in self.monos[n]], 0)
+            out[n] = (prods * w) @ Y[:, :nlm]
+        return out
+
+    # ------------------------------------------------------------------ data dependent
+    def table(self, q: np.ndarray, n_g: int = 1):
+        """Per point: the ``n_g`` nearest reciprocal-lattice vectors G (Q, n_g, 3) and, per order n,
+        the fixed factor (4π/n!) (−1)^{ℓ/2} Y_ℓm(κ̂) J⁽ⁿ⁾_ℓ(|κ|) of κ = q − G:
+        {n: (Q, n_g, n_lm(n·degree))}."""
+        B = np.asarray(self.cell.reciprocal)
+        q = np.asarray(q, dtype=float)
+        base = np.floor(q @ np.linalg.inv(B))
+        offs = np.array(list(itertools.product((-1, 0, 1, 2), repeat=3)))
+        cand = (base[:, None, :] + offs[None]) @ B  # (Q, 64, 3)
+        dist = np.linalg.norm(q[:, None, :] - cand, axis=2)
+        order = np.argsort(dist, axis=1)[:, :n_g]
+        G = np.take_along_axis(cand, order[:, :, None], axis=1)  # (Q, n_g, 3)
+        kappa = (q[:, None, :] - G).reshape(-1, 3)
+        kn = np.maximum(np.linalg.norm(kappa, axis=1), 1e-6)
+        safe = np.where(np.linalg.norm(kappa, axis=1, keepdims=True) > 0, kappa, [0, 0, 1.0])
+        th, ph = _angles(safe)
+        out = {}
+        Yall = _real_sph(max(POWER_DEGREE.values()), th, ph)
+        for n in ORDERS:
+            top = POWER_DEGREE[n]
+            ell = _degrees(top)
+            Y = Yall[:, : len(ell)]
+            J = np.stack([_radial(n, x, kn, self.r0) for x in range(0, top + 1, 2)], 1)  # (Q·n_g, n_ell)
+            val = 4 * np.pi / math.factorial(n) * (-1.0) ** (ell // 2) * Y * J[:, ell // 2]
+            out[n] = val.reshape(len(q), n_g, -1)
+        return G, out
+
+    def monomial_values(self, qq: torch.Tensor) -> dict:
+        """Per order n: the monomials qq_α₁…qq_αₙ of each point, (Q, n_monomials)."""
+        return {n: torch.stack([torch.prod(qq[:, list(c)], dim=1) for c, _ in self.monos[n]], 1) for n in ORDERS}
