@@ -24,12 +24,13 @@ only the difference between the lattice and the continuum, which falls as 1/|d|�
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 import torch
-from scipy.special import sici, spherical_jn, sph_harm_y
+from scipy.special import sici, sph_harm_y, spherical_jn
 
 from xtds.model.covariance import covariance_k
 
@@ -100,15 +101,17 @@ def _radial_smooth(n: int, ell: int, kappa: np.ndarray, r0: float) -> np.ndarray
     return (spherical_jn(0, k * d[None]) / d[None] * (1.0 - inner)[None] * w[None]).sum(1)
 
 
-def _radial(n: int, ell: int, kappa: np.ndarray, r0: float) -> np.ndarray:
+def _radial(n: int, ell: int, kappa: np.ndarray, r0: float, table=None) -> np.ndarray:
     """J⁽ⁿ⁾_ℓ(κ) = ∫₀^∞ d^{2−n} j_ℓ(κd) χ(d) dd, χ(d) = smooth_step(d/r0 − 1), n = 2, 3; κ > 0 (Å⁻¹).
 
     The full integral ∫₀^∞ (known in closed form, a power of κ) minus the part on [0, 2 r0] where
     χ < 1, a smooth function of κ tabulated on a fine grid and interpolated; for n = 3, ℓ = 0 (where
     the full integral diverges) the part on [r0, 2 r0] plus the rest through the cosine integral."""
     kappa = np.asarray(kappa, dtype=float)
-    grid = np.linspace(0.0, kappa.max() * 1.001 + 1e-9, 4097)
-    smooth = np.interp(kappa, grid, _radial_smooth(n, ell, grid, r0))
+    if table is None or kappa.max() > table[0][-1]:
+        grid = np.linspace(0.0, kappa.max() * 1.001 + 1e-9, 4097)
+        table = (grid, _radial_smooth(n, ell, grid, r0))
+    smooth = np.interp(kappa, *table)
     if n == 2 or ell >= 2:
         mu = 3 - n  # ∫₀^∞ t^{μ−1} j_ℓ(t) dt (−ℓ < μ < 2)
         full = 2.0 ** (mu - 2) * np.sqrt(np.pi) * math.gamma((ell + mu) / 2) / math.gamma((ell - mu + 3) / 2)
@@ -116,6 +119,14 @@ def _radial(n: int, ell: int, kappa: np.ndarray, r0: float) -> np.ndarray:
     a = 2 * r0
     ci = sici(kappa * a)[1]
     return smooth + (np.sin(kappa * a) / a - kappa * ci) / kappa
+
+
+@functools.lru_cache(maxsize=16)
+def _radial_tables(r0: float, kmax: float) -> dict:
+    """The smooth parts of every radial integral on a κ grid [0, kmax] (shared by plans alike)."""
+    grid = np.linspace(0.0, kmax, 8193)
+    return {(n, ell): (grid, _radial_smooth(n, ell, grid, r0))
+            for n in ORDERS for ell in range(0, POWER_DEGREE[n] + 1, 2)}
 
 
 class Continuum:
@@ -148,6 +159,9 @@ class Continuum:
         self.kelvin = self.volume / (2 * np.pi**2) * (-1.0) ** (ell // 2) * np.sqrt(np.pi) * gam / 2
         self.nA = nA
         self.monos = {n: _monomials(n) for n in ORDERS}
+        # the smooth parts of the radial integrals on a κ grid covering |q − G| for the nearest G's
+        kmax = 3.0 * float(np.linalg.norm(np.asarray(cell.reciprocal), axis=1).max())
+        self.radial_tables = _radial_tables(round(self.r0, 12), round(kmax, 12))
 
     # ------------------------------------------------------------------ force-constant dependent
     def kelvin_coefficients(self, phi, temperature, quantum) -> torch.Tensor:
@@ -201,11 +215,16 @@ class Continuum:
             top = POWER_DEGREE[n]
             ell = _degrees(top)
             Y = Yall[:, : len(ell)]
-            J = np.stack([_radial(n, x, kn, self.r0) for x in range(0, top + 1, 2)], 1)  # (Q·n_g, n_ell)
+            J = np.stack([_radial(n, x, kn, self.r0, self.radial_tables[n, x])
+                          for x in range(0, top + 1, 2)], 1)  # (Q·n_g, n_ell)
             val = 4 * np.pi / math.factorial(n) * (-1.0) ** (ell // 2) * Y * J[:, ell // 2]
             out[n] = val.reshape(len(q), n_g, -1)
         return G, out
 
     def monomial_values(self, qq: torch.Tensor) -> dict:
         """Per order n: the monomials qq_α₁…qq_αₙ of each point, (Q, n_monomials)."""
-        return {n: torch.stack([torch.prod(qq[:, list(c)], dim=1) for c, _ in self.monos[n]], 1) for n in ORDERS}
+        out = {}
+        for n in ORDERS:
+            idx = torch.as_tensor([c for c, _ in self.monos[n]], device=qq.device)  # (n_monomials, n)
+            out[n] = qq[:, idx].prod(dim=-1)
+        return out

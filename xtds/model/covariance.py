@@ -127,8 +127,10 @@ def covariance_k(
         # diagonal can meet a folded optical mode exactly) and get weight zero: marked by value
         dscale = 2 * D.detach().abs().sum(-1).amax().real.clamp(min=1e-6)
         Dreg = D + torch.where(g, dscale * Pm, torch.zeros_like(Pm))
-        lam0 = torch.linalg.eigvalsh(Dreg.detach())
-        zero_mask = g[:, :, 0] & ((lam0 - dscale).abs() < 1e-9 * dscale)
+        zero_mask = torch.zeros(Dreg.shape[:2], dtype=torch.bool, device=Dreg.device)
+        if torch.any(gamma):  # only Γ-equivalent k hold the shifted translations
+            lam0 = torch.linalg.eigvalsh(Dreg[gamma].detach())
+            zero_mask[gamma] = (lam0 - dscale).abs() < 1e-9 * dscale
         if torch.any(g) and not torch.all(zero_mask.sum(-1)[gamma] == 3):
             raise UnstableError("could not isolate the three translations at Γ (accidental degeneracy)")
         F = _HermitianFunction.apply(Dreg, 1.0 / kBT, zero_mask)

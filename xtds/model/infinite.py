@@ -160,6 +160,13 @@ def _g(x: torch.Tensor) -> torch.Tensor:
     return torch.expm1(x) - x
 
 
+def _g_el(x: torch.Tensor) -> torch.Tensor:
+    """The continuum's Σ_{n ∈ ORDERS} xⁿ/n! (x²/2 + x³/6)."""
+    if ORDERS == (2, 3):
+        return x * x * (0.5 + x / 6)
+    return sum(x**n / math.factorial(n) for n in ORDERS)
+
+
 def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, form_factor="cromer-mann",
                        multi_phonon: bool = True, chunk: int = 2048, cache: dict | None = None) -> torch.Tensor:
     """Diffuse ⟨I(q)⟩ of an infinite crystal, shape (Q,), electrons² per primitive cell; q: (Q, 3)
@@ -199,7 +206,7 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
                 if keep:
                     cache[start] = wc
             x_el = qq @ A_pairs.T
-            g = (_g(qq @ C6.T) - chi * sum(x_el**n / math.factorial(n) for n in ORDERS)) * wc
+            g = (_g(qq @ C6.T) - chi * _g_el(x_el)) * wc
             for s, t, sl in plan.groups:
                 one = one + a[:, s] * a[:, t] * g[:, sl].sum(dim=1)
             key = ("tail", start)
