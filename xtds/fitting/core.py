@@ -38,7 +38,6 @@ from xtds.fitting.optimize import LM, Adam, Checkpoint
 from xtds.fitting.problem import Problem, describe
 from xtds.fitting.result import result_dataset
 from xtds.ifc import IFCModel
-from xtds.model.covariance import is_gamma
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry
 from xtds.model.observable import TDSIntensity, statistics_of
 from xtds.volume import dataset as vol
@@ -365,11 +364,17 @@ def points_problem(
 
 
 def check_bragg_free(model: IFCModel, geometry, q: np.ndarray, hkl: np.ndarray) -> None:
-    """A ``ValueError`` when an infinite crystal is to be fitted at reciprocal-lattice points (q = 0
-    and Bragg positions), where its diffuse intensity is undefined and measured data are Bragg peaks."""
+    """A ``ValueError`` when an infinite crystal is to be fitted at q = 0 or at allowed Bragg
+    reflections (non-vanishing structure factor), where its diffuse intensity is undefined and
+    measured data are Bragg peaks. Forbidden reflections (e.g. 001 of hcp) are fine."""
     if not isinstance(geometry, InfiniteCrystal):
         return
-    on = is_gamma(model.primitive, np.asarray(q, dtype=float))
+    crystal = model.crystal
+    on = np.all(np.abs(hkl - np.round(hkl)) < 1e-6, axis=1)
+    if np.any(on):
+        z = np.asarray(crystal.numbers, dtype=float)
+        F = np.exp(2j * np.pi * np.round(hkl[on]) @ np.asarray(crystal.positions).T) @ z
+        on[np.flatnonzero(on)] = np.abs(F) > 1e-6 * z.sum()
     if np.any(on):
         raise ValueError(
             f"{int(on.sum())} points lie on reciprocal-lattice points (e.g. H K L = {hkl[on][0].round(4)}), where an "

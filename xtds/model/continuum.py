@@ -194,17 +194,23 @@ class Continuum:
 
     # ------------------------------------------------------------------ data dependent
     def table(self, q: np.ndarray, n_g: int = 1):
-        """Per point: the ``n_g`` nearest reciprocal-lattice vectors G (Q, n_g, 3) and, per order n,
-        the fixed factor (4π/n!) (−1)^{ℓ/2} Y_ℓm(κ̂) J⁽ⁿ⁾_ℓ(|κ|) of κ = q − G:
-        {n: (Q, n_g, n_lm(n·degree))}."""
+        """Per point: the ``n_g`` nearest reciprocal-lattice vectors G, and any as near as the last
+        (Q, n, 3), with weights 1 or 0 for padding (Q, n), and, per order n, the fixed factor
+        (4π/n!) (−1)^{ℓ/2} Y_ℓm(κ̂) J⁽ⁿ⁾_ℓ(|κ|) of κ = q − G: {n: (Q, n, n_lm), float32}."""
         B = np.asarray(self.cell.reciprocal)
         q = np.asarray(q, dtype=float)
         base = np.floor(q @ np.linalg.inv(B))
         offs = np.array(list(itertools.product((-1, 0, 1, 2), repeat=3)))
         cand = (base[:, None, :] + offs[None]) @ B  # (Q, 64, 3)
         dist = np.linalg.norm(q[:, None, :] - cand, axis=2)
-        order = np.argsort(dist, axis=1)[:, :n_g]
-        G = np.take_along_axis(cand, order[:, :, None], axis=1)  # (Q, n_g, 3)
+        order = np.argsort(dist, axis=1)
+        ds = np.take_along_axis(dist, order, axis=1)
+        # every G as near as the n_g-th is taken (ties broken alike for symmetric points)
+        take = ds <= ds[:, n_g - 1 : n_g] * (1 + 1e-9) + 1e-12
+        n_max = int(take.sum(axis=1).max())
+        order, take = order[:, :n_max], take[:, :n_max]
+        G = np.take_along_axis(cand, order[:, :, None], axis=1)  # (Q, n_max, 3)
+        n_g = n_max
         kappa = (q[:, None, :] - G).reshape(-1, 3)
         kn = np.maximum(np.linalg.norm(kappa, axis=1), 1e-6)
         safe = np.where(np.linalg.norm(kappa, axis=1, keepdims=True) > 0, kappa, [0, 0, 1.0])
@@ -218,8 +224,8 @@ class Continuum:
             J = np.stack([_radial(n, x, kn, self.r0, self.radial_tables[n, x])
                           for x in range(0, top + 1, 2)], 1)  # (Q·n_g, n_ell)
             val = 4 * np.pi / math.factorial(n) * (-1.0) ** (ell // 2) * Y * J[:, ell // 2]
-            out[n] = val.reshape(len(q), n_g, -1)
-        return G, out
+            out[n] = val.reshape(len(q), n_g, -1).astype(np.float32)  # (stored in single precision)
+        return G, take.astype(float), out
 
     def monomial_values(self, qq: torch.Tensor) -> dict:
         """Per order n: the monomials qq_α₁…qq_αₙ of each point, (Q, n_monomials)."""

@@ -212,18 +212,18 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
             key = ("tail", start)
             tab = cache.get(key) if cache is not None else None
             if tab is None:
-                G, K = cont.table(qc.detach().cpu().numpy(), TAIL_G)
-                tab = (torch.as_tensor(G, dtype=q.dtype, device=dev),
-                       {n: torch.as_tensor(v_, dtype=q.dtype, device=dev) for n, v_ in K.items()})
+                G, take, K = cont.table(qc.detach().cpu().numpy(), TAIL_G)
+                tab = (torch.as_tensor(G, dtype=q.dtype, device=dev), torch.as_tensor(take, dtype=q.dtype, device=dev),
+                       {n: torch.as_tensor(v_, device=dev) for n, v_ in K.items()})
                 if cache is not None:
                     cache[key] = tab
-            G, K = tab
+            G, take, K = tab
             mono = cont.monomial_values(qq)
             ph = G @ tau.T  # (Q, n_g, n)
             F2 = (a[:, None] * torch.cos(ph)).sum(2) ** 2 + (a[:, None] * torch.sin(ph)).sum(2) ** 2  # (Q, n_g)
             # [Xⁿ]_ℓm of each point first (Q, n_lm), then against each G's fixed factors
-            tail = sum((K[n] * (mono[n] @ powers[n])[:, None, :]).sum(dim=2) for n in ORDERS)  # (Q, n_g)
-            one = one + (F2 * tail).sum(dim=1) / cont.volume
+            tail = sum((K[n].to(q.dtype) * (mono[n] @ powers[n])[:, None, :]).sum(dim=2) for n in ORDERS)  # (Q, n_g)
+            one = one + (take * F2 * tail).sum(dim=1) / cont.volume
         out.append(one)
     return torch.cat(out)
 
