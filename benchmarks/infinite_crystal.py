@@ -9,7 +9,11 @@ Prints, on the machine it runs on:
    ``attrs['geometry']``) on a 0.05 r.l.u. grid, Bragg peaks masked (0.1 r.l.u.): Ni (2 shells) and
    Si (2 shells), each constant's deviation from the truth in units of its reported σ, and the time.
 
+4. with ``--sigma-seeds N`` instead: N noise seeds of a smaller Ni case (|H|,|K|,|L| ≤ 1), each
+   constant's (fit − truth)/σ, to check that the reported σ are honest.
+
     python benchmarks/infinite_crystal.py [--repeats 5] [--h-max 1.5]
+    python benchmarks/infinite_crystal.py --sigma-seeds 5
 """
 
 from __future__ import annotations
@@ -104,11 +108,38 @@ def fit_case(name, crystal, true, start, h_max):
           f"max {conv['max_rel_change']:.1e}")
 
 
+def sigma_check(seeds):
+    ni = xtds.Crystal.preset("Ni")
+    true = {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01}
+    start = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
+    c = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.05), 6)
+    grid = xr.Dataset(coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
+    clean = xtds.simulate(grid, ni, true, shells=2)
+    clean.attrs.pop("geometry")
+    zs = []
+    for seed in range(1, seeds + 1):
+        ds = clean.copy()
+        I = clean["intensity"].values
+        ds["sigma"] = (("H", "K", "L"), 0.005 * I)
+        ds["intensity"] = (("H", "K", "L"), I * (1 + 0.005 * np.random.default_rng(seed).standard_normal(I.shape)))
+        res = ds.tds.fit(ni, shells=2, initial=start, bragg=0.1, loss="chi2", background="constant", progress=False)
+        z = [(float(res["ifc"].sel(constant=k)) - v) / float(res["ifc_stderr"].sel(constant=k))
+             for k, v in true.items()]
+        zs += z
+        print(f"seed {seed}: (fit − truth)/σ = " + ", ".join(f"{x:+.2f}" for x in z), flush=True)
+    zs = np.array(zs)
+    print(f"{len(zs)} values: max |z| {np.abs(zs).max():.2f}, rms {np.sqrt((zs**2).mean()):.2f} (1 if σ is honest)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--h-max", type=float, default=1.5)
+    ap.add_argument("--sigma-seeds", type=int, default=0, help="only the σ check, with this many seeds")
     args = ap.parse_args()
+    if args.sigma_seeds:
+        sigma_check(args.sigma_seeds)
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     paper_grid_timing(args.repeats)
     convergence()
