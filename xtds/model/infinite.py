@@ -205,8 +205,16 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
                 wc = w * torch.cos(qc @ d.T)
                 if keep:
                     cache[start] = wc
-            x_el = qq @ A_pairs.T
-            g = (_g(qq @ C6.T) - chi * _g_el(x_el)) * wc
+            x, x_el = qq @ C6.T, qq @ A_pairs.T
+            if torch.is_grad_enabled():
+                g = (_g(x) - chi * _g_el(x_el)) * wc
+            else:  # the same in place (a fit's finite-difference Jacobians): fewer (Q, N) temporaries
+                g = torch.expm1(x).sub_(x)
+                if ORDERS == (2, 3):
+                    g.sub_(x_el.div(6).add_(0.5).mul_(x_el).mul_(x_el).mul_(chi))
+                else:
+                    g.sub_(chi * _g_el(x_el))
+                g.mul_(wc)
             for s, t, sl in plan.groups:
                 one = one + a[:, s] * a[:, t] * g[:, sl].sum(dim=1)
             key = ("tail", start)
