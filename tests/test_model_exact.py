@@ -157,7 +157,7 @@ def test_quantum_limits(ni3):
     n = m.crystal.n_atoms
     for c in range(n):
         Cr[c, c, 0, 0, 0] += delta * torch.eye(3, dtype=Cr.dtype)
-    pred = _sum_pairs(Terms(m, Cr, ws=False), torch.tensor(q), "cromer-mann", "all", 4096)
+    pred = _sum_pairs(Terms(m, Cr), torch.tensor(q), "cromer-mann", "all", 4096)
     assert (((qu - pred) / (qu - cl)).abs()).max() < 0.05  # next order is (ħω/k_BT)² smaller
     # zero-point motion at 10 K: the quantum diffuse intensity far exceeds the classical one
     cl10 = tds_intensity(m, phi, q, 10.0, quantum=False, geometry=geo, laue_reduce=False)

@@ -12,14 +12,10 @@ where s runs over one atom per primitive site (weight w_s = its share of the cel
 atoms of the periodic supercell, and d = x_{c'r} − x_s. The covariances C come from
 :func:`~xtds.model.covariance.lattice_covariance` (block-circulant structure, FFT).
 
-Infinite crystal: the first-order term is evaluated in k-space at q itself (C(q), the Xu & Chiang
-one-phonon term), the zeroth (Bragg) is dropped, and the higher orders
-exp(x) − 1 − x, x = qᵀC(r)q, are summed over the Wigner–Seitz supercell of the k-mesh.
+The infinite crystal has its own module, :mod:`xtds.model.infinite`.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import torch
@@ -28,7 +24,7 @@ from xtds.formfactor import form_factor_table
 from xtds.ifc import IFCModel
 from xtds.model.covariance import covariance_k, lattice_covariance
 
-__all__ = ["exact_supercell", "exact_infinite", "one_phonon", "debye_waller", "Terms"]
+__all__ = ["exact_supercell", "one_phonon", "debye_waller", "Terms"]
 
 _SYM6 = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
@@ -47,7 +43,7 @@ def _c6(C: torch.Tensor) -> torch.Tensor:
 class Terms:
     """The ingredients shared by the exact and one-phonon intensities of one geometry."""
 
-    def __init__(self, model: IFCModel, Cr: torch.Tensor, ws: bool):
+    def __init__(self, model: IFCModel, Cr: torch.Tensor):
         cell = model.crystal
         n = cell.n_atoms
         L = np.asarray(Cr.shape[2:5])
@@ -66,10 +62,7 @@ class Terms:
             frac = frac.reshape(-1, 3)
             dst = np.repeat(np.arange(n), len(r))
             cov_idx = np.arange(n * len(r))
-            if ws:  # minimum images in the supercell, ties shared equally
-                frac, wts, cov_idx, dst = _wigner_seitz(frac, L, cell.lattice, cov_idx, dst)
-            else:
-                wts = np.ones(len(frac))
+            wts = np.ones(len(frac))
             d_list.append(frac @ cell.lattice)
             w_list.append(wts * wgt)
             c_list.append(c * n * len(r) + cov_idx)
@@ -86,21 +79,12 @@ class Terms:
         self.cell = cell
 
 
-def _wigner_seitz(frac, L, lattice, cov_idx, dst):
-    """Replace each vector by its shortest images modulo the supercell (weights 1/#ties)."""
-    shifts = np.array(list(itertools.product((-1, 0, 1), repeat=3)))
-    base = frac - np.round(frac / L) * L
-    cand = base[:, None, :] + shifts[None] * L  # (M, 27, 3)
-    length = np.linalg.norm(cand @ lattice, axis=-1)
-    best = length.min(axis=1, keepdims=True)
-    tie = length <= best + 1e-8 * max(1.0, float(best.max()))
-    m, s = np.nonzero(tie)
-    counts = tie.sum(axis=1)
-    return cand[m, s], 1.0 / counts[m], cov_idx[m], dst[m]
-
-
 def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int) -> torch.Tensor:
-    """Σ_M w f_s f_c' e^{−W_s−W_c'} cos(q·d) g(x), g = exp (all orders), or the multi-phonon part."""
+    """Σ_M w f_s f_c' e^{−W_s−W_c'} cos(q·d) exp(x): the intensity to all orders (``order="all"``,
+    the only one)."""
+    if order != "all":
+        raise ValueError("only order='all' is summed here; the infinite crystal's multi-phonon part is in "
+                         "xtds.model.infinite")
     out = []
     src = torch.as_tensor(terms.src, device=q.device)
     dst = torch.as_tensor(terms.dst, device=q.device)
@@ -112,10 +96,7 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
         a = f * torch.exp(-W)  # (Q, n)
         x = qq @ terms.C6.T  # (Q, M)
         phase = torch.cos(qc @ terms.d.T)
-        if order == "all":
-            g = torch.exp(x)
-        else:  # multi-phonon: exp(x) − 1 − x, accurate for small x
-            g = torch.where(x.abs() < 1e-3, x * x / 2 + x**3 / 6 + x**4 / 24, torch.expm1(x) - x)
+        g = torch.exp(x)
         amp = a[:, src] * a[:, dst] * terms.w
         out.append((amp * phase * g).sum(dim=1))
     return torch.cat(out)
@@ -134,7 +115,7 @@ def exact_supercell(model, phi, q, temperature, geometry, quantum=False, form_fa
     (Q, 3) Å⁻¹ on the supercell's reciprocal grid. Returns shape (Q,), electrons².
     """
     Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
-    return _sum_pairs(Terms(model, Cr, ws=False), q, form_factor, "all", chunk)
+    return _sum_pairs(Terms(model, Cr), q, form_factor, "all", chunk)
 
 
 def debye_waller(model, phi, q, temperature, mesh, quantum=False, lattice_cov=None):
@@ -168,17 +149,3 @@ def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="
         val = torch.einsum("qi,qij,qj->q", v.conj(), Cq, v).real
         out.append(val)
     return torch.cat(out) * (model.n_sites / n)
-
-
-def exact_infinite(model, phi, q, temperature, mesh, quantum=False, form_factor="cromer-mann", chunk=2048):
-    """Diffuse ⟨I(q)⟩ per primitive cell of an infinite crystal at any q, Bragg peaks excluded.
-
-    One-phonon part exact at q (k-space); the multi-phonon part from covariances on the k-mesh
-    ``mesh`` (a shape or an :class:`~xtds.model.geometry.InfiniteCrystal`), summed over the
-    mesh's Wigner–Seitz supercell. Converges as ``mesh`` grows. The lattice covariance is
-    computed once and shared by both parts.
-    """
-    Cr = lattice_covariance(model, phi, mesh, temperature, quantum=quantum)
-    multi = _sum_pairs(Terms(model, Cr, ws=True), q, form_factor, "multi", chunk)
-    return multi + one_phonon(model, phi, q, temperature, mesh=mesh, quantum=quantum, form_factor=form_factor,
-                              lattice_cov=Cr)
