@@ -41,6 +41,7 @@ from xtds.ifc import IFCModel
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry
 from xtds.model.observable import TDSIntensity, statistics_of
 from xtds.volume import dataset as vol
+from xtds.volume.masks import is_allowed
 from xtds.volume.schema import check_crystal
 
 __all__ = ["fit", "fit_points", "fit_problems", "points_problem", "Objective"]
@@ -372,9 +373,7 @@ def check_bragg_free(model: IFCModel, geometry, q: np.ndarray, hkl: np.ndarray) 
     crystal = model.crystal
     on = np.all(np.abs(hkl - np.round(hkl)) < 1e-6, axis=1)
     if np.any(on):
-        z = np.asarray(crystal.numbers, dtype=float)
-        F = np.exp(2j * np.pi * np.round(hkl[on]) @ np.asarray(crystal.positions).T) @ z
-        on[np.flatnonzero(on)] = np.abs(F) > 1e-6 * z.sum()
+        on[np.flatnonzero(on)] = is_allowed(crystal, np.round(hkl[on]))
     if np.any(on):
         raise ValueError(
             f"{int(on.sum())} points lie on reciprocal-lattice points (e.g. H K L = {hkl[on][0].round(4)}), where an "

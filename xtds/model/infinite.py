@@ -71,9 +71,9 @@ class InfinitePlan:
     """The geometry of the infinite-crystal model for one IFC model and k-mesh.
 
     Attributes: ``mesh`` (M1, M2, M3) of the primitive cell; ``radius`` (Å) of the window;
-    ``d`` (N, 3) Å pair vectors, ``weight`` (N,) window × 2 (a pair and its inverse), ``src``, ``dst``
-    (N,) atoms of the primitive cell, ``index`` (N,) into the flattened (n, n, M1, M2, M3) lattice
-    covariance.
+    ``d`` (N, 3) Å pair vectors, ``weight`` (N,) window × 2 (a pair and its inverse), ``groups``
+    [(s, s', slice of the pairs between atoms s and s' of the primitive cell)], ``index`` (N,) into
+    the flattened (n, n, M1, M2, M3) lattice covariance.
     """
 
     def __init__(self, model: IFCModel, mesh):
@@ -90,7 +90,7 @@ class InfinitePlan:
         tau = np.asarray(P.positions)
         reach = np.ceil(self.radius / spacing).astype(int) + 1
         r = np.stack(np.meshgrid(*(np.arange(-k, k + 1) for k in reach), indexing="ij"), -1).reshape(-1, 3)
-        src, dst, d, w, idx = [], [], [], [], []
+        groups, d, w, idx = [], [], [], []
         Mp = int(np.prod(M))
         for s in range(n):
             for t in range(s, n):
@@ -102,15 +102,13 @@ class InfinitePlan:
                     keep &= lex
                 rr = r[keep]
                 flat = np.ravel_multi_index(tuple((rr % M).T), tuple(M))
-                src.append(np.full(len(rr), s))
-                dst.append(np.full(len(rr), t))
+                groups.append((s, t, len(rr)))
                 d.append(frac[keep] @ lat)
                 w.append(2.0 * _window(dist[keep] / self.radius))
                 idx.append((s * n + t) * Mp + flat)
-        bounds = np.cumsum([0] + [len(x) for x in src])
-        self.groups = [(int(a[0]), int(b[0]), slice(int(lo), int(hi)))
-                       for a, b, lo, hi in zip(src, dst, bounds[:-1], bounds[1:], strict=True) if hi > lo]
-        self.src, self.dst = np.concatenate(src), np.concatenate(dst)
+        bounds = np.cumsum([0] + [n_ for _, _, n_ in groups])
+        self.groups = [(s, t, slice(int(lo), int(hi)))
+                       for (s, t, _), lo, hi in zip(groups, bounds[:-1], bounds[1:], strict=True) if hi > lo]
         self.d, self.weight, self.index = np.concatenate(d), np.concatenate(w), np.concatenate(idx)
         self.k = P.k_grid(self.mesh)  # (M1, M2, M3, 3)
         # the elastic-continuum tail (xtds.model.continuum), switched on from a third of the window

@@ -15,6 +15,7 @@ from xtds.volume.backend import array_module as _xp
 __all__ = [
     "invalid_mask",
     "allowed_reflections",
+    "is_allowed",
     "bragg_mask",
     "q_range_mask",
     "wedge_mask",
@@ -40,9 +41,15 @@ def allowed_reflections(crystal, hkl_max: int) -> np.ndarray:
     """
     r = np.arange(-hkl_max, hkl_max + 1)
     hkl = np.array(list(itertools.product(r, r, r)))
+    return hkl[is_allowed(crystal, hkl)]
+
+
+def is_allowed(crystal, hkl) -> np.ndarray:
+    """True where integer (h, k, l) (shape (n, 3)) has a non-vanishing structure factor
+    F = Σ_s Z_s exp(2πi hkl·x_s) (atomic numbers as forward form factors): shape (n,)."""
     z = np.asarray(crystal.numbers, dtype=float)
-    F = np.exp(2j * np.pi * hkl @ np.asarray(crystal.positions).T) @ z
-    return hkl[np.abs(F) > 1e-6 * z.sum()]
+    F = np.exp(2j * np.pi * np.asarray(hkl, dtype=float) @ np.asarray(crystal.positions).T) @ z
+    return np.abs(F) > 1e-6 * z.sum()
 
 
 def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=None):
