@@ -13,21 +13,23 @@ parts and how each is made accurate:
   acoustic 1/k² singularity at Γ); two levels of Richardson extrapolation over the sub-meshes M/2 and
   M/4 (free: subsets of the mesh) remove the 1/M and 1/M³ errors.
 - **Multi-phonon**: the self term exactly; the correlated terms by a direct sum over the pairs
-  within a smooth (cos²) window of radius R, half the in-radius of the mesh's supercell, with C(r)
-  from the mesh by FFT plus the same uniform long-wavelength correction as C(0). Their terms fall
-  only as 1/r² (C(r) → the elastic Kelvin solution A(r̂)/r), so the truncated sum alone is poor
-  near Bragg peaks; the pair sum therefore subtracts the continuum's x²/2 + x³/6 pair by pair, and
-  :mod:`xtds.model.continuum` adds the continuum's sum over the whole lattice in closed form
-  (Poisson summation over the :data:`TAIL_G` reciprocal-lattice vectors nearest q). What remains
-  truncated falls as 1/r⁴. :func:`mesh_convergence` measures the rest on the points of a fit.
+  within a window of radius R, half the in-radius of the mesh's supercell (1 up to :data:`FLAT`·R,
+  then cos² to 0), with C(r) from the mesh by FFT. The mesh's C(r) carries the periodic images of
+  the supercell: their constant part is the Debye–Waller extrapolation's, the part growing as r²
+  comes from the 1/k² singularity at Γ and is removed with the elastic continuum's
+  (:meth:`~xtds.model.continuum.Continuum.aliasing`). The terms fall only as 1/r² (C(r) → the
+  elastic Kelvin solution A(r̂)/r + B(r̂)/r³), so the truncated sum alone is poor near Bragg peaks;
+  the pair sum therefore subtracts the continuum's x²/2 + x³/6 + x⁴/24 + x·z pair by pair, and
+  :mod:`xtds.model.continuum` adds their sum over the whole lattice in closed form (Poisson
+  summation over the :data:`TAIL_G` reciprocal-lattice vectors nearest q). The pair sum is one fused
+  forward/backward (:class:`_PairSum`), block by block. :func:`mesh_convergence` measures what
+  remains on the points of a fit.
 
 Everything is a torch expression of φ, so the model is differentiable. The pair set and window are
 geometry (:class:`InfinitePlan`), built once per model and mesh.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -45,11 +47,15 @@ __all__ = ["InfinitePlan", "infinite_intensity", "default_mesh", "mesh_convergen
 #: supercell (the periodic images of C(r) are then far from every pair summed).
 WINDOW = 0.5
 
-#: Largest window × cos(q·d) matrix (bytes) :func:`infinite_intensity` keeps between calls.
+#: Largest window × cos(q·d) matrix, and most bytes of the continuum tail's per-point tables, that
+#: :func:`infinite_intensity` keeps between calls (beyond them it recomputes: bounded memory).
 CACHE_BYTES = 512 * 2**20
 
 #: Reciprocal-lattice vectors nearest each q whose continuum tails are summed (Poisson summation).
-TAIL_G = 4
+TAIL_G = 8
+
+#: Whether the continuum's periodic images are removed from the mesh's C(r) (Continuum.aliasing).
+ALIAS = True
 
 #: Default k-mesh spacing |b_i| / M_i (Å⁻¹) of :func:`default_mesh`.
 MESH_SPACING = 0.1
@@ -62,9 +68,18 @@ def default_mesh(crystal, spacing: float = MESH_SPACING) -> tuple[int, int, int]
     return tuple(int(max(8, 4 * np.ceil(x / spacing / 4))) for x in b)
 
 
+#: The smooth step χ of the continuum rises from R0_FRACTION to 2·R0_FRACTION of the window radius
+#: (inside the window's flat part, so that the pair sum's truncation sees the continuum in full).
+R0_FRACTION = 0.35
+
+#: The window of the pair sum is 1 up to this fraction of its radius, then falls as cos² to 0.
+FLAT = 0.7
+
+
 def _window(t: np.ndarray) -> np.ndarray:
-    """1 for t ≤ ½, cos² down to 0 at t = 1."""
-    return np.where(t <= 0.5, 1.0, np.where(t < 1.0, np.cos(np.pi * (t - 0.5)) ** 2, 0.0))
+    """1 for t ≤ FLAT, cos² down to 0 at t = 1."""
+    u = (t - FLAT) / (1 - FLAT)
+    return np.where(t <= FLAT, 1.0, np.where(t < 1.0, np.cos(0.5 * np.pi * u) ** 2, 0.0))
 
 
 class InfinitePlan:
@@ -90,7 +105,7 @@ class InfinitePlan:
         tau = np.asarray(P.positions)
         reach = np.ceil(self.radius / spacing).astype(int) + 1
         r = np.stack(np.meshgrid(*(np.arange(-k, k + 1) for k in reach), indexing="ij"), -1).reshape(-1, 3)
-        groups, d, w, idx = [], [], [], []
+        groups, d, w, idx, shift = [], [], [], [], []
         Mp = int(np.prod(M))
         for s in range(n):
             for t in range(s, n):
@@ -104,6 +119,7 @@ class InfinitePlan:
                 flat = np.ravel_multi_index(tuple((rr % M).T), tuple(M))
                 groups.append((s, t, len(rr)))
                 d.append(frac[keep] @ lat)
+                shift.append(np.broadcast_to((tau[t] - tau[s]) @ lat, (len(rr), 3)))
                 w.append(2.0 * _window(dist[keep] / self.radius))
                 idx.append((s * n + t) * Mp + flat)
         bounds = np.cumsum([0] + [n_ for _, _, n_ in groups])
@@ -112,9 +128,11 @@ class InfinitePlan:
         self.d, self.weight, self.index = np.concatenate(d), np.concatenate(w), np.concatenate(idx)
         self.k = P.k_grid(self.mesh)  # (M1, M2, M3, 3)
         # the elastic-continuum tail (xtds.model.continuum), switched on from a third of the window
-        self.continuum = Continuum(model, P, r0=self.radius / 3)
+        self.continuum = Continuum(model, P, r0=self.radius * R0_FRACTION)
         self.chi = smooth_step(np.linalg.norm(self.d, axis=1) / self.continuum.r0 - 1.0)
         self.Y_pairs = self.continuum.harmonics_over_r(self.d)
+        self.Y3_pairs = self.continuum.harmonics_over_r(self.d, power=3)
+        self.alias = self.continuum.aliasing(self.mesh, self.d, np.concatenate(shift))
 
     def __len__(self) -> int:
         return len(self.d)
@@ -158,11 +176,60 @@ def _g(x: torch.Tensor) -> torch.Tensor:
     return torch.expm1(x) - x
 
 
-def _g_el(x: torch.Tensor) -> torch.Tensor:
-    """The continuum's Σ_{n ∈ ORDERS} xⁿ/n! (x²/2 + x³/6)."""
-    if ORDERS == (2, 3):
-        return x * x * (0.5 + x / 6)
-    return sum(x**n / math.factorial(n) for n in ORDERS)
+def _g_el(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The continuum's terms summed in closed form (:data:`~xtds.model.continuum.ORDERS`):
+    x²/2 + x³/6 + x⁴/24 + x·z, with x = X/|d| (Kelvin) and z = Z/|d|³ (its correction)."""
+    return x * (x * (0.5 + x * (1 / 6 + x / 24)) + z)
+
+
+#: Rows (points) per block of the fused pair sum: its (rows, pairs) temporaries stay in cache.
+PAIR_BLOCK = 256
+
+
+class _PairSum(torch.autograd.Function):
+    """S_qj = Σ_{pairs p of group j} wc_qp [g(x_qp) − χ_p G_el(xe_qp, ze_qp)], x = qq·C6_p,
+    xe = qq·A_p, ze = qq·B_p: the pair sum, forward and backward fused block by block (no (Q, N)
+    autograd graph; the backward recomputes x, xe, ze). Gradients flow to C6, A and B."""
+
+    @staticmethod
+    def forward(ctx, qq, wc, chi, C6, A, B, groups):
+        ctx.save_for_backward(qq, wc, chi, C6, A, B)
+        ctx.groups = groups
+        out = qq.new_empty((len(qq), len(groups)))
+        W = torch.cat([C6, A, B]).T  # (6, 3N)
+        N = len(C6)
+        for lo in range(0, len(qq), PAIR_BLOCK):
+            blk = slice(lo, lo + PAIR_BLOCK)
+            xs = qq[blk] @ W
+            x, xe, ze = xs[:, :N], xs[:, N : 2 * N], xs[:, 2 * N :]
+            g = torch.expm1(x).sub_(x)
+            ze.mul_(xe)  # ((xe/24 + 1/6) xe + 1/2) xe² + xe ze
+            g.sub_(xe.div(24).add_(1 / 6).mul_(xe).add_(0.5).mul_(xe).mul_(xe).add_(ze).mul_(chi)).mul_(wc[blk])
+            for j, (_, _, sl) in enumerate(groups):
+                out[blk, j] = g[:, sl].sum(dim=1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qq, wc, chi, C6, A, B = ctx.saved_tensors
+        N = len(C6)
+        W = torch.cat([C6, A, B]).T
+        gC6, gA, gB = (torch.zeros_like(C6) for _ in range(3))
+        for lo in range(0, len(qq), PAIR_BLOCK):
+            blk = slice(lo, lo + PAIR_BLOCK)
+            xs = qq[blk] @ W
+            x, xe, ze = xs[:, :N], xs[:, N : 2 * N], xs[:, 2 * N :]
+            gw = torch.empty_like(x)  # ∂L/∂S spread over the pairs, times the window × cos
+            for j, (_, _, sl) in enumerate(ctx.groups):
+                gw[:, sl] = grad[blk, j : j + 1]
+            gw.mul_(wc[blk])
+            q6 = qq[blk]
+            gC6 += (torch.expm1(x).mul_(gw)).T @ q6  # g'(x) = eˣ − 1
+            gwc = gw.mul_(chi)
+            gB -= (xe * gwc).T @ q6
+            # ∂G_el/∂xe = xe + xe²/2 + xe³/6 + ze
+            gA -= (xe.div(6).add_(0.5).mul_(xe).add_(1.0).mul_(xe).add_(ze).mul_(gwc)).T @ q6
+        return None, None, None, gC6, gA, gB, None
 
 
 def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, form_factor="cromer-mann",
@@ -175,15 +242,20 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
     P = plan.cell
     c_inf, Cp = _covariances(plan, phi, temperature, quantum)
     C6, C06 = _c6(Cp), _c6(c_inf)
+    if multi_phonon and ALIAS:
+        C6 = C6 - torch.as_tensor(plan.alias, dtype=C6.dtype, device=C6.device) @ \
+            plan.continuum.kelvin_coefficients(phi, temperature, quantum)
     dev = q.device
     d = torch.as_tensor(plan.d, dtype=q.dtype, device=dev)
     w = torch.as_tensor(plan.weight, dtype=q.dtype, device=dev)
     cont = plan.continuum
     if multi_phonon:
         coeffs = cont.kelvin_coefficients(phi, temperature, quantum)
+        bcoeffs = cont.correction_coefficients(phi, temperature, quantum)
         A_pairs = torch.as_tensor(plan.Y_pairs, dtype=q.dtype, device=dev) @ coeffs  # (N, 6): A(d̂)/|d|
+        B_pairs = torch.as_tensor(plan.Y3_pairs, dtype=q.dtype, device=dev) @ bcoeffs  # (N, 6): B(d̂)/|d|³
         chi = torch.as_tensor(plan.chi, dtype=q.dtype, device=dev)
-        powers = cont.power_coefficients(coeffs)
+        powers = cont.power_coefficients(coeffs, bcoeffs)
     tau = torch.as_tensor(np.array(P.cartesian_positions), dtype=q.dtype, device=dev)
     keep = cache is not None and len(q) * len(plan) * q.element_size() <= CACHE_BYTES
     out = []
@@ -203,38 +275,33 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
                 wc = w * torch.cos(qc @ d.T)
                 if keep:
                     cache[start] = wc
-            x, x_el = qq @ C6.T, qq @ A_pairs.T
-            if torch.is_grad_enabled():
-                g = (_g(x) - chi * _g_el(x_el)) * wc
-            else:  # the same in place (a fit's finite-difference Jacobians): fewer (Q, N) temporaries
-                g = torch.expm1(x).sub_(x)
-                if ORDERS == (2, 3):
-                    g.sub_(x_el.div(6).add_(0.5).mul_(x_el).mul_(x_el).mul_(chi))
-                else:
-                    g.sub_(chi * _g_el(x_el))
-                g.mul_(wc)
-            for s, t, sl in plan.groups:
-                one = one + a[:, s] * a[:, t] * g[:, sl].sum(dim=1)
+            S = _PairSum.apply(qq, wc, chi, C6, A_pairs, B_pairs, plan.groups)  # (Q, n_groups)
+            for j, (s, t, _) in enumerate(plan.groups):
+                one = one + a[:, s] * a[:, t] * S[:, j]
             key = ("tail", start)
             tab = cache.get(key) if cache is not None else None
             if tab is None:
                 G, take, K = cont.table(qc.detach().cpu().numpy(), TAIL_G)
+                K = np.concatenate([K[p] for p in ORDERS], axis=2)  # (Q, n_g, Σ n_lm)
                 tab = (torch.as_tensor(G, dtype=q.dtype, device=dev), torch.as_tensor(take, dtype=q.dtype, device=dev),
-                       {n: torch.as_tensor(v_, device=dev) for n, v_ in K.items()})
-                if cache is not None:
+                       torch.as_tensor(K, dtype=q.dtype, device=dev))
+                size = sum(t.numel() * t.element_size() for t in tab)
+                if cache is not None and cache.get("tail_bytes", 0) + size <= CACHE_BYTES:
                     cache[key] = tab
+                    cache["tail_bytes"] = cache.get("tail_bytes", 0) + size
             G, take, K = tab
             mono = cont.monomial_values(qq)
             ph = G @ tau.T  # (Q, n_g, n)
             F2 = (a[:, None] * torch.cos(ph)).sum(2) ** 2 + (a[:, None] * torch.sin(ph)).sum(2) ** 2  # (Q, n_g)
-            # [Xⁿ]_ℓm of each point first (Q, n_lm), then against each G's fixed factors
-            tail = sum((K[n].to(q.dtype) * (mono[n] @ powers[n])[:, None, :]).sum(dim=2) for n in ORDERS)  # (Q, n_g)
+            # the angular coefficients of each point first (Q, Σ n_lm), then against each G's fixed factors
+            coef = torch.cat([sum(mono[n] @ c for n, c in powers[p]) for p in ORDERS], dim=1)
+            tail = torch.bmm(K, coef[:, :, None])[..., 0]  # (Q, n_g)
             one = one + (take * F2 * tail).sum(dim=1) / cont.volume
         out.append(one)
     return torch.cat(out)
 
 
-def mesh_convergence(observable, phi, max_points: int = 2000, factor: float = 1.5) -> dict:
+def mesh_convergence(observable, phi, max_points: int = 1000, factor: float = 1.5) -> dict:
     """How far an infinite-crystal observable is from mesh convergence at ``phi``: its intensities at
     (up to ``max_points``, evenly spread) of its points on its mesh M and on the mesh ≈ ``factor``·M
     (window radius scaled alike). Returns a dict with both meshes, the median and max relative change,
