@@ -194,18 +194,27 @@ class LaueGroup:
             )
         return Mi.astype(np.int64)
 
-    def _image_keys(self, n: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray] | None:
-        """Scalar keys of each point (N,) and of its images (N, G); None if they overflow int64."""
+    def _image_keys(self, n: np.ndarray, scale, chunk: int = 1 << 17):
+        """Per point (N,): its scalar key, the largest key among its images (the orbit's canonical
+        key) and the number of distinct images; None if the keys would overflow int64. Block by
+        block, so that a volume of 10⁸ voxels never holds its (N, G, 3) images at once."""
         M = self._integer_action(scale)
         n = np.asarray(n, dtype=np.int64).reshape(-1, 3)
-        img = np.einsum("gij,qj->qgi", M, n)  # (N, G, 3)
-        span = int(np.abs(img).max(initial=0)) + 1
+        span = int(np.abs(M).sum(axis=2).max(initial=1) * np.abs(n).max(initial=0)) + 1  # bounds every image
         base = 2 * span + 1
         if base**3 >= 2**62:
             return None
-        key = ((img[..., 0] + span) * base + img[..., 1] + span) * base + img[..., 2] + span
-        own = ((n[:, 0] + span) * base + n[:, 1] + span) * base + n[:, 2] + span
-        return own, key
+
+        def key(v):
+            return ((v[..., 0] + span) * base + v[..., 1] + span) * base + v[..., 2] + span
+
+        canon = np.empty(len(n), dtype=np.int64)
+        size = np.empty(len(n), dtype=np.int64)
+        for lo in range(0, len(n), chunk):
+            k = np.sort(key(np.einsum("gij,qj->qgi", M, n[lo : lo + chunk])), axis=1)  # (c, G)
+            canon[lo : lo + chunk] = k[:, -1]
+            size[lo : lo + chunk] = 1 + np.count_nonzero(np.diff(k, axis=1), axis=1)
+        return key(n), canon, size
 
     def keeps(self, shape) -> bool:
         """True when the group maps an L1×L2×L3 supercell (or k-mesh) ``shape`` onto itself."""
@@ -237,9 +246,7 @@ class LaueGroup:
         keys = self._image_keys(n, scale)
         if keys is None:
             return None
-        own, img = keys
-        canon = img.max(axis=1)
-        size = 1 + np.count_nonzero(np.diff(np.sort(img, axis=1), axis=1), axis=1)
+        own, canon, size = keys
         uniq, inverse, counts = np.unique(canon, return_inverse=True, return_counts=True)
         index = np.zeros(len(uniq), dtype=np.int64)
         index[inverse[::-1]] = np.arange(len(inverse))[::-1]  # first point of each orbit
