@@ -235,3 +235,18 @@ def test_paper_benchmark_full_grid(wedge, tolerance):
     res = ds.tds.fit(NI, shells=5, initial=START, progress=False)
     assert time.perf_counter() - t < 120
     assert np.abs(errors(res)).max() < tolerance
+
+
+def test_max_points_fits_a_reproducible_random_subset(volume16):
+    """``max_points``: a random subset of the irreducible points (drawn with ``seed``), recorded in
+    the preparation attrs; noise-free data still give the target (the subset loses no truth)."""
+    res = volume16.tds.fit(NI, shells=5, initial=START, max_points=300, progress=False)
+    prep = json.loads(res.attrs["preparation"])
+    assert prep["n_points_fitted"] == res.attrs["n_points"] == 300 < prep["n_points_available"]
+    assert prep["subset_seed"] == 0
+    assert np.abs(errors(res)).max() < 1e-7
+    again = volume16.tds.fit(NI, shells=5, initial=START, max_points=300, optimizer=xtds.LM(max_iter=1),
+                             progress=False)
+    np.testing.assert_array_equal(again["H"].values, res["H"].values)  # the same points for the same seed
+    with pytest.raises(ValueError, match="max_points"):
+        volume16.tds.fit(NI, shells=5, initial=START, max_points=0, progress=False)

@@ -507,6 +507,7 @@ def fit(
     q_max: float | None = None,
     symmetrize: bool = True,
     laue: str | None = None,
+    max_points: int | None = None,
     method: str = "exact",
     geometry="auto",
     quantum: bool | None = None,
@@ -534,8 +535,11 @@ def fit(
     ``ds.tds.mask(...).tds.wedge(...).tds.fit(...)``. ``temperature`` defaults to
     ``ds.attrs['temperature']`` (the file's) and is required one way or the other. ``bragg``
     (r.l.u. radius), ``q_min``/``q_max`` (Å⁻¹) add masks; ``symmetrize`` averages over the Laue
-    group first (``laue``: a class name instead of the crystal's). Every other keyword is
-    :func:`fit_points`'s.
+    group first (``laue``: a class name instead of the crystal's). ``max_points``: fit a random
+    subset (drawn with ``seed``) of at most this many irreducible points, for volumes whose hundreds
+    of thousands of points hold far more information than a handful of constants needs; the
+    reported errors are those of the subset (honest, and larger than the whole volume's). Every
+    other keyword is :func:`fit_points`'s.
     """
     if temperature is None:
         temperature = ds.attrs.get("temperature")
@@ -550,6 +554,15 @@ def fit(
     if symmetrize:
         prepared = vol.symmetrize(prepared, **group)
     points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)
+    n_all = points.sizes["point"]
+    if max_points is not None:
+        if int(max_points) < 1:
+            raise ValueError(f"max_points must be a positive number of points, got {max_points!r}")
+        if n_all > max_points:
+            pick = np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_points), replace=False))
+            points = points.isel(point=pick)
+            log.info("fitting a random subset of %d of the %d irreducible points (max_points, seed %d)",
+                     int(max_points), n_all, seed)
     out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, initial=initial, method=method,
                      geometry=geometry, quantum=quantum, form_factor=form_factor, loss=loss, background=background,
                      temperature_stderr=temperature_stderr, corrections=corrections,
@@ -559,5 +572,7 @@ def fit(
                      source=ds.attrs.get("source"))
     out.attrs["preparation"] = json.dumps(
         {"masks": prepared.attrs.get("masks"), "symmetrized": prepared.attrs.get("symmetrized"),
-         "n_valid_voxels": points.attrs.get("n_valid_voxels")}, default=str)
+         "n_valid_voxels": points.attrs.get("n_valid_voxels"), "n_points_available": n_all,
+         "n_points_fitted": points.sizes["point"], "subset_seed": seed if points.sizes["point"] < n_all else None},
+        default=str)
     return out

@@ -97,13 +97,18 @@ def _bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def jacobian(fun, x, h):
-    """Central-difference Jacobian of ``fun`` (numpy vector → vector) at ``x``: shape (n_out, n_in)."""
+def jacobian(fun, x, h, at_x=None):
+    """Finite-difference Jacobian of ``fun`` (numpy vector → vector) at ``x``: shape (n_out, n_in).
+    Central differences (error O(h²)), or, given ``at_x`` = fun(x), forward differences (error O(h),
+    half the evaluations: the iterations of a fit, whose steps need no more)."""
     cols = []
     for j in range(len(x)):
         e = np.zeros_like(x)
         e[j] = h
-        cols.append((fun(x + e) - fun(x - e)) / (2 * h))
+        if at_x is None:
+            cols.append((fun(x + e) - fun(x - e)) / (2 * h))
+        else:
+            cols.append((fun(x + e) - at_x) / h)
     return np.stack(cols, axis=1)
 
 
@@ -150,7 +155,7 @@ def levenberg_marquardt(
     t0 = time.perf_counter() - (history[-1][2] if history else 0.0)
     if not history:
         history.append((0, f, 0.0))
-    J = jacobian(fun, x, h)
+    J = jacobian(fun, x, h, at_x=r)
     if on_start is not None:
         on_start(J)
     converged, message = False, "maximum number of iterations reached"
@@ -187,14 +192,14 @@ def levenberg_marquardt(
         small_step = np.linalg.norm(step) <= xtol * (np.linalg.norm(x) + xtol)
         if small_step or df <= ftol * max(f, 1e-300):
             converged, message = True, "step or loss change below tolerance"
-            J = jacobian(fun, x, h)
             break
-        J = jacobian(fun, x, h)
+        J = jacobian(fun, x, h, at_x=r)
         if checkpoint:
             checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history})
     bar.close()
     if checkpoint:
         checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history})
+    J = jacobian(fun, x, h)  # central differences at the optimum: the covariance's
     return OptimizeResult(x, f, history, it, converged, message, resumed), J
 
 
