@@ -194,27 +194,50 @@ class LaueGroup:
             )
         return Mi.astype(np.int64)
 
-    def _image_keys(self, n: np.ndarray, scale, chunk: int = 1 << 17):
+    def _image_keys(self, n: np.ndarray, scale, chunk: int = 1 << 20):
         """Per point (N,): its scalar key, the largest key among its images (the orbit's canonical
-        key) and the number of distinct images; None if the keys would overflow int64. Block by
-        block, so that a volume of 10⁸ voxels never holds its (N, G, 3) images at once."""
+        key) and the number of distinct images (|G| / the order of its stabilizer); None if the keys
+        would overflow. Operation by operation over blocks of points, with the keys in float64 (exact
+        below 2⁵³): O(N) memory, so that a volume of 10⁸ voxels never holds its (N, G, 3) images."""
         M = self._integer_action(scale)
         n = np.asarray(n, dtype=np.int64).reshape(-1, 3)
         span = int(np.abs(M).sum(axis=2).max(initial=1) * np.abs(n).max(initial=0)) + 1  # bounds every image
         base = 2 * span + 1
-        if base**3 >= 2**62:
+        if base**3 >= 2**53:
             return None
-
-        def key(v):
-            return ((v[..., 0] + span) * base + v[..., 1] + span) * base + v[..., 2] + span
-
+        # key(v) = ((v0 + span)·base + v1 + span)·base + v2 + span = v·(base², base, 1) + offset
+        weights = np.array([base * base, base, 1.0])
+        offset = float(span * (base * base + base + 1))
+        # a Laue group holds the inversion: the images of g and −g have opposite keys (before the
+        # offset), so half the operations give every key up to sign
+        half = []
+        for g in range(len(M)):
+            if not any(np.array_equal(M[g], -M[h]) for h in half):
+                half.append(g)
+        centro = 2 * len(half) == len(M)
+        ops = M[half] if centro else M
+        kmat = np.einsum("gij,i->jg", ops.astype(float), weights)  # (3, G'): key of image g = n·kmat[:, g]
+        own = np.empty(len(n), dtype=np.int64)
         canon = np.empty(len(n), dtype=np.int64)
         size = np.empty(len(n), dtype=np.int64)
         for lo in range(0, len(n), chunk):
-            k = np.sort(key(np.einsum("gij,qj->qgi", M, n[lo : lo + chunk])), axis=1)  # (c, G)
-            canon[lo : lo + chunk] = k[:, -1]
-            size[lo : lo + chunk] = 1 + np.count_nonzero(np.diff(k, axis=1), axis=1)
-        return key(n), canon, size
+            nb = n[lo : lo + chunk].astype(float)
+            k_own = nb @ weights
+            best = np.full(len(nb), -np.inf)
+            stab = np.zeros(len(nb), dtype=np.int64)
+            for g in range(kmat.shape[1]):
+                kg = nb @ kmat[:, g]
+                if centro:
+                    stab += kg == k_own
+                    stab += kg == -k_own  # (bools added separately: their sum would be their "or")
+                    np.abs(kg, out=kg)
+                else:
+                    stab += kg == k_own
+                np.maximum(best, kg, out=best)
+            own[lo : lo + chunk] = (k_own + offset).astype(np.int64)
+            canon[lo : lo + chunk] = (best + offset).astype(np.int64)
+            size[lo : lo + chunk] = len(M) // stab
+        return own, canon, size
 
     def keeps(self, shape) -> bool:
         """True when the group maps an L1×L2×L3 supercell (or k-mesh) ``shape`` onto itself."""
@@ -247,12 +270,19 @@ class LaueGroup:
         if keys is None:
             return None
         own, canon, size = keys
-        uniq, inverse, counts = np.unique(canon, return_inverse=True, return_counts=True)
-        index = np.zeros(len(uniq), dtype=np.int64)
-        index[inverse[::-1]] = np.arange(len(inverse))[::-1]  # first point of each orbit
-        duplicates = len(np.unique(own)) != len(own)
-        return Orbits(index=index, inverse=inverse.reshape(-1), counts=counts, size=size[index],
-                      duplicates=duplicates)
+        # grouping by one stable sort (np.unique's hashing is slow on 10⁷–10⁸ keys)
+        order = np.argsort(canon, kind="stable")
+        sc = canon[order]
+        start = np.ones(len(sc), dtype=bool)
+        start[1:] = sc[1:] != sc[:-1]
+        first = np.flatnonzero(start)
+        inverse = np.empty(len(sc), dtype=np.int64)
+        inverse[order] = np.cumsum(start) - 1
+        counts = np.diff(np.append(first, len(sc)))
+        index = order[first]  # the first point of each orbit (the sort is stable)
+        own = np.sort(own)
+        duplicates = bool(np.any(own[1:] == own[:-1]))
+        return Orbits(index=index, inverse=inverse, counts=counts, size=size[index], duplicates=duplicates)
 
     def reduce_q(self, crystal, q, resolution: float = Q_RESOLUTION_RLU) -> Orbits | None:
         """Orbits of arbitrary Cartesian q (shape (Q, 3), Å⁻¹), quantized to ``resolution`` r.l.u.;

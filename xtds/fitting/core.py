@@ -551,9 +551,12 @@ def fit(
     check_crystal(ds, crystal)
     prepared = vol.mask(ds, bragg=bragg, q_min=q_min, q_max=q_max, crystal=crystal)
     group = dict(laue=laue, crystal=crystal) if laue else dict(crystal=crystal)
-    if symmetrize:
-        prepared = vol.symmetrize(prepared, **group)
+    # symmetrize: each Laue orbit becomes one point holding the weighted mean of its valid voxels (and
+    # the σ of that mean), exactly what vol.symmetrize followed by the reduction gives (to 1e-15),
+    # without writing the symmetrized volume first (a third of the time on a 321³ volume)
     points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)
+    symmetrized = (f"{vol.laue_of(prepared, laue, crystal).name} (orbit means of the valid voxels)" if symmetrize
+                   else prepared.attrs.get("symmetrized"))
     n_all = points.sizes["point"]
     if max_points is not None:
         if int(max_points) < 1:
@@ -571,7 +574,7 @@ def fit(
                      checkpoint=checkpoint, callback=callback, progress=progress, dtype=dtype, device=device,
                      source=ds.attrs.get("source"))
     out.attrs["preparation"] = json.dumps(
-        {"masks": prepared.attrs.get("masks"), "symmetrized": prepared.attrs.get("symmetrized"),
+        {"masks": prepared.attrs.get("masks"), "symmetrized": symmetrized,
          "n_valid_voxels": points.attrs.get("n_valid_voxels"), "n_points_available": n_all,
          "n_points_fitted": points.sizes["point"], "subset_seed": seed if points.sizes["point"] < n_all else None},
         default=str)

@@ -262,6 +262,10 @@ class Continuum:
         th, ph = _angles(np.asarray(d, dtype=float))
         return _real_sph(self.degree, th, ph) / np.linalg.norm(d, axis=1)[:, None] ** power
 
+    def _mono_index(self, n: int):
+        """The monomials of degree n as an index array (n_monomials, n) and their counts."""
+        return (np.array([c for c, _ in self.monos[n]]), np.array([m for _, m in self.monos[n]], dtype=float))
+
     def power_coefficients(self, coeffs: torch.Tensor, bcoeffs: torch.Tensor) -> dict:
         """For each radial power p: a list of (monomial degree n, (n_monomials, n_lm(POWER_DEGREE[p])))
         spherical-harmonic coefficients of the angular factor of the 1/|d|ᵖ term (see :data:`ORDERS`),
@@ -272,7 +276,8 @@ class Continuum:
         out = {}
         for n in ORDERS:
             nlm = len(_degrees(POWER_DEGREE[n]))
-            prods = torch.stack([mult * torch.prod(A[:, list(c)], dim=1) for c, mult in self.monos[n]], 0)
+            idx, mult = self._mono_index(n)
+            prods = A[:, idx].prod(dim=-1).T * torch.as_tensor(mult, dtype=A.dtype, device=A.device)[:, None]
             out[n] = [(n, (prods * w) @ Y[:, :nlm] / math.factorial(n))]
         if 4 in out:
             B = Y[:, : self.nA] @ bcoeffs

@@ -315,9 +315,9 @@ def mesh_convergence(observable, phi, max_points: int = 1000, factor: float = 1.
     multi = observable.method == "exact"
     phi = observable.model.vector(phi, dtype=observable.dtype).detach().cpu()
     with torch.no_grad():
-        vals = [infinite_intensity(InfinitePlan(observable.model, m), phi, q, observable.temperature,
-                                   quantum=observable.quantum, form_factor=observable.form_factor,
-                                   multi_phonon=multi).numpy() for m in (mesh, finer)]
+        vals = [infinite_intensity(plan, phi, q, observable.temperature, quantum=observable.quantum,
+                                   form_factor=observable.form_factor, multi_phonon=multi).numpy()
+                for plan in (observable.plan, InfinitePlan(observable.model, finer))]
     ok = np.isfinite(vals[0]) & np.isfinite(vals[1]) & (np.abs(vals[1]) > 0)
     if not np.any(ok):
         return {"mesh": list(mesh), "finer_mesh": list(finer), "median_rel_change": float("nan"),
