@@ -176,11 +176,11 @@ def full_range_case(name, crystal, true, start, h_max, truth_mesh, max_points, c
         z = {k: (float(res["ifc"].sel(constant=k)) - v) / float(res["ifc_stderr"].sel(constant=k))
              for k, v in true.items()}
         conv = json.loads(res.attrs["mesh_convergence"])[0]
-        print(f"   {label}: fit {t_fit:.1f} s ({prep['n_points_fitted']} of {prep['n_points_available']} irreducible "
-              f"points, {res.attrs['geometry']}); (fit − truth)/σ: " + ", ".join(f"{k} {v:+.2f}" for k, v in z.items()),
-              flush=True)
-        print("      σ/|truth|: " + ", ".join(f"{k} {float(res['ifc_stderr'].sel(constant=k)) / abs(v):.1e}"
-                                            for k, v in true.items())
+        print(f"   {label}: fit {t_fit:.1f} s ({prep['n_points_fitted']} irreducible points drawn from "
+              f"{prep['n_valid_voxels']} valid voxels, {res.attrs['geometry']}); (fit − truth)/σ: "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in z.items()), flush=True)
+        print("      σ (relative to |truth|, in eV/Å² where the truth is 0): " + ", ".join(
+            f"{k} {float(res['ifc_stderr'].sel(constant=k)) / (abs(v) or 1.0):.1e}" for k, v in true.items())
               + f"; mesh {conv['mesh']} vs {conv['finer_mesh']}: median {conv['median_rel_change']:.1e}, "
               f"max {conv['max_rel_change']:.1e}", flush=True)
 

@@ -242,8 +242,8 @@ def test_max_points_fits_a_reproducible_random_subset(volume16):
     the preparation attrs; noise-free data still give the target (the subset loses no truth)."""
     res = volume16.tds.fit(NI, shells=5, initial=START, max_points=300, progress=False)
     prep = json.loads(res.attrs["preparation"])
-    assert prep["n_points_fitted"] == res.attrs["n_points"] == 300 < prep["n_points_available"]
-    assert prep["subset_seed"] == 0
+    assert prep["n_points_fitted"] == res.attrs["n_points"] == 300 and prep["n_points_available"] is None  # sampled
+    assert prep["subset"]["seed"] == 0 and prep["subset"]["max_points"] == 300
     assert np.abs(errors(res)).max() < 1e-7
     again = volume16.tds.fit(NI, shells=5, initial=START, max_points=300, optimizer=xtds.LM(max_iter=1),
                              progress=False)

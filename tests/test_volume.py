@@ -1,6 +1,7 @@
 """Volume preparation: symmetrization, masks, wedges, points; numpy and dask agree; cupy where present."""
 
 import itertools
+import json
 import os
 
 import dask
@@ -213,3 +214,36 @@ def test_cupy_matches_numpy(lazy):
 def test_backend_errors():
     with pytest.raises(ValueError, match="'numpy', 'cupy'"):
         volume().tds.as_backend("jax")
+
+
+def test_to_points_max_points_samples_orbits_exactly():
+    """On a volume of far more valid voxels than ``max_points``, the orbits of random voxels are
+    reduced from their members alone: each sampled point equals the full reduction's point of the
+    same orbit (mean, σ of the mean, number of valid members), and the draw follows the seed."""
+    import xtds
+    from xtds.volume import dataset as vol
+
+    ni = xtds.Crystal.preset("Ni")
+    c = np.round(np.arange(-2, 2 + 1e-9, 0.1), 6)
+    rng = np.random.default_rng(0)
+    I = rng.random((41,) * 3) + 1
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I), "sigma": (("H", "K", "L"), 0.01 * I * (1 + rng.random(I.shape))),
+                     "mask": (("H", "K", "L"), rng.random(I.shape) < 0.2)},
+                    coords={d: (d, c, {"units": "rlu"}) for d in "HKL"})
+    ds = vol.mask(ds, bragg=0.1, crystal=ni)
+    full = vol.to_points(ds, crystal=ni)
+    part = vol.to_points(ds, crystal=ni, max_points=25, seed=3)
+    assert part.sizes["point"] == 25 and json.loads(part.attrs["subset"])["seed"] == 3
+
+    def canon(p):  # m-3m: the orbit of h is fixed by the sorted |h|
+        return [tuple(x) for x in np.sort(np.abs(np.round(np.stack([p[d].values for d in "HKL"], 1), 6)), axis=1)]
+
+    where = {k: i for i, k in enumerate(canon(full))}
+    at = [where[k] for k in canon(part)]
+    for v in ("intensity", "sigma", "multiplicity", "weight"):
+        np.testing.assert_allclose(part[v].values, full[v].values[at], rtol=1e-12)
+    again = vol.to_points(ds, crystal=ni, max_points=25, seed=3)
+    np.testing.assert_array_equal(again["H"].values, part["H"].values)
+    assert full.attrs["n_points_available"] == full.sizes["point"]
+    voxels = vol.to_points(ds, crystal=ni, irreducible=False, max_points=100, seed=1)  # the uniform subset
+    assert voxels.sizes["point"] == 100 and voxels.attrs["n_points_available"] == voxels.attrs["n_valid_voxels"]

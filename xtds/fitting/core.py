@@ -537,8 +537,9 @@ def fit(
     (r.l.u. radius), ``q_min``/``q_max`` (Å⁻¹) add masks; ``symmetrize`` averages over the Laue
     group first (``laue``: a class name instead of the crystal's). ``max_points``: fit a random
     subset (drawn with ``seed``) of at most this many irreducible points, for volumes whose hundreds
-    of thousands of points hold far more information than a handful of constants needs; the
-    reported errors are those of the subset (honest, and larger than the whole volume's). Every
+    of thousands of points hold far more information than a handful of constants needs; on a large
+    volume only the drawn orbits are read (:func:`~xtds.volume.dataset.to_points`); the reported
+    errors are those of the subset (honest, and larger than the whole volume's). Every
     other keyword is :func:`fit_points`'s.
     """
     if temperature is None:
@@ -554,18 +555,14 @@ def fit(
     # symmetrize: each Laue orbit becomes one point holding the weighted mean of its valid voxels (and
     # the σ of that mean), exactly what vol.symmetrize followed by the reduction gives (to 1e-15),
     # without writing the symmetrized volume first (a third of the time on a 321³ volume)
-    points = vol.to_points(prepared, irreducible=bool(symmetrize), **group)
+    points = vol.to_points(prepared, irreducible=bool(symmetrize), max_points=max_points, seed=seed, **group)
     symmetrized = (f"{vol.laue_of(prepared, laue, crystal).name} (orbit means of the valid voxels)" if symmetrize
                    else prepared.attrs.get("symmetrized"))
-    n_all = points.sizes["point"]
-    if max_points is not None:
-        if int(max_points) < 1:
-            raise ValueError(f"max_points must be a positive number of points, got {max_points!r}")
-        if n_all > max_points:
-            pick = np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_points), replace=False))
-            points = points.isel(point=pick)
-            log.info("fitting a random subset of %d of the %d irreducible points (max_points, seed %d)",
-                     int(max_points), n_all, seed)
+    n_all = points.attrs.get("n_points_available")
+    subset = json.loads(points.attrs["subset"]) if "subset" in points.attrs else None
+    if subset:
+        log.info("fitting %d of %s points (max_points, seed %d; %s)", points.sizes["point"],
+                 "the" if n_all is None else f"the {n_all}", seed, subset["drawn"])
     out = fit_points(points, crystal, temperature, shells=shells, cutoff=cutoff, initial=initial, method=method,
                      geometry=geometry, quantum=quantum, form_factor=form_factor, loss=loss, background=background,
                      temperature_stderr=temperature_stderr, corrections=corrections,
@@ -576,6 +573,6 @@ def fit(
     out.attrs["preparation"] = json.dumps(
         {"masks": prepared.attrs.get("masks"), "symmetrized": symmetrized,
          "n_valid_voxels": points.attrs.get("n_valid_voxels"), "n_points_available": n_all,
-         "n_points_fitted": points.sizes["point"], "subset_seed": seed if points.sizes["point"] < n_all else None},
+         "n_points_fitted": points.sizes["point"], "subset": subset},
         default=str)
     return out

@@ -7,6 +7,8 @@ says so. Masks follow one convention: **True = excluded**.
 
 from __future__ import annotations
 
+import json
+
 import dask
 import numpy as np
 import xarray as xr
@@ -311,7 +313,8 @@ def _stabilizer_order(ops, coords):
     return order
 
 
-def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible: bool = True) -> xr.Dataset:
+def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible: bool = True,
+              max_points: int | None = None, seed: int = 0) -> xr.Dataset:
     """The valid voxels as fitting points (computes): dim ``point`` with ``intensity``,
     ``weight``, ``multiplicity``, coords H, K, L (r.l.u.) and ``q`` (point, xyz; Å⁻¹).
 
@@ -323,7 +326,15 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
     ``sigma`` (standard uncertainties of independent voxels), when present, is combined over each
     orbit as the σ of the weighted mean, √(Σ w²σ²)/Σ w; after :func:`symmetrize` (which has done
     that already, so the members hold copies of one mean) it is kept as it is.
+
+    ``max_points``: at most this many points, drawn with ``seed``. Where the volume holds far more
+    valid voxels (over 20 × ``max_points``, irreducible), the orbits are those of random valid
+    voxels (an orbit is drawn with probability ∝ its number of valid voxels) and only their members
+    are read: the cost no longer grows with the volume. Otherwise a uniform random subset of all
+    the points. attrs ``n_points_available`` (None when sampled) and ``subset`` record it.
     """
+    if max_points is not None and int(max_points) < 1:
+        raise ValueError(f"max_points must be a positive number of points, got {max_points!r}")
     ds = check_volume(ds).transpose("H", "K", "L", ...)
     B = reciprocal_of(ds, crystal)
     arrays = [weights_of(ds).data, ds["intensity"].data] + ([ds["sigma"].data] if "sigma" in ds else [])
@@ -333,6 +344,8 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
     if len(valid) == 0:
         raise ValueError("no valid voxel is left after masking: loosen the masks or check the data")
     shape = w.shape
+    if irreducible and max_points is not None and len(valid) > 20 * int(max_points):
+        return _sampled_orbits(ds, B, w, I, S[0] if S else None, valid, laue, crystal, int(max_points), seed)
     idx = np.stack(np.unravel_index(valid, shape), axis=1)  # (P, 3)
     Iv, wv = I.ravel()[valid], w.ravel()[valid]
     sv = S[0].ravel()[valid] if S else None
@@ -351,6 +364,62 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
         idx, Iv, wv, mult = idx[orb.index], Isum / wsum, wsum, orb.counts
     else:
         mult = np.ones(len(valid), dtype=np.int64)
+    n_all = len(idx)
+    subset = None
+    if max_points is not None and n_all > int(max_points):
+        pick = np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_points), replace=False))
+        idx, Iv, wv, mult = idx[pick], Iv[pick], wv[pick], mult[pick]
+        sv = sv[pick] if sv is not None else None
+        subset = {"max_points": int(max_points), "seed": int(seed), "drawn": "uniformly among the points"}
+    pts = _points_dataset(ds, B, idx, Iv, wv, mult, sv)
+    pts.attrs.update(n_valid_voxels=int(len(valid)), n_points_available=int(n_all))
+    if subset:
+        pts.attrs["subset"] = json.dumps(subset)
+    return pts
+
+
+def _sampled_orbits(ds, B, w, I, sigma, valid, laue, crystal, max_points, seed):
+    """:func:`to_points` (irreducible, ``max_points``) on a volume of far more valid voxels: the
+    orbits of random valid voxels, each reduced from its members alone."""
+    shape = np.asarray(w.shape)
+    group = laue_of(ds, laue, crystal)
+    grid_operations(group.matrices, [ds[d].values for d in "HKL"])
+    rng = np.random.default_rng(seed)
+    draw = rng.choice(valid, size=min(len(valid), 8 * max_points), replace=False)
+    m = 2 * np.stack(np.unravel_index(draw, tuple(shape)), axis=1) - (shape - 1)
+    _, canon, _ = group._image_keys(m, None)
+    _, first = np.unique(canon, return_index=True)
+    first = np.sort(first)[:max_points]  # distinct orbits, in the random order drawn
+    reps = m[first]
+    members, owner = group.images(reps)
+    i = (members + (shape - 1)) // 2
+    inside = np.all((i >= 0) & (i < shape), axis=1)  # members outside the box are not observed
+    flat = np.ravel_multi_index(tuple(i[inside].T), tuple(shape))
+    own = owner[inside]
+    wm, Im = w.ravel()[flat], I.ravel()[flat]
+    good = wm > 0
+    flat, own, wm, Im = flat[good], own[good], wm[good], Im[good]
+    n = len(reps)
+    wsum = np.bincount(own, weights=wm, minlength=n)
+    Isum = np.bincount(own, weights=Im * wm, minlength=n)
+    mult = np.bincount(own, minlength=n)
+    sv = None
+    if sigma is not None:
+        sm = sigma.ravel()[flat]
+        if "symmetrized" in ds.attrs:
+            sv = np.bincount(own, weights=sm * wm, minlength=n) / wsum
+        else:
+            sv = np.sqrt(np.bincount(own, weights=(wm * sm) ** 2, minlength=n)) / wsum
+    idx = (reps + (shape - 1)) // 2
+    pts = _points_dataset(ds, B, idx, Isum / wsum, wsum, mult, sv)
+    pts.attrs.update(n_valid_voxels=int(len(valid)), n_points_available=None)
+    pts.attrs["subset"] = json.dumps({"max_points": int(max_points), "seed": int(seed),
+                                      "drawn": "orbits of random valid voxels (probability ∝ valid members)"})
+    return pts
+
+
+def _points_dataset(ds, B, idx, Iv, wv, mult, sv):
+    """The points Dataset of :func:`to_points` from grid indices ``idx`` (P, 3) and their values."""
     hkl = np.stack([ds[d].values[idx[:, a]] for a, d in enumerate("HKL")], 1)
     q = hkl @ B
     pts = xr.Dataset(
@@ -369,7 +438,6 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
         },
         attrs=dict(ds.attrs),
     )
-    pts.attrs["n_valid_voxels"] = int(len(valid))
     return pts
 
 
