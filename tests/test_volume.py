@@ -227,7 +227,8 @@ def test_to_points_max_points_samples_orbits_exactly():
     c = np.round(np.arange(-2, 2 + 1e-9, 0.1), 6)
     rng = np.random.default_rng(0)
     I = rng.random((41,) * 3) + 1
-    ds = xr.Dataset({"intensity": (("H", "K", "L"), I), "sigma": (("H", "K", "L"), 0.01 * I * (1 + rng.random(I.shape))),
+    sigma = 0.01 * I * (1 + rng.random(I.shape))
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I), "sigma": (("H", "K", "L"), sigma),
                      "mask": (("H", "K", "L"), rng.random(I.shape) < 0.2)},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"})
     ds = vol.mask(ds, bragg=0.1, crystal=ni)
