@@ -194,7 +194,7 @@ class LaueGroup:
             )
         return Mi.astype(np.int64)
 
-    def _image_keys(self, n: np.ndarray, scale, chunk: int = 1 << 20):
+    def orbit_keys(self, n: np.ndarray, scale=None, chunk: int = 1 << 20):
         """Per point (N,): its scalar key, the largest key among its images (the orbit's canonical
         key) and the number of distinct images (|G| / the order of its stabilizer); None if the keys
         would overflow. Operation by operation over blocks of points, with the keys in float64 (exact
@@ -266,7 +266,7 @@ class LaueGroup:
     def orbits(self, n, scale=None) -> Orbits | None:
         """Group the points ``n`` (shape (N, 3) int, h = n·scale) into orbits; None when the keys
         would overflow (coordinates beyond ~10⁶)."""
-        keys = self._image_keys(n, scale)
+        keys = self.orbit_keys(n, scale)
         if keys is None:
             return None
         own, canon, size = keys

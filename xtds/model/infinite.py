@@ -242,15 +242,14 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
     P = plan.cell
     c_inf, Cp = _covariances(plan, phi, temperature, quantum)
     C6, C06 = _c6(Cp), _c6(c_inf)
-    if multi_phonon and ALIAS:
-        C6 = C6 - torch.as_tensor(plan.alias, dtype=C6.dtype, device=C6.device) @ \
-            plan.continuum.kelvin_coefficients(phi, temperature, quantum)
     dev = q.device
     d = torch.as_tensor(plan.d, dtype=q.dtype, device=dev)
     w = torch.as_tensor(plan.weight, dtype=q.dtype, device=dev)
     cont = plan.continuum
     if multi_phonon:
         coeffs = cont.kelvin_coefficients(phi, temperature, quantum)
+        if ALIAS:  # the continuum's periodic images out of the mesh's C(r)
+            C6 = C6 - torch.as_tensor(plan.alias, dtype=C6.dtype, device=C6.device) @ coeffs
         bcoeffs = cont.correction_coefficients(phi, temperature, quantum)
         A_pairs = torch.as_tensor(plan.Y_pairs, dtype=q.dtype, device=dev) @ coeffs  # (N, 6): A(d̂)/|d|
         B_pairs = torch.as_tensor(plan.Y3_pairs, dtype=q.dtype, device=dev) @ bcoeffs  # (N, 6): B(d̂)/|d|³

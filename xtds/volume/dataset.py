@@ -387,7 +387,7 @@ def _sampled_orbits(ds, B, w, I, sigma, valid, laue, crystal, max_points, seed):
     rng = np.random.default_rng(seed)
     draw = rng.choice(valid, size=min(len(valid), 8 * max_points), replace=False)
     m = 2 * np.stack(np.unravel_index(draw, tuple(shape)), axis=1) - (shape - 1)
-    _, canon, _ = group._image_keys(m, None)
+    _, canon, _ = group.orbit_keys(m)
     _, first = np.unique(canon, return_index=True)
     first = np.sort(first)[:max_points]  # distinct orbits, in the random order drawn
     reps = m[first]
