@@ -22,6 +22,7 @@ Prints, on the machine it runs on:
     python benchmarks/infinite_crystal.py [--repeats 5] [--h-max 1.5]
     python benchmarks/infinite_crystal.py --sigma-seeds 5
     python benchmarks/infinite_crystal.py --full-range [--max-points 3000] [--truth-mesh 40] [--cache DIR]
+        [--crystals Ni,Si]
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def sigma_check(seeds):
     print(f"{len(zs)} values: max |z| {np.abs(zs).max():.2f}, rms {np.sqrt((zs**2).mean()):.2f} (1 if σ is honest)")
 
 
-def full_range_case(name, crystal, true, start, h_max, truth_mesh, max_points, cache=None):
+def full_range_case(name, crystal, true, start, h_max, truth_mesh, max_points, cache=None, fit_mesh=None):
     c = np.round(np.arange(-h_max, h_max + 1e-9, 0.05), 6)
     ds = xr.Dataset(coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
     path = None if cache is None else pathlib.Path(cache) / f"{name}_{h_max}_{truth_mesh}.nc"
@@ -170,7 +171,8 @@ def full_range_case(name, crystal, true, start, h_max, truth_mesh, max_points, c
             vol["intensity"] = (("H", "K", "L"), I * (1 + noise * np.random.default_rng(1).standard_normal(I.shape)))
         t = time.perf_counter()
         res = vol.tds.fit(crystal, shells=2, initial=start, bragg=0.1, loss="chi2", background="constant",
-                          max_points=max_points, progress=False)
+                          max_points=max_points, progress=False,
+                          geometry="auto" if fit_mesh is None else InfiniteCrystal(fit_mesh))
         t_fit = time.perf_counter() - t
         prep = json.loads(res.attrs["preparation"])
         z = {k: (float(res["ifc"].sel(constant=k)) - v) / float(res["ifc_stderr"].sel(constant=k))
@@ -195,20 +197,26 @@ def main():
     ap.add_argument("--truth-mesh", type=int, default=40)
     ap.add_argument("--cache", default=None, help="folder to keep the simulated truth volumes in (netCDF)")
     ap.add_argument("--range", type=float, default=8.0, help="|H|,|K|,|L| ≤ this (r.l.u.) with --full-range")
+    ap.add_argument("--crystals", default="Ni,Si", help="which of Ni, Si to fit with --full-range")
+    ap.add_argument("--fit-mesh", type=int, default=None, help="fit on this k-mesh instead of geometry='auto'")
     args = ap.parse_args()
     if args.sigma_seeds:
         sigma_check(args.sigma_seeds)
         return
     if args.full_range:
+        which = {c.strip() for c in args.crystals.split(",")}
         ni = xtds.Crystal.preset("Ni")
-        full_range_case("Ni", ni, {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01},
-                        {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}, args.range, args.truth_mesh,
-                        args.max_points, args.cache)
+        if "Ni" in which:
+            full_range_case("Ni", ni, {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01},
+                            {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}, args.range, args.truth_mesh,
+                            args.max_points, args.cache, args.fit_mesh)
+        if "Si" not in which:
+            return
         si = xtds.Crystal.preset("Si")
         msi = xtds.IFCModel(si, shells=2)
         true_si = dict(zip(msi.names, msi.central_force({1: 6.0, 2: 1.0}), strict=True))
         full_range_case("Si", si, true_si, {k: 0.9 * v for k, v in true_si.items()}, args.range,
-                        args.truth_mesh, args.max_points, args.cache)
+                        args.truth_mesh, args.max_points, args.cache, args.fit_mesh)
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     paper_grid_timing(args.repeats)

@@ -39,6 +39,7 @@ from xtds.fitting.problem import Problem, describe
 from xtds.fitting.result import result_dataset
 from xtds.ifc import IFCModel
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry
+from xtds.model.infinite import mesh_convergence
 from xtds.model.observable import TDSIntensity, statistics_of
 from xtds.volume import dataset as vol
 from xtds.volume.masks import is_allowed
@@ -216,6 +217,7 @@ def fit_problems(
     names = [p.name for p in problems]
     if len(problems) > 1 and (len(set(names)) != len(names) or "" in names):
         raise ValueError(f"the problems of a joint fit need distinct, non-empty names, got {names}")
+    problems = tuple(converge_mesh(p, initial) for p in problems)
     n_points = sum(len(p) for p in problems)
     n_params = model.n_free + sum(p.n_nuisance for p in problems)
     n_centring = sum(1 for p in problems if p.loss == "var_log" and not p.n_nuisance)
@@ -248,6 +250,41 @@ def fit_problems(
     out = result_dataset(objective, res, cov, stats, settings, x0, robust=robust)
     out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start))
     return out
+
+
+#: ``geometry="auto"`` refines an infinite crystal's k-mesh (×4/3, at most MESH_REFINEMENTS times)
+#: until the model changes by at most this much (median relative change over up to MESH_CHECK_POINTS
+#: of the points, to a 1.5× finer mesh, at the starting constants) before fitting.
+MESH_TOLERANCE = 1e-4
+MESH_REFINEMENTS = 2
+MESH_CHECK_POINTS = 300
+
+
+def converge_mesh(problem: Problem, initial) -> Problem:
+    """The problem with its infinite crystal's k-mesh refined until converged to
+    :data:`MESH_TOLERANCE` at the starting constants, when ``geometry="auto"`` chose it (a
+    geometry given by hand is kept). The meshes tried and their changes are logged and appended to
+    the problem's ``geometry_reason``. Unstable starting constants are left to the fit's check."""
+    obs = problem.observable
+    if not (isinstance(obs, TDSIntensity) and isinstance(obs.geometry, InfiniteCrystal)) \
+            or problem.geometry_reason in ("", "given") or obs.method != "exact":
+        return problem
+    try:
+        phi0 = initial_vector(obs.model, initial)
+        steps = []
+        for i in range(MESH_REFINEMENTS + 1):
+            conv = mesh_convergence(obs, phi0, max_points=MESH_CHECK_POINTS)
+            steps.append(f"{conv['mesh'][0]}³ vs {conv['finer_mesh'][0]}³: {conv['median_rel_change']:.1e}")
+            if not conv["median_rel_change"] > MESH_TOLERANCE or i == MESH_REFINEMENTS:
+                break
+            finer = tuple(int(4 * np.ceil(m * 4 / 3 / 4)) for m in obs.geometry.shape)
+            obs = dataclasses.replace(obs, geometry=InfiniteCrystal(finer))
+    except UnstableError:
+        return problem
+    why = (f"{problem.geometry_reason}; k-mesh {tuple(obs.geometry.shape)} chosen for a median change ≤ "
+           f"{MESH_TOLERANCE:g} at the starting constants ({', '.join(steps)})")
+    log.info("infinite crystal: %s", why.split("; ")[-1])
+    return dataclasses.replace(problem, observable=obs, geometry_reason=why)
 
 
 #: Blocks (|q| shells) per problem of the robust (cluster-sandwich) covariance.

@@ -18,8 +18,9 @@ parts and how each is made accurate:
   the supercell: their constant part is the Debye–Waller extrapolation's, the part growing as r²
   comes from the 1/k² singularity at Γ and is removed with the elastic continuum's
   (:meth:`~xtds.model.continuum.Continuum.aliasing`). The terms fall only as 1/r² (C(r) → the
-  elastic Kelvin solution A(r̂)/r + B(r̂)/r³), so the truncated sum alone is poor near Bragg peaks;
-  the pair sum therefore subtracts the continuum's x²/2 + x³/6 + x⁴/24 + x·z pair by pair, and
+  elastic Kelvin solution A(r̂)/r, then W_st(r̂)/r² between different atoms s ≠ t and B_st(r̂)/r³),
+  so the truncated sum alone is poor near Bragg peaks; the pair sum therefore subtracts the
+  continuum's terms up to 1/r⁴ (:func:`_g_el`) pair by pair, and
   :mod:`xtds.model.continuum` adds their sum over the whole lattice in closed form (Poisson
   summation over the :data:`TAIL_G` reciprocal-lattice vectors nearest q). The pair sum is one fused
   forward/backward (:class:`_PairSum`), block by block. :func:`mesh_convergence` measures what
@@ -36,7 +37,7 @@ import torch
 
 from xtds.formfactor import form_factor_table
 from xtds.ifc import IFCModel
-from xtds.model.continuum import ORDERS, Continuum, smooth_step
+from xtds.model.continuum import ODD_POWER_DEGREE, ORDERS, Continuum, smooth_step
 from xtds.model.covariance import covariance_k
 from xtds.model.exact import _c6, _qq
 from xtds.model.geometry import shape_of
@@ -130,7 +131,11 @@ class InfinitePlan:
         # the elastic-continuum tail (xtds.model.continuum), switched on from a third of the window
         self.continuum = Continuum(model, P, r0=self.radius * R0_FRACTION)
         self.chi = smooth_step(np.linalg.norm(self.d, axis=1) / self.continuum.r0 - 1.0)
+        self.pairs = [(s, t) for s, t, _ in self.groups]
+        # odd terms W_st(d̂)/|d|² only between different atoms (s ≠ t)
+        self.odd = any(s != t for s, t in self.pairs)
         self.Y_pairs = self.continuum.harmonics_over_r(self.d)
+        self.Y2_pairs = self.continuum.harmonics_over_r(self.d, power=2) if self.odd else None
         self.Y3_pairs = self.continuum.harmonics_over_r(self.d, power=3)
         self.alias = self.continuum.aliasing(self.mesh, self.d, np.concatenate(shift))
 
@@ -176,10 +181,12 @@ def _g(x: torch.Tensor) -> torch.Tensor:
     return torch.expm1(x) - x
 
 
-def _g_el(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """The continuum's terms summed in closed form (:data:`~xtds.model.continuum.ORDERS`):
-    x²/2 + x³/6 + x⁴/24 + x·z, with x = X/|d| (Kelvin) and z = Z/|d|³ (its correction)."""
-    return x * (x * (0.5 + x * (1 / 6 + x / 24)) + z)
+def _g_el(x: torch.Tensor, w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The continuum's terms summed in closed form, to 1/|d|⁴: with x = X/|d| (Kelvin),
+    w = W/|d|² (odd, between different atoms) and z = Z/|d|³ (the even correction),
+    (x + w)²/2 + x³/6 + x²w/2 + x⁴/24 + x·z."""
+    u = x + w
+    return 0.5 * u * u + x * (x * (x * (1 / 6 + x / 24) + 0.5 * w) + z)
 
 
 #: Rows (points) per block of the fused pair sum: its (rows, pairs) temporaries stay in cache.
@@ -187,38 +194,46 @@ PAIR_BLOCK = 256
 
 
 class _PairSum(torch.autograd.Function):
-    """S_qj = Σ_{pairs p of group j} wc_qp [g(x_qp) − χ_p G_el(xe_qp, ze_qp)], x = qq·C6_p,
-    xe = qq·A_p, ze = qq·B_p: the pair sum, forward and backward fused block by block (no (Q, N)
-    autograd graph; the backward recomputes x, xe, ze). Gradients flow to C6, A and B."""
+    """S_qj = Σ_{pairs p of group j} wc_qp [g(x_qp) − χ_p G_el(xe_qp, we_qp, ze_qp)], x = qq·C6_p,
+    xe = qq·A_p, we = qq·W_p, ze = qq·B_p: the pair sum, forward and backward fused block by block (no
+    (Q, N) autograd graph; the backward recomputes x, xe, we, ze). Gradients flow to C6, A, W and B.
+    ``W`` may be ``None`` (one atom per cell, or no odd terms): then we = 0."""
 
     @staticmethod
-    def forward(ctx, qq, wc, chi, C6, A, B, groups):
-        ctx.save_for_backward(qq, wc, chi, C6, A, B)
+    def forward(ctx, qq, wc, chi, C6, A, W, B, groups):
+        ctx.save_for_backward(qq, wc, chi, C6, A, W, B)
         ctx.groups = groups
         out = qq.new_empty((len(qq), len(groups)))
-        W = torch.cat([C6, A, B]).T  # (6, 3N)
+        parts = [C6, A, B] if W is None else [C6, A, B, W]
+        M = torch.cat(parts).T  # (6, 3N or 4N)
         N = len(C6)
         for lo in range(0, len(qq), PAIR_BLOCK):
             blk = slice(lo, lo + PAIR_BLOCK)
-            xs = qq[blk] @ W
-            x, xe, ze = xs[:, :N], xs[:, N : 2 * N], xs[:, 2 * N :]
+            xs = qq[blk] @ M
+            x, xe, ze = (xs[:, i * N : (i + 1) * N] for i in range(3))
             g = torch.expm1(x).sub_(x)
-            ze.mul_(xe)  # ((xe/24 + 1/6) xe + 1/2) xe² + xe ze
-            g.sub_(xe.div(24).add_(1 / 6).mul_(xe).add_(0.5).mul_(xe).mul_(xe).add_(ze).mul_(chi)).mul_(wc[blk])
+            ze.mul_(xe)  # x·z, then + ((x/24 + 1/6)x + 1/2)x²
+            el = xe.div(24).add_(1 / 6).mul_(xe).add_(0.5).mul_(xe).mul_(xe).add_(ze)
+            if W is not None:  # + x·w + w²/2 + x²w/2
+                we = xs[:, 3 * N :]
+                el.add_(xe.mul(0.5).add_(1.0).mul_(xe).add_(we.mul(0.5)).mul_(we))
+            g.sub_(el.mul_(chi)).mul_(wc[blk])
             for j, (_, _, sl) in enumerate(groups):
                 out[blk, j] = g[:, sl].sum(dim=1)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        qq, wc, chi, C6, A, B = ctx.saved_tensors
+        qq, wc, chi, C6, A, W, B = ctx.saved_tensors
         N = len(C6)
-        W = torch.cat([C6, A, B]).T
+        parts = [C6, A, B] if W is None else [C6, A, B, W]
+        M = torch.cat(parts).T
         gC6, gA, gB = (torch.zeros_like(C6) for _ in range(3))
+        gW = None if W is None else torch.zeros_like(W)
         for lo in range(0, len(qq), PAIR_BLOCK):
             blk = slice(lo, lo + PAIR_BLOCK)
-            xs = qq[blk] @ W
-            x, xe, ze = xs[:, :N], xs[:, N : 2 * N], xs[:, 2 * N :]
+            xs = qq[blk] @ M
+            x, xe, ze = (xs[:, i * N : (i + 1) * N] for i in range(3))
             gw = torch.empty_like(x)  # ∂L/∂S spread over the pairs, times the window × cos
             for j, (_, _, sl) in enumerate(ctx.groups):
                 gw[:, sl] = grad[blk, j : j + 1]
@@ -227,9 +242,15 @@ class _PairSum(torch.autograd.Function):
             gC6 += (torch.expm1(x).mul_(gw)).T @ q6  # g'(x) = eˣ − 1
             gwc = gw.mul_(chi)
             gB -= (xe * gwc).T @ q6
-            # ∂G_el/∂xe = xe + xe²/2 + xe³/6 + ze
-            gA -= (xe.div(6).add_(0.5).mul_(xe).add_(1.0).mul_(xe).add_(ze).mul_(gwc)).T @ q6
-        return None, None, None, gC6, gA, gB, None
+            # ∂G_el/∂xe = xe + xe²/2 + xe³/6 + ze (+ we + xe·we); ∂G_el/∂we = xe + we + xe²/2
+            dx = xe.div(6).add_(0.5).mul_(xe).add_(1.0).mul_(xe).add_(ze)
+            if W is not None:
+                we = xs[:, 3 * N :]
+                dw = xe.mul(0.5).add_(1.0).mul_(xe).add_(we)
+                dx.add_(xe.add(1.0).mul_(we))
+                gW -= (dw.mul_(gwc)).T @ q6
+            gA -= (dx.mul_(gwc)).T @ q6
+        return None, None, None, gC6, gA, gW, gB, None
 
 
 def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, form_factor="cromer-mann",
@@ -250,12 +271,21 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
         coeffs = cont.kelvin_coefficients(phi, temperature, quantum)
         if ALIAS:  # the continuum's periodic images out of the mesh's C(r)
             C6 = C6 - torch.as_tensor(plan.alias, dtype=C6.dtype, device=C6.device) @ coeffs
-        bcoeffs = cont.correction_coefficients(phi, temperature, quantum)
+        Wc, Bc = cont.block_coefficients(phi, temperature, quantum, plan.pairs)
         A_pairs = torch.as_tensor(plan.Y_pairs, dtype=q.dtype, device=dev) @ coeffs  # (N, 6): A(d̂)/|d|
-        B_pairs = torch.as_tensor(plan.Y3_pairs, dtype=q.dtype, device=dev) @ bcoeffs  # (N, 6): B(d̂)/|d|³
+        Y3 = torch.as_tensor(plan.Y3_pairs, dtype=q.dtype, device=dev)
+        B_pairs = torch.cat([Y3[sl] @ Bc[j] for j, (_, _, sl) in enumerate(plan.groups)])  # B_st(d̂)/|d|³
+        if plan.odd:
+            Y2 = torch.as_tensor(plan.Y2_pairs, dtype=q.dtype, device=dev)
+            W_pairs = torch.cat([Y2[sl] @ Wc[j] for j, (_, _, sl) in enumerate(plan.groups)])  # W_st(d̂)/|d|²
+        else:
+            W_pairs = None
         chi = torch.as_tensor(plan.chi, dtype=q.dtype, device=dev)
-        powers = cont.power_coefficients(coeffs, bcoeffs)
-    tau = torch.as_tensor(np.array(P.cartesian_positions), dtype=q.dtype, device=dev)
+        common, per_pair = cont.power_coefficients(coeffs, Wc, Bc)
+        odd_pairs = [j for j, pp in enumerate(per_pair) if pp["odd"] is not None]
+        delta = torch.as_tensor(np.array([np.asarray(P.cartesian_positions[t]) - np.asarray(P.cartesian_positions[s])
+                                          for s, t in plan.pairs]), dtype=q.dtype, device=dev)  # (n_groups, 3)
+        gw = torch.as_tensor([1.0 if s == t else 2.0 for s, t in plan.pairs], dtype=q.dtype, device=dev)
     keep = cache is not None and len(q) * len(plan) * q.element_size() <= CACHE_BYTES
     out = []
     for start in range(0, len(q), chunk):
@@ -274,30 +304,63 @@ def infinite_intensity(plan: InfinitePlan, phi, q, temperature, quantum=True, fo
                 wc = w * torch.cos(qc @ d.T)
                 if keep:
                     cache[start] = wc
-            S = _PairSum.apply(qq, wc, chi, C6, A_pairs, B_pairs, plan.groups)  # (Q, n_groups)
+            S = _PairSum.apply(qq, wc, chi, C6, A_pairs, W_pairs, B_pairs, plan.groups)  # (Q, n_groups)
             for j, (s, t, _) in enumerate(plan.groups):
                 one = one + a[:, s] * a[:, t] * S[:, j]
             key = ("tail", start)
             tab = cache.get(key) if cache is not None else None
             if tab is None:
-                G, take, K = cont.table(qc.detach().cpu().numpy(), TAIL_G)
-                K = np.concatenate([K[p] for p in ORDERS], axis=2)  # (Q, n_g, Σ n_lm)
-                tab = (torch.as_tensor(G, dtype=q.dtype, device=dev), torch.as_tensor(take, dtype=q.dtype, device=dev),
-                       torch.as_tensor(K, dtype=q.dtype, device=dev))
+                G, take, K = cont.table(qc.detach().cpu().numpy(), TAIL_G, odd=bool(odd_pairs))
+                tab = [G, take, np.concatenate([K[p] for p in ORDERS], axis=2)]  # (Q, n_g, Σ n_lm)
+                if odd_pairs:
+                    tab.append(np.concatenate([K[p, "odd"] for p in ODD_POWER_DEGREE], axis=2))
+                tab = tuple(torch.as_tensor(t, dtype=q.dtype, device=dev) for t in tab)
                 size = sum(t.numel() * t.element_size() for t in tab)
                 if cache is not None and cache.get("tail_bytes", 0) + size <= CACHE_BYTES:
                     cache[key] = tab
                     cache["tail_bytes"] = cache.get("tail_bytes", 0) + size
-            G, take, K = tab
-            mono = cont.monomial_values(qq)
-            ph = G @ tau.T  # (Q, n_g, n)
-            F2 = (a[:, None] * torch.cos(ph)).sum(2) ** 2 + (a[:, None] * torch.sin(ph)).sum(2) ** 2  # (Q, n_g)
-            # the angular coefficients of each point first (Q, Σ n_lm), then against each G's fixed factors
-            coef = torch.cat([sum(mono[n] @ c for n, c in powers[p]) for p in ORDERS], dim=1)
-            tail = torch.bmm(K, coef[:, :, None])[..., 0]  # (Q, n_g)
-            one = one + (take * F2 * tail).sum(dim=1) / cont.volume
+            one = one + _tail(tab, cont.monomial_values(qq), common, per_pair, odd_pairs, a, plan.pairs, gw,
+                              delta) / cont.volume
         out.append(one)
     return torch.cat(out)
+
+
+def _tail(tab, mono, common, per_pair, odd_pairs, a, pairs, gw, delta) -> torch.Tensor:
+    """The continuum's lattice sum (Q,) by Poisson summation over the nearest G of each point: per
+    atom pair (s, t), weight ``gw`` a_s a_t, the even part × cos(G·Δ_st) and the odd (imaginary)
+    part × −sin(G·Δ_st), Δ_st = τ_t − τ_s; summed over pairs the common part is |F_G|² T(q − G)."""
+    G, take, K = tab[:3]
+    ph = G @ delta.T  # (Q, n_g, n_groups)
+    amp = gw * torch.stack([a[:, s] * a[:, t] for s, t in pairs], 1)  # (Q, n_groups)
+    base = torch.cat([mono[n] @ c for n, c in (common[p] for p in ORDERS)], dim=1)  # (Q, Σ n_lm)
+    n4 = common[4][1].shape[1]
+    coef = base[:, None, :].repeat(1, len(pairs), 1)  # (Q, n_groups, Σ n_lm)
+    for j, pp in enumerate(per_pair):
+        coef[:, j, -n4:] += sum(mono[n] @ c for n, c in pp["even"])
+    tail = (torch.bmm(K, coef.transpose(1, 2)) * torch.cos(ph) * amp[:, None]).sum(2)  # (Q, n_g)
+    if odd_pairs:
+        Ko = tab[3]
+        codd = torch.stack([torch.cat([mono[n] @ c for n, c in (per_pair[j]["odd"][p] for p in ODD_POWER_DEGREE)], 1)
+                            for j in odd_pairs], 2)  # (Q, Σ n_lm odd, n_odd_pairs)
+        sel = torch.as_tensor(odd_pairs, device=ph.device)
+        tail = tail - (torch.bmm(Ko, codd) * torch.sin(ph[..., sel]) * amp[:, None, sel]).sum(2)
+    return (take * tail).sum(dim=1)
+
+
+_PLANS: dict = {}
+
+
+def _plan(model: IFCModel, mesh) -> InfinitePlan:
+    """An :class:`InfinitePlan`, the last two kept (a fit checks the same finer mesh before and after)."""
+    key = (id(model), tuple(mesh))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    plan = InfinitePlan(model, mesh)
+    while len(_PLANS) >= 2:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[key] = (model, plan)
+    return plan
 
 
 def mesh_convergence(observable, phi, max_points: int = 1000, factor: float = 1.5) -> dict:
@@ -316,7 +379,7 @@ def mesh_convergence(observable, phi, max_points: int = 1000, factor: float = 1.
     with torch.no_grad():
         vals = [infinite_intensity(plan, phi, q, observable.temperature, quantum=observable.quantum,
                                    form_factor=observable.form_factor, multi_phonon=multi).numpy()
-                for plan in (observable.plan, InfinitePlan(observable.model, finer))]
+                for plan in (observable.plan, _plan(observable.model, finer))]
     ok = np.isfinite(vals[0]) & np.isfinite(vals[1]) & (np.abs(vals[1]) > 0)
     if not np.any(ok):
         return {"mesh": list(mesh), "finer_mesh": list(finer), "median_rel_change": float("nan"),

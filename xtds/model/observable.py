@@ -26,7 +26,7 @@ from xtds.ifc import IFCModel
 from xtds.laue import LaueGroup, Orbits
 from xtds.model.exact import exact_supercell, one_phonon
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell
-from xtds.model.infinite import InfinitePlan, infinite_intensity
+from xtds.model.infinite import InfinitePlan, _plan, infinite_intensity
 from xtds.model.sampled import configuration_intensities, sampled_intensity
 
 __all__ = ["Observable", "TDSIntensity", "METHODS", "statistics_of"]
@@ -228,7 +228,7 @@ class TDSIntensity:
         """The pair set and window of the infinite-crystal model (built once, on first use)."""
         plan = self.__dict__.get("_plan")
         if plan is None:
-            plan = InfinitePlan(self.model, self.geometry)
+            plan = _plan(self.model, self.geometry.shape)
             object.__setattr__(self, "_plan", plan)
         return plan
 
