@@ -4,6 +4,8 @@
 (arXiv:2603.28683), Tables 1–2. Their Target column is the Foiles "u3" EAM Hessian divided by
 1.505 and the Starting column the Baskes MEAM Hessian divided by the same factor: numbers for the
 synthetic benchmark, not physical nickel (see ``docs/conventions.md``).
+
+``al_arcs`` gives measured powder inelastic neutron spectra of aluminium (ARCS, Su & Li).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["paper_ni_ifcs", "paper_ni_tables", "paper_ni_volume", "small_ni_nexus", "six_shell_ni_volume"]
+__all__ = ["paper_ni_ifcs", "paper_ni_tables", "paper_ni_volume", "small_ni_nexus", "six_shell_ni_volume", "al_arcs"]
 
 
 @lru_cache(maxsize=1)
@@ -159,3 +161,44 @@ def six_shell_ni_volume(n_max: int = 16, g=(-0.03, -0.015)):
                            "description": f"Ni Target plus a sixth shell g0={g[0]}, g1={g[1]} eV/Å^2"})
     return ds, truth
 
+
+
+#: Source attribution of :func:`al_arcs` (copied from the source's repository; Apache-2.0).
+AL_ARCS_SOURCE = (
+    "Y. Su and C. Li, 'Uncovering Obscured Phonon Dynamics from Powder Inelastic Neutron Scattering "
+    "using Machine Learning' (github suyaokun/2DPhononINS-ML, Apache-2.0; Zenodo doi 10.5281/zenodo.10373288): "
+    "polycrystalline Al on ARCS (SNS), Ei = 50 meV, reduced with Mantid to chi''(|Q|, E); energy-dependent "
+    "background subtracted and each spectrum normalised as (x - mean)/(max - min) over its valid pixels by the source"
+)
+
+
+def al_arcs():
+    """Measured powder inelastic neutron spectra of polycrystalline Al (ARCS, Eᵢ = 50 meV) at 50, 150,
+    280, 450 and 640 K, as the source (Su & Li) published them: χ''(|Q|, E) after background
+    subtraction and their normalisation (x − mean)/(max − min) over the valid pixels.
+
+    Returns an ``xr.Dataset`` with ``chi`` (temperature, E, Q) (NaN outside the instrument's
+    coverage), ``valid`` (E, Q) bool (the 4,144 pixels the source's models use), ``sim_example``
+    (E, Q) (one spectrum the source simulated with Phonopy + OCLIMAX) and ``sim_example_label``
+    (constant) eV/Å² (its five force constants, in the source's order and units); coordinates
+    ``temperature`` (K), ``E`` (meV, bin centres, 0.5 meV bins), ``Q`` (Å⁻¹, |Q| with 2π, step 0.1).
+    """
+    import numpy as np
+    import xarray as xr
+
+    with resources.files("xtds").joinpath("data/al_arcs_powder_ins.npz").open("rb") as fh:
+        d = dict(np.load(fh))
+    coords = {"temperature": ("temperature", d["temperature_K"].astype(float), {"units": "K"}),
+              "E": ("E", d["E_meV"], {"units": "meV", "long_name": "energy transfer"}),
+              "Q": ("Q", d["Q_invA"], {"units": "1/angstrom", "long_name": "|Q|"})}
+    return xr.Dataset(
+        {"chi": (("temperature", "E", "Q"), d["chi"], {"long_name": "chi''(|Q|, E), normalised by the source",
+                                                       "units": "1"}),
+         "valid": (("E", "Q"), d["valid"], {"long_name": "pixels inside the instrument coverage"}),
+         "sim_example": (("E", "Q"), d["sim_example"], {"long_name": "spectrum simulated by the source",
+                                                        "units": "1"}),
+         "sim_example_label": (("constant",), d["sim_example_label"], {"units": "eV/angstrom^2"})},
+        coords=coords,
+        attrs={"source": AL_ARCS_SOURCE, "instrument": "ARCS", "incident_energy_meV": 50.0,
+               "sample": "polycrystalline Al", "license": "Apache-2.0"},
+    )

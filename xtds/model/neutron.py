@@ -1,0 +1,232 @@
+"""Coherent one-phonon neutron scattering of a single crystal: S(Q, E), its modes, χ''(Q, E).
+
+Per atom of the sample (the convention of euphonic and of Squires), in the phase of the atoms'
+positions (Q need not be reduced to the first zone), with D(Q) the mass-weighted dynamical
+matrix, e_ν its eigenvectors and ε_ν = ħω_ν:
+
+    S_ν(Q) = (1/n) |Σ_s (b_s / √m_s) e^{−W_s(Q)} (Q·e_sν)|² ħ²/(2ε_ν)          (mbarn, per atom)
+    S(Q, E) = Σ_ν S_ν(Q) {[n(ε_ν) + 1] R(E − ε_ν; ε_ν) + n(ε_ν) R(E + ε_ν; ε_ν)}     (mbarn/meV)
+    χ''(Q, E) = π (1 − e^{−E/k_BT}) S(Q, E)
+
+with b_s the bound coherent scattering lengths (:func:`scattering_lengths`, periodictable), W_s =
+½ QᵀC_ss(0)Q the Debye–Waller exponent from the same covariances as the X-ray models
+(:func:`debye_waller`), n the Bose occupation and R a normalized Gaussian of FWHM Γ(ε) (meV,
+:func:`as_resolution`). Written as v^H f_E(D) v with v_sα = b_s e^{−W_s} Q_α/√m_s, S(Q, E) is a
+matrix function of D: its gradient (:class:`_SpectralSum`) uses the Daleckii–Krein divided
+differences and is finite at degenerate modes (high-symmetry directions), so S(Q, E) is
+differentiable in the force constants everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import constants as _c
+
+from xtds import dynamics
+from xtds.errors import UnstableError, check_temperature
+from xtds.ifc import IFCModel
+from xtds.model.covariance import _HBAR_OMEGA_UNIT, covariance_k
+from xtds.units import KB_EV_PER_K
+
+__all__ = ["scattering_lengths", "debye_waller", "as_resolution", "coherent_modes", "coherent_sqe", "chi_from_sqe",
+           "HBAR2_OVER_AMU"]
+
+#: ħ²/amu in meV·Å² (CODATA, through scipy.constants).
+HBAR2_OVER_AMU: float = _c.hbar**2 / _c.atomic_mass / _c.e * 1e3 * 1e20
+
+#: 1 fm² = 10 mbarn.
+MBARN_PER_FM2 = 10.0
+
+#: Modes below this energy (meV) carry no one-phonon intensity (the acoustic modes at Q ≡ G).
+MIN_ENERGY = 1e-3
+
+
+def scattering_lengths(species: Sequence[str]) -> np.ndarray:
+    """Bound coherent scattering lengths b_c (fm) of each atom's element (periodictable, the
+    Sears 1992 table), shape (n,). Raises for an element without a tabulated length."""
+    import periodictable
+
+    out = []
+    for sp in species:
+        el = periodictable.elements.symbol(str(sp).rstrip("0123456789+-"))
+        b = getattr(el.neutron, "b_c", None)
+        if b is None:
+            raise ValueError(f"periodictable has no coherent scattering length for {sp!r}: give scattering_lengths= "
+                             "explicitly (fm, one per atom of the primitive cell)")
+        out.append(float(b))
+    return np.asarray(out)
+
+
+def debye_waller(model: IFCModel, phi: torch.Tensor, temperature: float, mesh=16, kpoints=None,
+                 quantum: bool = True) -> torch.Tensor:
+    """C_ss(0) = ⟨u_s u_sᵀ⟩ (Å²) of each atom of the primitive cell, shape (n, 3, 3); W_s(Q) =
+    ½ QᵀC_ss(0)Q. By default on the Γ-centred ``mesh`` (a multiple of 4) with two levels of
+    Richardson extrapolation over the sub-meshes M/2 and M/4 (the 1/M and 1/M³ errors of the
+    acoustic 1/k² at Γ removed, as the infinite-crystal model does); with ``kpoints`` (K, 3)
+    Cartesian Å⁻¹ instead, their plain mean (the rigid translations at Γ left out), e.g. to
+    compare with a code that sums over given q-points."""
+    P = model.primitive
+    n = P.n_atoms
+
+    def mean_over(k):
+        C = covariance_k(model, phi, k, temperature, quantum=quantum, cell=P)
+        return torch.stack([C[:, 3 * s : 3 * s + 3, 3 * s : 3 * s + 3].real.mean(0) for s in range(n)])
+
+    if kpoints is not None:
+        return mean_over(np.asarray(kpoints, dtype=float).reshape(-1, 3))
+    M = np.broadcast_to(np.asarray(mesh, dtype=int), (3,))
+    if np.any(M % 4) or np.any(M < 8):
+        raise ValueError(f"mesh must be multiples of 4, at least 8 (got {tuple(M)}): the Debye–Waller factor is "
+                         "extrapolated from the sub-meshes M/2 and M/4")
+    c1, c2, c4 = (mean_over(P.k_grid(tuple(M // h)).reshape(-1, 3)) for h in (1, 2, 4))
+    r1, r1h = 2 * c1 - c2, 2 * c2 - c4
+    return (8 * r1 - r1h) / 7
+
+
+def as_resolution(resolution) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Energy resolution as a function FWHM(ε) (meV) of the mode energy ε (meV): a number (a
+    constant FWHM), a callable (torch tensor in, tensor out), or polynomial coefficients
+    (c₀, c₁, …): FWHM = c₀ + c₁ε + c₂ε² + …. Raises on a non-positive constant."""
+    if callable(resolution):
+        return resolution
+    if np.ndim(resolution) == 0:
+        fwhm = float(resolution)
+        if not fwhm > 0:
+            raise ValueError(f"the energy resolution (FWHM, meV) must be positive, got {resolution!r}")
+        return lambda e: torch.full_like(e, fwhm)
+    coeffs = [float(c) for c in resolution]
+
+    def poly(e):
+        out = torch.zeros_like(e)
+        for c in reversed(coeffs):
+            out = out * e + c
+        return out
+
+    return poly
+
+
+def _vector(model, phi, q, temperature, lengths, dw, quantum):
+    """v (Q, 3n) = b_s e^{−W_s} Q_α / √m_s (fm amu^−½ Å⁻¹) and D(Q) (Q, 3n, 3n)."""
+    P = model.primitive
+    n = P.n_atoms
+    b = torch.as_tensor(scattering_lengths(P.species) if lengths is None else np.asarray(lengths, dtype=float),
+                        dtype=phi.dtype, device=phi.device)
+    if b.shape != (n,):
+        raise ValueError(f"give one scattering length per atom of the primitive cell ({n}), got shape {tuple(b.shape)}")
+    if dw is None:
+        C0 = debye_waller(model, phi, temperature, quantum=quantum)
+    elif isinstance(dw, torch.Tensor | np.ndarray):
+        C0 = torch.as_tensor(dw, dtype=phi.dtype, device=phi.device)
+    elif dw is False:
+        C0 = torch.zeros((n, 3, 3), dtype=phi.dtype, device=phi.device)
+    else:
+        C0 = debye_waller(model, phi, temperature, mesh=dw, quantum=quantum)
+    W = 0.5 * torch.einsum("qa,sab,qb->qs", q, C0, q)
+    inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device).reshape(n, 3)[:, 0]
+    amp = b * torch.exp(-W) * inv_sqrt_m  # (Q, n)
+    v = (amp[:, :, None] * q[:, None, :]).reshape(len(q), 3 * n)
+    D = dynamics.dynamical_matrix(model, phi, q)
+    return v.to(D.dtype), D
+
+
+def coherent_modes(model: IFCModel, phi: torch.Tensor, q, temperature: float | None = None, dw=None,
+                   scattering_lengths=None, quantum: bool = True):
+    """Mode-resolved coherent one-phonon structure factor at Cartesian ``q`` (Q, 3) Å⁻¹: mode
+    energies ε (Q, 3n) meV and S_ν(Q) (Q, 3n) mbarn per atom, without occupation factors (see
+    the module docstring). ``dw``: None (Debye–Waller factor at ``temperature`` from the default
+    mesh), a mesh, an (n, 3, 3) array C_ss(0) in Å², or False (none). Not for gradients (the
+    modes of a degenerate level are not unique; use :func:`coherent_sqe`)."""
+    q = torch.as_tensor(np.asarray(q, dtype=float) if not isinstance(q, torch.Tensor) else q, dtype=phi.dtype,
+                        device=phi.device)
+    if dw is not False and not isinstance(dw, torch.Tensor | np.ndarray):
+        check_temperature(temperature)
+    v, D = _vector(model, phi, q, temperature, scattering_lengths, dw, quantum)
+    lam, U = torch.linalg.eigh(D)
+    if torch.any(lam < -1e-8 * lam.abs().amax()):
+        raise UnstableError("imaginary phonon frequencies at some Q: the structure factor is undefined")
+    eps = _HBAR_OMEGA_UNIT * torch.sqrt(lam.clamp(min=0)) * 1e3  # meV
+    c = torch.einsum("qij,qi->qj", U.conj(), v)
+    n = model.primitive.n_atoms
+    safe = torch.where(eps > MIN_ENERGY, eps, torch.ones_like(eps))
+    S = torch.where(eps > MIN_ENERGY, c.abs() ** 2 * HBAR2_OVER_AMU / (2 * safe), torch.zeros_like(eps))
+    return eps, S * MBARN_PER_FM2 / n
+
+
+class _SpectralSum(torch.autograd.Function):
+    """out_qe = Σ_i f_e(λ_qi) |c_qi|², c = U^H v, D = U diag(λ) U^H: v^H f_e(D) v for every e, with
+    gradients to D (Daleckii–Krein, divided differences of h(λ) = Σ_e g_e f_e(λ), finite at
+    degeneracies) and to v. ``fn(λ)`` returns f and df/dλ, each (Q, m, E)."""
+
+    @staticmethod
+    def forward(ctx, D, v, fn):
+        lam, U = torch.linalg.eigh(D)
+        c = torch.einsum("qij,qi->qj", U.conj(), v)
+        f, fp = fn(lam)
+        ctx.save_for_backward(lam, U, c, f, fp)
+        return torch.einsum("qm,qme->qe", c.abs() ** 2, f)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lam, U, c, f, fp = ctx.saved_tensors
+        h = torch.einsum("qme,qe->qm", f, grad)
+        hp = torch.einsum("qme,qe->qm", fp, grad)
+        dl = lam[:, :, None] - lam[:, None, :]
+        close = dl.abs() <= 1e-9 * lam.abs().amax(-1, keepdim=True)[:, :, None].clamp(min=1e-30)
+        gamma = torch.where(close, 0.5 * (hp[:, :, None] + hp[:, None, :]),
+                            (h[:, :, None] - h[:, None, :]) / torch.where(close, torch.ones_like(dl), dl))
+        inner = gamma.to(c.dtype) * (c[:, :, None] * c.conj()[:, None, :])
+        gD = U @ inner @ U.mH
+        gv = 2 * torch.einsum("qij,qj->qi", U, h.to(c.dtype) * c)
+        return gD, gv, None
+
+
+def _bose(eps, temperature):
+    """n(ε) = 1/(e^{ε/k_BT} − 1), ε in meV."""
+    return 1.0 / torch.expm1(eps / (KB_EV_PER_K * 1e3 * temperature))
+
+
+def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: float, resolution=1.0, dw=None,
+                 scattering_lengths=None, quantum: bool = True, chunk: int = 2048) -> torch.Tensor:
+    """Coherent one-phonon S(Q, E) (mbarn/meV per atom) at Cartesian ``q`` (Q, 3) Å⁻¹ and energy
+    transfers ``energies`` (E,) meV (positive: the neutron loses energy), shape (Q, E): every mode
+    with its Bose occupation (Stokes [n + 1] and anti-Stokes n) broadened by a normalized Gaussian
+    of FWHM ``resolution`` (meV: a number, polynomial coefficients in ε or a callable, see
+    :func:`as_resolution`). ``dw`` as :func:`coherent_modes`. Differentiable in ``phi``."""
+    T = check_temperature(temperature)
+    fwhm = as_resolution(resolution)
+    q = torch.as_tensor(np.asarray(q, dtype=float) if not isinstance(q, torch.Tensor) else q, dtype=phi.dtype,
+                        device=phi.device)
+    E = torch.as_tensor(np.asarray(energies, dtype=float), dtype=phi.dtype, device=phi.device)
+    n = model.primitive.n_atoms
+    unit = 1e3 * _HBAR_OMEGA_UNIT  # meV per √(eV/(Å² amu))
+
+    def f_of(lam):
+        eps = unit * torch.sqrt(lam.clamp(min=0))
+        live = eps > MIN_ENERGY
+        e = torch.where(live, eps, torch.ones_like(eps))[..., None]
+        sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
+        gauss = lambda x: torch.exp(-0.5 * (x / sig) ** 2) / (sig * np.sqrt(2 * np.pi))  # noqa: E731
+        nb = _bose(e, T)
+        val = HBAR2_OVER_AMU / (2 * e) * ((nb + 1) * gauss(E - e) + nb * gauss(E + e))
+        return torch.where(live[..., None], val, torch.zeros_like(val))
+
+    def fn(lam):
+        lam = lam.detach()
+        f, fp = torch.func.jvp(f_of, (lam,), (torch.ones_like(lam),))
+        return f, fp
+
+    out = []
+    for lo in range(0, len(q), chunk):
+        v, D = _vector(model, phi, q[lo : lo + chunk], T, scattering_lengths, dw, quantum)
+        out.append(_SpectralSum.apply(D, v, fn))
+    return torch.cat(out) * (MBARN_PER_FM2 / n)
+
+
+def chi_from_sqe(sqe: torch.Tensor, energies, temperature: float) -> torch.Tensor:
+    """χ''(Q, E) = π (1 − e^{−E/k_BT}) S(Q, E) (same units as S per meV), E (meV) on the last axis."""
+    T = check_temperature(temperature)
+    E = torch.as_tensor(np.asarray(energies, dtype=float), dtype=sqe.dtype, device=sqe.device)
+    return np.pi * (-torch.expm1(-E / (KB_EV_PER_K * 1e3 * T))) * sqe
