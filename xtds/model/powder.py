@@ -28,7 +28,7 @@ from scipy.integrate import lebedev_rule
 
 from xtds.laue import LaueGroup
 
-__all__ = ["sphere_rule", "powder_average", "powder_sqe", "powder_tds", "LEBEDEV_ORDERS", "DEFAULT_ORDER"]
+__all__ = ["sphere_rule", "powder_average", "powder_sqe", "powder_sqe_mesh", "powder_tds", "LEBEDEV_ORDERS", "DEFAULT_ORDER"]
 
 #: Orders of the Lebedev rules scipy provides (degree of the spherical harmonics integrated exactly).
 LEBEDEV_ORDERS = (3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 35, 41, 47, 53, 59, 65, 71, 77, 83, 89,
@@ -162,3 +162,121 @@ def powder_tds(observable_factory: Callable[[np.ndarray], Callable], phi, qnorm,
     (e.g. ``lambda q: xtds.TDSIntensity(model, q, T, geometry=InfiniteCrystal())``), called once
     per rule; it is then evaluated at ``phi`` (differentiable)."""
     return powder_average(lambda q: observable_factory(q)(phi), qnorm, order=order, crystal=crystal, check=check)
+
+
+class _BinnedSpectral(torch.autograd.Function):
+    """out_be = Σ_{p: bin(p) = b} Σ_ν f_e(λ_{k(p)ν}) |c_pν|², c_p = U_{k(p)}^H v_p, D_k = U diag(λ) U^H:
+    the modes of each k-point projected on the vectors v_p of all its Q = k + G, summed into |Q|
+    bins. Backward: Daleckii–Krein divided differences of h_pb(λ) = Σ_e g_be f_e(λ) (finite at
+    degeneracies), to D and to v. ``fn(λ)`` returns f and df/dλ, each (K, m, E)."""
+
+    @staticmethod
+    def forward(ctx, D, V, kidx, bidx, n_bins, fn):
+        lam, U = torch.linalg.eigh(D)
+        c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)  # (P, m)
+        f, fp = fn(lam)
+        K, m = lam.shape
+        A = torch.zeros((K * n_bins, m), dtype=lam.dtype, device=lam.device)
+        A.index_add_(0, kidx * n_bins + bidx, c.abs() ** 2)
+        out = torch.einsum("kbm,kme->be", A.reshape(K, n_bins, m), f)
+        ctx.save_for_backward(lam, U, c, f, fp, kidx, bidx)
+        ctx.n_bins = n_bins
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        lam, U, c, f, fp, kidx, bidx = ctx.saved_tensors
+        h = torch.einsum("kme,be->kbm", f, grad)[kidx, bidx]  # (P, m)
+        hp = torch.einsum("kme,be->kbm", fp, grad)[kidx, bidx]
+        lk = lam[kidx]
+        dl = lk[:, :, None] - lk[:, None, :]
+        close = dl.abs() <= 1e-9 * lk.abs().amax(-1, keepdim=True)[:, :, None].clamp(min=1e-30)
+        gamma = torch.where(close, 0.5 * (hp[:, :, None] + hp[:, None, :]),
+                            (h[:, :, None] - h[:, None, :]) / torch.where(close, torch.ones_like(dl), dl))
+        inner = torch.zeros((len(lam),) + gamma.shape[1:], dtype=c.dtype, device=c.device)
+        inner.index_add_(0, kidx, gamma.to(c.dtype) * (c[:, :, None] * c.conj()[:, None, :]))
+        gD = U @ inner @ U.mH
+        gV = 2 * torch.einsum("pij,pj->pi", U[kidx], h.to(c.dtype) * c)
+        return gD, gV, None, None, None, None
+
+
+def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolution=1.0, mesh=16, dw=None,
+                    scattering_lengths=None, quantum: bool = True, k_chunk: int = 128) -> torch.Tensor:
+    """Coherent one-phonon powder S(|Q|, E) (mbarn/meV per atom) averaged over |Q| bins, shape
+    (B, E) for bin edges ``q_edges`` (B + 1,) Å⁻¹: the modes of a shifted k-mesh (``mesh``³ over the
+    primitive zone, one eigen-decomposition per k) projected on every Q = k + G with |Q| in a bin
+    (the eigenvectors at k + G are those at k with the phases e^{−iG·τ_s}), each Q standing for
+    the volume V_BZ/N_k of Q-space: the exact shell average of each bin as the mesh grows (compare
+    two meshes for its accuracy). Resolution, ``dw`` and the rest as
+    :func:`xtds.model.neutron.coherent_sqe`; differentiable in ``phi``."""
+    from xtds import dynamics
+    from xtds.errors import check_temperature
+    from xtds.model.covariance import _HBAR_OMEGA_UNIT
+    from xtds.model.neutron import HBAR2_OVER_AMU, MBARN_PER_FM2, MIN_ENERGY, _bose, as_resolution, debye_waller
+    from xtds.model.neutron import scattering_lengths as lengths_of
+
+    T = check_temperature(temperature)
+    edges = np.asarray(q_edges, dtype=float)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0) or edges[0] < 0:
+        raise ValueError("q_edges must be increasing, non-negative |Q| bin edges (Å⁻¹), at least two")
+    P = model.primitive
+    n = P.n_atoms
+    fwhm = as_resolution(resolution)
+    E = torch.as_tensor(np.asarray(energies, dtype=float), dtype=phi.dtype, device=phi.device)
+    if dw is None:
+        C0 = debye_waller(model, phi, T, quantum=quantum)
+    elif isinstance(dw, torch.Tensor | np.ndarray):
+        C0 = torch.as_tensor(dw, dtype=phi.dtype, device=phi.device)
+    else:
+        C0 = debye_waller(model, phi, T, mesh=dw, quantum=quantum)
+    b = torch.as_tensor(lengths_of(P.species) if scattering_lengths is None else np.asarray(scattering_lengths, float),
+                        dtype=phi.dtype, device=phi.device)
+    inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device).reshape(n, 3)[:, 0]
+    M = np.broadcast_to(np.asarray(mesh, dtype=int), (3,))
+    Bm = np.asarray(P.reciprocal)
+    frac = np.stack(np.meshgrid(*[(np.arange(m) + 0.5) / m - 0.5 for m in M], indexing="ij"), -1).reshape(-1, 3)
+    k_all = frac @ Bm
+    kmax = float(np.linalg.norm(k_all, axis=1).max())
+    reach = np.ceil((edges[-1] + kmax) * np.linalg.norm(np.asarray(P.lattice), axis=1) / (2 * np.pi)).astype(int)
+    G = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), -1).reshape(-1, 3) @ Bm
+    G = G[np.linalg.norm(G, axis=1) <= edges[-1] + kmax]
+    tau = np.asarray(P.cartesian_positions)
+    unit = 1e3 * _HBAR_OMEGA_UNIT
+
+    def f_of(lam):
+        eps = unit * torch.sqrt(lam.clamp(min=0))
+        live = eps > MIN_ENERGY
+        e = torch.where(live, eps, torch.ones_like(eps))[..., None]
+        sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
+        nb = _bose(e, T)
+        gp = torch.exp(-0.5 * ((E - e) / sig) ** 2) / (sig * np.sqrt(2 * np.pi))
+        gm = torch.exp(-0.5 * ((E + e) / sig) ** 2) / (sig * np.sqrt(2 * np.pi))
+        val = HBAR2_OVER_AMU / (2 * e) * ((nb + 1) * gp + nb * gm)
+        return torch.where(live[..., None], val, torch.zeros_like(val))
+
+    def fn(lam):
+        lam = lam.detach()
+        return torch.func.jvp(f_of, (lam,), (torch.ones_like(lam),))
+
+    n_bins = len(edges) - 1
+    out = torch.zeros((n_bins, len(E)), dtype=phi.dtype, device=phi.device)
+    for lo in range(0, len(k_all), k_chunk):
+        kc = k_all[lo : lo + k_chunk]
+        Q = kc[:, None, :] + G[None]  # (Kc, NG, 3)
+        qn = np.linalg.norm(Q, axis=2)
+        ki, gi = np.nonzero((qn >= edges[0]) & (qn < edges[-1]))
+        if len(ki) == 0:
+            continue
+        bins = np.searchsorted(edges, qn[ki, gi], side="right") - 1
+        Qp = torch.as_tensor(Q[ki, gi], dtype=phi.dtype, device=phi.device)
+        W = 0.5 * torch.einsum("pa,sab,pb->ps", Qp, C0, Qp)
+        phase = torch.as_tensor(np.exp(1j * (G[gi] @ tau.T)), device=phi.device)  # e^{iG·τ_s}
+        amp = (b * torch.exp(-W) * inv_sqrt_m).to(phase.dtype) * phase  # (P, n)
+        V = (amp[:, :, None] * Qp[:, None, :].to(phase.dtype)).reshape(len(ki), 3 * n)
+        D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(kc, dtype=phi.dtype, device=phi.device))
+        out = out + _BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(ki, device=phi.device),
+                                          torch.as_tensor(bins, device=phi.device), n_bins, fn)
+    v_bz = (2 * np.pi) ** 3 / abs(np.linalg.det(np.asarray(P.lattice)))
+    shell = 4 * np.pi / 3 * (edges[1:] ** 3 - edges[:-1] ** 3)
+    norm = torch.as_tensor(v_bz / len(k_all) / shell, dtype=phi.dtype, device=phi.device)
+    return out * norm[:, None] * (MBARN_PER_FM2 / n)
