@@ -200,7 +200,7 @@ def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: f
     fwhm = as_resolution(resolution)
     q = torch.as_tensor(np.asarray(q, dtype=float) if not isinstance(q, torch.Tensor) else q, dtype=phi.dtype,
                         device=phi.device)
-    E = torch.as_tensor(np.asarray(energies, dtype=float), dtype=phi.dtype, device=phi.device)
+    E = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
     n = model.primitive.n_atoms
     unit = 1e3 * _HBAR_OMEGA_UNIT  # meV per √(eV/(Å² amu))
 

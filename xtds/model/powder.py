@@ -28,7 +28,8 @@ from scipy.integrate import lebedev_rule
 
 from xtds.laue import LaueGroup
 
-__all__ = ["sphere_rule", "powder_average", "powder_sqe", "powder_sqe_mesh", "powder_tds", "LEBEDEV_ORDERS", "DEFAULT_ORDER"]
+__all__ = ["sphere_rule", "powder_average", "powder_sqe", "powder_sqe_mesh", "powder_tds", "PowderSpectrum",
+           "LEBEDEV_ORDERS", "DEFAULT_ORDER"]
 
 #: Orders of the Lebedev rules scipy provides (degree of the spherical harmonics integrated exactly).
 LEBEDEV_ORDERS = (3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 35, 41, 47, 53, 59, 65, 71, 77, 83, 89,
@@ -222,7 +223,7 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     P = model.primitive
     n = P.n_atoms
     fwhm = as_resolution(resolution)
-    E = torch.as_tensor(np.asarray(energies, dtype=float), dtype=phi.dtype, device=phi.device)
+    E = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
     if dw is None:
         C0 = debye_waller(model, phi, T, quantum=quantum)
     elif isinstance(dw, torch.Tensor | np.ndarray):
@@ -280,3 +281,89 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     shell = 4 * np.pi / 3 * (edges[1:] ** 3 - edges[:-1] ** 3)
     norm = torch.as_tensor(v_bz / len(k_all) / shell, dtype=phi.dtype, device=phi.device)
     return out * norm[:, None] * (MBARN_PER_FM2 / n)
+
+
+class PowderSpectrum:
+    """A powder neutron spectrum as an observable for the fit: the coherent one-phonon powder
+    S(|Q|, E) of :func:`powder_sqe_mesh` (mbarn/meV per atom) or χ''(|Q|, E) (``kind="chi"``) on
+    |Q| bins × energies, at the pixels of ``mask`` (E, Q) bool, flattened E-major: shape (P,).
+
+    ``normalize=True`` applies the normalization the ARCS spectra of
+    :func:`xtds.datasets.al_arcs` carry, (x − mean)/(max − min) over the valid pixels, which
+    removes the overall scale and a constant background (the max and min are those of the model,
+    differentiable only almost everywhere: a fit with ``normalize=False`` and a free scale and
+    constant, ``Problem(..., background="constant")``, is smooth and fits the same data).
+    ``multiphonon``: the orders n ≥ 2 added in the incoherent approximation
+    (:func:`xtds.model.multiphonon.multiphonon_sqe`, self spectral function on
+    ``multiphonon_mesh``, smeared by 1 meV), or () to leave them out. ``q_centers`` (Q,) Å⁻¹ are
+    bin centres whose edges are
+    halfway between them; ``energies`` (E,) meV; ``resolution`` as
+    :func:`xtds.model.neutron.coherent_sqe`; ``mesh`` the k-mesh of :func:`powder_sqe_mesh`."""
+
+    stochastic = False
+
+    def __init__(self, model, q_centers, energies, temperature: float, mask=None, resolution=2.0, mesh=16,
+                 kind: str = "chi", normalize: bool = True, multiphonon=(2, 3, 4, 5, 6), multiphonon_mesh=8,
+                 dtype=torch.float64, device=None):
+        from xtds.errors import check_temperature
+
+        self.model, self.temperature = model, check_temperature(temperature)
+        self.q_centers = np.array(q_centers, dtype=float)
+        self.energies = np.array(energies, dtype=float)
+        if kind not in ("chi", "sqe"):
+            raise ValueError(f"kind must be 'chi' or 'sqe', got {kind!r}")
+        self.kind, self.normalize, self.resolution, self.mesh = kind, bool(normalize), resolution, mesh
+        self.multiphonon = tuple(int(n) for n in multiphonon) if multiphonon else ()
+        if any(n < 2 for n in self.multiphonon):
+            raise ValueError(f"multiphonon orders start at 2 (the one-phonon term is always there), got {multiphonon}")
+        self.multiphonon_mesh = multiphonon_mesh
+        self.mask = np.ones((len(self.energies), len(self.q_centers)), bool) if mask is None else np.asarray(mask, bool)
+        if self.mask.shape != (len(self.energies), len(self.q_centers)):
+            raise ValueError(f"mask must have shape (E, Q) = {(len(self.energies), len(self.q_centers))}, "
+                             f"got {self.mask.shape}")
+        if not self.mask.any():
+            raise ValueError("the mask leaves no pixel")
+        mid = 0.5 * (self.q_centers[1:] + self.q_centers[:-1])
+        step0, step1 = self.q_centers[1] - self.q_centers[0], self.q_centers[-1] - self.q_centers[-2]
+        self.q_edges = np.concatenate([[max(0.0, self.q_centers[0] - step0 / 2)], mid,
+                                       [self.q_centers[-1] + step1 / 2]])
+        used = self.mask.any(axis=0)
+        self._cols = np.flatnonzero(used)  # only the |Q| bins with a valid pixel are computed
+        self.dtype, self.device = dtype, device
+
+    def __len__(self) -> int:
+        return int(self.mask.sum())
+
+    def spectrum(self, phi: torch.Tensor) -> torch.Tensor:
+        """The full (E, Q) spectrum (NaN in |Q| bins without a valid pixel), before normalization."""
+        from xtds.model.multiphonon import multiphonon_sqe
+        from xtds.model.neutron import chi_from_sqe, debye_waller
+
+        lo, hi = self._cols.min(), self._cols.max()
+        C0 = debye_waller(self.model, phi, self.temperature)
+        S = powder_sqe_mesh(self.model, phi, self.q_edges[lo : hi + 2], self.energies, self.temperature,
+                            resolution=self.resolution, mesh=self.mesh, dw=C0)  # (B, E)
+        if self.multiphonon:
+            S = S + multiphonon_sqe(self.model, phi, self.q_centers[lo : hi + 1], self.energies, self.temperature,
+                                    orders=self.multiphonon, resolution=self.resolution, mesh=self.multiphonon_mesh,
+                                    step=0.25, smearing=1.0, dw=C0)
+        if self.kind == "chi":
+            S = chi_from_sqe(S, self.energies, self.temperature)
+        full = torch.full((len(self.q_centers), len(self.energies)), float("nan"), dtype=S.dtype, device=S.device)
+        full[lo : hi + 1] = S
+        return full.T
+
+    def __call__(self, phi: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        x = self.spectrum(phi)[torch.as_tensor(self.mask, device=phi.device)]
+        if self.normalize:
+            x = (x - x.mean()) / (x.max() - x.min())
+        return x
+
+    def mean(self, phi: torch.Tensor) -> torch.Tensor:
+        return self(phi)
+
+    def stability_k(self) -> np.ndarray:
+        P = self.model.primitive
+        M = np.broadcast_to(np.asarray(self.mesh, dtype=int), (3,))
+        frac = np.stack(np.meshgrid(*[(np.arange(m) + 0.5) / m - 0.5 for m in M], indexing="ij"), -1).reshape(-1, 3)
+        return frac @ np.asarray(P.reciprocal)
