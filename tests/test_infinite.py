@@ -222,22 +222,28 @@ def test_continuum_radial_integrals(n, ell, kappa):
     assert abs(got - brute) < 3e-5 * max(1.0, abs(brute))
 
 
+def _lattice_covariance_at_pairs(m, phi, mesh):
+    """(plan, the lattice's C(r) at the plan's pairs with the continuum's periodic images removed
+    (N, 6), Kelvin coefficients) on a k-mesh, 300 K, quantum."""
+    from xtds.model.exact import _c6
+
+    plan = InfinitePlan(m, mesh)
+    with torch.no_grad():
+        _, Cp = _covariances(plan, phi, 300.0, True)
+        coeffs = plan.continuum.kelvin_coefficients(phi, 300.0, True)
+        return plan, _c6(Cp) - torch.as_tensor(plan.alias) @ coeffs, coeffs
+
+
 def test_continuum_correction_and_images_match_the_lattice(ni3):
     """C(r) of the lattice (64³ mesh, its periodic images removed with the continuum's) against the
     continuum A(r̂)/r + B(r̂)/r³: the 1/r³ term B, from the k⁰ term of C(k), brings 8–14 Å from
     1.2–0.6 % (Kelvin alone) to 0.25 % (measured medians 1.2e-2 → 2.5e-3 at 8–11 Å, 5.6e-3 → 2.3e-3
     at 11–14 Å)."""
-    from xtds.model.exact import _c6
-
     m, phi = ni3
-    plan = InfinitePlan(m, 64)
+    plan, lattice, coeffs = _lattice_covariance_at_pairs(m, phi, 64)
     with torch.no_grad():
-        _, Cp = _covariances(plan, phi, 300.0, True)
-        cont = plan.continuum
-        coeffs = cont.kelvin_coefficients(phi, 300.0, True)
-        lattice = _c6(Cp) - torch.as_tensor(plan.alias) @ coeffs
         A = torch.as_tensor(plan.Y_pairs) @ coeffs
-        B = torch.as_tensor(plan.Y3_pairs) @ cont.block_coefficients(phi, 300.0, True, [(0, 0)])[1][0]
+        B = torch.as_tensor(plan.Y3_pairs) @ plan.continuum.block_coefficients(phi, 300.0, True, [(0, 0)])[1][0]
     dist = np.linalg.norm(plan.d, axis=1)
     for lo, hi in ((8, 11), (11, 14)):
         s = torch.as_tensor((dist >= lo) & (dist < hi))
@@ -249,20 +255,14 @@ def test_continuum_correction_and_images_match_the_lattice(ni3):
 def test_odd_term_between_sublattices_matches_the_lattice():
     """Si: between the two atoms of the cell C_01(d) has an odd W(d̂)/|d|² term (the 1/k term of
     C(k), internal strain) that the same-atom blocks lack. Against the lattice (48³ mesh), A/r + W/r²
-    + B/r³ is 2.7× (14–20 Å) closer than A/r + B/r³ and the wrong sign of W is worse than none
+    + B/r³ is more than 2.5× (14–20 Å) closer than A/r + B/r³ and the wrong sign of W is worse than none
     (measured on 64³: 1.9e-2 → 4.6e-3 at 14–20 Å, 1.2e-2 → 1.7e-3 at 20–30 Å); W is zero for s = t."""
-    from xtds.model.exact import _c6
-
     si = xtds.Crystal.preset("Si")
     m = xtds.IFCModel(si, shells=2)
     phi = torch.as_tensor(m.central_force({1: 6.0, 2: 1.0}), dtype=torch.float64)
-    plan = InfinitePlan(m, 48)
+    plan, lattice, coeffs = _lattice_covariance_at_pairs(m, phi, 48)
     with torch.no_grad():
-        _, Cp = _covariances(plan, phi, 300.0, True)
-        cont = plan.continuum
-        coeffs = cont.kelvin_coefficients(phi, 300.0, True)
-        lattice = _c6(Cp) - torch.as_tensor(plan.alias) @ coeffs
-        W, B = cont.block_coefficients(phi, 300.0, True, plan.pairs)
+        W, B = plan.continuum.block_coefficients(phi, 300.0, True, plan.pairs)
     assert plan.pairs == [(0, 0), (0, 1), (1, 1)] and W[0].abs().max() == 0 and W[2].abs().max() == 0
     dist = np.linalg.norm(plan.d, axis=1)
     sl = plan.groups[1][2]
