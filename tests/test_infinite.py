@@ -163,14 +163,15 @@ def test_auto_geometry_refines_an_unconverged_mesh(monkeypatch):
     ds = _infinite_volume(ni, true, 2, 0.1, 1.0, 300.0, 0.005, 0)
     pts = ds.tds.mask(bragg=0.15, crystal=ni).tds.to_points(crystal=ni)
     m = xtds.IFCModel(ni, shells=2)
+    monkeypatch.setattr(xtds.model.infinite, "default_mesh", lambda crystal: (12, 12, 12))  # small and fast
     monkeypatch.setattr(core, "MESH_TOLERANCE", 1e-12)  # never converged: refined the maximum number of times
     monkeypatch.setattr(core, "MESH_REFINEMENTS", 1)
     prob = converge_mesh(points_problem(pts, m, 300.0, loss="chi2", background="constant"), true)
-    assert prob.observable.geometry.shape == (44, 44, 44)
-    assert "32³ vs 48³" in prob.geometry_reason and "44³ vs 68³" in prob.geometry_reason
+    assert prob.observable.geometry.shape == (16, 16, 16)
+    assert "12³ vs 20³" in prob.geometry_reason and "16³ vs 24³" in prob.geometry_reason
     monkeypatch.setattr(core, "MESH_TOLERANCE", 1.0)  # converged at once
     prob = converge_mesh(points_problem(pts, m, 300.0, loss="chi2", background="constant"), true)
-    assert prob.observable.geometry.shape == (32, 32, 32)
+    assert prob.observable.geometry.shape == (12, 12, 12)
     given = points_problem(pts, m, 300.0, loss="chi2", background="constant", geometry=InfiniteCrystal(16))
     assert converge_mesh(given, true) is given
 
