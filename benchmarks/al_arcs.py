@@ -28,6 +28,7 @@ import torch
 import xtds
 from xtds import dynamics
 from xtds.datasets import al_arcs
+from xtds.fitting import LM
 from xtds.fitting.core import fit_problems
 from xtds.fitting.problem import Problem
 from xtds.model.powder import PowderSpectrum
@@ -66,6 +67,8 @@ def main():
     ap.add_argument("--nelder-mead", type=int, default=0, help="also fit by Nelder–Mead with at most N evaluations")
     ap.add_argument("--no-multiphonon", action="store_true", help="leave out the n ≥ 2 terms")
     ap.add_argument("--normalize", action="store_true", help="normalize the model as the source (no scale, constant)")
+    ap.add_argument("--max-iter", type=int, default=50, help="Levenberg–Marquardt iterations at most")
+    ap.add_argument("--plot", default=None, help="folder for figures: measured vs fitted spectra, constants vs T")
     args = ap.parse_args()
     ds = al_arcs()
     valid = ds["valid"].values
@@ -80,15 +83,17 @@ def main():
         prob = Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2",
                        background=None if args.normalize else "constant")
 
-        def loss_of(x, obs=obs, data=data):
+        def fitted_of(x, obs=obs, data=data):
             with torch.no_grad():
                 y = obs(torch.as_tensor(x, dtype=torch.float64)).numpy()
-            if not np.all(np.isfinite(y)):
-                return 1e6
-            if not args.normalize:  # the best scale and constant, by least squares
+            if np.all(np.isfinite(y)) and not args.normalize:  # the best scale and constant, by least squares
                 A = np.stack([y, np.ones_like(y)], 1)
                 y = A @ np.linalg.lstsq(A, data, rcond=None)[0]
-            return float(((y - data) ** 2).sum())
+            return y
+
+        def loss_of(x, data=data, fitted_of=fitted_of):
+            y = fitted_of(x)
+            return float(((y - data) ** 2).sum()) if np.all(np.isfinite(y)) else 1e6
 
         calls = [0]
         spectrum = obs.spectrum
@@ -99,13 +104,13 @@ def main():
 
         obs.spectrum = counted
         t = time.perf_counter()
-        res = fit_problems([prob], start, progress=False)
+        res = fit_problems([prob], start, optimizer=LM(max_iter=args.max_iter), progress=False)
         t_fit = time.perf_counter() - t
         obs.spectrum = spectrum
         phi = res["ifc"].sel(constant=list(model.names)).values
         loss = loss_of(phi)
         row = {"T": T, "phi": phi, "err": res["ifc_stderr"].sel(constant=list(model.names)).values, "loss": loss,
-               "time": t_fit, "freq": x_and_l(model, phi)}
+               "time": t_fit, "freq": x_and_l(model, phi), "fitted": fitted_of(phi), "data": data}
         print(f"{T:5.0f} K  gradient: loss {loss:.4f} (sum of squares) in {t_fit:.1f} s, "
               f"{calls[0]} model evaluations, {res.attrs['iterations']} iterations; "
               + ", ".join(f"{n} {v:+.4f}±{e:.4f}" for n, v, e in zip(model.names, row["phi"], row["err"], strict=True)),
@@ -135,10 +140,49 @@ def main():
                   f"(gradient fit {t_nm / t_fit:.1f}× faster); constants " + ", ".join(f"{v:+.4f}" for v in nm_x),
                   flush=True)
         rows.append(row)
+    if args.plot:
+        plot(rows, ds, model.names, args.plot)
     print("\nT (K) | " + " | ".join(model.names) + " | loss")
     for r in rows:
         print(f"{r['T']:.0f} | " + " | ".join(f"{v:+.4f}±{e:.4f}" for v, e in zip(r["phi"], r["err"], strict=True))
               + f" | {r['loss']:.4f}")
+
+
+def plot(rows, ds, names, folder):
+    """measured vs fitted spectra (one row per temperature) and the constants against T."""
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    valid = ds["valid"].values
+    extent = (float(ds["Q"][0]), float(ds["Q"][-1]), float(ds["E"][0]), float(ds["E"][-1]))
+    fig, axes = plt.subplots(len(rows), 2, figsize=(8, 2.6 * len(rows)), squeeze=False, sharex=True, sharey=True)
+    for (a, b), r in zip(axes, rows, strict=True):
+        for ax, vals, what in ((a, r["data"], "measured"), (b, r["fitted"], "fitted")):
+            img = np.full(valid.shape, np.nan)
+            img[valid] = vals
+            ax.imshow(img, origin="lower", aspect="auto", extent=extent, vmin=-0.3, vmax=0.7)
+            ax.set_title(f"{r['T']:.0f} K, {what}", fontsize=9)
+        a.set_ylabel("E (meV)")
+    for ax in axes[-1]:
+        ax.set_xlabel("|Q| (1/Å)")
+    fig.tight_layout()
+    fig.savefig(out / "al_arcs_spectra.png", dpi=110)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    T = [r["T"] for r in rows]
+    for j, n in enumerate(names):
+        ax.errorbar(T, [r["phi"][j] for r in rows], yerr=[r["err"][j] for r in rows], marker="o", capsize=3, label=n)
+    ax.set_xlabel("T (K)")
+    ax.set_ylabel("force constant (eV/Å²)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "al_arcs_constants.png", dpi=110)
+    print(f"figures in {out}/al_arcs_spectra.png, {out}/al_arcs_constants.png")
 
 
 if __name__ == "__main__":

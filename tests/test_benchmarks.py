@@ -53,3 +53,14 @@ def test_large_volume_benchmark_runs(tmp_path):
     assert "output (101, 101, 101)" in out
     assert 0 < numbers(r"peak RSS ([0-9.]+) GB", out)[0] < 2.5
     assert numbers(r"([0-9.]+) MB/s of input", out)[0] > 0
+
+
+def test_al_arcs_benchmark_runs(tmp_path):
+    """The ARCS benchmark end to end on one temperature with a tiny k-mesh, one LM iteration and 3
+    Nelder–Mead evaluations: it prints the fit, the frequencies and the comparison, and writes its figures."""
+    pytest.importorskip("matplotlib")
+    out = run_benchmark("al_arcs.py", "--temperatures", "280", "--mesh", "4", "--nelder-mead", "3", "--max-iter", "1",
+                        "--plot", str(tmp_path))
+    assert numbers(r"gradient: loss ([0-9.]+)", out)[0] > 0
+    assert "X T" in out and "Nelder–Mead: loss" in out
+    assert (tmp_path / "al_arcs_spectra.png").exists() and (tmp_path / "al_arcs_constants.png").exists()
