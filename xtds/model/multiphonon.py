@@ -64,11 +64,7 @@ def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum):
         val = HBAR2_OVER_AMU / (2 * e) * (up * gp + nb * gm)
         return torch.where(live[..., None], val, torch.zeros_like(val))
 
-    def fn(lam):
-        lam = lam.detach()
-        return torch.func.jvp(f_of, (lam,), (torch.ones_like(lam),))
-
-    return _BinnedSpectral.apply(D, V, kidx, bidx, n, fn) / (3 * len(k))
+    return _BinnedSpectral.apply(D, V, kidx, bidx, n, f_of) / (3 * len(k))
 
 
 def self_spectral_function(model, phi, temperature: float, mesh=16, step: float = 0.1, smearing: float = 0.3,

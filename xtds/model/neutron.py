@@ -159,19 +159,22 @@ def coherent_modes(model: IFCModel, phi: torch.Tensor, q, temperature: float | N
 class _SpectralSum(torch.autograd.Function):
     """out_qe = Σ_i f_e(λ_qi) |c_qi|², c = U^H v, D = U diag(λ) U^H: v^H f_e(D) v for every e, with
     gradients to D (Daleckii–Krein, divided differences of h(λ) = Σ_e g_e f_e(λ), finite at
-    degeneracies) and to v. ``fn(λ)`` returns f and df/dλ, each (Q, m, E)."""
+    degeneracies) and to v. ``fn(λ)`` returns f (Q, m, E), elementwise in λ (its derivative is taken
+    by forward-mode differentiation in the backward only)."""
 
     @staticmethod
     def forward(ctx, D, v, fn):
         lam, U = torch.linalg.eigh(D)
         c = torch.einsum("qij,qi->qj", U.conj(), v)
-        f, fp = fn(lam)
-        ctx.save_for_backward(lam, U, c, f, fp)
+        f = fn(lam)
+        ctx.save_for_backward(lam, U, c)
+        ctx.fn = fn
         return torch.einsum("qm,qme->qe", c.abs() ** 2, f)
 
     @staticmethod
     def backward(ctx, grad):
-        lam, U, c, f, fp = ctx.saved_tensors
+        lam, U, c = ctx.saved_tensors
+        f, fp = torch.func.jvp(ctx.fn, (lam,), (torch.ones_like(lam),))
         h = torch.einsum("qme,qe->qm", f, grad)
         hp = torch.einsum("qme,qe->qm", fp, grad)
         dl = lam[:, :, None] - lam[:, None, :]
@@ -214,15 +217,10 @@ def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: f
         val = HBAR2_OVER_AMU / (2 * e) * ((nb + 1) * gauss(E - e) + nb * gauss(E + e))
         return torch.where(live[..., None], val, torch.zeros_like(val))
 
-    def fn(lam):
-        lam = lam.detach()
-        f, fp = torch.func.jvp(f_of, (lam,), (torch.ones_like(lam),))
-        return f, fp
-
     out = []
     for lo in range(0, len(q), chunk):
         v, D = _vector(model, phi, q[lo : lo + chunk], T, scattering_lengths, dw, quantum)
-        out.append(_SpectralSum.apply(D, v, fn))
+        out.append(_SpectralSum.apply(D, v, f_of))
     return torch.cat(out) * (MBARN_PER_FM2 / n)
 
 

@@ -169,24 +169,26 @@ class _BinnedSpectral(torch.autograd.Function):
     """out_be = Σ_{p: bin(p) = b} Σ_ν f_e(λ_{k(p)ν}) |c_pν|², c_p = U_{k(p)}^H v_p, D_k = U diag(λ) U^H:
     the modes of each k-point projected on the vectors v_p of all its Q = k + G, summed into |Q|
     bins. Backward: Daleckii–Krein divided differences of h_pb(λ) = Σ_e g_be f_e(λ) (finite at
-    degeneracies), to D and to v. ``fn(λ)`` returns f and df/dλ, each (K, m, E)."""
+    degeneracies), to D and to v. ``fn(λ)`` returns f (K, m, E), elementwise in λ (its derivative is
+    taken by forward-mode differentiation in the backward only)."""
 
     @staticmethod
     def forward(ctx, D, V, kidx, bidx, n_bins, fn):
         lam, U = torch.linalg.eigh(D)
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)  # (P, m)
-        f, fp = fn(lam)
+        f = fn(lam)
         K, m = lam.shape
         A = torch.zeros((K * n_bins, m), dtype=lam.dtype, device=lam.device)
         A.index_add_(0, kidx * n_bins + bidx, c.abs() ** 2)
         out = torch.einsum("kbm,kme->be", A.reshape(K, n_bins, m), f)
-        ctx.save_for_backward(lam, U, c, f, fp, kidx, bidx)
-        ctx.n_bins = n_bins
+        ctx.save_for_backward(lam, U, c, kidx, bidx)
+        ctx.n_bins, ctx.fn = n_bins, fn
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        lam, U, c, f, fp, kidx, bidx = ctx.saved_tensors
+        lam, U, c, kidx, bidx = ctx.saved_tensors
+        f, fp = torch.func.jvp(ctx.fn, (lam,), (torch.ones_like(lam),))
         h = torch.einsum("kme,be->kbm", f, grad)[kidx, bidx]  # (P, m)
         hp = torch.einsum("kme,be->kbm", fp, grad)[kidx, bidx]
         lk = lam[kidx]
@@ -255,10 +257,6 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
         val = HBAR2_OVER_AMU / (2 * e) * ((nb + 1) * gp + nb * gm)
         return torch.where(live[..., None], val, torch.zeros_like(val))
 
-    def fn(lam):
-        lam = lam.detach()
-        return torch.func.jvp(f_of, (lam,), (torch.ones_like(lam),))
-
     n_bins = len(edges) - 1
     out = torch.zeros((n_bins, len(E)), dtype=phi.dtype, device=phi.device)
     for lo in range(0, len(k_all), k_chunk):
@@ -276,7 +274,7 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
         V = (amp[:, :, None] * Qp[:, None, :].to(phase.dtype)).reshape(len(ki), 3 * n)
         D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(kc, dtype=phi.dtype, device=phi.device))
         out = out + _BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(ki, device=phi.device),
-                                          torch.as_tensor(bins, device=phi.device), n_bins, fn)
+                                          torch.as_tensor(bins, device=phi.device), n_bins, f_of)
     v_bz = (2 * np.pi) ** 3 / abs(np.linalg.det(np.asarray(P.lattice)))
     shell = 4 * np.pi / 3 * (edges[1:] ** 3 - edges[:-1] ** 3)
     norm = torch.as_tensor(v_bz / len(k_all) / shell, dtype=phi.dtype, device=phi.device)
