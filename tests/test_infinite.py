@@ -90,7 +90,7 @@ def test_bad_mesh_is_refused(ni3):
 
 def test_paper_grid_forward_backward_under_a_second():
     """Forward + backward on the paper's 81³ Ni grid (12,286 irreducible points, 5 shells, default
-    mesh 32³) in under a second on the 2-core machine (median of 3; measured 0.76 s)."""
+    mesh 32³) in under a second on the 2-core machine (median of 3; measured 0.66 s, median of 5)."""
     ni = xtds.Crystal.preset("Ni")
     m = xtds.IFCModel(ni, shells=5)
     q = supercell_q_grid(ni, 5, 40)

@@ -28,9 +28,8 @@ import torch
 from xtds import dynamics
 from xtds.errors import check_temperature
 from xtds.model.covariance import _HBAR_OMEGA_UNIT
-from xtds.model.neutron import HBAR2_OVER_AMU, MBARN_PER_FM2, MIN_ENERGY, as_resolution, debye_waller
+from xtds.model.neutron import MBARN_PER_FM2, as_resolution, mode_weight, resolve_dw, richardson
 from xtds.model.neutron import scattering_lengths as lengths_of
-from xtds.units import KB_EV_PER_K
 
 __all__ = ["self_spectral_function", "multiphonon_sqe"]
 
@@ -50,20 +49,7 @@ def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum):
     kidx = torch.arange(len(k), device=phi.device).repeat_interleave(m3)
     bidx = torch.arange(n, device=phi.device).repeat_interleave(3).repeat(len(k))
     E = torch.as_tensor(grid, dtype=phi.dtype, device=phi.device)
-    kT = KB_EV_PER_K * 1e3 * temperature
-    unit = 1e3 * _HBAR_OMEGA_UNIT
-
-    def f_of(lam):
-        eps = unit * torch.sqrt(lam.clamp(min=0))
-        live = eps > MIN_ENERGY
-        e = torch.where(live, eps, torch.ones_like(eps))[..., None]
-        nb = 1.0 / torch.expm1(e / kT) if quantum else kT / e
-        gp = torch.exp(-0.5 * ((E - e) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-        gm = torch.exp(-0.5 * ((E + e) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-        up = nb + 1 if quantum else nb
-        val = HBAR2_OVER_AMU / (2 * e) * (up * gp + nb * gm)
-        return torch.where(live[..., None], val, torch.zeros_like(val))
-
+    f_of = mode_weight(E, temperature, 2 * math.sqrt(2 * math.log(2)) * sigma, quantum=quantum)
     return _BinnedSpectral.apply(D, V, kidx, bidx, n, f_of) / (3 * len(k))
 
 
@@ -83,9 +69,7 @@ def self_spectral_function(model, phi, temperature: float, mesh=16, step: float 
     emax = float(1e3 * _HBAR_OMEGA_UNIT * torch.sqrt(lam.clamp(min=0)).max()) * 1.3 + 8 * smearing
     half = int(np.ceil(emax / step))
     grid = np.arange(-half, half + 1) * step
-    t1, t2, t4 = (_spectral_on_mesh(model, phi, M // h, grid, T, smearing, quantum) for h in (1, 2, 4))
-    r1, r1h = 2 * t1 - t2, 2 * t2 - t4
-    return grid, (8 * r1 - r1h) / 7
+    return grid, richardson(*(_spectral_on_mesh(model, phi, M // h, grid, T, smearing, quantum) for h in (1, 2, 4)))
 
 
 def multiphonon_sqe(model, phi, qnorm, energies, temperature: float, orders=(2, 3, 4, 5, 6), resolution=1.0,
@@ -102,9 +86,7 @@ def multiphonon_sqe(model, phi, qnorm, energies, temperature: float, orders=(2, 
     qn = torch.as_tensor(np.array(qnorm, dtype=float).reshape(-1), dtype=phi.dtype, device=phi.device)
     Eo = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
     grid, T1 = self_spectral_function(model, phi, T, mesh=mesh, step=step, smearing=smearing, quantum=quantum)
-    if dw is None:
-        dw = debye_waller(model, phi, T, mesh=mesh, quantum=quantum)
-    C0 = torch.as_tensor(dw, dtype=phi.dtype, device=phi.device)
+    C0 = resolve_dw(model, phi, T, mesh if dw is None else dw, quantum)
     msd = torch.diagonal(C0, dim1=-2, dim2=-1).sum(-1) / 3  # (n,)
     b = torch.as_tensor(lengths_of(P.species) if scattering_lengths is None else np.array(scattering_lengths, float),
                         dtype=phi.dtype, device=phi.device)

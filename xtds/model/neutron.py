@@ -31,7 +31,8 @@ from xtds.ifc import IFCModel
 from xtds.model.covariance import _HBAR_OMEGA_UNIT, covariance_k
 from xtds.units import KB_EV_PER_K
 
-__all__ = ["scattering_lengths", "debye_waller", "as_resolution", "coherent_modes", "coherent_sqe", "chi_from_sqe",
+__all__ = ["scattering_lengths", "debye_waller", "resolve_dw", "richardson", "mode_weight", "as_resolution",
+           "coherent_modes", "coherent_sqe", "chi_from_sqe",
            "direct_geometry_q_range", "direct_geometry_coverage", "ARCS_TWO_THETA", "NEUTRON_E_PER_K2",
            "HBAR2_OVER_AMU"]
 
@@ -82,9 +83,7 @@ def debye_waller(model: IFCModel, phi: torch.Tensor, temperature: float, mesh=16
     if np.any(M % 4) or np.any(M < 8):
         raise ValueError(f"mesh must be multiples of 4, at least 8 (got {tuple(M)}): the Debye–Waller factor is "
                          "extrapolated from the sub-meshes M/2 and M/4")
-    c1, c2, c4 = (mean_over(P.k_grid(tuple(M // h)).reshape(-1, 3)) for h in (1, 2, 4))
-    r1, r1h = 2 * c1 - c2, 2 * c2 - c4
-    return (8 * r1 - r1h) / 7
+    return richardson(*(mean_over(P.k_grid(tuple(M // h)).reshape(-1, 3)) for h in (1, 2, 4)))
 
 
 def as_resolution(resolution) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -109,6 +108,50 @@ def as_resolution(resolution) -> Callable[[torch.Tensor], torch.Tensor]:
     return poly
 
 
+def resolve_dw(model: IFCModel, phi: torch.Tensor, temperature, dw=None, quantum: bool = True) -> torch.Tensor:
+    """C_ss(0) (n, 3, 3) Å² from a ``dw`` argument: None (:func:`debye_waller` on its default mesh),
+    a mesh, an (n, 3, 3) array or tensor (taken as is), or False (zeros: no Debye–Waller factor)."""
+    if isinstance(dw, torch.Tensor | np.ndarray):
+        return torch.as_tensor(dw, dtype=phi.dtype, device=phi.device)
+    if dw is False:
+        return torch.zeros((model.primitive.n_atoms, 3, 3), dtype=phi.dtype, device=phi.device)
+    if dw is None:
+        return debye_waller(model, phi, temperature, quantum=quantum)
+    return debye_waller(model, phi, temperature, mesh=dw, quantum=quantum)
+
+
+def richardson(c1, c2, c4):
+    """Two levels of Richardson extrapolation of a Γ-centred mesh average from the mesh (c1) and its
+    sub-meshes M/2 (c2) and M/4 (c4): removes the 1/M and 1/M³ errors of the acoustic 1/k² at Γ.
+    The weights add up to one, so sum rules of each mesh carry over."""
+    r1, r1h = 2 * c1 - c2, 2 * c2 - c4
+    return (8 * r1 - r1h) / 7
+
+
+def mode_weight(energies: torch.Tensor, temperature: float, resolution, quantum: bool = True):
+    """f_E(λ) = ħ²/(2ε) [(n(ε) + 1) R(E − ε) + n(ε) R(E + ε)] (amu Å² / meV), ε = ħ√λ in meV, as a
+    function of the eigenvalues λ (..., m) → (..., m, E): the weight of a mode in S(Q, E) per unit
+    |v|², with R a normalized Gaussian of FWHM ``resolution`` (:func:`as_resolution`) at ε.
+    ``quantum=False``: classical occupation k_BT/ε on both sides. Modes below MIN_ENERGY weigh 0."""
+    fwhm = as_resolution(resolution)
+    kT = KB_EV_PER_K * 1e3 * temperature
+    unit = 1e3 * _HBAR_OMEGA_UNIT  # meV per √(eV/(Å² amu))
+
+    def f_of(lam):
+        eps = unit * torch.sqrt(lam.clamp(min=0))
+        live = eps > MIN_ENERGY
+        e = torch.where(live, eps, torch.ones_like(eps))[..., None]
+        sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
+        norm = sig * np.sqrt(2 * np.pi)
+        nb = 1.0 / torch.expm1(e / kT) if quantum else kT / e
+        up = nb + 1 if quantum else nb
+        val = HBAR2_OVER_AMU / (2 * e) * (up * torch.exp(-0.5 * ((energies - e) / sig) ** 2)
+                                          + nb * torch.exp(-0.5 * ((energies + e) / sig) ** 2)) / norm
+        return torch.where(live[..., None], val, torch.zeros_like(val))
+
+    return f_of
+
+
 def _vector(model, phi, q, temperature, lengths, dw, quantum):
     """v (Q, 3n) = b_s e^{−W_s} Q_α / √m_s (fm amu^−½ Å⁻¹) and D(Q) (Q, 3n, 3n)."""
     P = model.primitive
@@ -117,14 +160,7 @@ def _vector(model, phi, q, temperature, lengths, dw, quantum):
                         dtype=phi.dtype, device=phi.device)
     if b.shape != (n,):
         raise ValueError(f"give one scattering length per atom of the primitive cell ({n}), got shape {tuple(b.shape)}")
-    if dw is None:
-        C0 = debye_waller(model, phi, temperature, quantum=quantum)
-    elif isinstance(dw, torch.Tensor | np.ndarray):
-        C0 = torch.as_tensor(dw, dtype=phi.dtype, device=phi.device)
-    elif dw is False:
-        C0 = torch.zeros((n, 3, 3), dtype=phi.dtype, device=phi.device)
-    else:
-        C0 = debye_waller(model, phi, temperature, mesh=dw, quantum=quantum)
+    C0 = resolve_dw(model, phi, temperature, dw, quantum)
     W = 0.5 * torch.einsum("qa,sab,qb->qs", q, C0, q)
     inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device).reshape(n, 3)[:, 0]
     amp = b * torch.exp(-W) * inv_sqrt_m  # (Q, n)
@@ -187,11 +223,6 @@ class _SpectralSum(torch.autograd.Function):
         return gD, gv, None
 
 
-def _bose(eps, temperature):
-    """n(ε) = 1/(e^{ε/k_BT} − 1), ε in meV."""
-    return 1.0 / torch.expm1(eps / (KB_EV_PER_K * 1e3 * temperature))
-
-
 def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: float, resolution=1.0, dw=None,
                  scattering_lengths=None, quantum: bool = True, chunk: int = 2048) -> torch.Tensor:
     """Coherent one-phonon S(Q, E) (mbarn/meV per atom) at Cartesian ``q`` (Q, 3) Å⁻¹ and energy
@@ -200,26 +231,15 @@ def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: f
     of FWHM ``resolution`` (meV: a number, polynomial coefficients in ε or a callable, see
     :func:`as_resolution`). ``dw`` as :func:`coherent_modes`. Differentiable in ``phi``."""
     T = check_temperature(temperature)
-    fwhm = as_resolution(resolution)
     q = torch.as_tensor(np.asarray(q, dtype=float) if not isinstance(q, torch.Tensor) else q, dtype=phi.dtype,
                         device=phi.device)
     E = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
     n = model.primitive.n_atoms
-    unit = 1e3 * _HBAR_OMEGA_UNIT  # meV per √(eV/(Å² amu))
-
-    def f_of(lam):
-        eps = unit * torch.sqrt(lam.clamp(min=0))
-        live = eps > MIN_ENERGY
-        e = torch.where(live, eps, torch.ones_like(eps))[..., None]
-        sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
-        gauss = lambda x: torch.exp(-0.5 * (x / sig) ** 2) / (sig * np.sqrt(2 * np.pi))  # noqa: E731
-        nb = _bose(e, T)
-        val = HBAR2_OVER_AMU / (2 * e) * ((nb + 1) * gauss(E - e) + nb * gauss(E + e))
-        return torch.where(live[..., None], val, torch.zeros_like(val))
-
+    f_of = mode_weight(E, T, resolution, quantum=True)
+    C0 = resolve_dw(model, phi, T, dw, quantum)  # once for all chunks
     out = []
     for lo in range(0, len(q), chunk):
-        v, D = _vector(model, phi, q[lo : lo + chunk], T, scattering_lengths, dw, quantum)
+        v, D = _vector(model, phi, q[lo : lo + chunk], T, scattering_lengths, C0, quantum)
         out.append(_SpectralSum.apply(D, v, f_of))
     return torch.cat(out) * (MBARN_PER_FM2 / n)
 

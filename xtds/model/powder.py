@@ -145,12 +145,9 @@ def powder_sqe(model, phi, qnorm, energies, temperature: float, resolution=1.0, 
     """Coherent one-phonon powder S(|Q|, E) (mbarn/meV per atom), shape (Nq, E): the orientation
     average of :func:`xtds.model.neutron.coherent_sqe` over each |Q| sphere, Laue-reduced;
     differentiable in ``phi``. The Debye–Waller matrices are computed once (``dw`` as there)."""
-    from xtds.model.neutron import coherent_sqe, debye_waller
+    from xtds.model.neutron import coherent_sqe, resolve_dw
 
-    if dw is None:
-        dw = debye_waller(model, phi, temperature, quantum=quantum)
-    elif not isinstance(dw, torch.Tensor | np.ndarray | bool):
-        dw = debye_waller(model, phi, temperature, mesh=dw, quantum=quantum)
+    dw = resolve_dw(model, phi, temperature, dw, quantum)
     return powder_average(lambda q: coherent_sqe(model, phi, q, energies, temperature, resolution=resolution, dw=dw,
                                                  scattering_lengths=scattering_lengths, quantum=quantum),
                           qnorm, order=order, crystal=model.crystal, check=check)
@@ -214,8 +211,7 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     :func:`xtds.model.neutron.coherent_sqe`; differentiable in ``phi``."""
     from xtds import dynamics
     from xtds.errors import check_temperature
-    from xtds.model.covariance import _HBAR_OMEGA_UNIT
-    from xtds.model.neutron import HBAR2_OVER_AMU, MBARN_PER_FM2, MIN_ENERGY, _bose, as_resolution, debye_waller
+    from xtds.model.neutron import MBARN_PER_FM2, mode_weight, resolve_dw
     from xtds.model.neutron import scattering_lengths as lengths_of
 
     T = check_temperature(temperature)
@@ -224,14 +220,8 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
         raise ValueError("q_edges must be increasing, non-negative |Q| bin edges (Å⁻¹), at least two")
     P = model.primitive
     n = P.n_atoms
-    fwhm = as_resolution(resolution)
     E = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
-    if dw is None:
-        C0 = debye_waller(model, phi, T, quantum=quantum)
-    elif isinstance(dw, torch.Tensor | np.ndarray):
-        C0 = torch.as_tensor(dw, dtype=phi.dtype, device=phi.device)
-    else:
-        C0 = debye_waller(model, phi, T, mesh=dw, quantum=quantum)
+    C0 = resolve_dw(model, phi, T, dw, quantum)
     b = torch.as_tensor(lengths_of(P.species) if scattering_lengths is None else np.asarray(scattering_lengths, float),
                         dtype=phi.dtype, device=phi.device)
     inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device).reshape(n, 3)[:, 0]
@@ -244,18 +234,7 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     G = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), -1).reshape(-1, 3) @ Bm
     G = G[np.linalg.norm(G, axis=1) <= edges[-1] + kmax]
     tau = np.asarray(P.cartesian_positions)
-    unit = 1e3 * _HBAR_OMEGA_UNIT
-
-    def f_of(lam):
-        eps = unit * torch.sqrt(lam.clamp(min=0))
-        live = eps > MIN_ENERGY
-        e = torch.where(live, eps, torch.ones_like(eps))[..., None]
-        sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
-        nb = _bose(e, T)
-        gp = torch.exp(-0.5 * ((E - e) / sig) ** 2) / (sig * np.sqrt(2 * np.pi))
-        gm = torch.exp(-0.5 * ((E + e) / sig) ** 2) / (sig * np.sqrt(2 * np.pi))
-        val = HBAR2_OVER_AMU / (2 * e) * ((nb + 1) * gp + nb * gm)
-        return torch.where(live[..., None], val, torch.zeros_like(val))
+    f_of = mode_weight(E, T, resolution)
 
     n_bins = len(edges) - 1
     out = torch.zeros((n_bins, len(E)), dtype=phi.dtype, device=phi.device)
