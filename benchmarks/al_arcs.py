@@ -28,9 +28,10 @@ import torch
 import xtds
 from xtds import dynamics
 from xtds.datasets import al_arcs
-from xtds.fitting import LM
+from xtds.fitting import LM, Background
 from xtds.fitting.core import fit_problems
 from xtds.fitting.problem import Problem
+from xtds.model.neutron import chopper_resolution
 from xtds.model.powder import PowderSpectrum
 
 #: 1 N/m in eV/Å².
@@ -51,6 +52,14 @@ def start_constants() -> dict:
             "c1": -g["2NN yy"] * f}
 
 
+def resolution_of(args):
+    """The energy resolution of ``--resolution``: a constant FWHM or the chopper model."""
+    if args.resolution.startswith("chopper:"):
+        tm, tc = (float(x) for x in args.resolution.split(":", 1)[1].split(","))
+        return chopper_resolution(float(al_arcs().attrs.get("incident_energy_meV", 50.0)), tm, tc)
+    return float(args.resolution)
+
+
 def x_and_l(model, phi) -> dict:
     a = float(model.crystal.lattice[0][0])
     X = np.array([[2 * np.pi / a, 0, 0]])
@@ -62,10 +71,17 @@ def x_and_l(model, phi) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--temperatures", default="50,150,280,450,640")
-    ap.add_argument("--mesh", type=int, default=12)
-    ap.add_argument("--fwhm", type=float, default=2.0, help="energy resolution FWHM, meV (constant)")
+    ap.add_argument("--mesh", type=int, default=12, help="k-mesh steps per reciprocal axis (powder_points)")
+    ap.add_argument("--resolution", default="2.0",
+                    help="energy resolution: a constant FWHM in meV, or 'chopper:TM,TC' (moderator and chopper timing "
+                         "widths in μs of xtds.model.neutron.chopper_resolution at Ei = 50 meV, ARCS flight paths)")
+    ap.add_argument("--q-resolution", type=float, default=None, help="|Q| resolution FWHM, 1/Å (default none)")
+    ap.add_argument("--energy-background", type=int, default=0,
+                    help="order of the background polynomial in the energy transfer (with the scale and constant)")
     ap.add_argument("--nelder-mead", type=int, default=0, help="also fit by Nelder–Mead with at most N evaluations")
     ap.add_argument("--no-multiphonon", action="store_true", help="leave out the n ≥ 2 terms")
+    ap.add_argument("--multiphonon-check", action="store_true",
+                    help="also fit without the n ≥ 2 terms at each temperature and print both losses")
     ap.add_argument("--normalize", action="store_true", help="normalize the model as the source (no scale, constant)")
     ap.add_argument("--max-iter", type=int, default=50, help="Levenberg–Marquardt iterations at most")
     ap.add_argument("--plot", default=None, help="folder for figures: measured vs fitted spectra, constants vs T")
@@ -77,23 +93,11 @@ def main():
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
         data = ds["chi"].sel(temperature=T).values[valid]
-        obs = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=args.fwhm,
-                             mesh=args.mesh, normalize=args.normalize,
+        obs = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
+                             mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,
                              multiphonon=() if args.no_multiphonon else (2, 3, 4, 5, 6))
         prob = Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2",
-                       background=None if args.normalize else "constant")
-
-        def fitted_of(x, obs=obs, data=data):
-            with torch.no_grad():
-                y = obs(torch.as_tensor(x, dtype=torch.float64)).numpy()
-            if np.all(np.isfinite(y)) and not args.normalize:  # the best scale and constant, by least squares
-                A = np.stack([y, np.ones_like(y)], 1)
-                y = A @ np.linalg.lstsq(A, data, rcond=None)[0]
-            return y
-
-        def loss_of(x, data=data, fitted_of=fitted_of):
-            y = fitted_of(x)
-            return float(((y - data) ** 2).sum()) if np.all(np.isfinite(y)) else 1e6
+                       background=False if args.normalize else Background(energy=args.energy_background))
 
         calls = [0]
         spectrum = obs.spectrum
@@ -108,37 +112,31 @@ def main():
         t_fit = time.perf_counter() - t
         obs.spectrum = spectrum
         phi = res["ifc"].sel(constant=list(model.names)).values
-        loss = loss_of(phi)
+        loss = float(res["loss"].values[-1]) * SIGMA**2  # χ² → sum of squares of the normalized spectra
         row = {"T": T, "phi": phi, "err": res["ifc_stderr"].sel(constant=list(model.names)).values, "loss": loss,
-               "time": t_fit, "freq": x_and_l(model, phi), "fitted": fitted_of(phi), "data": data}
+               "time": t_fit, "freq": x_and_l(model, phi), "fitted": res["model_intensity"].values, "data": data}
         print(f"{T:5.0f} K  gradient: loss {loss:.4f} (sum of squares) in {t_fit:.1f} s, "
               f"{calls[0]} model evaluations, {res.attrs['iterations']} iterations; "
               + ", ".join(f"{n} {v:+.4f}±{e:.4f}" for n, v, e in zip(model.names, row["phi"], row["err"], strict=True)),
               flush=True)
         print("        X, L (THz): " + ", ".join(f"{k} {v:.2f} (measured {MEASURED_THZ[k]})"
                                                   for k, v in row["freq"].items()), flush=True)
+        if args.multiphonon_check and not args.no_multiphonon:
+            one = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
+                                 mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,
+                                 multiphonon=())
+            alone = fit_problems([Problem(one, data, sigma=prob.sigma, loss="chi2", background=prob.background)],
+                                 start, optimizer=LM(max_iter=args.max_iter), progress=False)
+            row["loss_one_phonon"] = float(alone["loss"].values[-1]) * SIGMA**2
+            print(f"        without multiphonon: loss {row['loss_one_phonon']:.4f} (with: {loss:.4f})", flush=True)
         if args.nelder_mead:
-            from scipy.optimize import minimize
-
-            n_eval = [0]
-
-            def f(x, n_eval=n_eval, loss_of=loss_of):
-                n_eval[0] += 1
-                return loss_of(x)
-
-            x0 = model.vector(start).numpy()
-            t = time.perf_counter()
-            try:
-                nm = minimize(f, x0, method="Nelder-Mead", options={"maxfev": args.nelder_mead, "xatol": 1e-5,
-                                                                   "fatol": 1e-8})
-                nm_loss, nm_x = nm.fun, nm.x
-            except xtds.UnstableError:
-                nm_loss, nm_x = float("nan"), x0
-            t_nm = time.perf_counter() - t
-            row.update(nm_loss=nm_loss, nm_time=t_nm, nm_evals=n_eval[0])
-            print(f"        Nelder–Mead: loss {nm_loss:.4f} after {n_eval[0]} evaluations in {t_nm:.1f} s "
-                  f"(gradient fit {t_nm / t_fit:.1f}× faster); constants " + ", ".join(f"{v:+.4f}" for v in nm_x),
-                  flush=True)
+            nm = nelder_mead(prob, model, start, args.nelder_mead)
+            row.update(nm)
+            print(f"        Nelder–Mead: loss {nm['nm_loss'] * SIGMA**2:.8f} (gradient {loss:.8f}) after "
+                  f"{nm['nm_evals']} evaluations in "
+                  f"{nm['nm_time']:.1f} s (gradient fit {nm['nm_time'] / t_fit:.1f}× faster, loss "
+                  f"{'≤' if loss <= nm['nm_loss'] * SIGMA**2 * (1 + 1e-9) else '>'} Nelder–Mead's); constants "
+                  + ", ".join(f"{v:+.4f}" for v in nm["nm_x"][: model.n_free]), flush=True)
         rows.append(row)
     if args.plot:
         plot(rows, ds, model.names, args.plot)
@@ -146,6 +144,34 @@ def main():
     for r in rows:
         print(f"{r['T']:.0f} | " + " | ".join(f"{v:+.4f}±{e:.4f}" for v, e in zip(r["phi"], r["err"], strict=True))
               + f" | {r['loss']:.4f}")
+
+
+def nelder_mead(prob, model, start, max_evals):
+    """Nelder–Mead (scipy, adaptive) on the very loss the gradient fit minimizes (χ² of the same
+    problem over the same parameters: the constants, log scale and constant), from the same start
+    (the constants and the least-squares scale and constant); an unstable point counts as +inf.
+    Returns loss (χ²), evaluations, wall time and the parameters."""
+    from scipy.optimize import minimize
+
+    from xtds.fitting.core import Objective, initial_vector
+
+    objective = Objective((prob,), model, prob.observable.stability_k())
+    phi0 = initial_vector(model, start)
+    x0 = np.concatenate([phi0.numpy(), prob.initial_nuisance(phi0)])
+    n_eval = [0]
+
+    def f(x):
+        n_eval[0] += 1
+        try:
+            r = objective.residuals(x, check_stable=True)
+        except xtds.UnstableError:
+            return np.inf
+        return float(r @ r)
+
+    t = time.perf_counter()
+    res = minimize(f, x0, method="Nelder-Mead", options={"maxfev": max_evals, "xatol": 1e-6, "fatol": 1e-6,
+                                                         "adaptive": True})
+    return {"nm_loss": float(res.fun), "nm_evals": n_eval[0], "nm_time": time.perf_counter() - t, "nm_x": res.x}
 
 
 def plot(rows, ds, names, folder):

@@ -59,7 +59,7 @@ def test_al_arcs_benchmark_runs(tmp_path):
     """The ARCS benchmark end to end on one temperature with a tiny k-mesh, one LM iteration and 3
     Nelder–Mead evaluations: it prints the fit, the frequencies and the comparison, and writes its figures."""
     pytest.importorskip("matplotlib")
-    out = run_benchmark("al_arcs.py", "--temperatures", "280", "--mesh", "4", "--nelder-mead", "3", "--max-iter", "1",
+    out = run_benchmark("al_arcs.py", "--temperatures", "280", "--mesh", "6", "--nelder-mead", "3", "--max-iter", "1",
                         "--plot", str(tmp_path))
     assert numbers(r"gradient: loss ([0-9.]+)", out)[0] > 0
     assert "X T" in out and "Nelder–Mead: loss" in out

@@ -1,44 +1,23 @@
 """A second kind of data plugs into the fit without touching the fit loop.
 
-``DispersionPoints`` below is a complete new observable, the classic Born–von Kármán data: phonon
-frequencies measured at wave vectors (triple-axis or IXS), in one small class that follows the
+:class:`xtds.model.DispersionPoints` is the classic Born–von Kármán data: phonon frequencies
+measured at wave vectors (triple-axis or IXS), an observable of the
 :class:`xtds.model.Observable` protocol. It is fitted alone, and jointly with a TDS volume as a sum
 of :class:`xtds.Problem` objects sharing one vector of force constants.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
 import xtds
-from xtds import dynamics
 from xtds.datasets import paper_ni_ifcs
 from xtds.fitting import LM, Problem, fit_problems, points_problem
-from xtds.model import Observable, PeriodicSupercell, supercell_q_grid, tds_intensity
+from xtds.model import DispersionPoints, Observable, PeriodicSupercell, supercell_q_grid, tds_intensity
 
 NI = xtds.Crystal.preset("Ni")
 TRUTH = {"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01}
 START = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
-
-
-@dataclass(frozen=True, eq=False)
-class DispersionPoints:
-    """Phonon frequencies ν (THz) of every branch at wave vectors k (shape (K, 3), Å⁻¹)."""
-
-    model: xtds.IFCModel
-    k: np.ndarray
-    stochastic = False
-
-    def __call__(self, phi, epoch=0):
-        return dynamics.frequencies(self.model, phi, self.k).reshape(-1)
-
-    def mean(self, phi):
-        return self(phi)
-
-    def stability_k(self):
-        return self.k
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +43,7 @@ def problems():
     # frequencies along Γ–X and Γ–L with 0.05 THz noise (seeded)
     hkl = np.concatenate([np.outer(np.linspace(0.2, 1.0, 5), [1, 0, 0]), np.outer(np.linspace(0.1, 0.5, 4), [1, 1, 1])])
     k = NI.rlu_to_cartesian(hkl)
-    disp_obs = DispersionPoints(model, k)
+    disp_obs = DispersionPoints(model, np.repeat(k, 3, axis=0), np.tile([0, 1, 2], len(k)))
     with torch.no_grad():
         nu = disp_obs(truth).numpy()
     sigma = np.full(len(nu), 0.05)
@@ -128,7 +107,8 @@ def test_joint_fit_needs_named_problems(problems):
 
 def test_problems_must_share_the_model(problems):
     _, volume, points = problems
-    other = Problem(DispersionPoints(xtds.IFCModel(xtds.Crystal.preset("Cu"), shells=2), points.observable.k),
+    obs = points.observable
+    other = Problem(DispersionPoints(xtds.IFCModel(xtds.Crystal.preset("Cu"), shells=2), obs.q, obs.branch),
                     points.data, sigma=points.sigma, loss="chi2", background=False, name="cu")
     with pytest.raises(ValueError, match="share one IFCModel"):
         fit_problems([volume, other], START, progress=False)

@@ -13,7 +13,10 @@ model of a point at |q| is
   data are on the absolute scale of the model and nothing else attenuates the Compton part);
 - b: a constant (data units);
 - T_n(x): Chebyshev polynomials of x = |q| mapped onto [−1, 1] over the problem's |q| range: a
-  smooth background of low order N (air, fluorescence, the tails of a broad amorphous signal).
+  smooth background of low order N (air, fluorescence, the tails of a broad amorphous signal);
+- for a spectrum (an observable with ``point_energy``, e.g. a powder neutron spectrum), also
+  Σ_{n=1..N_E} e_n T_n(y), y the energy transfer mapped onto [−1, 1]: an energy-dependent
+  background (multiple scattering, the sample environment, what a subtraction left).
 
 Which to use: a constant always (detector offset, fluorescence); Compton at energies and |q| where
 it is comparable to the TDS (high |q|, light elements: it rises towards Z per atom while the TDS
@@ -93,38 +96,52 @@ class Background:
         N: Chebyshev terms T_1…T_N in |q| (data units); 0 for none.
     energy_keV
         Incident energy for the Breit–Dirac factor of the Compton term (None: left out).
+    energy
+        N_E: Chebyshev terms T_1…T_N_E in the energy transfer (spectra; data units); 0 for none.
     """
 
     constant: bool = True
     compton: bool = False
     polynomial: int = 0
     energy_keV: float | None = None
+    energy: int = 0
 
     def __post_init__(self):
-        if int(self.polynomial) != self.polynomial or self.polynomial < 0:
-            raise ValueError(f"polynomial must be a non-negative order, got {self.polynomial!r}")
+        for what in ("polynomial", "energy"):
+            v = getattr(self, what)
+            if int(v) != v or v < 0:
+                raise ValueError(f"{what} must be a non-negative order, got {v!r}")
 
     @property
     def names(self) -> list[str]:
         """The nuisance parameters after log_scale, in order."""
         return (["background"] if self.constant else []) + (["compton_amplitude"] if self.compton else []) + [
-            f"background_T{n}" for n in range(1, int(self.polynomial) + 1)]
+            f"background_T{n}" for n in range(1, int(self.polynomial) + 1)] + [
+            f"background_E{n}" for n in range(1, int(self.energy) + 1)]
 
-    def basis(self, model, q: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """(C(|q|) or None, the additive columns (Q, n_add): ones and T_n(x)) at Cartesian q."""
-        qn = np.linalg.norm(np.asarray(q, dtype=float).reshape(-1, 3), axis=1)
+    @property
+    def needs_q(self) -> bool:
+        return bool(self.compton or self.polynomial)
+
+    def basis(self, model, q: np.ndarray | None, energy: np.ndarray | None = None,
+              n: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+        """(C(|q|) or None, the additive columns (P, n_add): ones, T_n(|q|) and T_n(E)) at Cartesian
+        q (P, 3) and energy transfers ``energy`` (P,) meV (each needed only by the terms using it)."""
+        qn = None if q is None else np.linalg.norm(np.asarray(q, dtype=float).reshape(-1, 3), axis=1)
+        size = len(qn) if qn is not None else (len(energy) if energy is not None else int(n))
         C = compton(model.primitive.species, qn, self.energy_keV) if self.compton else None
-        cols = [np.ones_like(qn)] if self.constant else []
-        if self.polynomial:
-            lo, hi = float(qn.min()), float(qn.max())
-            x = 2 * (qn - lo) / (hi - lo) - 1 if hi > lo else np.zeros_like(qn)
-            T = np.polynomial.chebyshev.chebvander(x, int(self.polynomial))[:, 1:]
-            cols += list(T.T)
-        return C, np.stack(cols, 1) if cols else np.zeros((len(qn), 0))
+        cols = [np.ones(size)] if self.constant else []
+        for order, x in ((self.polynomial, qn), (self.energy, energy)):
+            if order:
+                x = np.asarray(x, dtype=float)
+                lo, hi = float(x.min()), float(x.max())
+                y = 2 * (x - lo) / (hi - lo) - 1 if hi > lo else np.zeros_like(x)
+                cols += list(np.polynomial.chebyshev.chebvander(y, int(order))[:, 1:].T)
+        return C, np.stack(cols, 1) if cols else np.zeros((size, 0))
 
     def apply(self, I: torch.Tensor, nu: torch.Tensor, C: torch.Tensor | None, A: torch.Tensor) -> torch.Tensor:
-        """s (I + a_C C) + b + Σ c_n T_n for nu = (log s, [b], [a_C], c_1…c_N); ``C`` and ``A`` from
-        :meth:`basis` (as tensors)."""
+        """s (I + a_C C) + b + Σ c_n T_n + Σ e_n T_n(E) for nu = (log s, [b], [a_C], c_1…c_N, e_1…);
+        ``C`` and ``A`` from :meth:`basis` (as tensors)."""
         model = torch.exp(nu[0]) * (I if C is None else I + nu[1 + int(self.constant)] * C)
         if A.shape[1] == 0:
             return model

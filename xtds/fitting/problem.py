@@ -132,8 +132,14 @@ class Problem:
             return q
 
         C, A = None, np.ones((n, 1)) if bg is not None and bg.constant else np.zeros((n, 0))
-        if bg is not None and (bg.compton or bg.polynomial):
-            C, A = bg.basis(obs.model, points_q(f"background {bg}"))
+        if bg is not None and (bg.needs_q or bg.energy):
+            energy = None
+            if bg.energy:
+                energy = getattr(obs, "point_energy", None)
+                if energy is None or np.shape(energy) != (n,):
+                    raise ValueError(f"an energy background needs the points' energy transfers: "
+                                     f"{type(obs).__name__} has no point_energy")
+            C, A = bg.basis(obs.model, points_q(f"background {bg}") if bg.needs_q else None, energy, n)
         corr = None
         if self.corrections is not None:
             corr = torch.as_tensor(self.corrections.factor(obs.model.crystal, points_q("corrections")), dtype=dt,
@@ -287,6 +293,9 @@ class Problem:
                      "compton_amplitude": {"long_name": "amplitude of the Compton scattering (1: the tabulated one "
                                                         "on the model's scale)", "units": "1",
                                            "source": "xraylib SF_Compt (Hubbell et al. 1975)"}}
+            attrs.update({f"background_E{k}": {"long_name": "Chebyshev coefficient of the background in the energy "
+                                                            "transfer", "units": "data units"}
+                          for k in range(1, int(self._bg.energy) + 1)})
             for name, value in zip(self._bg.names, nu[1:].tolist(), strict=True):
                 out[name] = xr.DataArray(value, attrs=attrs.get(name, {"long_name": "Chebyshev coefficient of the "
                                                                                     "smooth background in |q|",

@@ -13,6 +13,9 @@ function :func:`tds_intensity` builds one and calls it once; :class:`TDSModel` i
   (:mod:`xtds.model.sampled`), on a periodic supercell; classical.
 
 :func:`simulate` (:mod:`xtds.model.simulate`) evaluates a model on a volume's (H, K, L) grid.
+Other kinds of data are observables of the same protocol: :class:`PowderSpectrum` (powder
+neutron χ''/S(|Q|, E), :mod:`xtds.model.powder`), :class:`SQEPoints`, :class:`DispersionPoints`
+and :class:`PowderIntensity` (powder X-ray I(|Q|)) (:mod:`xtds.model.points`).
 Intensities are in electrons² per primitive cell (``form_factor=None``: the bare lattice sum,
 per primitive cell). q is Cartesian, Å⁻¹, 2π included.
 """
@@ -24,6 +27,8 @@ import torch
 from xtds.ifc import IFCModel
 from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry, supercell_q_grid
 from xtds.model.observable import METHODS, Observable, TDSIntensity
+from xtds.model.points import DispersionPoints, PowderIntensity, SQEPoints
+from xtds.model.powder import PowderSpectrum
 from xtds.model.sampled import sample_displacements, sampled_intensity
 from xtds.model.simulate import simulate
 
@@ -32,6 +37,10 @@ __all__ = [
     "TDSModel",
     "TDSIntensity",
     "Observable",
+    "PowderSpectrum",
+    "PowderIntensity",
+    "SQEPoints",
+    "DispersionPoints",
     "PeriodicSupercell",
     "InfiniteCrystal",
     "auto_geometry",

@@ -36,28 +36,43 @@ def is_gamma(cell: Crystal, k: np.ndarray) -> np.ndarray:
 
 
 class _HermitianFunction(torch.autograd.Function):
-    """F = V f(Λ) Vᴴ for Hermitian D, with the Daleckii–Krein backward (finite at degeneracies)."""
+    """F = V f(Λ) Vᴴ for Hermitian D, with the Daleckii–Krein derivative (finite at degeneracies) in
+    both modes (:mod:`xtds.model.spectral`): the backward and the jvp are the same linear map."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, D, beta, zero_mask):
+    def forward(D, beta, zero_mask):
         lam, V = torch.linalg.eigh(D)
-        f, fp = _quantum_g(lam, beta)
-        f = torch.where(zero_mask, torch.zeros_like(f), f)
-        fp = torch.where(zero_mask, torch.zeros_like(fp), fp)
-        ctx.save_for_backward(lam, V, f, fp)
+        f = torch.where(zero_mask, torch.zeros_like(lam), _quantum_g(lam, beta)[0])
         return (V * f.unsqueeze(-2).to(V.dtype)) @ V.mH
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        D, beta, zero_mask = inputs
+        ctx.beta = beta
+        ctx.save_for_backward(D, zero_mask)
+        ctx.save_for_forward(D, zero_mask)
+
+    @staticmethod
+    def _derivative(ctx, dD):
+        from xtds.model.spectral import divided_differences
+
+        D, zero_mask = ctx.saved_tensors
+        lam, V = torch.linalg.eigh(D)
+        f, fp = _quantum_g(lam, ctx.beta)
+        f = torch.where(zero_mask, torch.zeros_like(f), f)
+        fp = torch.where(zero_mask, torch.zeros_like(fp), fp)
+        gamma = divided_differences(lam, f, fp)
+        return V @ (gamma.to(V.dtype) * (V.mH @ dD @ V)) @ V.mH
+
+    @staticmethod
     def backward(ctx, grad):
-        lam, V, f, fp = ctx.saved_tensors
-        dl = lam.unsqueeze(-1) - lam.unsqueeze(-2)
-        df = f.unsqueeze(-1) - f.unsqueeze(-2)
-        close = dl.abs() <= 1e-9 * lam.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp(min=1e-30)
-        safe = torch.where(close, torch.ones_like(dl), dl)
-        avg_fp = 0.5 * (fp.unsqueeze(-1) + fp.unsqueeze(-2))
-        gamma = torch.where(close, avg_fp, df / safe)
-        inner = V.mH @ grad @ V
-        return V @ (gamma.to(V.dtype) * inner) @ V.mH, None, None
+        return _HermitianFunction._derivative(ctx, grad), None, None
+
+    @staticmethod
+    def jvp(ctx, dD, *_):
+        return _HermitianFunction._derivative(ctx, dD)
 
 
 def _quantum_g(lam: torch.Tensor, beta: float):
@@ -91,11 +106,12 @@ def covariance_k(
     """
     T = check_temperature(temperature)
     cell = model.primitive if cell is None else cell
-    kt = torch.as_tensor(np.asarray(k, dtype=float), dtype=phi.dtype, device=phi.device)
-    lead = kt.shape[:-1]
-    kt = kt.reshape(-1, 3)
+    k_np = k.detach().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k, dtype=float)
+    lead = k_np.shape[:-1]
+    k_np = k_np.reshape(-1, 3)
+    kt = torch.as_tensor(k_np, dtype=phi.dtype, device=phi.device)
     n = cell.n_atoms
-    gamma = torch.as_tensor(is_gamma(cell, kt.detach().cpu().numpy()), device=phi.device)
+    gamma = torch.as_tensor(is_gamma(cell, k_np), device=phi.device)
     H = dynamics.force_constant_matrix(model, phi, kt, cell=cell)
     # rigid translations at k ≡ G: u_{cR} = const is the Bloch vector w_c = e^{−i k·τ_c} (per axis)
     tau = torch.tensor(np.array(cell.cartesian_positions), dtype=phi.dtype, device=phi.device)

@@ -36,7 +36,7 @@ __all__ = ["self_spectral_function", "multiphonon_sqe"]
 
 def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum):
     """T_s on one Γ-centred mesh (Γ's zero modes left out): (n, G)."""
-    from xtds.model.powder import _BinnedSpectral
+    from xtds.model.spectral import BinnedSpectral
 
     P = model.primitive
     n = P.n_atoms
@@ -48,9 +48,8 @@ def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum):
     V = eye.repeat(len(k), 1)  # (K·3n, 3n)
     kidx = torch.arange(len(k), device=phi.device).repeat_interleave(m3)
     bidx = torch.arange(n, device=phi.device).repeat_interleave(3).repeat(len(k))
-    E = torch.as_tensor(grid, dtype=phi.dtype, device=phi.device)
-    f_of = mode_weight(E, temperature, 2 * math.sqrt(2 * math.log(2)) * sigma, quantum=quantum)
-    return _BinnedSpectral.apply(D, V, kidx, bidx, n, f_of) / (3 * len(k))
+    f_of = mode_weight(grid, temperature, 2 * math.sqrt(2 * math.log(2)) * sigma, quantum=quantum)
+    return BinnedSpectral.apply(D, V, kidx, bidx, n, f_of, None) / (3 * len(k))
 
 
 def self_spectral_function(model, phi, temperature: float, mesh=16, step: float = 0.1, smearing: float = 0.3,

@@ -12,7 +12,7 @@ with b_s the bound coherent scattering lengths (:func:`scattering_lengths`, peri
 ½ QᵀC_ss(0)Q the Debye–Waller exponent from the same covariances as the X-ray models
 (:func:`debye_waller`), n the Bose occupation and R a normalized Gaussian of FWHM Γ(ε) (meV,
 :func:`as_resolution`). Written as v^H f_E(D) v with v_sα = b_s e^{−W_s} Q_α/√m_s, S(Q, E) is a
-matrix function of D: its gradient (:class:`_SpectralSum`) uses the Daleckii–Krein divided
+matrix function of D: its gradient (:class:`xtds.model.spectral.SpectralSum`) uses the Daleckii–Krein divided
 differences and is finite at degenerate modes (high-symmetry directions), so S(Q, E) is
 differentiable in the force constants everywhere.
 """
@@ -29,9 +29,11 @@ from xtds import dynamics
 from xtds.errors import UnstableError, check_temperature
 from xtds.ifc import IFCModel
 from xtds.model.covariance import _HBAR_OMEGA_UNIT, covariance_k
+from xtds.model.spectral import SpectralSum
 from xtds.units import KB_EV_PER_K
 
 __all__ = ["scattering_lengths", "debye_waller", "resolve_dw", "richardson", "mode_weight", "as_resolution",
+           "chopper_resolution", "ARCS_DISTANCES",
            "coherent_modes", "coherent_sqe", "chi_from_sqe",
            "direct_geometry_q_range", "direct_geometry_coverage", "ARCS_TWO_THETA", "NEUTRON_E_PER_K2",
            "HBAR2_OVER_AMU"]
@@ -132,16 +134,24 @@ def mode_weight(energies: torch.Tensor, temperature: float, resolution, quantum:
     """f_E(λ) = ħ²/(2ε) [(n(ε) + 1) R(E − ε) + n(ε) R(E + ε)] (amu Å² / meV), ε = ħ√λ in meV, as a
     function of the eigenvalues λ (..., m) → (..., m, E): the weight of a mode in S(Q, E) per unit
     |v|², with R a normalized Gaussian of FWHM ``resolution`` (:func:`as_resolution`) at ε.
-    ``quantum=False``: classical occupation k_BT/ε on both sides. Modes below MIN_ENERGY weigh 0."""
+    ``quantum=False``: classical occupation k_BT/ε on both sides. Modes below MIN_ENERGY weigh 0.
+    ``f_of(lam, extra)``: ``extra`` (..., m) meV adds a Gaussian σ per mode in quadrature (the
+    adaptive broadening of a k-mesh, :class:`xtds.model.spectral.BinnedSpectral`)."""
     fwhm = as_resolution(resolution)
     kT = KB_EV_PER_K * 1e3 * temperature
     unit = 1e3 * _HBAR_OMEGA_UNIT  # meV per √(eV/(Å² amu))
+    # kept as numbers and made a tensor at each call: a tensor captured from the caller's frame would
+    # belong to another level of a torch.func transform (jacfwd of a fit)
+    grid = energies.detach().cpu().numpy().copy() if isinstance(energies, torch.Tensor) else np.array(energies, float)
 
-    def f_of(lam):
+    def f_of(lam, extra=None):
+        energies = torch.as_tensor(grid, dtype=lam.dtype, device=lam.device)
         eps = unit * torch.sqrt(lam.clamp(min=0))
         live = eps > MIN_ENERGY
         e = torch.where(live, eps, torch.ones_like(eps))[..., None]
         sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
+        if extra is not None:  # a mesh's adaptive broadening (σ per mode, meV), in quadrature
+            sig = torch.sqrt(sig**2 + extra[..., None] ** 2)
         norm = sig * np.sqrt(2 * np.pi)
         nb = 1.0 / torch.expm1(e / kT) if quantum else kT / e
         up = nb + 1 if quantum else nb
@@ -192,37 +202,6 @@ def coherent_modes(model: IFCModel, phi: torch.Tensor, q, temperature: float | N
     return eps, S * MBARN_PER_FM2 / n
 
 
-class _SpectralSum(torch.autograd.Function):
-    """out_qe = Σ_i f_e(λ_qi) |c_qi|², c = U^H v, D = U diag(λ) U^H: v^H f_e(D) v for every e, with
-    gradients to D (Daleckii–Krein, divided differences of h(λ) = Σ_e g_e f_e(λ), finite at
-    degeneracies) and to v. ``fn(λ)`` returns f (Q, m, E), elementwise in λ (its derivative is taken
-    by forward-mode differentiation in the backward only)."""
-
-    @staticmethod
-    def forward(ctx, D, v, fn):
-        lam, U = torch.linalg.eigh(D)
-        c = torch.einsum("qij,qi->qj", U.conj(), v)
-        f = fn(lam)
-        ctx.save_for_backward(lam, U, c)
-        ctx.fn = fn
-        return torch.einsum("qm,qme->qe", c.abs() ** 2, f)
-
-    @staticmethod
-    def backward(ctx, grad):
-        lam, U, c = ctx.saved_tensors
-        f, fp = torch.func.jvp(ctx.fn, (lam,), (torch.ones_like(lam),))
-        h = torch.einsum("qme,qe->qm", f, grad)
-        hp = torch.einsum("qme,qe->qm", fp, grad)
-        dl = lam[:, :, None] - lam[:, None, :]
-        close = dl.abs() <= 1e-9 * lam.abs().amax(-1, keepdim=True)[:, :, None].clamp(min=1e-30)
-        gamma = torch.where(close, 0.5 * (hp[:, :, None] + hp[:, None, :]),
-                            (h[:, :, None] - h[:, None, :]) / torch.where(close, torch.ones_like(dl), dl))
-        inner = gamma.to(c.dtype) * (c[:, :, None] * c.conj()[:, None, :])
-        gD = U @ inner @ U.mH
-        gv = 2 * torch.einsum("qij,qj->qi", U, h.to(c.dtype) * c)
-        return gD, gv, None
-
-
 def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: float, resolution=1.0, dw=None,
                  scattering_lengths=None, quantum: bool = True, chunk: int = 2048) -> torch.Tensor:
     """Coherent one-phonon S(Q, E) (mbarn/meV per atom) at Cartesian ``q`` (Q, 3) Å⁻¹ and energy
@@ -233,14 +212,13 @@ def coherent_sqe(model: IFCModel, phi: torch.Tensor, q, energies, temperature: f
     T = check_temperature(temperature)
     q = torch.as_tensor(np.asarray(q, dtype=float) if not isinstance(q, torch.Tensor) else q, dtype=phi.dtype,
                         device=phi.device)
-    E = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
     n = model.primitive.n_atoms
-    f_of = mode_weight(E, T, resolution, quantum=True)
+    f_of = mode_weight(energies, T, resolution, quantum=True)
     C0 = resolve_dw(model, phi, T, dw, quantum)  # once for all chunks
     out = []
     for lo in range(0, len(q), chunk):
         v, D = _vector(model, phi, q[lo : lo + chunk], T, scattering_lengths, C0, quantum)
-        out.append(_SpectralSum.apply(D, v, f_of))
+        out.append(SpectralSum.apply(D, v, f_of))
     return torch.cat(out) * (MBARN_PER_FM2 / n)
 
 
@@ -291,3 +269,49 @@ def direct_geometry_coverage(incident_energy: float, energies, q, two_theta=ARCS
     q_lo = np.fmin(lo[0][0], lo[1][0])
     q_hi = np.fmax(lo[0][1], lo[1][1])
     return (Q[None] + dQ / 2 > q_lo[:, None]) & (Q[None] - dQ / 2 < q_hi[:, None])
+
+
+#: Flight paths of ARCS (m): moderator → Fermi chopper, Fermi chopper → sample, sample → detectors
+#: (Abernathy et al., Rev. Sci. Instrum. 83, 015114 (2012): moderator–sample 13.6 m, the Fermi
+#: chopper 11.6 m from the moderator, detectors at 3.0 m).
+ARCS_DISTANCES = (11.6, 2.0, 3.0)
+
+
+def chopper_resolution(incident_energy: float, moderator_us: float, chopper_us: float,
+                       distances=ARCS_DISTANCES) -> Callable[[torch.Tensor], torch.Tensor]:
+    """FWHM(ε) (meV) of a direct-geometry chopper spectrometer at energy transfer ε, as a callable
+    for ``resolution=`` (:func:`as_resolution`).
+
+    The time-of-flight propagation of the two timing uncertainties (Windsor, *Pulsed Neutron
+    Scattering*, Taylor & Francis 1981, ch. 7; the "flat" model of PyChop): a neutron leaves the
+    moderator within ``moderator_us`` (FWHM, μs) and passes the Fermi chopper within ``chopper_us``
+    (its opening time, FWHM μs); with flight paths L₁ (moderator → chopper), L₂ (chopper → sample),
+    L₃ (sample → detector) and speeds v_i, v_f (E_f = E_i − ε), first-order propagation to the
+    energy transfer gives
+
+        ΔE = (m_n / L₁) √{ [v_i³ + v_f³ L₂/L₃]² Δt_m² + [v_i³ + v_f³ (L₁ + L₂)/L₃]² Δt_c² },
+
+    largest at the elastic line and falling as ε → E_i. ε ≥ E_i is outside the kinematic range
+    (E_f is floored at 10⁻³ E_i there). The timing widths depend on the chopper's frequency and
+    slit package and the moderator; give them, or calibrate them on the data (a vanadium or
+    elastic line, or the spectra themselves, as ``benchmarks/al_arcs.py`` does)."""
+    Ei = float(incident_energy)
+    L1, L2, L3 = (float(d) for d in distances)
+    if not (Ei > 0 and L1 > 0 and L2 >= 0 and L3 > 0):
+        raise ValueError(f"the incident energy (meV) and the distances (m) must be positive, got {Ei}, {distances}")
+    if not (moderator_us >= 0 and chopper_us >= 0 and moderator_us + chopper_us > 0):
+        raise ValueError(f"the timing widths must be non-negative μs, not both 0: got {moderator_us}, {chopper_us}")
+    J_PER_MEV = _c.e * 1e-3
+
+    def speed(E):  # m/s for E in meV
+        return torch.sqrt(2 * E * J_PER_MEV / _c.m_n)
+
+    def fwhm(eps):
+        eps = torch.as_tensor(eps)
+        vi = speed(torch.full_like(eps, Ei))
+        vf = speed((Ei - eps).clamp(min=1e-3 * Ei))
+        a = (vi**3 + vf**3 * L2 / L3) * moderator_us * 1e-6
+        b = (vi**3 + vf**3 * (L1 + L2) / L3) * chopper_us * 1e-6
+        return _c.m_n / L1 * torch.sqrt(a**2 + b**2) / J_PER_MEV
+
+    return fwhm

@@ -21,12 +21,14 @@ spectra, not built yet. The same machinery averages the coherent neutron S(Q, E)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.integrate import lebedev_rule
 
 from xtds.laue import LaueGroup
+from xtds.model.spectral import BinnedSpectral
 
 __all__ = ["sphere_rule", "powder_average", "powder_sqe", "powder_sqe_mesh", "powder_tds", "PowderSpectrum",
            "LEBEDEV_ORDERS", "DEFAULT_ORDER"]
@@ -162,53 +164,132 @@ def powder_tds(observable_factory: Callable[[np.ndarray], Callable], phi, qnorm,
     return powder_average(lambda q: observable_factory(q)(phi), qnorm, order=order, crystal=crystal, check=check)
 
 
-class _BinnedSpectral(torch.autograd.Function):
-    """out_be = Σ_{p: bin(p) = b} Σ_ν f_e(λ_{k(p)ν}) |c_pν|², c_p = U_{k(p)}^H v_p, D_k = U diag(λ) U^H:
-    the modes of each k-point projected on the vectors v_p of all its Q = k + G, summed into |Q|
-    bins. Backward: Daleckii–Krein divided differences of h_pb(λ) = Σ_e g_be f_e(λ) (finite at
-    degeneracies), to D and to v. ``fn(λ)`` returns f (K, m, E), elementwise in λ (its derivative is
-    taken by forward-mode differentiation in the backward only)."""
+@dataclass(frozen=True, eq=False)
+class PowderPoints:
+    """The scattering vectors of a k-mesh powder average (:func:`powder_points`), fixed for a crystal,
+    |Q| bins and mesh: reused by every evaluation of a fit.
 
-    @staticmethod
-    def forward(ctx, D, V, kidx, bidx, n_bins, fn):
-        lam, U = torch.linalg.eigh(D)
-        c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)  # (P, m)
-        f = fn(lam)
-        K, m = lam.shape
-        A = torch.zeros((K * n_bins, m), dtype=lam.dtype, device=lam.device)
-        A.index_add_(0, kidx * n_bins + bidx, c.abs() ** 2)
-        out = torch.einsum("kbm,kme->be", A.reshape(K, n_bins, m), f)
-        ctx.save_for_backward(lam, U, c, kidx, bidx)
-        ctx.n_bins, ctx.fn = n_bins, fn
-        return out
+    Attributes: ``q`` (P, 3) Cartesian Å⁻¹, one per orbit of the Laue group; ``weight`` (P,) the
+    orbit's size (the points it stands for); ``k`` (K, 3) Å⁻¹ the distinct reduced wave vectors and
+    ``kidx`` (P,) which one each Q is (Q = k + G, ``g`` (P, 3) = G); ``bins`` (P,) the |Q| bin;
+    ``volume`` the Q-space volume of one point (Å⁻³); ``n_full`` the points before the reduction;
+    ``symmetry`` how the set was reduced; ``k_irreducible`` one k of each orbit of ``k`` (where
+    dynamical stability is checked)."""
 
-    @staticmethod
-    def backward(ctx, grad):
-        lam, U, c, kidx, bidx = ctx.saved_tensors
-        f, fp = torch.func.jvp(ctx.fn, (lam,), (torch.ones_like(lam),))
-        h = torch.einsum("kme,be->kbm", f, grad)[kidx, bidx]  # (P, m)
-        hp = torch.einsum("kme,be->kbm", fp, grad)[kidx, bidx]
-        lk = lam[kidx]
-        dl = lk[:, :, None] - lk[:, None, :]
-        close = dl.abs() <= 1e-9 * lk.abs().amax(-1, keepdim=True)[:, :, None].clamp(min=1e-30)
-        gamma = torch.where(close, 0.5 * (hp[:, :, None] + hp[:, None, :]),
-                            (h[:, :, None] - h[:, None, :]) / torch.where(close, torch.ones_like(dl), dl))
-        inner = torch.zeros((len(lam),) + gamma.shape[1:], dtype=c.dtype, device=c.device)
-        inner.index_add_(0, kidx, gamma.to(c.dtype) * (c[:, :, None] * c.conj()[:, None, :]))
-        gD = U @ inner @ U.mH
-        gV = 2 * torch.einsum("pij,pj->pi", U[kidx], h.to(c.dtype) * c)
-        return gD, gV, None, None, None, None
+    q: np.ndarray
+    weight: np.ndarray
+    k: np.ndarray
+    kidx: np.ndarray
+    g: np.ndarray
+    bins: np.ndarray
+    n_bins: int
+    volume: float
+    n_full: int
+    symmetry: str
+    k_irreducible: np.ndarray
+    mesh: int
 
 
-def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolution=1.0, mesh=16, dw=None,
-                    scattering_lengths=None, quantum: bool = True, k_chunk: int = 128) -> torch.Tensor:
+#: Scale of the adaptive broadening of :func:`powder_sqe_mesh` (σ = ADAPTIVE × mesh step × |∇ε|).
+ADAPTIVE = 0.2
+
+#: Shifts of the Q grid tried by :func:`powder_points`, in half steps per reciprocal axis: the first
+#: that the Laue group maps onto itself is used (a shifted grid never meets Γ).
+_SHIFTS = ((1, 1, 1), (0, 0, 1), (1, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1))
+
+
+def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> PowderPoints:
+    """The Q-points of the k-mesh powder average with |Q| in the bins ``q_edges`` (Å⁻¹), reduced by
+    the Laue group of ``model.crystal`` (or ``laue``).
+
+    The points are the grid Q = ((2n + σ)/2M)·B of the crystal's reciprocal basis B (``mesh`` = M
+    steps per reciprocal axis; the reciprocal lattice of the primitive cell is a sublattice, so the
+    grid is a k-mesh of M³·N_lat points per zone repeated over all G), with a half-step shift σ the
+    group maps onto itself (so that the grid has the full Laue symmetry and never meets Γ). S(Q, E)
+    is the same on every image g·Q of a point, so only one point of each orbit is kept, weighted by
+    the orbit's size: 1/48 of the work for a cubic crystal. A group that does not map the grid onto
+    itself (a non-standard setting) falls back to the inversion alone, or to no reduction.
+    """
+    edges = np.asarray(q_edges, dtype=float)
+    M = int(mesh)
+    if M < 1 or M != mesh:
+        raise ValueError(f"mesh must be a positive number of steps per reciprocal axis, got {mesh!r}")
+    crystal = model.crystal
+    B = np.asarray(crystal.reciprocal)
+    group = LaueGroup.of(laue=laue) if laue is not None else LaueGroup.of(crystal)
+    R = group.matrices
+    sigma = next((np.array(sh) for sh in _SHIFTS if np.all((np.einsum("gij,j->gi", R, sh) - sh) % 2 == 0)), None)
+    if sigma is None:  # keep the inversion (always a symmetry of S(Q, E) with time reversal)
+        R = np.stack([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
+        sigma, name = np.array([1, 1, 1]), "inversion only (the grid is not invariant under the Laue group)"
+    else:
+        name = f"{group.name} ({len(R)} operations)"
+    reach = np.ceil(2 * M * edges[-1] * np.linalg.norm(np.asarray(crystal.lattice), axis=1) / (2 * np.pi)).astype(int)
+    axes = [np.arange(-(r // 2) - 1, r // 2 + 2) * 2 + sg for r, sg in zip(reach, sigma, strict=True)]
+    t = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    q = t @ B / (2 * M)
+    qn = np.linalg.norm(q, axis=1)
+    inside = (qn >= edges[0]) & (qn < edges[-1])
+    t, q, qn = t[inside], q[inside], qn[inside]
+    n_full = len(t)
+    keys = LaueGroup(group.name, R).orbit_keys(t)
+    if keys is None:
+        raise ValueError("the powder grid is too large for exact orbit keys: use a smaller mesh or |Q| range")
+    own, canon, size = keys
+    keep = own == canon
+    t, q, qn, weight = t[keep], q[keep], qn[keep], size[keep].astype(float)
+    P = model.primitive
+    f = q @ np.asarray(P.lattice).T / (2 * np.pi)
+    gf = np.round(f)
+    kf = np.round(f - gf, 10)
+    kuniq, kidx = np.unique(kf, axis=0, return_inverse=True)
+    Bp = np.asarray(P.reciprocal)
+    bins = np.searchsorted(edges, qn, side="right") - 1
+    volume = abs(np.linalg.det(B)) / M**3
+    k = kuniq @ Bp
+    # one k of each orbit: where dynamical stability must hold (the eigenvalues are the same on an orbit)
+    tk = np.rint(k @ np.linalg.inv(B) * 2 * M).astype(np.int64)
+    own_k, canon_k, _ = LaueGroup(group.name, R).orbit_keys(tk)
+    _, first = np.unique(canon_k, return_index=True)
+    return PowderPoints(q=q, weight=weight, k=k, kidx=kidx.reshape(-1), g=gf @ Bp, bins=bins,
+                        n_bins=len(edges) - 1, volume=volume, n_full=n_full,
+                        symmetry=f"{name}, grid shift {tuple(int(x) for x in sigma)}/2", k_irreducible=k[first],
+                        mesh=M)
+
+
+def adaptive_mesh_widths(model, phi, points: PowderPoints, scale: float = ADAPTIVE) -> np.ndarray:
+    """σ (K, 3n) meV of every mode at the k-points of ``points``: ``scale`` × mesh step × |∇ε|
+    (:func:`xtds.model.spectral.adaptive_widths`), with ∂D/∂k by central differences (h = 1e-4 Å⁻¹)."""
+    from xtds import dynamics
+    from xtds.model.spectral import adaptive_widths
+
+    with torch.no_grad():
+        phi = phi.detach()
+        kt = torch.as_tensor(points.k, dtype=phi.dtype, device=phi.device)
+        lam, U = torch.linalg.eigh(dynamics.dynamical_matrix(model, phi, kt))
+        h = 1e-4
+        dDk = torch.stack([(dynamics.dynamical_matrix(model, phi, kt + h * e)
+                            - dynamics.dynamical_matrix(model, phi, kt - h * e)) / (2 * h)
+                           for e in torch.eye(3, dtype=phi.dtype, device=phi.device)])
+        return adaptive_widths(lam, U, dDk, scale * points.volume ** (1 / 3)).cpu().numpy()
+
+
+def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolution=1.0, mesh=8, dw=None,
+                    scattering_lengths=None, quantum: bool = True, points: PowderPoints | None = None,
+                    laue: str | None = None, widths=ADAPTIVE) -> torch.Tensor:
     """Coherent one-phonon powder S(|Q|, E) (mbarn/meV per atom) averaged over |Q| bins, shape
-    (B, E) for bin edges ``q_edges`` (B + 1,) Å⁻¹: the modes of a shifted k-mesh (``mesh``³ over the
-    primitive zone, one eigen-decomposition per k) projected on every Q = k + G with |Q| in a bin
-    (the eigenvectors at k + G are those at k with the phases e^{−iG·τ_s}), each Q standing for
-    the volume V_BZ/N_k of Q-space: the exact shell average of each bin as the mesh grows (compare
-    two meshes for its accuracy). Resolution, ``dw`` and the rest as
-    :func:`xtds.model.neutron.coherent_sqe`; differentiable in ``phi``."""
+    (B, E) for bin edges ``q_edges`` (B + 1,) Å⁻¹: the modes of a k-mesh projected on every
+    Q = k + G with |Q| in a bin (the eigenvectors at k + G are those at k with the phases
+    e^{−iG·τ_s}), each Q standing for its volume of Q-space: the exact shell average of each bin as
+    the mesh grows (compare two meshes for its accuracy). The Q-points are those of
+    :func:`powder_points` (``mesh`` steps per reciprocal axis of ``model.crystal``, reduced by the
+    Laue group; pass ``points`` to reuse them). Each mode is broadened, besides the resolution, by
+    the spread of its energy over its mesh cell (adaptive broadening), which makes a coarse mesh
+    converge: ``widths`` a number a (σ = a × step × |∇ε| at ``phi``, :func:`adaptive_mesh_widths`),
+    an array (K, 3n) of σ in meV made once by :func:`adaptive_mesh_widths` at reference constants
+    (a fit keeps them fixed, so that the model is exactly differentiable), or None/0 (none).
+    Resolution, ``dw`` and the rest as
+    :func:`xtds.model.neutron.coherent_sqe`; differentiable in ``phi`` (forward and reverse mode)."""
     from xtds import dynamics
     from xtds.errors import check_temperature
     from xtds.model.neutron import MBARN_PER_FM2, mode_weight, resolve_dw
@@ -218,45 +299,41 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     edges = np.asarray(q_edges, dtype=float)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0) or edges[0] < 0:
         raise ValueError("q_edges must be increasing, non-negative |Q| bin edges (Å⁻¹), at least two")
+    pts = powder_points(model, edges, mesh, laue) if points is None else points
+    if pts.n_bins != len(edges) - 1:
+        raise ValueError(f"the points were made for {pts.n_bins} |Q| bins, not {len(edges) - 1}")
     P = model.primitive
     n = P.n_atoms
-    E = torch.as_tensor(np.array(energies, dtype=float), dtype=phi.dtype, device=phi.device)
     C0 = resolve_dw(model, phi, T, dw, quantum)
     b = torch.as_tensor(lengths_of(P.species) if scattering_lengths is None else np.asarray(scattering_lengths, float),
                         dtype=phi.dtype, device=phi.device)
     inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device).reshape(n, 3)[:, 0]
-    M = np.broadcast_to(np.asarray(mesh, dtype=int), (3,))
-    Bm = np.asarray(P.reciprocal)
-    frac = np.stack(np.meshgrid(*[(np.arange(m) + 0.5) / m - 0.5 for m in M], indexing="ij"), -1).reshape(-1, 3)
-    k_all = frac @ Bm
-    kmax = float(np.linalg.norm(k_all, axis=1).max())
-    reach = np.ceil((edges[-1] + kmax) * np.linalg.norm(np.asarray(P.lattice), axis=1) / (2 * np.pi)).astype(int)
-    G = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), -1).reshape(-1, 3) @ Bm
-    G = G[np.linalg.norm(G, axis=1) <= edges[-1] + kmax]
     tau = np.asarray(P.cartesian_positions)
-    f_of = mode_weight(E, T, resolution)
-
-    n_bins = len(edges) - 1
-    out = torch.zeros((n_bins, len(E)), dtype=phi.dtype, device=phi.device)
-    for lo in range(0, len(k_all), k_chunk):
-        kc = k_all[lo : lo + k_chunk]
-        Q = kc[:, None, :] + G[None]  # (Kc, NG, 3)
-        qn = np.linalg.norm(Q, axis=2)
-        ki, gi = np.nonzero((qn >= edges[0]) & (qn < edges[-1]))
-        if len(ki) == 0:
-            continue
-        bins = np.searchsorted(edges, qn[ki, gi], side="right") - 1
-        Qp = torch.as_tensor(Q[ki, gi], dtype=phi.dtype, device=phi.device)
-        W = 0.5 * torch.einsum("pa,sab,pb->ps", Qp, C0, Qp)
-        phase = torch.as_tensor(np.exp(1j * (G[gi] @ tau.T)), device=phi.device)  # e^{iG·τ_s}
-        amp = (b * torch.exp(-W) * inv_sqrt_m).to(phase.dtype) * phase  # (P, n)
-        V = (amp[:, :, None] * Qp[:, None, :].to(phase.dtype)).reshape(len(ki), 3 * n)
-        D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(kc, dtype=phi.dtype, device=phi.device))
-        out = out + _BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(ki, device=phi.device),
-                                          torch.as_tensor(bins, device=phi.device), n_bins, f_of)
-    v_bz = (2 * np.pi) ** 3 / abs(np.linalg.det(np.asarray(P.lattice)))
-    shell = 4 * np.pi / 3 * (edges[1:] ** 3 - edges[:-1] ** 3)
-    norm = torch.as_tensor(v_bz / len(k_all) / shell, dtype=phi.dtype, device=phi.device)
+    Qp = torch.as_tensor(pts.q, dtype=phi.dtype, device=phi.device)
+    W = 0.5 * torch.einsum("pa,sab,pb->ps", Qp, C0, Qp)
+    # e^{iG·τ_s} and √(orbit size): |c|² then counts every image of the point
+    phase = torch.as_tensor(np.exp(1j * (pts.g @ tau.T)) * np.sqrt(pts.weight)[:, None], device=phi.device)
+    amp = (b * torch.exp(-W) * inv_sqrt_m).to(phase.dtype) * phase  # (P, n)
+    V = (amp[:, :, None] * Qp[:, None, :].to(phase.dtype)).reshape(len(Qp), 3 * n)
+    D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(pts.k, dtype=phi.dtype, device=phi.device))
+    if isinstance(widths, np.ndarray | torch.Tensor):
+        sigma = torch.as_tensor(np.asarray(widths, dtype=float), dtype=phi.dtype, device=phi.device)
+    elif widths:
+        sigma = torch.as_tensor(adaptive_mesh_widths(model, phi.detach(), pts, float(widths)), dtype=phi.dtype,
+                                device=phi.device)
+    else:
+        sigma = None
+    out = BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(pts.kidx, device=phi.device),
+                               torch.as_tensor(pts.bins, device=phi.device), pts.n_bins,
+                               mode_weight(energies, T, resolution), sigma)
+    # the mean over the points of each bin (their count fluctuates about shell volume / point volume
+    # from bin to bin: dividing by it, not by the shell's volume, removes that noise)
+    count = np.bincount(pts.bins, weights=pts.weight, minlength=pts.n_bins)
+    if np.any(count == 0):
+        empty = edges[:-1][count == 0]
+        raise ValueError(f"{len(empty)} |Q| bins (from {empty.min():.3g} Å⁻¹) hold no point of the {pts.mesh}-step "
+                         "mesh: use a finer mesh, or leave the lowest |Q| out of the mask")
+    norm = torch.as_tensor(1.0 / count, dtype=phi.dtype, device=phi.device)
     return out * norm[:, None] * (MBARN_PER_FM2 / n)
 
 
@@ -275,13 +352,20 @@ class PowderSpectrum:
     ``multiphonon_mesh``, smeared by 1 meV), or () to leave them out. ``q_centers`` (Q,) Å⁻¹ are
     bin centres whose edges are
     halfway between them; ``energies`` (E,) meV; ``resolution`` as
-    :func:`xtds.model.neutron.coherent_sqe`; ``mesh`` the k-mesh of :func:`powder_sqe_mesh`."""
+    :func:`xtds.model.neutron.coherent_sqe`; ``mesh`` the steps per reciprocal axis of :func:`powder_points`;
+    ``adaptive`` the scale of the adaptive broadening (:func:`powder_sqe_mesh`; 0: none), whose
+    widths are made at ``reference`` constants or at the first evaluation and then kept;
+    ``q_resolution``: FWHM (Å⁻¹) of a Gaussian |Q| resolution applied to the one-phonon term (the
+    shell average weighted by Q² over neighbouring bins; bins outside the data's |Q| range are not
+    computed, so the kernel is renormalized at the ends), None for none; ``dw_mesh`` the k-mesh of
+    the Debye–Waller factor (:func:`xtds.model.neutron.debye_waller`)."""
 
     stochastic = False
 
-    def __init__(self, model, q_centers, energies, temperature: float, mask=None, resolution=2.0, mesh=16,
+    def __init__(self, model, q_centers, energies, temperature: float, mask=None, resolution=2.0, mesh=12,
                  kind: str = "chi", normalize: bool = True, multiphonon=(2, 3, 4, 5, 6), multiphonon_mesh=8,
-                 dtype=torch.float64, device=None):
+                 adaptive: float | None = ADAPTIVE, reference=None, q_resolution: float | None = None,
+                 dw_mesh: int = 16, dtype=torch.float64, device=None):
         from xtds.errors import check_temperature
 
         self.model, self.temperature = model, check_temperature(temperature)
@@ -294,6 +378,9 @@ class PowderSpectrum:
         if any(n < 2 for n in self.multiphonon):
             raise ValueError(f"multiphonon orders start at 2 (the one-phonon term is always there), got {multiphonon}")
         self.multiphonon_mesh = multiphonon_mesh
+        self.adaptive = float(adaptive) if adaptive else 0.0
+        self.reference = None if reference is None else model.vector(reference)
+        self._widths = None
         self.mask = np.ones((len(self.energies), len(self.q_centers)), bool) if mask is None else np.asarray(mask, bool)
         if self.mask.shape != (len(self.energies), len(self.q_centers)):
             raise ValueError(f"mask must have shape (E, Q) = {(len(self.energies), len(self.q_centers))}, "
@@ -304,8 +391,27 @@ class PowderSpectrum:
         step0, step1 = self.q_centers[1] - self.q_centers[0], self.q_centers[-1] - self.q_centers[-2]
         self.q_edges = np.concatenate([[max(0.0, self.q_centers[0] - step0 / 2)], mid,
                                        [self.q_centers[-1] + step1 / 2]])
+        #: energy transfer (meV) and |Q| (Å⁻¹) of each point, in the observable's order (E-major)
+        self.point_energy = np.broadcast_to(self.energies[:, None], self.mask.shape)[self.mask].copy()
+        self.point_qnorm = np.broadcast_to(self.q_centers[None, :], self.mask.shape)[self.mask].copy()
         used = self.mask.any(axis=0)
         self._cols = np.flatnonzero(used)  # only the |Q| bins with a valid pixel are computed
+        self.dw_mesh = int(dw_mesh)
+        self.q_resolution = None if q_resolution is None else float(q_resolution)
+        lo, hi = self._cols.min(), self._cols.max()
+        self._span = (lo, hi)  # the one-phonon bins: the used ones, and their neighbours within 3σ of |Q|
+        if self.q_resolution is not None:
+            if not self.q_resolution > 0:
+                raise ValueError(f"q_resolution must be a positive FWHM in Å⁻¹, got {q_resolution!r}")
+            sig = self.q_resolution / (2 * np.sqrt(2 * np.log(2)))
+            qc = self.q_centers
+            lo_e = int(np.searchsorted(qc, qc[lo] - 3 * sig))
+            hi_e = int(np.searchsorted(qc, qc[hi] + 3 * sig, side="right")) - 1
+            self._span = (lo_e, hi_e)
+            src = qc[lo_e : hi_e + 1]
+            width = np.diff(self.q_edges)[lo_e : hi_e + 1]
+            K = np.exp(-0.5 * ((qc[lo : hi + 1, None] - src[None]) / sig) ** 2) * (src**2 * width)[None]
+            self._q_kernel = torch.as_tensor(K / K.sum(1, keepdims=True), dtype=dtype, device=device)
         self.dtype, self.device = dtype, device
 
     def __len__(self) -> int:
@@ -317,9 +423,12 @@ class PowderSpectrum:
         from xtds.model.neutron import chi_from_sqe, debye_waller
 
         lo, hi = self._cols.min(), self._cols.max()
-        C0 = debye_waller(self.model, phi, self.temperature)
-        S = powder_sqe_mesh(self.model, phi, self.q_edges[lo : hi + 2], self.energies, self.temperature,
-                            resolution=self.resolution, mesh=self.mesh, dw=C0)  # (B, E)
+        a, b = self._span
+        C0 = debye_waller(self.model, phi, self.temperature, mesh=self.dw_mesh)
+        S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], self.energies, self.temperature,
+                            resolution=self.resolution, dw=C0, points=self.points, widths=self.widths(phi))
+        if self.q_resolution is not None:
+            S = self._q_kernel.to(S) @ S
         if self.multiphonon:
             S = S + multiphonon_sqe(self.model, phi, self.q_centers[lo : hi + 1], self.energies, self.temperature,
                                     orders=self.multiphonon, resolution=self.resolution, mesh=self.multiphonon_mesh,
@@ -339,8 +448,29 @@ class PowderSpectrum:
     def mean(self, phi: torch.Tensor) -> torch.Tensor:
         return self(phi)
 
+    def widths(self, phi: torch.Tensor):
+        """The adaptive widths (K, 3n) meV, made once at ``reference`` or else at the constants of the
+        first evaluation (a fit's start) and then kept, so that the model is one differentiable
+        function of φ; None without adaptive broadening."""
+        if not self.adaptive:
+            return None
+        if self._widths is None:
+            at = phi if self.reference is None else self.reference.to(phi)
+            try:
+                self._widths = adaptive_mesh_widths(self.model, at, self.points, self.adaptive)
+            except RuntimeError as err:  # under torch.func transforms the constants have no values
+                raise RuntimeError("the adaptive widths are made at the first plain evaluation: evaluate the "
+                                   "observable once (or pass reference=constants) before torch.func "
+                                   "transforms") from err
+        return self._widths
+
+    @property
+    def points(self) -> PowderPoints:
+        """The Q-points of the one-phonon average (made once, on first use)."""
+        if getattr(self, "_points", None) is None:
+            a, b = self._span
+            self._points = powder_points(self.model, self.q_edges[a : b + 2], self.mesh)
+        return self._points
+
     def stability_k(self) -> np.ndarray:
-        P = self.model.primitive
-        M = np.broadcast_to(np.asarray(self.mesh, dtype=int), (3,))
-        frac = np.stack(np.meshgrid(*[(np.arange(m) + 0.5) / m - 0.5 for m in M], indexing="ij"), -1).reshape(-1, 3)
-        return frac @ np.asarray(P.reciprocal)
+        return self.points.k_irreducible
