@@ -2,19 +2,23 @@
 
 For each temperature: the gradient (Levenberg–Marquardt) fit of the five constants of a 2-shell
 Born–von Kármán model (b0, b1, b2, c0, c1) to χ''(|Q|, E) at the 4,144 valid pixels (coherent
-one phonon from a k-mesh, multiphonon n = 2…6 unless ``--no-multiphonon``), with a free scale and
-constant (the data are normalized by the source; ``--normalize`` instead applies the source's
+one phonon from a k-mesh reduced by the Laue group, multiphonon n = 2…6 unless
+``--no-multiphonon``), with a free scale and constant (and ``--energy-background N`` Chebyshev
+terms in E; the data are normalized by the source, ``--normalize`` instead applies the source's
 normalization to the model), from the published constants of Gilat & Nicklow (1966, 300 K); then,
-with ``--nelder-mead N``, a Nelder–Mead fit (scipy) of the same model and loss (scale and constant
-profiled out by least squares) from the same start with at most N evaluations, side by side: loss,
-evaluations, wall time. Prints the constants against temperature with their errors and the X and
-L frequencies against the measured ones.
+with ``--nelder-mead N``, a Nelder–Mead fit (scipy) of the same loss over the same parameters from
+the same start, side by side: loss, evaluations, wall time; with ``--multiphonon-check`` also the
+fit without the multiphonon terms. Prints the constants against temperature with their errors and
+the X and L frequencies against the measured ones; ``--plot DIR`` writes the figures.
 
-    python benchmarks/al_arcs.py [--temperatures 50,150,280,450,640] [--mesh 12] [--nelder-mead 300]
-        [--no-multiphonon] [--normalize] [--fwhm 2.0]
+    python benchmarks/al_arcs.py [--temperatures 50,150,280,450,640] [--mesh 12] [--nelder-mead 5000]
+        [--resolution chopper:40,20] [--multiphonon-check] [--plot DIR]
 
-Not yet in the model: an instrument resolution from a documented source (a constant FWHM,
-``--fwhm`` meV, stands in).
+The energy resolution (default ``chopper:40,20``) is the chopper model of
+:func:`xtds.model.neutron.chopper_resolution` (ARCS flight paths, Ei = 50 meV) with the moderator
+and chopper timing widths 40 and 20 μs, calibrated on the 50 K spectrum: the gradient fit's loss
+there for widths (15, 7.5), (20, 10), (30, 15), (40, 20), (60, 30), (80, 40) μs was 21.79, 21.32,
+20.81, 20.65, 20.74, 21.00 (measured with a scratch script looping over ``--resolution``).
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--temperatures", default="50,150,280,450,640")
     ap.add_argument("--mesh", type=int, default=12, help="k-mesh steps per reciprocal axis (powder_points)")
-    ap.add_argument("--resolution", default="2.0",
+    ap.add_argument("--resolution", default="chopper:40,20",
                     help="energy resolution: a constant FWHM in meV, or 'chopper:TM,TC' (moderator and chopper timing "
                          "widths in μs of xtds.model.neutron.chopper_resolution at Ei = 50 meV, ARCS flight paths)")
     ap.add_argument("--q-resolution", type=float, default=None, help="|Q| resolution FWHM, 1/Å (default none)")
@@ -84,7 +88,9 @@ def main():
                     help="also fit without the n ≥ 2 terms at each temperature and print both losses")
     ap.add_argument("--normalize", action="store_true", help="normalize the model as the source (no scale, constant)")
     ap.add_argument("--max-iter", type=int, default=50, help="Levenberg–Marquardt iterations at most")
-    ap.add_argument("--plot", default=None, help="folder for figures: measured vs fitted spectra, constants vs T")
+    ap.add_argument("--plot", default=None, help="folder for figures: measured vs fitted spectra, constants vs T, "
+                                                  "the fitted dispersions against the measured X and L phonons")
+    ap.add_argument("--save", default=None, help="write the table (constants, errors, losses, times) to this JSON")
     args = ap.parse_args()
     ds = al_arcs()
     valid = ds["valid"].values
@@ -138,6 +144,13 @@ def main():
                   f"{'≤' if loss <= nm['nm_loss'] * SIGMA**2 * (1 + 1e-9) else '>'} Nelder–Mead's); constants "
                   + ", ".join(f"{v:+.4f}" for v in nm["nm_x"][: model.n_free]), flush=True)
         rows.append(row)
+    if args.save:
+        import json
+
+        keep = ("T", "phi", "err", "loss", "time", "freq", "loss_one_phonon", "nm_loss", "nm_time", "nm_evals")
+        with open(args.save, "w", encoding="utf-8") as fh:
+            json.dump([{k: np.asarray(v).tolist() if k in ("phi", "err") else v for k, v in r.items() if k in keep}
+                       for r in rows], fh, indent=1, default=float)
     if args.plot:
         plot(rows, ds, model.names, args.plot)
     print("\nT (K) | " + " | ".join(model.names) + " | loss")
@@ -208,7 +221,42 @@ def plot(rows, ds, names, folder):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "al_arcs_constants.png", dpi=110)
-    print(f"figures in {out}/al_arcs_spectra.png, {out}/al_arcs_constants.png")
+    plot_dispersion(rows, names, out)
+    print(f"figures in {out}/al_arcs_spectra.png, al_arcs_constants.png, al_arcs_dispersion.png")
+
+
+def plot_dispersion(rows, names, out):
+    """The dispersion of each fit along the standard path, with the measured X and L frequencies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, r in enumerate(rows):
+        disp = xtds.dispersion(model, dict(zip(names, r["phi"], strict=True)))
+        x, y = disp["distance"].values, disp.values
+        for seg in np.split(np.arange(len(x)), np.nonzero(np.diff(x) == 0)[0] + 1):
+            lines = ax.plot(x[seg], y[seg], color=plt.cm.plasma(i / max(1, len(rows) - 1) * 0.85), lw=1.2)
+            if seg[0] == 0:
+                lines[0].set_label(f"{r['T']:.0f} K")
+    labels = list(disp["label"].values)
+    for name in ("X", "L"):
+        at = [x[j] for j, lab in enumerate(labels) if lab == name]
+        for xt in at:
+            ax.plot([xt, xt], [MEASURED_THZ[f"{name} T"], MEASURED_THZ[f"{name} L"]], "ks", ms=5,
+                    label="measured" if name == "X" and xt == at[0] else None)
+    ticks = [(x[j], lab) for j, lab in enumerate(labels) if lab]
+    for xt, _ in ticks:
+        ax.axvline(xt, color="0.8", lw=0.6)
+    ax.set_xticks([t for t, _ in ticks])
+    ax.set_xticklabels([lab for _, lab in ticks])
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylabel("frequency (THz)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "al_arcs_dispersion.png", dpi=110)
 
 
 if __name__ == "__main__":

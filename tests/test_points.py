@@ -143,3 +143,22 @@ def test_energy_background_and_a_joint_powder_and_dispersion_fit(model):
     with pytest.raises(ValueError, match="energy transfers"):
         Problem(DispersionPoints(model, q, [0] * len(q)), nu[:4], sigma=np.ones(4), loss="chi2",
                 background=Background(energy=1))
+
+
+def test_powder_xray_intensity_fits_jointly_with_dispersion_points(model):
+    """Powder X-ray I(|Q|) simulated from known constants (one-phonon model, scaled) between the
+    Bragg rings, fitted jointly with dispersion points from 10 % off: the constants to 1e-6."""
+    true = model.vector(TRUE)
+    qn = np.array([1.6, 2.0, 2.3, 3.4, 3.8, 4.7, 5.4, 5.9])
+    obs = PowderIntensity(model, qn, 300.0, order=16, method="one_phonon")
+    with torch.no_grad():
+        I = obs(true).numpy()
+    powder = Problem(obs, 2.0 * I, sigma=0.01 * I, loss="chi2", background=Background(constant=False), name="xray")
+    q = AL.rlu_to_cartesian(np.outer(np.linspace(0.3, 1.0, 3), [1, 1, 0]))
+    disp = DispersionPoints(model, np.repeat(q, 3, axis=0), np.tile([0, 1, 2], len(q)))
+    with torch.no_grad():
+        nu = disp(true).numpy()
+    phonons = Problem(disp, nu, sigma=np.full(len(nu), 0.05), loss="chi2", background=False, name="phonons")
+    res = fit_problems([powder, phonons], {k: 0.9 * v for k, v in TRUE.items()}, progress=False)
+    np.testing.assert_allclose(res["ifc"].sel(constant=list(model.names)).values, list(TRUE.values()), rtol=1e-6)
+    assert float(res["xray_scale"]) == pytest.approx(2.0, rel=1e-6)

@@ -11,11 +11,13 @@ value. A powder spectrum at fine energy resolution is sharp on the sphere (the b
 dispersion surface meets E), which a Lebedev rule resolves poorly (Al, 1.5 meV FWHM: 5–40 % off
 at order 131, measured); the default is therefore a Gauss–Legendre × azimuth product rule whose
 arc spacing is fixed on every sphere (0.07 Å⁻¹: 4e-4 of the peak at |Q| = 3.7 Å⁻¹, 1.6e-2 at
-5.8 Å⁻¹ with 160 polar nodes, measured). It costs thousands of evaluations per |Q|; binning the
-modes of a k-mesh over all Q = k + G (one eigen-decomposition per k) is the fast route for whole
-spectra, not built yet. The same machinery averages the coherent neutron S(Q, E)
-(:func:`powder_sqe`) and the X-ray TDS intensity of any single-crystal observable
-(:func:`powder_tds`: the energy-integrated I(|Q|) that total-scattering beamlines measure).
+5.8 Å⁻¹ with 160 polar nodes, measured). It costs thousands of evaluations per |Q|; whole spectra
+take the fast route of :func:`powder_sqe_mesh`, the modes of a k-mesh over all Q = k + G binned in
+|Q| (one eigen-decomposition per k, one point per orbit of the Laue group,
+:func:`powder_points`), which :class:`PowderSpectrum` fits. The same machinery averages the
+coherent neutron S(Q, E) (:func:`powder_sqe`) and the X-ray TDS intensity of any single-crystal
+observable (:func:`powder_tds`, and the observable :class:`xtds.model.points.PowderIntensity`:
+the energy-integrated I(|Q|) that total-scattering beamlines measure).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from xtds.laue import LaueGroup
 from xtds.model.spectral import BinnedSpectral
 
 __all__ = ["sphere_rule", "powder_average", "powder_sqe", "powder_sqe_mesh", "powder_tds", "PowderSpectrum",
-           "LEBEDEV_ORDERS", "DEFAULT_ORDER"]
+           "PowderPoints", "powder_points", "adaptive_mesh_widths", "LEBEDEV_ORDERS", "DEFAULT_ORDER", "ADAPTIVE"]
 
 #: Orders of the Lebedev rules scipy provides (degree of the spherical harmonics integrated exactly).
 LEBEDEV_ORDERS = (3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 35, 41, 47, 53, 59, 65, 71, 77, 83, 89,
@@ -208,7 +210,7 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     group maps onto itself (so that the grid has the full Laue symmetry and never meets Γ). S(Q, E)
     is the same on every image g·Q of a point, so only one point of each orbit is kept, weighted by
     the orbit's size: 1/48 of the work for a cubic crystal. A group that does not map the grid onto
-    itself (a non-standard setting) falls back to the inversion alone, or to no reduction.
+    itself (a non-standard setting) falls back to the inversion alone (``symmetry`` says which).
     """
     edges = np.asarray(q_edges, dtype=float)
     M = int(mesh)

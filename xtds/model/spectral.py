@@ -9,8 +9,8 @@ Daleckii–Krein formula
 
 (Γ_νν = f'(λ_ν); D = U diag(λ) Uᴴ), which is finite at degenerate levels where the eigenvectors are
 not unique. The functions here implement it as a backward (reverse mode: gradients of a loss) and
-as a jvp (forward mode: ``torch.func.jacfwd``, the Jacobian of a few force constants against
-thousands of pixels in one vectorized pass, which the Levenberg–Marquardt fits use). Their
+as a jvp (forward mode: ``torch.func.jacfwd`` gives the Jacobian of a few force constants against
+thousands of pixels in one vectorized pass). Their
 forward passes keep no eigen-decomposition: backward and jvp recompute it (it is cheap next to the
 projections). ``fn(λ)`` arguments are elementwise functions of the eigenvalues returning (..., m, E);
 their derivative is taken by forward-mode differentiation.
