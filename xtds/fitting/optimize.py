@@ -205,7 +205,8 @@ def levenberg_marquardt(
     # The iterations' forward-difference Jacobians (error O(h)) stop a little short of the optimum
     # (where Jᵀr = 0 for the true J): polish with Gauss–Newton steps on the central-difference
     # Jacobian (error O(h²)) while they lower the loss, at most POLISH_STEPS of them.
-    for _ in range(POLISH_STEPS):
+    polished = 0
+    while polished < POLISH_STEPS:
         step = np.linalg.lstsq(J, -r, rcond=None)[0]
         try:
             r_new = fun(x + step)
@@ -214,9 +215,11 @@ def levenberg_marquardt(
         f_new = float(r_new @ r_new)
         if not f_new < f:
             break
-        x, r, f, it = x + step, r_new, f_new, it + 1
-        history.append((it, f, time.perf_counter() - t0))
+        x, r, f, polished = x + step, r_new, f_new, polished + 1
+        history.append((it + polished, f, time.perf_counter() - t0))  # after the iterations, not counted in them
         J = jacobian(fun, x, h)
+    if polished:
+        message += f" (then {polished} Gauss–Newton polish step{'s' if polished > 1 else ''})"
     if checkpoint:
         checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history})
     return OptimizeResult(x, f, history, it, converged, message, resumed), J
