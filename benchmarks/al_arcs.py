@@ -231,30 +231,25 @@ def plot_dispersion(rows, names, out):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from xtds.plot import plot_dispersion as draw
 
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    handles = []
     for i, r in enumerate(rows):
+        color = plt.cm.plasma(i / max(1, len(rows) - 1) * 0.85)
         disp = xtds.dispersion(model, dict(zip(names, r["phi"], strict=True)))
-        x, y = disp["distance"].values, disp.values
-        for seg in np.split(np.arange(len(x)), np.nonzero(np.diff(x) == 0)[0] + 1):
-            lines = ax.plot(x[seg], y[seg], color=plt.cm.plasma(i / max(1, len(rows) - 1) * 0.85), lw=1.2)
-            if seg[0] == 0:
-                lines[0].set_label(f"{r['T']:.0f} K")
-    labels = list(disp["label"].values)
+        draw(disp, ax=ax, color=color, lw=1.2)
+        handles.append(Line2D([], [], color=color, label=f"{r['T']:.0f} K"))
+    x, labels = disp["distance"].values, list(disp["label"].values)
     for name in ("X", "L"):
-        at = [x[j] for j, lab in enumerate(labels) if lab == name]
-        for xt in at:
-            ax.plot([xt, xt], [MEASURED_THZ[f"{name} T"], MEASURED_THZ[f"{name} L"]], "ks", ms=5,
-                    label="measured" if name == "X" and xt == at[0] else None)
-    ticks = [(x[j], lab) for j, lab in enumerate(labels) if lab]
-    for xt, _ in ticks:
-        ax.axvline(xt, color="0.8", lw=0.6)
-    ax.set_xticks([t for t, _ in ticks])
-    ax.set_xticklabels([lab for _, lab in ticks])
-    ax.set_xlim(x[0], x[-1])
+        for xt in [x[j] for j, lab in enumerate(labels) if lab == name]:
+            ax.plot([xt, xt], [MEASURED_THZ[f"{name} T"], MEASURED_THZ[f"{name} L"]], "ks", ms=5)
+    handles.append(Line2D([], [], color="k", marker="s", ls="", label="measured"))
     ax.set_ylabel("frequency (THz)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "al_arcs_dispersion.png", dpi=110)
 

@@ -131,18 +131,26 @@ def test_energy_background_and_a_joint_powder_and_dispersion_fit(model):
     sig = np.full(len(data), 0.01 * np.abs(data).max())
     powder = Problem(obs, data, sigma=sig, loss="chi2", background=Background(energy=1), name="powder")
     assert powder.nuisance_names == ["log_scale", "background", "background_E1"]
-    q = AL.rlu_to_cartesian(np.outer(np.linspace(0.2, 1.0, 4), [1, 0, 0]))
-    disp = DispersionPoints(model, np.repeat(q, 3, axis=0), np.tile([0, 1, 2], len(q)))
-    with torch.no_grad():
-        nu = disp(true).numpy()
-    phonons = Problem(disp, nu, sigma=np.full(len(nu), 0.05), loss="chi2", background=False, name="phonons")
-    res = fit_problems([powder, phonons], {k: 0.9 * v for k, v in TRUE.items()}, progress=False)
-    np.testing.assert_allclose(res["ifc"].sel(constant=list(model.names)).values, list(TRUE.values()), rtol=1e-6)
+    res = _fit_with_phonons(model, powder, [1, 0, 0], 4)
     assert float(res["powder_background_E1"]) == pytest.approx(0.004, rel=1e-5)
     assert float(res["powder_scale"]) == pytest.approx(3.0, rel=1e-6)
+    q = AL.rlu_to_cartesian(np.eye(3))
     with pytest.raises(ValueError, match="energy transfers"):
-        Problem(DispersionPoints(model, q, [0] * len(q)), nu[:4], sigma=np.ones(4), loss="chi2",
+        Problem(DispersionPoints(model, q, [0, 0, 0]), np.ones(3), sigma=np.ones(3), loss="chi2",
                 background=Background(energy=1))
+
+
+def _fit_with_phonons(model, problem, direction, n):
+    """Fit ``problem`` jointly with noise-free frequencies of all branches at ``n`` wave vectors
+    along ``direction`` (r.l.u.) from 10 % off the truth; assert the constants to 1e-6."""
+    q = AL.rlu_to_cartesian(np.outer(np.linspace(0.2, 1.0, n), direction))
+    disp = DispersionPoints(model, np.repeat(q, 3, axis=0), np.tile([0, 1, 2], len(q)))
+    with torch.no_grad():
+        nu = disp(model.vector(TRUE)).numpy()
+    phonons = Problem(disp, nu, sigma=np.full(len(nu), 0.05), loss="chi2", background=False, name="phonons")
+    res = fit_problems([problem, phonons], {k: 0.9 * v for k, v in TRUE.items()}, progress=False)
+    np.testing.assert_allclose(res["ifc"].sel(constant=list(model.names)).values, list(TRUE.values()), rtol=1e-6)
+    return res
 
 
 def test_powder_xray_intensity_fits_jointly_with_dispersion_points(model):
@@ -154,11 +162,5 @@ def test_powder_xray_intensity_fits_jointly_with_dispersion_points(model):
     with torch.no_grad():
         I = obs(true).numpy()
     powder = Problem(obs, 2.0 * I, sigma=0.01 * I, loss="chi2", background=Background(constant=False), name="xray")
-    q = AL.rlu_to_cartesian(np.outer(np.linspace(0.3, 1.0, 3), [1, 1, 0]))
-    disp = DispersionPoints(model, np.repeat(q, 3, axis=0), np.tile([0, 1, 2], len(q)))
-    with torch.no_grad():
-        nu = disp(true).numpy()
-    phonons = Problem(disp, nu, sigma=np.full(len(nu), 0.05), loss="chi2", background=False, name="phonons")
-    res = fit_problems([powder, phonons], {k: 0.9 * v for k, v in TRUE.items()}, progress=False)
-    np.testing.assert_allclose(res["ifc"].sel(constant=list(model.names)).values, list(TRUE.values()), rtol=1e-6)
+    res = _fit_with_phonons(model, powder, [1, 1, 0], 3)
     assert float(res["xray_scale"]) == pytest.approx(2.0, rel=1e-6)
