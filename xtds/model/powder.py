@@ -287,9 +287,11 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     :func:`powder_points` (``mesh`` steps per reciprocal axis of ``model.crystal``, reduced by the
     Laue group; pass ``points`` to reuse them). Each mode is broadened, besides the resolution, by
     the spread of its energy over its mesh cell (adaptive broadening), which makes a coarse mesh
-    converge: ``widths`` a number a (σ = a × step × |∇ε| at ``phi``, :func:`adaptive_mesh_widths`),
-    an array (K, 3n) of σ in meV made once by :func:`adaptive_mesh_widths` at reference constants
-    (a fit keeps them fixed, so that the model is exactly differentiable), or None/0 (none).
+    converge: ``widths`` a number a (σ = a × step × |∇ε| at ``phi``, :func:`adaptive_mesh_widths`;
+    derivatives then hold these widths fixed, so they are not those of finite differences), an
+    array (K, 3n) of σ in meV made once by :func:`adaptive_mesh_widths` at reference constants (for
+    gradients: the model is then one exactly differentiable function of φ, as
+    :class:`PowderSpectrum` uses it), or None/0 (none).
     Resolution, ``dw`` and the rest as
     :func:`xtds.model.neutron.coherent_sqe`; differentiable in ``phi`` (forward and reverse mode)."""
     from xtds import dynamics
