@@ -151,7 +151,7 @@ class PowderIntensity:
         q = (self.qnorm[:, None, None] * dirs[None]).reshape(-1, 3)
         geometry = InfiniteCrystal() if geometry is None else geometry
         self._tds = TDSIntensity(model, q, temperature, method=method, geometry=geometry, **tds_options)
-        self._w = torch.as_tensor(np.tile(w, len(self.qnorm)), dtype=self._tds.dtype)
+        self._w = torch.as_tensor(w, dtype=self._tds.dtype)  # the rule's weights, the same on every sphere
         self.dtype, self.device = self._tds.dtype, self._tds.device
 
     def __len__(self) -> int:
@@ -159,7 +159,7 @@ class PowderIntensity:
 
     def __call__(self, phi: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         I = self._tds.mean(phi).reshape(len(self.qnorm), self.n_directions)
-        return I @ self._w[: self.n_directions].to(I)
+        return I @ self._w.to(I)
 
     def mean(self, phi: torch.Tensor) -> torch.Tensor:
         return self(phi)

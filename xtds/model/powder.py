@@ -251,7 +251,7 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     k = kuniq @ Bp
     # one k of each orbit: where dynamical stability must hold (the eigenvalues are the same on an orbit)
     tk = np.rint(k @ np.linalg.inv(B) * 2 * M).astype(np.int64)
-    own_k, canon_k, _ = LaueGroup(group.name, R).orbit_keys(tk)
+    _, canon_k, _ = LaueGroup(group.name, R).orbit_keys(tk)
     _, first = np.unique(canon_k, return_index=True)
     return PowderPoints(q=q, weight=weight, k=k, kidx=kidx.reshape(-1), g=gf @ Bp, bins=bins,
                         n_bins=len(edges) - 1, volume=volume, n_full=n_full,
