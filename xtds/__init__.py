@@ -8,7 +8,18 @@ from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 from xtds._version import __version__
 from xtds.crystal import PRESETS, Crystal
 from xtds.errors import UnstableError
-from xtds.fitting import LM, Adam, Background, Problem, diagnostics, fit, fit_points, fit_problems, open_fit
+from xtds.fitting import (
+    LM,
+    Adam,
+    Background,
+    Problem,
+    diagnostics,
+    fit,
+    fit_points,
+    fit_problems,
+    fit_series,
+    open_fit,
+)
 from xtds.ifc import IFCInfo, IFCModel
 from xtds.io import open_volume, write_volume
 from xtds.kpath import KPath, standard_path
@@ -46,6 +57,7 @@ __all__ = [
     "simulate",
     "fit",
     "fit_points",
+    "fit_series",
     "fit_problems",
     "open_fit",
     "Problem",

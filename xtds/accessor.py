@@ -53,5 +53,6 @@ class TDSAccessor:
     as_backend = _on_dataset(_vol.as_backend)
     to_file = _on_dataset(io.write_volume)
     fit = _on_dataset(fitting.fit)
+    fit_series = _on_dataset(fitting.fit_series)
     simulate = _on_dataset(model.simulate)
     plot_slice = _on_dataset(plot.plot_slices)

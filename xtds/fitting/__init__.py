@@ -11,6 +11,20 @@ from xtds.fitting.diagnostics import diagnostics
 from xtds.fitting.optimize import LM, Adam
 from xtds.fitting.problem import Problem
 from xtds.fitting.result import FitResult, open_fit
+from xtds.fitting.series import fit_series
 
-__all__ = ["fit", "fit_points", "fit_problems", "points_problem", "Problem", "Objective", "LM", "Adam", "open_fit",
-           "FitResult", "Background", "diagnostics"]
+__all__ = [
+    "fit",
+    "fit_series",
+    "fit_points",
+    "fit_problems",
+    "points_problem",
+    "Problem",
+    "Objective",
+    "LM",
+    "Adam",
+    "open_fit",
+    "FitResult",
+    "Background",
+    "diagnostics",
+]

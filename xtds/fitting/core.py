@@ -160,6 +160,43 @@ class Objective:
         with torch.no_grad():
             return torch.cat([p.residuals(phi, nu) for p, nu in zip(self.problems, nus, strict=True)]).cpu().numpy()
 
+    def value_and_jacobian(self, x, check_stable: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The stacked residuals (R,) and their exact Jacobian (R, n) at ``x`` (numpy).
+
+        The observables are differentiated in forward mode (``torch.func.jacfwd``) in the force
+        constants only, one batch of n_free tangents through the forward model; the scale and
+        background act after the observable, so their columns (and the chain rule through them)
+        cost next to nothing. Raises what the model's forward-mode derivatives raise where an
+        operation has none (:class:`LM` then falls back to finite differences)."""
+        phi, nus = self.split(x)
+        if check_stable:
+            self.check_stable(phi)
+
+        def values(p_):
+            out = tuple(p.observable.mean(p_) for p in self.problems)
+            return out, tuple(o.detach() for o in out)
+
+        dI, I = torch.func.jacfwd(values, has_aux=True)(phi)  # each (P_i, n_free)
+        rows, jac = [], []
+        for p, nu, Ii, Ji in zip(self.problems, nus, I, dI, strict=True):
+            r_phi = torch.func.vmap(lambda t, p=p, nu=nu, Ii=Ii: torch.func.jvp(lambda v: p.residuals_of(v, nu), (Ii,),
+                                                                               (t,))[1], in_dims=1, out_dims=1)(Ji)
+            cols = [r_phi]
+            if p.n_nuisance:
+                cols.append(torch.func.jacfwd(lambda v, p=p, Ii=Ii: p.residuals_of(Ii, v))(nu))
+            rows.append(p.residuals_of(Ii, nu))
+            jac.append(cols)
+        n_total = self.n_free + sum(p.n_nuisance for p in self.problems)
+        J = torch.zeros((sum(len(r) for r in rows), n_total), dtype=rows[0].dtype, device=rows[0].device)
+        start, col = 0, self.n_free
+        for r, cols, p in zip(rows, jac, self.problems, strict=True):
+            J[start : start + len(r), : self.n_free] = cols[0]
+            if p.n_nuisance:
+                J[start : start + len(r), col : col + p.n_nuisance] = cols[1]
+                col += p.n_nuisance
+            start += len(r)
+        return torch.cat(rows).detach().cpu().numpy(), J.detach().cpu().numpy()
+
     def loss(self, x: torch.Tensor, epoch: int, penalty: float = 1.0) -> torch.Tensor:
         """The stochastic loss Σ‖ρ‖² of one epoch; the eigenvalue penalty alone while it acts (Eq. 12–13)."""
         phi, nus = self.split(x)

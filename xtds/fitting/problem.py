@@ -218,6 +218,10 @@ class Problem:
                 object.__setattr__(self, "_memo", (key, I))
         else:
             I = self.observable.mean(phi) if epoch is None else self.observable(phi, epoch)
+        return self.residuals_of(I, nu)
+
+    def residuals_of(self, I: torch.Tensor, nu) -> torch.Tensor:
+        """ρ (P,) from the observable's values ``I`` (P,) and the nuisance parameters ``nu``."""
         return residuals(self._model(I, nu), self._target, self._weight, self.loss, self._bg is not None, self._sigma)
 
     def noise_residuals(self, phi: torch.Tensor, nu, draws: int, seed: int) -> np.ndarray:

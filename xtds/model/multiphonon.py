@@ -35,21 +35,26 @@ __all__ = ["self_spectral_function", "multiphonon_sqe"]
 
 
 def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum):
-    """T_s on one Γ-centred mesh (Γ's zero modes left out): (n, G)."""
+    """T_s on one Γ-centred mesh (Γ's zero modes left out): (n, G), from one k of each orbit of the
+    mesh (:mod:`xtds.model.kmesh`: T_s is a scalar per atom, so the orbit sums need only the
+    exchange of atoms)."""
+    from xtds.model.kmesh import irreducible_mesh
     from xtds.model.spectral import BinnedSpectral
 
     P = model.primitive
     n = P.n_atoms
-    k = P.k_grid(tuple(int(m) for m in mesh)).reshape(-1, 3)
+    irr = irreducible_mesh(P, tuple(int(m) for m in mesh))
+    k = irr.k
     D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(k, dtype=phi.dtype, device=phi.device))
     m3 = 3 * n
     inv_sqrt_m = dynamics.inverse_sqrt_mass(model, phi.dtype, phi.device)
     eye = torch.diag(inv_sqrt_m).to(D.dtype)  # rows: unit vectors e_sα / √m_s
-    V = eye.repeat(len(k), 1)  # (K·3n, 3n)
+    root_w = torch.as_tensor(np.sqrt(irr.weight), dtype=phi.dtype, device=phi.device).to(D.dtype)
+    V = (root_w[:, None, None] * eye[None]).reshape(len(k) * m3, m3)  # (K·3n, 3n), |c|² × the orbit's size
     kidx = torch.arange(len(k), device=phi.device).repeat_interleave(m3)
     bidx = torch.arange(n, device=phi.device).repeat_interleave(3).repeat(len(k))
     f_of = mode_weight(grid, temperature, 2 * math.sqrt(2 * math.log(2)) * sigma, quantum=quantum)
-    return BinnedSpectral.apply(D, V, kidx, bidx, n, f_of, None) / (3 * len(k))
+    return irr.symmetrize(BinnedSpectral.apply(D, V, kidx, bidx, n, f_of, None)) / (3 * irr.n_total)
 
 
 def self_spectral_function(model, phi, temperature: float, mesh=16, step: float = 0.1, smearing: float = 0.3,

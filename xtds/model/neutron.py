@@ -29,6 +29,7 @@ from xtds import dynamics
 from xtds.errors import UnstableError, check_temperature
 from xtds.ifc import IFCModel
 from xtds.model.covariance import _HBAR_OMEGA_UNIT, covariance_k
+from xtds.model.kmesh import irreducible_mesh
 from xtds.model.spectral import SpectralSum
 from xtds.units import KB_EV_PER_K
 
@@ -75,9 +76,12 @@ def debye_waller(model: IFCModel, phi: torch.Tensor, temperature: float, mesh=16
     P = model.primitive
     n = P.n_atoms
 
-    def mean_over(k):
+    def mean_over(k, weight=None):
         C = covariance_k(model, phi, k, temperature, quantum=quantum, cell=P)
-        return torch.stack([C[:, 3 * s : 3 * s + 3, 3 * s : 3 * s + 3].real.mean(0) for s in range(n)])
+        blocks = torch.stack([C[:, 3 * s : 3 * s + 3, 3 * s : 3 * s + 3].real for s in range(n)], 1)  # (K, n, 3, 3)
+        if weight is None:
+            return blocks.mean(0)
+        return torch.einsum("k,ksab->sab", torch.as_tensor(weight, dtype=blocks.dtype, device=blocks.device), blocks)
 
     if kpoints is not None:
         return mean_over(np.asarray(kpoints, dtype=float).reshape(-1, 3))
@@ -85,7 +89,12 @@ def debye_waller(model: IFCModel, phi: torch.Tensor, temperature: float, mesh=16
     if np.any(M % 4) or np.any(M < 8):
         raise ValueError(f"mesh must be multiples of 4, at least 8 (got {tuple(M)}): the Debye–Waller factor is "
                          "extrapolated from the sub-meshes M/2 and M/4")
-    return richardson(*(mean_over(P.k_grid(tuple(M // h)).reshape(-1, 3)) for h in (1, 2, 4)))
+
+    def mesh_mean(shape):  # over the orbits of the mesh only (xtds.model.kmesh)
+        irr = irreducible_mesh(P, shape)
+        return irr.symmetrize(mean_over(irr.k, irr.weight / irr.n_total))
+
+    return richardson(*(mesh_mean(tuple(M // h)) for h in (1, 2, 4)))
 
 
 def as_resolution(resolution) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -144,12 +153,18 @@ def mode_weight(energies: torch.Tensor, temperature: float, resolution, quantum:
     # belong to another level of a torch.func transform (jacfwd of a fit)
     grid = energies.detach().cpu().numpy().copy() if isinstance(energies, torch.Tensor) else np.array(energies, float)
 
-    def f_of(lam, extra=None):
+    to_sigma = 1 / (2 * np.sqrt(2 * np.log(2)))
+
+    def parts(lam, extra):
         energies = torch.as_tensor(grid, dtype=lam.dtype, device=lam.device)
         eps = unit * torch.sqrt(lam.clamp(min=0))
         live = eps > MIN_ENERGY
         e = torch.where(live, eps, torch.ones_like(eps))[..., None]
-        sig = fwhm(e) / (2 * np.sqrt(2 * np.log(2)))
+        return energies, live, e
+
+    def f_of(lam, extra=None):
+        energies, live, e = parts(lam, extra)
+        sig = fwhm(e) * to_sigma
         if extra is not None:  # a mesh's adaptive broadening (σ per mode, meV), in quadrature
             sig = torch.sqrt(sig**2 + extra[..., None] ** 2)
         norm = sig * np.sqrt(2 * np.pi)
@@ -159,6 +174,38 @@ def mode_weight(energies: torch.Tensor, temperature: float, resolution, quantum:
                                           + nb * torch.exp(-0.5 * ((energies + e) / sig) ** 2)) / norm
         return torch.where(live[..., None], val, torch.zeros_like(val))
 
+    def with_derivative(lam, extra=None):
+        """(f, ∂f/∂λ), both (..., m, E): the derivative written out (the energy, the occupation, the
+        width's dependence on the energy through the resolution, and the Gaussians), a third of the
+        cost of forward-mode differentiation of ``f_of``."""
+        energies, live, e = parts(lam, extra)
+        fw, dfw = torch.func.jvp(fwhm, (e,), (torch.ones_like(e),))  # FWHM(ε) and dFWHM/dε
+        s0, ds0 = fw * to_sigma, dfw * to_sigma
+        if extra is not None:
+            sig = torch.sqrt(s0**2 + extra[..., None] ** 2)
+            dsig = s0 * ds0 / sig
+        else:
+            sig, dsig = s0, ds0
+        if quantum:
+            nb = 1.0 / torch.expm1(e / kT)
+            dnb = -nb * (nb + 1) / kT
+            up, dup = nb + 1, dnb
+        else:
+            nb, dnb = kT / e, -kT / e**2
+            up, dup = nb, dnb
+        pre = HBAR2_OVER_AMU / (2 * e) / (sig * np.sqrt(2 * np.pi))  # includes the Gaussians' 1/(σ√2π)
+        dpre = -pre / e - pre * dsig / sig
+        u, v = (energies - e) / sig, (energies + e) / sig
+        gs, ga = torch.exp(-0.5 * u**2), torch.exp(-0.5 * v**2)  # Stokes (E = +ε), anti-Stokes (E = −ε)
+        dgs = gs * (u / sig + u**2 * dsig / sig)
+        dga = ga * (-v / sig + v**2 * dsig / sig)
+        val = pre * (up * gs + nb * ga)
+        dval = dpre * (up * gs + nb * ga) + pre * (dup * gs + up * dgs + dnb * ga + nb * dga)
+        zero = torch.zeros_like(val)
+        de_dlam = unit**2 / (2 * e)  # ε = unit √λ
+        return torch.where(live[..., None], val, zero), torch.where(live[..., None], dval * de_dlam, zero)
+
+    f_of.with_derivative = with_derivative
     return f_of
 
 

@@ -39,7 +39,24 @@ def divided_differences(lam: torch.Tensor, f: torch.Tensor, fp: torch.Tensor) ->
 
 
 def _f_and_fp(fn, lam):
+    """f(λ) and f′(λ) (elementwise): by the function's own ``with_derivative`` where it has one,
+    else by forward-mode differentiation."""
+    both = getattr(fn, "with_derivative", None)
+    if both is not None:
+        return both(lam)
     return torch.func.jvp(fn, (lam,), (torch.ones_like(lam),))
+
+
+class _Bound:
+    """A mode function with its per-mode widths bound: ``fn(λ, σ)`` as a function of λ alone."""
+
+    def __init__(self, fn, sigma):
+        self.fn, self.sigma = fn, sigma
+        if hasattr(fn, "with_derivative"):
+            self.with_derivative = lambda lam: fn.with_derivative(lam, sigma)
+
+    def __call__(self, lam):
+        return self.fn(lam, self.sigma)
 
 
 #: ħ√λ in meV for λ in eV/(Å² amu) (as xtds.model.covariance).
@@ -80,16 +97,16 @@ class BinnedSpectral(torch.autograd.Function):
     def _modes(D, sigma, fn):
         """λ, U and the mode function with the widths bound (a function of λ alone)."""
         lam, U = torch.linalg.eigh(D)
-        return lam, U, (fn if sigma is None else lambda x: fn(x, sigma))
+        return lam, U, (fn if sigma is None else _Bound(fn, sigma))
 
     @staticmethod
     def forward(D, V, kidx, bidx, n_bins, fn, sigma):
         lam, U, f_of = BinnedSpectral._modes(D, sigma, fn)
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
         K, m = lam.shape
-        A = torch.zeros((K * n_bins, m), dtype=lam.dtype, device=lam.device)
-        A = A.index_add(0, kidx * n_bins + bidx, c.abs() ** 2)
-        return A.reshape(K, n_bins, m).transpose(0, 1).reshape(n_bins, K * m) @ f_of(lam).reshape(K * m, -1)
+        A = torch.zeros((n_bins * K, m), dtype=lam.dtype, device=lam.device)
+        A = A.index_add(0, bidx * K + kidx, c.abs() ** 2)
+        return A.reshape(n_bins, K * m) @ f_of(lam).reshape(K * m, -1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -122,38 +139,40 @@ class BinnedSpectral(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, dD, dV, *_):
+        # Σ_νμ Y_νμ Γ_νμ with Y symmetric splits into per-mode coefficients of f and f′:
+        # Σ_ν [g_ν f(λ_ν) + a_ν f′(λ_ν)], g_ν = 2 Σ_{μ apart} Y_νμ/(λ_ν − λ_μ) (the eigenvectors'
+        # turn), a_ν = Σ_{μ level with ν} Y_νμ (the level's shift, degenerate partners included);
+        # both are binned like the forward's |c|² and contracted with f and f′ in one GEMM, so a
+        # batch of tangents (jacfwd) costs a few GEMMs more than the forward, not a pass per tangent.
         D, V, kidx, bidx, lam, U, f_of = BinnedSpectral._saved(ctx)
         nb = ctx.n_bins
         K, m = lam.shape
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
         f, fp = _f_and_fp(f_of, lam)
-        slot = kidx * nb + bidx
-        out = None
+        slot = bidx * K + kidx
+        g = torch.zeros(c.shape, dtype=lam.dtype, device=lam.device)
+        a = None
         if dD is not None:
-            gamma = divided_differences(lam, f, fp)  # (K, m, m, E)
+            dl = lam[:, :, None] - lam[:, None, :]  # (K, m, m)
+            scale = lam.abs().amax(-1, keepdim=True).clamp(min=1e-30)[..., None]
+            close = dl.abs() <= 1e-9 * scale
+            inv = torch.where(close, torch.zeros_like(dl), 1.0 / torch.where(close, torch.ones_like(dl), dl))
             dDt = U.mH @ dD @ U  # (K, m, m) [ν, μ]
-            if len(kidx) < K * nb:  # few vectors per (k, bin) (a symmetry-reduced powder): point by point
-                out = torch.zeros((nb, f.shape[-1]), dtype=lam.dtype, device=lam.device)
-                step = max(1, (1 << 22) // (m * m * f.shape[-1]))  # bounds the (points, m, m, E) block
-                for lo in range(0, len(kidx), step):
-                    ki, cc = kidx[lo : lo + step], c[lo : lo + step]
-                    Y = (dDt[ki] * (cc.conj()[:, :, None] * cc[:, None, :])).real  # dD̃_νμ c_μ c_ν*
-                    Z = torch.einsum("pnm,pnme->pe", Y, gamma[ki])
-                    out = out.index_add(0, bidx[lo : lo + step], Z)
-            else:  # many: sum the projections per (k, bin) first, then one GEMM
-                Pt = torch.zeros((K * nb, m, m), dtype=c.dtype, device=c.device)
-                Pt = Pt.index_add(0, slot, c[:, :, None] * c.conj()[:, None, :]).reshape(K, nb, m, m)  # [μ, ν]
-                Y = (dDt[:, None] * Pt.transpose(-1, -2)).real  # (K, B, m, m)
-                out = Y.transpose(0, 1).reshape(nb, K * m * m) @ gamma.reshape(K * m * m, -1)
+            Y = (dDt[kidx] * (c.conj()[:, :, None] * c[:, None, :])).real  # dD̃_νμ c_μ c_ν*, symmetric
+            g = g + 2 * (Y * inv[kidx]).sum(-1)
+            a = (Y * close[kidx].to(Y.dtype)).sum(-1)
         if dV is not None:
             dc = torch.einsum("pij,pi->pj", U[kidx].conj(), dV)
-            A = torch.zeros((K * nb, m), dtype=lam.dtype, device=lam.device)
-            A = A.index_add(0, slot, 2 * (c.conj() * dc).real)
-            term = A.reshape(K, nb, m).transpose(0, 1).reshape(nb, K * m) @ f.reshape(K * m, -1)
-            out = term if out is None else out + term
-        if out is None:
-            out = torch.zeros((nb, f.shape[-1]), dtype=lam.dtype, device=lam.device)
-        return out
+            g = g + 2 * (c.conj() * dc).real
+
+        E = f.shape[-1]
+        if a is None:
+            coef, F = g, f
+        else:  # f and f′ side by side: one scatter and one GEMM
+            coef, F = torch.cat([g, a], -1), torch.cat([f, fp], -2)
+        w = coef.shape[-1]
+        binned = torch.zeros((nb * K, w), dtype=lam.dtype, device=lam.device).index_add(0, slot, coef)
+        return binned.reshape(nb, K * w) @ F.reshape(K * w, E)
 
 
 class SpectralSum(torch.autograd.Function):

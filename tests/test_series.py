@@ -1,0 +1,99 @@
+"""Series of volumes (xtds.fit_series): one fit per volume as tasks, failures named, results in a
+zarr store as they finish, a rerun fitting only what is missing."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import xtds
+from xtds.datasets import paper_ni_ifcs, paper_ni_volume
+
+NI = xtds.Crystal.preset("Ni")
+START = {k: v for k, v in paper_ni_ifcs("starting").items() if k in ("b0", "b1", "b2", "c0", "c1")}
+FIT = {"shells": 2, "initial": START, "optimizer": xtds.LM(max_iter=3)}
+
+
+@pytest.fixture(scope="module")
+def series_files(tmp_path_factory):
+    """Three small synthetic Ni volumes at 200, 300, 400 K as NeXus files."""
+    folder = tmp_path_factory.mktemp("series")
+    paths = []
+    for T in (200.0, 300.0, 400.0):
+        ds = paper_ni_volume(n_max=4, temperature=T)
+        paths.append(xtds.write_volume(ds, str(folder / f"ni_{T:.0f}K.nxs")))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def sequential(series_files):
+    return xtds.fit_series(series_files, NI, client="sequential", progress=False, **FIT)
+
+
+def test_each_member_equals_its_own_fit(series_files, sequential):
+    """Sequential and threaded runs give, member by member, the constants of xtds.fit on that
+    file, at each file's own temperature (the coordinate)."""
+    seq = sequential
+    thr = xtds.fit_series(series_files, NI, client="threads", progress=False, **FIT)
+    assert list(seq["temperature"].values) == [200.0, 300.0, 400.0]
+    alone = xtds.fit(xtds.open_volume(series_files[1]), NI, progress=False, **FIT)
+    np.testing.assert_allclose(seq["ifc"].isel(temperature=1).values, alone["ifc"].values, rtol=1e-12)
+    np.testing.assert_allclose(thr["ifc"].values, seq["ifc"].values, rtol=1e-12)
+    assert seq.attrs["scheduler"] == "sequential" and json.loads(seq.attrs["failed"]) == {}
+    assert seq["ifc_stderr"].dims == ("temperature", "constant") and seq["volume"].values[1] == series_files[1]
+    assert not np.allclose(seq["ifc"].isel(temperature=0), seq["ifc"].isel(temperature=2))
+
+
+def test_a_corrupt_file_is_named_and_the_others_finish(series_files, tmp_path):
+    bad = tmp_path / "ni_250K.nxs"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"not a NeXus file" * 10)
+    files = [series_files[0], str(bad), series_files[2]]
+    res = xtds.fit_series(files, NI, client="threads", progress=False, coords=[200.0, 250.0, 400.0], **FIT)
+    failed = json.loads(res.attrs["failed"])
+    assert list(failed) == [str(bad)] and failed[str(bad)]
+    assert list(res["temperature"].values) == [200.0, 400.0]
+    with pytest.raises(RuntimeError, match="no volume of the series could be fitted"):
+        xtds.fit_series([str(bad)], NI, client="sequential", progress=False, **FIT)
+
+
+def test_a_rerun_fits_only_what_the_store_lacks(series_files, sequential, tmp_path):
+    """A store with all three finished: a rerun loads them (no fit); with one entry gone (a run
+    killed before it finished) or unfinished (killed while writing), only that one is refitted;
+    other settings refit."""
+    store = str(tmp_path / "series.zarr")
+    first = xtds.fit_series(series_files, NI, client="sequential", store=store, progress=False, **FIT)
+    assert first.attrs["n_fitted"] == 3 and not first["from_store"].any()
+    xr.testing.assert_allclose(first["ifc"], sequential["ifc"], rtol=1e-14)
+    again = xtds.fit_series(series_files, NI, client="sequential", store=store, progress=False, **FIT)
+    assert again.attrs["n_fitted"] == 0 and again["from_store"].all()
+    xr.testing.assert_allclose(again["ifc"], first["ifc"], rtol=1e-14)
+    g = zarr.open_group(store, mode="r+")
+    del g["v00001"]  # killed before the second finished
+    zarr.open_group(store, mode="r+", path="v00002").attrs["series_complete"] = False  # killed while writing
+    third = xtds.fit_series(series_files, NI, client="sequential", store=store, progress=False, **FIT)
+    assert third.attrs["n_fitted"] == 2 and list(third["from_store"].values) == [True, False, False]
+    xr.testing.assert_allclose(third["ifc"], first["ifc"], rtol=1e-12)
+    other = xtds.fit_series(series_files[:1], NI, client="sequential", store=store, progress=False,
+                            **{**FIT, "optimizer": xtds.LM(max_iter=2)})
+    assert other.attrs["n_fitted"] == 1
+
+
+def test_a_dataset_with_a_series_dimension(series_files, sequential):
+    """ds.tds.fit_series(dim=...) splits along the dimension, each member at its coordinate."""
+    members = [xtds.open_volume(p).load() for p in series_files[:2]]
+    stacked = xr.concat(members, dim="temperature").assign_coords(temperature=[200.0, 300.0])
+    res = stacked.tds.fit_series(NI, dim="temperature", client="sequential", progress=False, **FIT)
+    np.testing.assert_allclose(res["ifc"].values, sequential["ifc"].values[:2], rtol=1e-12)
+    with pytest.raises(ValueError, match="no series dimension 'pressure'"):
+        stacked.tds.fit_series(NI, dim="pressure", client="sequential", progress=False, **FIT)
+
+
+def test_on_a_local_cluster(series_files, sequential):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        res = xtds.fit_series(series_files, NI, client=client, progress=False, **FIT)
+    assert res.attrs["scheduler"] == "distributed"
+    np.testing.assert_allclose(res["ifc"].values, sequential["ifc"].values, rtol=1e-12)

@@ -1,0 +1,329 @@
+"""A series of volumes (temperatures, pressures, samples), one fit each, as parallel tasks.
+
+:func:`fit_series` runs :func:`xtds.fitting.core.fit` once per volume as independent tasks: on a
+``dask.distributed`` cluster (a ``LocalCluster`` of worker processes by default when
+``distributed`` is installed, or any scheduler address or ``Client``), or on threads in this
+process (``client="threads"``, the default without ``distributed``), or one after the other
+(``client="sequential"``). What runs where:
+
+- a worker opens its volume itself (a path is sent, not the data), prepares and fits it, and
+  sends back the fit's result, a small Dataset (constants, errors, dispersion, the fit's
+  diagnostics);
+- this process collects the results as they finish and appends each to the zarr ``store`` at
+  once (one group per volume): files are written by one process only, so nothing is written
+  under a worker;
+- a volume whose fit raises (an unreadable or corrupt file, unstable constants, …) is reported
+  by name with its error and the others complete;
+- a rerun with the same ``store`` and settings loads the finished volumes from it and fits only
+  the missing ones (a killed run loses only the fits that were in flight).
+
+The results are concatenated along the series dimension (``dim``, coordinate ``coords``) with
+provenance: which volume each entry came from, whether it was fitted now or loaded from the
+store, and the failures (``attrs["failed"]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger("xtds.fitting")
+
+__all__ = ["fit_series", "SERIES_VARIABLES"]
+
+#: The per-volume variables kept in the concatenated result (those a fit of any volume has, on
+#: dimensions every fit shares); the full result of each volume stays in the store.
+SERIES_VARIABLES = ("ifc", "ifc_stderr", "ifc_cov", "dispersion", "dispersion_stderr", "elastic_constants",
+                    "elastic_constants_stderr")
+
+
+def _name_of(volume, i: int) -> str:
+    if isinstance(volume, str | os.PathLike):
+        return os.fspath(volume)
+    src = getattr(volume, "attrs", {}).get("source")
+    return f"volume {i}" + (f" ({src})" if src else "")
+
+
+def _identity(volume) -> str:
+    """What makes a finished entry reusable: the file (path, size, modification time) or, for an
+    in-memory Dataset, its sizes and attributes."""
+    if isinstance(volume, str | os.PathLike):
+        path = os.fspath(volume)
+        try:
+            st = os.stat(path)
+            return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        except OSError:
+            return os.path.abspath(path)
+    return json.dumps({"sizes": dict(volume.sizes), "attrs": {k: str(v) for k, v in volume.attrs.items()}},
+                      sort_keys=True)
+
+
+def _attr_of(volume, name: str):
+    """``attrs[name]`` of a Dataset, or of a file's metadata (opened lazily; None if unreadable)."""
+    if isinstance(volume, str | os.PathLike):
+        from xtds.io import open_volume
+
+        try:
+            volume = open_volume(volume)
+        except Exception:  # noqa: BLE001 - the task reports the file's error
+            return None
+    v = volume.attrs.get(name)
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _fit_one(volume, crystal, kwargs):
+    """The task: open (if a path), fit, return the result Dataset, loaded (small)."""
+    from xtds.fitting.core import fit
+    from xtds.io import open_volume
+
+    ds = open_volume(volume) if isinstance(volume, str | os.PathLike) else volume
+    res = fit(ds, crystal, progress=False, **kwargs)
+    return res.load()
+
+
+def _json_attrs(ds: xr.Dataset) -> xr.Dataset:
+    """A copy whose attributes zarr can store (numbers, strings, lists; the rest as JSON text)."""
+    out = ds.copy()
+
+    def clean(attrs):
+        keep = {}
+        for k, v in attrs.items():
+            if isinstance(v, np.generic):
+                v = v.item()
+            if isinstance(v, str | int | float | bool) or v is None:
+                keep[k] = v
+            elif isinstance(v, list | tuple) and all(isinstance(x, str | int | float | bool) for x in v):
+                keep[k] = list(v)
+            else:
+                keep[k] = json.dumps(v, default=str)
+        return keep
+
+    out.attrs = clean(out.attrs)
+    for name in out.variables:
+        out[name].attrs = clean(out[name].attrs)
+    return out
+
+
+class _Store:
+    """The zarr store of a series: one group per volume (``v<index>``), written when its fit ends."""
+
+    def __init__(self, path, fingerprint: str):
+        self.path, self.fingerprint = os.fspath(path), fingerprint
+
+    def group(self, i: int) -> str:
+        return f"v{i:05d}"
+
+    def load(self, i: int, identity: str) -> xr.Dataset | None:
+        """The finished result of volume ``i``, if the store holds one for these settings and this
+        volume; None otherwise."""
+        import zarr
+
+        try:
+            g = zarr.open_group(self.path, mode="r", path=self.group(i))
+        except Exception:  # noqa: BLE001 - no such group (yet): not finished
+            return None
+        attrs = dict(g.attrs)
+        if attrs.get("series_fingerprint") != self.fingerprint or attrs.get("series_identity") != identity:
+            return None
+        if not attrs.get("series_complete"):
+            return None
+        return xr.open_zarr(self.path, group=self.group(i)).load()
+
+    def save(self, i: int, identity: str, res: xr.Dataset) -> None:
+        import warnings
+
+        import zarr
+
+        ds = _json_attrs(res)
+        ds.attrs.update(series_fingerprint=self.fingerprint, series_identity=identity, series_complete=False)
+        with warnings.catch_warnings():  # zarr 3 on fixed-length strings (the constants' names): read back fine
+            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+            ds.to_zarr(self.path, group=self.group(i), mode="w")
+        # marked complete last: a run killed while writing leaves an entry the next run refits
+        zarr.open_group(self.path, mode="r+", path=self.group(i)).attrs["series_complete"] = True
+
+
+def _client_of(client, n_tasks: int):
+    """(executor kind, client or None, owned): ``client`` None → a LocalCluster when distributed is
+    installed, else threads; "threads"/"sequential"; an address; or a Client."""
+    if client in ("threads", "sequential"):
+        return client, None, None
+    if client is None:
+        try:
+            import distributed
+        except ImportError:
+            return "threads", None, None
+        n = max(1, min(n_tasks, os.cpu_count() or 1))
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        return "distributed", distributed.Client(cluster), cluster
+    if isinstance(client, str):
+        import distributed
+
+        return "distributed", distributed.Client(client), None
+    return "distributed", client, None
+
+
+def fit_series(
+    volumes,
+    crystal,
+    *,
+    dim: str = "temperature",
+    coords: Sequence | None = None,
+    store=None,
+    client=None,
+    progress: bool = True,
+    **fit_kwargs,
+) -> xr.Dataset:
+    """Fit every volume of a series, as parallel tasks (module docstring).
+
+    Parameters
+    ----------
+    volumes
+        Paths of volume files (NeXus, zarr, netCDF: :func:`xtds.open_volume`) or Datasets, one per
+        member of the series; or one Dataset with the series dimension ``dim`` (it is split along
+        it, each member keeping its coordinate as ``attrs[dim]``, e.g. its temperature).
+    crystal
+        As :func:`xtds.fit` (a Crystal, a preset name, a CIF path).
+    dim, coords
+        The series dimension of the result and its coordinate values (default: the members'
+        ``attrs[dim]`` where they all have one, else 0, 1, …).
+    store
+        A zarr path: each fit's result is appended there as it finishes, and a rerun with the same
+        settings fits only the volumes the store does not hold yet.
+    client
+        None (a LocalCluster with one single-threaded worker process per volume, at most the CPU
+        count, when ``distributed`` is installed; else ``"threads"``), ``"threads"``,
+        ``"sequential"``, a scheduler address, or a ``distributed.Client``.
+    fit_kwargs
+        Passed to :func:`xtds.fit` for every volume (``shells``, ``initial``, ``temperature``, …;
+        with ``temperature`` unset each volume's own is used).
+
+    Returns
+    -------
+    ``xr.Dataset`` with :data:`SERIES_VARIABLES` concatenated along ``dim``, the volume of each
+    entry (``volume``), whether it was loaded from the store (``from_store``), the loss and
+    iterations of each fit, and ``attrs["failed"]`` (JSON: volume → error) and ``attrs["store"]``.
+    Raises ``RuntimeError`` naming every failure when no volume could be fitted.
+    """
+    if isinstance(volumes, xr.Dataset):
+        if dim not in volumes.dims:
+            raise ValueError(f"the Dataset has no series dimension {dim!r} (its dimensions: {list(volumes.dims)}); "
+                             "pass dim=")
+        values = volumes[dim].values if dim in volumes.coords else np.arange(volumes.sizes[dim])
+        members = []
+        for j, v in enumerate(values):
+            m = volumes.isel({dim: j})
+            m = m.drop_vars(dim) if dim in m.coords else m
+            m.attrs = {**volumes.attrs, dim: v.item() if hasattr(v, "item") else v}
+            members.append(m)
+        volumes = members
+        coords = values if coords is None else coords
+    volumes = list(volumes)
+    if not volumes:
+        raise ValueError("give at least one volume")
+    names = [_name_of(v, i) for i, v in enumerate(volumes)]
+    if coords is None:
+        found = [_attr_of(v, dim) for v in volumes]
+        coords = found if all(f is not None for f in found) else list(range(len(volumes)))
+    if len(coords) != len(volumes):
+        raise ValueError(f"{len(coords)} coordinate values for {len(volumes)} volumes")
+    if "progress" in fit_kwargs:
+        fit_kwargs.pop("progress")
+    from xtds.fitting.problem import describe
+
+    fingerprint = hashlib.sha256(json.dumps({k: describe(v) if hasattr(v, "__dataclass_fields__") else v
+                                             for k, v in sorted(fit_kwargs.items())}, default=str,
+                                            sort_keys=True).encode()
+                                 + str(crystal).encode()).hexdigest()[:16]
+    st = _Store(store, fingerprint) if store is not None else None
+    identities = [_identity(v) for v in volumes]
+    results: dict[int, xr.Dataset] = {}
+    loaded: set[int] = set()
+    if st is not None:
+        for i in range(len(volumes)):
+            got = st.load(i, identities[i])
+            if got is not None:
+                results[i] = got
+                loaded.add(i)
+    todo = [i for i in range(len(volumes)) if i not in results]
+    failed: dict[str, str] = {}
+    t0 = time.perf_counter()
+    kind, cl, owned = _client_of(client, len(todo)) if todo else ("sequential", None, None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(volumes), initial=len(loaded), desc=f"fits along {dim}", disable=not progress)
+
+    def finish(i, res=None, err=None):
+        if err is not None:
+            failed[names[i]] = f"{type(err).__name__}: {err}"
+            log.warning("fit_series: %s failed: %s", names[i], failed[names[i]])
+        else:
+            res.attrs["series_wall_time_s"] = float(time.perf_counter() - t0)
+            if st is not None:
+                st.save(i, identities[i], res)
+            results[i] = res
+        bar.update(1)
+
+    try:
+        if kind == "sequential":
+            for i in todo:
+                try:
+                    finish(i, _fit_one(volumes[i], crystal, fit_kwargs))
+                except Exception as err:  # noqa: BLE001 - reported by name, the series goes on
+                    finish(i, err=err)
+        elif kind == "threads":
+            from concurrent.futures import ThreadPoolExecutor, as_completed
+
+            with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+                futures = {pool.submit(_fit_one, volumes[i], crystal, fit_kwargs): i for i in todo}
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        finish(i, fut.result())
+                    except Exception as err:  # noqa: BLE001
+                        finish(i, err=err)
+        else:
+            from distributed import as_completed
+
+            futures = {cl.submit(_fit_one, volumes[i], crystal, fit_kwargs, key=f"xtds-fit-{fingerprint}-{i}"): i
+                       for i in todo}
+            for fut in as_completed(list(futures)):
+                i = futures[fut]
+                try:
+                    finish(i, fut.result())
+                except Exception as err:  # noqa: BLE001
+                    finish(i, err=err)
+    finally:
+        bar.close()
+        if owned is not None:
+            cl.close()
+            owned.close()
+    if not results:
+        raise RuntimeError("no volume of the series could be fitted: "
+                           + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    done = sorted(results)
+    parts = []
+    for i in done:
+        r = results[i]
+        keep = r[[v for v in SERIES_VARIABLES if v in r]]
+        keep = keep.assign(loss=float(r["loss"].values[-1]), iterations=int(r.attrs.get("iterations", 0)))
+        keep.attrs = {}
+        parts.append(keep)
+    out = xr.concat(parts, dim=dim, join="outer", coords="minimal", compat="override")
+    out = out.assign_coords({dim: np.asarray([coords[i] for i in done])})
+    out["volume"] = (dim, [names[i] for i in done])
+    out["from_store"] = (dim, [i in loaded for i in done])
+    out.attrs.update(failed=json.dumps(failed), store=str(store) if store is not None else "",
+                     scheduler=kind, n_fitted=len(done) - len(loaded & set(done)), n_loaded=len(loaded),
+                     wall_time_s=float(time.perf_counter() - t0))
+    if failed:
+        log.warning("fit_series: %d of %d volumes failed: %s", len(failed), len(volumes), ", ".join(failed))
+    return out
