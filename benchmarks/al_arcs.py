@@ -88,6 +88,9 @@ def main():
                     help="also fit without the n ≥ 2 terms at each temperature and print both losses")
     ap.add_argument("--normalize", action="store_true", help="normalize the model as the source (no scale, constant)")
     ap.add_argument("--max-iter", type=int, default=50, help="Levenberg–Marquardt iterations at most")
+    ap.add_argument("--joint", type=int, default=None, metavar="DEGREE",
+                    help="also fit all temperatures at once, the constants a polynomial of this degree in T "
+                         "(xtds.fitting.fit_joint_series), and print the coefficients (a₁: the softening rate)")
     ap.add_argument("--jacobian", default="auto", choices=("auto", "exact", "differences"),
                     help="LM's Jacobians: exact (forward mode, with a secant second-order term) or finite differences")
     ap.add_argument("--plot", default=None, help="folder for figures: measured vs fitted spectra, constants vs T, "
@@ -147,7 +150,10 @@ def main():
                   f"{nm['nm_time']:.1f} s (gradient fit {nm['nm_time'] / t_fit:.1f}× faster, loss "
                   f"{'≤' if loss <= nm['nm_loss'] * SIGMA**2 * (1 + 1e-9) else '>'} Nelder–Mead's); constants "
                   + ", ".join(f"{v:+.4f}" for v in nm["nm_x"][: model.n_free]), flush=True)
+        row["problem"] = prob
         rows.append(row)
+    if args.joint is not None:
+        joint_fit(rows, model, start, args.joint)
     if args.save:
         import json
 
@@ -162,6 +168,32 @@ def main():
     for r in rows:
         print(f"{r['T']:.0f} | " + " | ".join(f"{v:+.4f}±{e:.4f}" for v, e in zip(r["phi"], r["err"], strict=True))
               + f" | {r['loss']:.4f}")
+
+
+def joint_fit(rows, model, start, degree):
+    """All temperatures at once, φ(T) = Σ_j a_j (T − T̄)^j, each spectrum with its own scale and
+    constant: the coefficients with their errors, and φ(T) against the separate fits."""
+    import dataclasses
+
+    from xtds.fitting import fit_joint_series
+
+    members = [dataclasses.replace(r["problem"], name=f"T{r['T']:.0f}") for r in rows]
+    t = time.perf_counter()
+    res = fit_joint_series(members, [r["T"] for r in rows], start, degree=degree, progress=False)
+    loss = float(res["member_loss"].sum()) * SIGMA**2
+    print(f"\njoint fit, constants of degree {degree} in T about {res.attrs['center']:.0f} K: loss {loss:.4f} "
+          f"(separate fits: {sum(r['loss'] for r in rows):.4f}) in {time.perf_counter() - t:.1f} s, "
+          f"{res.attrs['iterations']} iterations")
+    for j in range(degree + 1):
+        unit = "eV/Å²" + ("" if j == 0 else "/K" if j == 1 else f"/K^{j}")
+        print(f"  a{j} ({unit}): " + ", ".join(
+            f"{n} {float(res['coefficient'].sel(constant=n, power=j)):+.4g}±"
+            f"{float(res['coefficient_stderr'].sel(constant=n, power=j)):.2g}" for n in model.names))
+    for r in rows:
+        jt = res["ifc"].sel(temperature=r["T"]).values
+        print(f"  {r['T']:5.0f} K: joint " + ", ".join(f"{v:+.4f}" for v in jt) + " | separate "
+              + ", ".join(f"{v:+.4f}" for v in r["phi"]))
+    return res
 
 
 def nelder_mead(prob, model, start, max_evals):

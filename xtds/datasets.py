@@ -48,6 +48,7 @@ def paper_ni_volume(
     emulate_with: int = 150,
     wedge: float | None = None,
     seed: int = 0,
+    ifcs=None,
 ):
     """The paper's synthetic Ni volume: ``exact`` TDS of the Target IFCs on the 5×5×5 supercell,
     in classical statistics as in the paper (``attrs['quantum'] = 0``, which fits follow).
@@ -65,6 +66,9 @@ def paper_ni_volume(
     wedge
         Keep only ±``wedge`` degrees about the H0L plane (the rest is NaN, weight 0): the paper's
         Table 2 set-up with ``wedge=10``.
+    ifcs
+        The constants to simulate (a mapping of the 5-shell model's names, eV/Å²; e.g. softened
+        ones for a temperature series); default the paper's Target.
 
     Returns
     -------
@@ -83,7 +87,7 @@ def paper_ni_volume(
 
     ni = Crystal.preset("Ni")
     model = IFCModel(ni, shells=5)
-    phi = model.vector(paper_ni_ifcs("target"))
+    phi = model.vector(paper_ni_ifcs("target") if ifcs is None else {k: v for k, v in dict(ifcs).items() if k != "a0"})
     q = supercell_q_grid(ni, 5, n_max)
     with torch.no_grad():
         exact = tds_intensity(model, phi, q, temperature, geometry=PeriodicSupercell(5), quantum=False)
@@ -99,7 +103,8 @@ def paper_ni_volume(
                        {"units": "electrons^2 per primitive cell", "long_name": "TDS intensity"})},
         coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
         attrs={**crystal_attrs(ni), "temperature": float(temperature),
-               "description": "synthetic Ni TDS, paper Target IFCs (EAM u3 / 1.505), exact model, 5x5x5 supercell",
+               "description": "synthetic Ni TDS, " + ("paper Target IFCs (EAM u3 / 1.505)" if ifcs is None
+                                                        else "given IFCs") + ", exact model, 5x5x5 supercell",
                "noise_configurations": int(noise_configurations or 0), "quantum": 0,
                "geometry": repr(PeriodicSupercell(5))},
     )

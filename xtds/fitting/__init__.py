@@ -8,6 +8,7 @@ fit loop (:mod:`xtds.fitting.core`).
 from xtds.fitting.background import Background
 from xtds.fitting.core import Objective, fit, fit_points, fit_problems, points_problem
 from xtds.fitting.diagnostics import diagnostics
+from xtds.fitting.joint import fit_joint_series
 from xtds.fitting.optimize import LM, Adam
 from xtds.fitting.problem import Problem
 from xtds.fitting.result import FitResult, open_fit
@@ -16,6 +17,7 @@ from xtds.fitting.series import fit_series
 __all__ = [
     "fit",
     "fit_series",
+    "fit_joint_series",
     "fit_points",
     "fit_problems",
     "points_problem",

@@ -134,7 +134,7 @@ class _Store:
             return None
         if not attrs.get("series_complete"):
             return None
-        return xr.open_zarr(self.path, group=self.group(i)).load()
+        return xr.open_zarr(self.path, group=self.group(i), consolidated=False).load()
 
     def save(self, i: int, identity: str, res: xr.Dataset) -> None:
         import warnings
@@ -145,7 +145,7 @@ class _Store:
         ds.attrs.update(series_fingerprint=self.fingerprint, series_identity=identity, series_complete=False)
         with warnings.catch_warnings():  # zarr 3 on fixed-length strings (the constants' names): read back fine
             warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-            ds.to_zarr(self.path, group=self.group(i), mode="w")
+            ds.to_zarr(self.path, group=self.group(i), mode="w", consolidated=False)
         # marked complete last: a run killed while writing leaves an entry the next run refits
         zarr.open_group(self.path, mode="r+", path=self.group(i)).attrs["series_complete"] = True
 
@@ -237,12 +237,13 @@ def fit_series(
         raise ValueError(f"{len(coords)} coordinate values for {len(volumes)} volumes")
     if "progress" in fit_kwargs:
         fit_kwargs.pop("progress")
+    from xtds.crystal import as_crystal
     from xtds.fitting.problem import describe
 
     fingerprint = hashlib.sha256(json.dumps({k: describe(v) if hasattr(v, "__dataclass_fields__") else v
                                              for k, v in sorted(fit_kwargs.items())}, default=str,
                                             sort_keys=True).encode()
-                                 + str(crystal).encode()).hexdigest()[:16]
+                                 + repr(as_crystal(crystal)).encode()).hexdigest()[:16]
     st = _Store(store, fingerprint) if store is not None else None
     identities = [_identity(v) for v in volumes]
     results: dict[int, xr.Dataset] = {}
