@@ -94,6 +94,6 @@ def test_on_a_local_cluster(series_files, sequential):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             distributed.Client(cl) as client:
-        res = xtds.fit_series(series_files, NI, client=client, progress=False, **FIT)
+        res = xtds.fit_series(series_files[:2], NI, client=client, progress=False, **FIT)
     assert res.attrs["scheduler"] == "distributed"
-    np.testing.assert_allclose(res["ifc"].values, sequential["ifc"].values, rtol=1e-12)
+    np.testing.assert_allclose(res["ifc"].values, sequential["ifc"].values[:2], rtol=1e-12)

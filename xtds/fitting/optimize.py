@@ -138,6 +138,89 @@ def whitening(J: np.ndarray) -> np.ndarray:
     return (V / np.sqrt(s)) @ V.T
 
 
+def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress, callback, on_start, secant):
+    """The Levenberg–Marquardt loop both variants share. ``trial(x)`` returns (r, J) or (r, None)
+    (raising :class:`~xtds.errors.UnstableError` for unstable constants); ``jacobian_at(x, r)``
+    makes J where the trial gave none, after an accepted step. With ``secant`` the model Hessian is
+    JᵀJ + S, S the secant estimate of the second-order term (:func:`_secant_update`). Returns a
+    dict of the state at the end (x, r, f, J, lam, iteration, history, converged, message,
+    resumed, t0, S)."""
+    x = np.asarray(x0, dtype=float).copy()
+    lam, start, history, resumed = 1e-3, 0, [], None
+    S = np.zeros((len(x), len(x))) if secant else None
+    state = checkpoint.load() if checkpoint else None
+    if state is not None:
+        x, lam, start, history = np.array(state["x"]), state["lam"], state["iteration"], state["history"]
+        if secant and "secant" in state:
+            S = np.array(state["secant"])
+        resumed = start
+    r, J = trial(x)
+    J = jacobian_at(x, r) if J is None else J
+    f = float(r @ r)
+    t0 = time.perf_counter() - (history[-1][2] if history else 0.0)
+    if not history:
+        history.append((0, f, 0.0))
+    if on_start is not None:
+        on_start(J)
+    converged, message = False, "maximum number of iterations reached"
+    bar = _bar(max_iter, "Levenberg–Marquardt", progress)
+    bar.update(start)
+    it = start
+    while it < max_iter:
+        it += 1
+        A, g = J.T @ J, J.T @ r
+        M = A + S if secant else A
+        D = np.diag(np.maximum(np.diag(A), 1e-30))
+        accepted = False
+        while lam < 1e12:
+            H = M + lam * D
+            if secant:
+                try:
+                    np.linalg.cholesky(H)
+                except np.linalg.LinAlgError:  # S made the model indefinite: damp more
+                    lam *= 4.0
+                    continue
+            step = np.linalg.solve(H, -g)
+            if -float(g @ step) - 0.5 * float(step @ M @ step) <= 0.5 * ftol * f:
+                break  # the model expects no decrease above round-off: at the minimum
+            try:
+                r_new, J_new = trial(x + step)
+                f_new = float(r_new @ r_new)
+            except UnstableError:
+                f_new = np.inf
+            if f_new < f:
+                accepted = True
+                break
+            lam *= 4.0
+        if not accepted:
+            converged, message = True, "no step lowers the loss (at a minimum to machine precision)"
+            break
+        if secant:
+            S = _secant_update(S, step, J, J_new, r, r_new)
+        df = f - f_new
+        x, r, f = x + step, r_new, f_new
+        if J_new is not None:
+            J = J_new
+        lam = max(lam / 3.0, 1e-12)
+        history.append((it, f, time.perf_counter() - t0))
+        bar.update(1)
+        bar.set_postfix(loss=f"{f:.4e}")
+        if callback is not None:
+            callback(it, x, f)
+        small_step = np.linalg.norm(step) <= xtol * (np.linalg.norm(x) + xtol)
+        if small_step or df <= ftol * max(f, 1e-300):
+            converged, message = True, "step or loss change below tolerance"
+            break
+        if J_new is None:
+            J = jacobian_at(x, r)
+        if checkpoint:
+            checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history}
+                            | ({"secant": S.tolist()} if secant else {}))
+    bar.close()
+    return {"x": x, "r": r, "f": f, "J": J, "lam": lam, "it": it, "history": history, "converged": converged,
+            "message": message, "resumed": resumed, "t0": t0, "S": S}
+
+
 def levenberg_marquardt(
     fun,
     x0,
@@ -152,60 +235,11 @@ def levenberg_marquardt(
 ) -> tuple[OptimizeResult, np.ndarray]:
     """Minimize ‖fun(x)‖² from ``x0``; ``fun`` returns a numpy residual vector or raises
     :class:`~xtds.errors.UnstableError`. ``on_start(J)`` sees the first Jacobian (and may raise).
-    Returns the result and the Jacobian at the optimum."""
-    x = np.asarray(x0, dtype=float).copy()
-    lam, start, history, resumed = 1e-3, 0, [], None
-    state = checkpoint.load() if checkpoint else None
-    if state is not None:
-        x, lam, start, history = np.array(state["x"]), state["lam"], state["iteration"], state["history"]
-        resumed = start
-    r = fun(x)
-    f = float(r @ r)
-    t0 = time.perf_counter() - (history[-1][2] if history else 0.0)
-    if not history:
-        history.append((0, f, 0.0))
-    J = jacobian(fun, x, h, at_x=r)
-    if on_start is not None:
-        on_start(J)
-    converged, message = False, "maximum number of iterations reached"
-    bar = _bar(max_iter, "Levenberg–Marquardt", progress)
-    bar.update(start)
-    it = start
-    while it < max_iter:
-        it += 1
-        A, g = J.T @ J, J.T @ r
-        D = np.diag(np.maximum(np.diag(A), 1e-30))
-        accepted = False
-        while lam < 1e12:
-            step = np.linalg.solve(A + lam * D, -g)
-            try:
-                r_new = fun(x + step)
-                f_new = float(r_new @ r_new)
-            except UnstableError:
-                f_new = np.inf
-            if f_new < f:
-                accepted = True
-                break
-            lam *= 4.0
-        if not accepted:
-            converged, message = True, "no step lowers the loss (at a minimum to machine precision)"
-            break
-        df = f - f_new
-        x, r, f = x + step, r_new, f_new
-        lam = max(lam / 3.0, 1e-12)
-        history.append((it, f, time.perf_counter() - t0))
-        bar.update(1)
-        bar.set_postfix(loss=f"{f:.4e}")
-        if callback is not None:
-            callback(it, x, f)
-        small_step = np.linalg.norm(step) <= xtol * (np.linalg.norm(x) + xtol)
-        if small_step or df <= ftol * max(f, 1e-300):
-            converged, message = True, "step or loss change below tolerance"
-            break
-        J = jacobian(fun, x, h, at_x=r)
-        if checkpoint:
-            checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history})
-    bar.close()
+    Jacobians by forward differences in the iterations, then Gauss–Newton polish steps on central
+    differences (module docstring). Returns the result and the Jacobian at the optimum."""
+    s = _iterate(lambda x: (fun(x), None), lambda x, r: jacobian(fun, x, h, at_x=r), x0, max_iter, xtol, ftol,
+                 checkpoint, progress, callback, on_start, secant=False)
+    x, r, f, it, history, message = s["x"], s["r"], s["f"], s["it"], s["history"], s["message"]
     J = jacobian(fun, x, h)  # central differences at the optimum: the covariance's
     # The iterations' forward-difference Jacobians (error O(h)) stop a little short of the optimum
     # (where Jᵀr = 0 for the true J): polish with Gauss–Newton steps on the central-difference
@@ -221,13 +255,13 @@ def levenberg_marquardt(
         if not f_new < f:
             break
         x, r, f, polished = x + step, r_new, f_new, polished + 1
-        history.append((it + polished, f, time.perf_counter() - t0))  # after the iterations, not counted in them
+        history.append((it + polished, f, time.perf_counter() - s["t0"]))  # after the iterations, not counted
         J = jacobian(fun, x, h)
     if polished:
         message += f" (then {polished} Gauss–Newton polish step{'s' if polished > 1 else ''})"
     if checkpoint:
-        checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history})
-    return OptimizeResult(x, f, history, it, converged, message, resumed), J
+        checkpoint.save({"x": x.tolist(), "lam": s["lam"], "iteration": it, "history": history})
+    return OptimizeResult(x, f, history, it, s["converged"], message, s["resumed"]), J
 
 
 def _secant_update(S: np.ndarray, step: np.ndarray, J_old: np.ndarray, J_new: np.ndarray, r_old: np.ndarray,
@@ -264,79 +298,21 @@ def levenberg_marquardt_exact(
 
     Levenberg–Marquardt on the Gauss–Newton Hessian JᵀJ plus a secant estimate S of the
     second-order term Σ r_i ∇²r_i (:func:`_secant_update`, NL2SOL): Gauss–Newton alone converges
-    only linearly where the residuals stay large at the optimum (a misfit of χ²/N ≈ 1.5 halves the
-    step per iteration), with S the convergence is superlinear. Every trial point is evaluated
-    with its Jacobian (an accepted step, the usual case, needs no second pass). Converged when an
-    accepted step lowers the loss by less than ``ftol`` (relative), moves x by less than ``xtol``
-    (relative), or when no damping yields a step the quadratic model expects to lower the loss by
-    more than ``ftol``. With exact derivatives no polishing is needed: where Jᵀr = 0 is the optimum.
+    only linearly where the residuals stay large at the optimum (a misfit of χ²/N ≈ 1.5 shrinks
+    the step by about 0.6 per iteration), with S the convergence is superlinear. Every trial point
+    is evaluated with its Jacobian (an accepted step, the usual case, needs no second pass).
+    Converged when an accepted step lowers the loss by less than ``ftol`` (relative), moves x by
+    less than ``xtol`` (relative), or when no damping yields a step the quadratic model expects to
+    lower the loss by more than ``ftol``. With exact derivatives no polishing is needed: where
+    Jᵀr = 0 is the optimum.
     """
-    x = np.asarray(x0, dtype=float).copy()
-    lam, start, history, resumed = 1e-3, 0, [], None
-    S = np.zeros((len(x), len(x)))
-    state = checkpoint.load() if checkpoint else None
-    if state is not None:
-        x, lam, start, history = np.array(state["x"]), state["lam"], state["iteration"], state["history"]
-        S = np.array(state.get("secant", S.tolist()))
-        resumed = start
-    r, J = value_and_jacobian(x)
-    f = float(r @ r)
-    t0 = time.perf_counter() - (history[-1][2] if history else 0.0)
-    if not history:
-        history.append((0, f, 0.0))
-    if on_start is not None:
-        on_start(J)
-    converged, message = False, "maximum number of iterations reached"
-    bar = _bar(max_iter, "Levenberg–Marquardt", progress)
-    bar.update(start)
-    it = start
-    while it < max_iter:
-        it += 1
-        A, g = J.T @ J, J.T @ r
-        D = np.diag(np.maximum(np.diag(A), 1e-30))
-        accepted = False
-        while lam < 1e12:
-            H = A + S + lam * D
-            try:
-                np.linalg.cholesky(H)
-            except np.linalg.LinAlgError:  # S made the model indefinite: damp more
-                lam *= 4.0
-                continue
-            step = np.linalg.solve(H, -g)
-            predicted = -float(g @ step) - 0.5 * float(step @ (A + S) @ step)  # of ½f: the model's decrease
-            if predicted <= 0.5 * ftol * f:
-                break
-            try:
-                r_new, J_new = value_and_jacobian(x + step)
-                f_new = float(r_new @ r_new)
-            except UnstableError:
-                f_new = np.inf
-            if f_new < f:
-                accepted = True
-                break
-            lam *= 4.0
-        if not accepted:
-            converged, message = True, "no step lowers the loss (at a minimum to machine precision)"
-            break
-        S = _secant_update(S, step, J, J_new, r, r_new)
-        df = f - f_new
-        x, r, J, f = x + step, r_new, J_new, f_new
-        lam = max(lam / 3.0, 1e-12)
-        history.append((it, f, time.perf_counter() - t0))
-        bar.update(1)
-        bar.set_postfix(loss=f"{f:.4e}")
-        if callback is not None:
-            callback(it, x, f)
-        if checkpoint:
-            checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history,
-                             "secant": S.tolist()})
-        small_step = np.linalg.norm(step) <= xtol * (np.linalg.norm(x) + xtol)
-        if small_step or df <= ftol * max(f, 1e-300):
-            converged, message = True, "step or loss change below tolerance"
-            break
-    bar.close()
-    message += " (exact Jacobians, secant second-order term)"
-    return OptimizeResult(x, f, history, it, converged, message, resumed), J
+    s = _iterate(value_and_jacobian, None, x0, max_iter, xtol, ftol, checkpoint, progress, callback, on_start,
+                 secant=True)
+    if checkpoint:
+        checkpoint.save({"x": s["x"].tolist(), "lam": s["lam"], "iteration": s["it"], "history": s["history"],
+                         "secant": s["S"].tolist()})
+    message = s["message"] + " (exact Jacobians, secant second-order term)"
+    return OptimizeResult(s["x"], s["f"], s["history"], s["it"], s["converged"], message, s["resumed"]), s["J"]
 
 
 def adam(

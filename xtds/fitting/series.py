@@ -273,6 +273,13 @@ def fit_series(
             results[i] = res
         bar.update(1)
 
+    def collect(done_iter, futures):  # each (future, volume index) as it finishes
+        for fut in done_iter:
+            try:
+                finish(futures[fut], fut.result())
+            except Exception as err:  # noqa: BLE001 - reported by name, the series goes on
+                finish(futures[fut], err=err)
+
     try:
         if kind == "sequential":
             for i in todo:
@@ -285,23 +292,13 @@ def fit_series(
 
             with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
                 futures = {pool.submit(_fit_one, volumes[i], crystal, fit_kwargs): i for i in todo}
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    try:
-                        finish(i, fut.result())
-                    except Exception as err:  # noqa: BLE001
-                        finish(i, err=err)
+                collect(as_completed(futures), futures)
         else:
             from distributed import as_completed
 
             futures = {cl.submit(_fit_one, volumes[i], crystal, fit_kwargs, key=f"xtds-fit-{fingerprint}-{i}"): i
                        for i in todo}
-            for fut in as_completed(list(futures)):
-                i = futures[fut]
-                try:
-                    finish(i, fut.result())
-                except Exception as err:  # noqa: BLE001
-                    finish(i, err=err)
+            collect(as_completed(list(futures)), futures)
     finally:
         bar.close()
         if owned is not None:
