@@ -24,6 +24,7 @@ there for widths (15, 7.5), (20, 10), (30, 15), (40, 20), (60, 30), (80, 40) μs
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -88,6 +89,10 @@ def main():
                     help="also fit without the n ≥ 2 terms at each temperature and print both losses")
     ap.add_argument("--normalize", action="store_true", help="normalize the model as the source (no scale, constant)")
     ap.add_argument("--max-iter", type=int, default=50, help="Levenberg–Marquardt iterations at most")
+    ap.add_argument("--starts", type=int, default=1,
+                    help="gradient fits from this many starting points (the published constants and random "
+                         "scalings of them), keeping the lowest loss")
+    ap.add_argument("--start-spread", type=float, default=0.2, help="relative scatter of the extra starts")
     ap.add_argument("--joint", type=int, default=None, metavar="DEGREE",
                     help="also fit all temperatures at once, the constants a polynomial of this degree in T "
                          "(xtds.fitting.fit_joint_series), and print the coefficients (a₁: the softening rate)")
@@ -119,7 +124,8 @@ def main():
 
         obs.spectrum = counted
         t = time.perf_counter()
-        res = fit_problems([prob], start, optimizer=LM(max_iter=args.max_iter, jacobian=args.jacobian), progress=False)
+        res = fit_problems([prob], start, optimizer=LM(max_iter=args.max_iter, jacobian=args.jacobian), progress=False,
+                           starts=args.starts, start_spread=args.start_spread)
         t_fit = time.perf_counter() - t
         obs.spectrum = spectrum
         phi = res["ifc"].sel(constant=list(model.names)).values
@@ -132,6 +138,10 @@ def main():
               f"{res.attrs['iterations']} iterations; "
               + ", ".join(f"{n} {v:+.4f}±{e:.4f}" for n, v, e in zip(model.names, row["phi"], row["err"], strict=True)),
               flush=True)
+        if args.starts > 1:
+            print(f"        {args.starts} starts, final losses (sum of squares): "
+                  + ", ".join(f"{v * SIGMA**2:.4f}" for v in json.loads(res.attrs["starts"]))
+                  + f"; kept start {res.attrs['best_start']}", flush=True)
         print("        X, L (THz): " + ", ".join(f"{k} {v:.2f} (measured {MEASURED_THZ[k]})"
                                                   for k, v in row["freq"].items()), flush=True)
         if args.multiphonon_check and not args.no_multiphonon:
@@ -155,8 +165,6 @@ def main():
     if args.joint is not None:
         joint_fit(rows, model, start, args.joint)
     if args.save:
-        import json
-
         keep = ("T", "phi", "err", "loss", "time", "freq", "loss_one_phonon", "nm_loss", "nm_time", "nm_evals",
                 "evals", "jacobian_evals", "iterations", "nm_x")
         with open(args.save, "w", encoding="utf-8") as fh:

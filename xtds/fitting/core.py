@@ -215,6 +215,9 @@ def fit_problems(
     callback=None,
     progress: bool = True,
     source: str | None = None,
+    starts: int = 1,
+    start_spread: float = 0.2,
+    seed: int = 0,
 ) -> xr.Dataset:
     """Fit one vector of force constants to a sum of problems.
 
@@ -235,6 +238,12 @@ def fit_problems(
         optimizer must be the same; ``max_iter``/``epochs`` may grow).
     callback
         Called as ``callback(iteration, x, loss)`` after every accepted iteration.
+    starts, start_spread, seed
+        With ``starts`` > 1, the fit also runs from ``starts`` − 1 other stable starting points,
+        each constant multiplied by 1 + ``start_spread``·u, u uniform in [−1, 1] (``seed``), and
+        keeps the lowest loss: a loss with more than one minimum (measured spectra at high
+        temperature) is then less likely to end in the nearer one. ``attrs["starts"]`` lists
+        every start's final loss (JSON); ``attrs["best_start"]`` which one won (0: ``initial``).
 
     Returns
     -------
@@ -282,11 +291,42 @@ def fit_problems(
     ckpt = None
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
+    if int(starts) < 1 or (int(starts) > 1 and checkpoint is not None):
+        raise ValueError(f"starts must be at least 1 (got {starts}), and 1 with a checkpoint")
     res = optimizer.minimize(objective, x0, checkpoint=ckpt, progress=progress, callback=callback)
+    tried = [float(res.loss)]
+    best = 0
+    for x_start in _other_starts(objective, phi0, int(starts) - 1, start_spread, seed):
+        other = optimizer.minimize(objective, x_start, progress=progress, callback=callback)
+        tried.append(float(other.loss))
+        if other.loss < res.loss:
+            res, best = other, len(tried) - 1
     cov, robust, stats = _covariance(objective, res, noise_draws)
     out = result_dataset(objective, res, cov, stats, settings, x0, robust=robust)
     out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start))
+    if starts > 1:
+        out.attrs.update(starts=json.dumps(tried), best_start=int(best))
     return out
+
+
+def _other_starts(objective: Objective, phi0: torch.Tensor, n: int, spread: float, seed: int):
+    """``n`` stable starting vectors: φ0 with each constant scaled by 1 + spread·u (u uniform in
+    [−1, 1]), the nuisance parameters refitted to each; unstable draws are skipped (at most 20n)."""
+    rng = np.random.default_rng(seed)
+    made = 0
+    for _ in range(20 * n):
+        if made == n:
+            return
+        phi = phi0 * torch.as_tensor(1 + spread * rng.uniform(-1, 1, len(phi0)), dtype=phi0.dtype,
+                                     device=phi0.device)
+        try:
+            objective.check_stable(phi)
+        except UnstableError:
+            continue
+        made += 1
+        yield np.concatenate([phi.cpu().numpy()] + [p.initial_nuisance(phi) for p in objective.problems])
+    if made < n:
+        log.warning("only %d of %d extra starting points were stable", made, n)
 
 
 #: ``geometry="auto"`` refines an infinite crystal's k-mesh (×4/3, at most MESH_REFINEMENTS times)
