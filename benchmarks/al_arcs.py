@@ -187,11 +187,12 @@ def joint_fit(rows, model, start, degree):
 
     members = [dataclasses.replace(r["problem"], name=f"T{r['T']:.0f}") for r in rows]
     t = time.perf_counter()
-    res = fit_joint_series(members, [r["T"] for r in rows], start, degree=degree, progress=False)
+    res = fit_joint_series(members, [r["T"] for r in rows], start, degree=degree, progress=False,
+                           optimizer=LM(max_iter=200))
     loss = float(res["member_loss"].sum()) * SIGMA**2
     print(f"\njoint fit, constants of degree {degree} in T about {res.attrs['center']:.0f} K: loss {loss:.4f} "
           f"(separate fits: {sum(r['loss'] for r in rows):.4f}) in {time.perf_counter() - t:.1f} s, "
-          f"{res.attrs['iterations']} iterations")
+          f"{res.attrs['iterations']} iterations ({res.attrs['message']})")
     for j in range(degree + 1):
         unit = "eV/Å²" + ("" if j == 0 else "/K" if j == 1 else f"/K^{j}")
         print(f"  a{j} ({unit}): " + ", ".join(
