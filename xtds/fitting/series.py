@@ -235,8 +235,6 @@ def fit_series(
         coords = found if all(f is not None for f in found) else list(range(len(volumes)))
     if len(coords) != len(volumes):
         raise ValueError(f"{len(coords)} coordinate values for {len(volumes)} volumes")
-    if "progress" in fit_kwargs:
-        fit_kwargs.pop("progress")
     from xtds.crystal import as_crystal
     from xtds.fitting.problem import describe
 
