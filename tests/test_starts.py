@@ -40,3 +40,40 @@ def test_the_lowest_of_several_starts_is_kept():
     assert json.loads(again.attrs["starts"]) == tried
     with pytest.raises(ValueError, match="starts must be at least 1"):
         fit_problems([prob], start, progress=False, starts=0)
+
+
+class TwoMinima:
+    """A toy observable whose loss has two minima in b0 (−0.6, exact; and near −0.4, shallower),
+    the other constants pinned at TRUE: a local fit started near −0.4 ends there."""
+
+    stochastic = False
+
+    def __init__(self, model):
+        self.model = model
+        self.rest = torch.as_tensor([TRUE[n] for n in model.names[1:]], dtype=torch.float64)
+
+    def __len__(self):
+        return 2 + len(self.rest)
+
+    def mean(self, phi):
+        b0 = phi[0]
+        return torch.cat([torch.stack([10 * (b0 + 0.6) * (b0 + 0.4), 0.5 * (b0 + 0.6)]), phi[1:] - self.rest])
+
+    __call__ = mean
+
+    def stability_k(self):
+        return AL.rlu_to_cartesian(np.array([[0.5, 0, 0], [0.5, 0.5, 0.5], [1.0, 0.0, 0.0]]))
+
+
+def test_extra_starts_find_the_deeper_minimum():
+    """From b0 = −0.38 one start ends in the shallow minimum near −0.4 (loss ≈ 0.01); eight starts
+    spread ±50 % reach the exact one at −0.6 (loss 0) and keep it."""
+    model = xtds.IFCModel(AL, shells=2)
+    prob = Problem(TwoMinima(model), np.zeros(2 + model.n_free - 1), sigma=np.ones(2 + model.n_free - 1),
+                   loss="chi2", background=False)
+    start = {**TRUE, "b0": -0.38}
+    one = fit_problems([prob], start, progress=False)
+    assert float(one["ifc"].sel(constant="b0")) == pytest.approx(-0.4, abs=0.02) and float(one["loss"][-1]) > 1e-3
+    many = fit_problems([prob], start, progress=False, starts=8, start_spread=0.5, seed=0)
+    assert float(many["ifc"].sel(constant="b0")) == pytest.approx(-0.6, abs=1e-8)
+    assert float(many["loss"][-1]) < 1e-20 and many.attrs["best_start"] > 0
