@@ -143,7 +143,9 @@ def open_volume(
         NeXus only: the NXdata group, e.g. ``"entry/masked_transform"`` or ``"f1/transform"``
         (default: NXrefine's ``masked_transform``, ``transform``, … of the root entry).
     chunks
-        ``"auto"``: the file's own chunks (dask); ``"symmetric"``: equal chunks mirrored about the
+        ``"auto"``: the file's own chunks (dask), for NeXus merged along the two faster axes into
+        blocks of about 4 M voxels (whole file chunks, so each is read once; far fewer file
+        accesses and tasks); ``"symmetric"``: equal chunks mirrored about the
         centre, near the file's size, which Laue symmetrization uses without a rechunk (each block
         read straight from the file: the way to symmetrize volumes larger than memory); a dict as
         in ``xr.open_dataset``; None: no dask.
@@ -193,10 +195,38 @@ def open_volume(
         raise ValueError(f"{path}: {err}") from err
     if chunks == "symmetric":
         ds = _symmetric(ds, fmt, path, group, axis_units)
+    elif chunks == "auto" and fmt == "nexus":
+        ds = _merged(ds, path, group, axis_units)
     if "mask" in ds:
         ds["mask"] = ds["mask"].astype(bool)
     ds.attrs["source"] = os.path.abspath(path)  # where this Dataset comes from, whatever the file says
     return _attach_crystal(ds, crystal)
+
+
+#: Voxels per dask block that :func:`open_volume` aims at (``chunks="auto"``, NeXus): the file's
+#: chunks merged along the faster axes. Small blocks cost a file access and a few dask tasks each
+#: (1.2 s against 0.25 s to read 50 planes of a 1001² volume in 50³ and 50 × 250² blocks).
+AUTO_BLOCK_VOXELS = 4_000_000
+
+
+def _merged(ds, path, group, axis_units):
+    """The file's chunks along its slowest axis, merged along the other two up to about
+    ``AUTO_BLOCK_VOXELS`` per block (whole file chunks: each is still read by one block)."""
+    enc = ds["intensity"].encoding
+    disk, pref = enc.get("disk_dims"), enc.get("preferred_chunks")
+    if not disk or not pref:
+        return ds
+    base = int(np.prod([pref[d] for d in "HKL"]))
+    m = max(1, int(np.sqrt(AUTO_BLOCK_VOXELS / max(base, 1))))
+    if m == 1:
+        return ds
+    target = {d: (pref[d] if d == disk[0] else min(ds.sizes[d], m * pref[d])) for d in "HKL"}
+    lazy = xr.open_dataset(path, engine="xtds", chunks=None, group=group, axis_units=axis_units)
+    out = check_volume(lazy.transpose("H", "K", "L", ...)).chunk(target)
+    for name in out.data_vars:
+        out[name].encoding.update(ds[name].encoding if name in ds else {})
+    out.attrs = ds.attrs
+    return out
 
 
 def _symmetric(ds, fmt, path, group, axis_units):

@@ -90,6 +90,7 @@ def open_nexus_dataset(filename, group: str | None = None, axis_units: str | Non
         attrs["long_name"] = "intensity (data / weights)" if (kind == "intensity" and info["weights"]) else kind
         var = xr.Variable(("H", "K", "L"), data, attrs=attrs)
         var.encoding["preferred_chunks"] = preferred
+        var.encoding["disk_dims"] = tuple(info["disk_dims"])  # the file's axis order, slowest first
         variables[kind] = var
     coords = {d: xr.Variable((d,), info["coords"][d], attrs=info["coord_attrs"][d]) for d in "HKL"}
     attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info["attrs"].items()}

@@ -18,6 +18,7 @@ from xtds.laue import GRID_TOL, LaueGroup, laue_class_of
 from xtds.volume import masks as _masks
 from xtds.volume.backend import array_module as _xp
 from xtds.volume.laue_grid import grid_operations
+from xtds.volume.reduce import fold_points, sign_folding_group
 from xtds.volume.schema import INV_ANGSTROM as _INV_A
 from xtds.volume.schema import check_volume
 from xtds.volume.sources import reading
@@ -144,7 +145,14 @@ def add_q(ds: xr.Dataset, crystal=None) -> xr.Dataset:
 def weights_of(ds: xr.Dataset) -> xr.DataArray:
     """The per-voxel weight the reductions use: ``weights`` (or 1), 0 where masked or non-finite
     (and, when the volume has ``sigma``, where σ is not positive and finite)."""
-    w = ds["weights"] if "weights" in ds else xr.ones_like(ds["intensity"], dtype=float)
+    if "weights" not in ds:  # 1 where valid
+        ok = np.isfinite(ds["intensity"])
+        if "sigma" in ds:
+            ok = ok & np.isfinite(ds["sigma"]) & (ds["sigma"] > 0)
+        if "mask" in ds:
+            ok = ok & ~ds["mask"]
+        return ok.astype(float)
+    w = ds["weights"]
     ok = np.isfinite(ds["intensity"]) & np.isfinite(w) & (w > 0)
     if "sigma" in ds:
         ok = ok & np.isfinite(ds["sigma"]) & (ds["sigma"] > 0)
@@ -217,11 +225,13 @@ def mask(
         add(_map_hkl(ds, lambda h, k, l: _masks.bragg_mask(h, k, l, crystal, bragg, bragg_units, reflections=refl)),
             f"bragg<{bragg} {bragg_units}")
     if q_min is not None or q_max is not None:
-        parts = _q_parts(reciprocal_of(ds, crystal))
 
-        def qmask(h, k, l):
-            x, y, z = parts(h, k, l)
-            return _masks.q_range_mask((x * x + y * y + z * z) ** 0.5, q_min, q_max)
+        G = reciprocal_of(ds, crystal) @ reciprocal_of(ds, crystal).T  # |q|² = h G hᵀ
+
+        def qmask(h, k, l):  # on broadcastable (n,1,1), (1,n,1), (1,1,n) blocks: the sums stay small
+            hk = G[0, 0] * h * h + 2 * G[0, 1] * h * k + G[1, 1] * k * k
+            q2 = hk + (2 * G[0, 2] * h + 2 * G[1, 2] * k + G[2, 2] * l) * l
+            return _masks.q_range_mask(abs(q2) ** 0.5, q_min, q_max)  # |…|: round-off below 0 at q = 0
 
         add(_map_hkl(ds, qmask), f"|q| outside [{q_min}, {q_max}] 1/angstrom")
     if user is not None:
@@ -314,7 +324,7 @@ def _stabilizer_order(ops, coords):
 
 
 def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible: bool = True,
-              max_points: int | None = None, seed: int = 0) -> xr.Dataset:
+              max_points: int | None = None, seed: int = 0, progress: bool = False) -> xr.Dataset:
     """The valid voxels as fitting points (computes): dim ``point`` with ``intensity``,
     ``weight``, ``multiplicity``, coords H, K, L (r.l.u.) and ``q`` (point, xyz; Å⁻¹).
 
@@ -337,6 +347,11 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
         raise ValueError(f"max_points must be a positive number of points, got {max_points!r}")
     ds = check_volume(ds).transpose("H", "K", "L", ...)
     B = reciprocal_of(ds, crystal)
+    if irreducible and _is_dask(ds["intensity"].data):  # a lazy volume: one read, bounded memory
+        group = laue_of(ds, laue, crystal)
+        perms = sign_folding_group(group.matrices)
+        if perms is not None:
+            return _folded_points(ds, B, group, perms, max_points, seed, progress)
     arrays = [weights_of(ds).data, ds["intensity"].data] + ([ds["sigma"].data] if "sigma" in ds else [])
     with reading(ds, "reducing the volume to points"):  # one pass: weights, intensity (and sigma) together
         w, I, *S = (_to_numpy(x) for x in dask.compute(*arrays))
@@ -373,6 +388,46 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
         subset = {"max_points": int(max_points), "seed": int(seed), "drawn": "uniformly among the points"}
     pts = _points_dataset(ds, B, idx, Iv, wv, mult, sv)
     pts.attrs.update(n_valid_voxels=int(len(valid)), n_points_available=int(n_all))
+    if subset:
+        pts.attrs["subset"] = json.dumps(subset)
+    return pts
+
+
+def _folded_points(ds, B, group, perms, max_points, seed, progress):
+    """:func:`to_points` of a lazy volume by :func:`xtds.volume.reduce.fold_points`: one read, slab
+    by slab, memory 1/8 of the volume per accumulated quantity."""
+    # the group holds every sign change: this checks each axis is symmetric about 0 (and permuted axes equal)
+    grid_operations(group.matrices, [ds[d].values for d in "HKL"])
+    w = weights_of(ds)
+    sigma = None
+    if "sigma" in ds:  # the σ of each orbit mean, as in to_points' in-memory path
+        sigma = (ds["sigma"] * w) if "symmetrized" in ds.attrs else (ds["sigma"] * w) ** 2
+    # slabs along the file's slowest axis (contiguous reads), the others whole
+    slab = (ds["intensity"].encoding.get("disk_dims") or ds["intensity"].dims)[0]
+    order = (slab,) + tuple(d for d in "HKL" if d != slab)
+    with reading(ds, "reducing the volume to points"):
+        r = fold_points(ds["intensity"].transpose(*order).data, w.transpose(*order).data, perms,
+                        None if sigma is None else sigma.transpose(*order).data,
+                        binary_weight="weights" not in ds, progress=progress, dims=order)
+    if len(r["count"]) == 0:
+        raise ValueError("no valid voxel is left after masking: loosen the masks or check the data")
+    Iv, wv, mult = r.pop("I_w"), r.pop("w"), r.pop("count")
+    wv = mult.astype(float) if wv is None else wv  # binary weights: the count
+    Iv /= wv  # in place: the reduction of a 1001³ volume holds ~2·10⁷ points
+    sv = None
+    if sigma is not None:
+        sv = r["extra"] / wv if "symmetrized" in ds.attrs else np.sqrt(r["extra"]) / wv
+    idx = r.pop("index")
+    n_all, subset, n_valid = len(idx), None, int(mult.sum())
+    if max_points is not None and n_all > int(max_points):
+        pick = np.sort(np.random.default_rng(seed).choice(n_all, size=int(max_points), replace=False))
+        idx, Iv, wv, mult = idx[pick], Iv[pick], wv[pick], mult[pick]
+        sv = sv[pick] if sv is not None else None
+        subset = {"max_points": int(max_points), "seed": int(seed), "drawn": "uniformly among the points"}
+    hkl = _hkl_of(ds, idx)
+    del idx  # the indices of ~2·10⁷ points are no longer needed
+    pts = _points_dataset(ds, B, None, Iv, wv, mult, sv, hkl=hkl)
+    pts.attrs.update(n_valid_voxels=n_valid, n_points_available=int(n_all))
     if subset:
         pts.attrs["subset"] = json.dumps(subset)
     return pts
@@ -418,9 +473,18 @@ def _sampled_orbits(ds, B, w, I, sigma, valid, laue, crystal, max_points, seed):
     return pts
 
 
-def _points_dataset(ds, B, idx, Iv, wv, mult, sv):
-    """The points Dataset of :func:`to_points` from grid indices ``idx`` (P, 3) and their values."""
-    hkl = np.stack([ds[d].values[idx[:, a]] for a, d in enumerate("HKL")], 1)
+def _hkl_of(ds, idx):
+    """The (H, K, L) coordinates (P, 3) of grid indices ``idx`` (P, 3), column by column."""
+    hkl = np.empty((len(idx), 3))
+    for a, d in enumerate("HKL"):
+        hkl[:, a] = ds[d].values[idx[:, a]]
+    return hkl
+
+
+def _points_dataset(ds, B, idx, Iv, wv, mult, sv, hkl=None):
+    """The points Dataset of :func:`to_points` from grid indices ``idx`` (P, 3) (or their
+    coordinates ``hkl``) and their values."""
+    hkl = _hkl_of(ds, idx) if hkl is None else hkl
     q = hkl @ B
     pts = xr.Dataset(
         {

@@ -108,9 +108,10 @@ def _is_allowed(h, k, l, allowed: set):
     table = np.zeros((2 * span + 1,) * 3, dtype=bool)
     table[tuple((arr + span).T)] = True
     table = xp.asarray(table)
-    inside = (xp.abs(h) <= span) & (xp.abs(k) <= span) & (xp.abs(l) <= span)
-    idx = [(xp.where(inside, x, 0) + span).astype(np.int64) for x in (h, k, l)]
-    return inside & table[idx[0], idx[1], idx[2]]
+    # axis by axis (on broadcastable blocks these stay 1-D), broadcast only in the gather
+    ins = [xp.abs(x) <= span for x in (h, k, l)]
+    idx = [(xp.where(i, x, 0) + span).astype(np.int64) for i, x in zip(ins, (h, k, l), strict=True)]
+    return ins[0] & ins[1] & ins[2] & table[idx[0], idx[1], idx[2]]
 
 
 def q_range_mask(qnorm, q_min: float | None = None, q_max: float | None = None):

@@ -1,0 +1,275 @@
+"""A volume larger than memory reduced to its irreducible points in one read: fold, then permute.
+
+For a Laue group that holds every sign change of the axes (the mirrors of mmm: m-3m, m-3, 4/mmm,
+mmm in their standard settings), G = S ⋊ P with S the 8 sign changes and P a group of axis
+permutations, and the orbit of a voxel h is the P-orbit of |h| with every sign. So the reduction
+of :func:`xtds.volume.dataset.to_points` (weighted orbit means) splits in two stages:
+
+1. **Fold** (the one read of the file): slab by slab along H, each slab is read (and masked) by
+   dask, folded over the signs of K and L, and added into the octant accumulators
+   ``F(|h|) = Σ_{s ∈ S} (I·w, w, [valid], …)(s h)`` at the planes |H| of its rows. A slab is one
+   chunk of H, so each chunk of the file is read exactly once; at most ``in_flight`` slabs are
+   held at a time.
+2. **Permute** (in memory, over the octant): for every canonical point x (the lexicographic
+   maximum of its P-images) the sums over the distinct images, ``Σ_{p ∈ P} F(p x) / |P_x|``
+   (|P_x| the images equal to x).
+
+Memory: the octant accumulators, 1/8 of the volume per summed quantity (float32 sums of at most 8
+values for float32 input, float64 otherwise; the count of valid voxels in uint8), plus the
+slabs in flight; never the whole volume. The slabs run as tasks of the current dask scheduler
+(threads, or a ``distributed.Client``: then each worker reads and folds its slabs and sends back
+a quarter of them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import dask
+import numpy as np
+
+__all__ = ["sign_folding_group", "fold_points"]
+
+log = logging.getLogger("xtds.volume")
+
+
+def sign_folding_group(matrices) -> list[tuple[int, int, int]] | None:
+    """The axis permutations P of a Laue group with G = {all sign changes} ⋊ P, or None when the
+    group lacks a sign change of the axes or mixes axes (then the volume cannot be folded).
+    Each permutation p maps point x to (x[p[0]], x[p[1]], x[p[2]])."""
+    mats = {tuple(map(tuple, np.asarray(R, dtype=int).tolist())) for R in np.asarray(matrices)}
+    for s in itertools.product((1, -1), repeat=3):
+        if tuple(tuple(int(s[a]) if b == a else 0 for b in range(3)) for a in range(3)) not in mats:
+            return None
+    perms = set()
+    for R in mats:
+        nz = [[b for b in range(3) if R[a][b]] for a in range(3)]
+        if any(len(z) != 1 for z in nz):
+            return None
+        perms.add(tuple(z[0] for z in nz))
+    if len(perms) * 8 != len(mats):
+        return None
+    return sorted(perms)
+
+
+def _fold_index(n: int) -> tuple[int, np.ndarray]:
+    """The folded length of an axis of ``n`` points symmetric about 0 and, per index, its folded
+    index (|centred coordinate| rank): odd n has a point at 0 (fold length (n+1)/2), even n not."""
+    c = n // 2
+    i = np.arange(n)
+    if n % 2:
+        return c + 1, np.abs(i - c)
+    return c, np.where(i >= c, i - c, c - 1 - i)
+
+
+def _weighted_parts(intensity, weight, *extra, acc_dtype=np.float64, binary=False):
+    """One block → its summands, stacked (n_parts, ...): I·w, the count of valid voxels, then w
+    (unless ``binary``: the weights are 1 where valid) and ``extra`` (summed like the weight)."""
+    valid = weight > 0
+    if binary:
+        parts = [np.where(valid, intensity, 0), valid]
+    else:
+        w = np.where(valid, weight, 0)
+        parts = [np.where(valid, intensity * w, 0), valid, w]
+    parts += [np.where(valid, x, 0) for x in extra]
+    return np.stack([p.astype(acc_dtype, copy=False) for p in parts])
+
+
+def _segments(lo: int, hi: int, n: int):
+    """Block [lo, hi) of an axis of ``n`` points symmetric about 0, cut at 0: (source slice in the
+    block, destination slice on the folded axis) pairs, the side below 0 reversed."""
+    c = n // 2
+    off = c if n % 2 else c - 1  # folded index of point i < c: off − i
+    out = []
+    if lo < c:  # below 0
+        m = min(hi, c)
+        out.append((slice(m - 1 - lo, None, -1), slice(off - (m - 1), off - lo + 1)))
+    if hi > c:  # 0 and above
+        s0 = max(lo, c)
+        out.append((slice(s0 - lo, hi - lo), slice(s0 - c, hi - c)))
+    return out
+
+
+def _fold_into(F, part, bounds, shape, n_parts):
+    """Add one block's summands ``part`` (n_parts, b0, b1, b2), at ``bounds`` ((lo, hi) per axis)
+    of the volume of ``shape``, onto the octant accumulators F = (I·w, count, w or None, extra or
+    None) over the signs of all three axes. Pieces of the block on either side of 0 go one after
+    the other (they may land on the same octant points)."""
+    F_iw, F_n, F_w, F_x = F
+    targets = [(F_iw, 0), (F_n, 1)] + ([(F_w, 2)] if F_w is not None else []) + (
+        [(F_x, n_parts - 1)] if F_x is not None else [])
+    for s0, d0 in _segments(*bounds[0], shape[0]):
+        for s1, d1 in _segments(*bounds[1], shape[1]):
+            for s2, d2 in _segments(*bounds[2], shape[2]):
+                for arr, k in targets:
+                    arr[d0, d1, d2] += part[k, s0, s1, s2].astype(arr.dtype, copy=False)
+
+
+def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = False, in_flight: int | None = None,
+                progress: bool = False, dims=("H", "K", "L")):
+    """The two-stage reduction of the module docstring.
+
+    Parameters
+    ----------
+    intensity, weight
+        dask (or numpy) arrays on ``dims`` (an order of H, K, L), every axis symmetric about 0;
+        ``weight`` 0 where masked. The slabs are the chunks of the first axis (best the file's
+        slowest: each slab is then one contiguous read).
+    perms
+        The axis permutations P (:func:`sign_folding_group`).
+    extra
+        An array of the same shape summed like the weight (for σ), or None.
+    binary_weight
+        The weights are 1 where valid: their sums are the counts (one accumulator less).
+    in_flight
+        Slabs read at a time (default: the scheduler's workers, at least 2).
+
+    Returns
+    -------
+    dict: ``index`` (P, 3) grid indices of each orbit's representative (the member with every
+    coordinate ≤ 0), ``I_w``, ``w`` (None for binary weights: it is the count), ``count`` (int32;
+    sums over the orbit's valid voxels), ``extra`` (or None); orbits without a valid voxel are left out; ordered by canonical point. Indices
+    and permutations refer to H, K, L whatever ``dims``.
+    """
+    import dask.array as da
+
+    shape = intensity.shape
+    intensity, weight = da.asarray(intensity), da.asarray(weight)
+    if extra is not None:
+        extra = da.asarray(extra)
+    acc_dtype = np.float32 if np.result_type(intensity.dtype, np.float32) == np.float32 else np.float64
+    weight = weight.astype(acc_dtype)
+    folds = [_fold_index(n) for n in shape]
+    A = tuple(f[0] for f in folds)
+    F_iw = np.zeros(A, dtype=acc_dtype)
+    F_w = None if binary_weight else np.zeros(A, dtype=acc_dtype)
+    F_n = np.zeros(A, dtype=np.uint8)
+    F_x = None if extra is None else np.zeros(A, dtype=acc_dtype)
+    # per block, its summands, computed a few blocks at a time (by the current scheduler: threads,
+    # or the workers of a distributed Client) and folded into the octant here as they come: the
+    # memory is that of the blocks in flight, and each block (so each chunk of the file) is read once
+    args = [intensity, weight] + ([] if extra is None else [extra])
+    n_parts = 2 + (not binary_weight) + (extra is not None)
+    parts = da.map_blocks(_weighted_parts, *args, acc_dtype=acc_dtype, binary=binary_weight, dtype=acc_dtype,
+                          new_axis=0, chunks=((n_parts,), *intensity.chunks))
+    blocks = parts.to_delayed()[0]  # (nb0, nb1, nb2) of Delayed, one graph
+    edges = [np.cumsum((0,) + c) for c in intensity.chunks]
+    order = list(np.ndindex(*blocks.shape))  # slab by slab along the first (the file's slowest) axis
+    if in_flight is None:
+        in_flight = max(2, _scheduler_workers())
+
+    def task(index):
+        return index, dask.compute(blocks[index])[0]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(order), desc="folding the volume (blocks)", disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        pending, it = set(), iter(order)
+        for _ in range(in_flight):
+            j = next(it, None)
+            if j is not None:
+                pending.add(pool.submit(task, j))
+        while pending:
+            done = next(iter(_as_completed(pending)))
+            pending.discard(done)
+            index, part = done.result()
+            _fold_into((F_iw, F_n, F_w, F_x), part, [(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index,
+                                                                                             strict=True)],
+                       shape, n_parts)
+            del part
+            bar.update(1)
+            j = next(it, None)
+            if j is not None:
+                pending.add(pool.submit(task, j))
+    bar.close()
+    to_hkl = [list(dims).index(d) for d in "HKL"]
+    F_iw, F_w, F_n, F_x = (None if F is None else F.transpose(to_hkl) for F in (F_iw, F_w, F_n, F_x))
+    return _permute(F_iw, F_w, F_n, F_x, perms, tuple(shape[i] for i in to_hkl))
+
+
+def _as_completed(futures):
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+    return done
+
+
+def _scheduler_workers() -> int:
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        import os
+
+        return os.cpu_count() or 2
+    return max(1, sum(client.nthreads().values()))
+
+
+def _permute(F_iw, F_w, F_n, F_x, perms, shape):
+    """Stage 2: the sums over each canonical point's distinct P-images, plane by plane of x0.
+    The outputs are filled in place (their size counted first): index int32, sums float64,
+    count int32; ``w`` None where the weights are binary (it equals the count)."""
+    A = F_iw.shape
+    # a canonical x is the lexicographic maximum of its images: x0 ≥ x_j for every axis j that
+    # some permutation brings to the front, so plane x0 only holds candidates with those x_j ≤ x0
+    front = sorted({p[0] for p in perms} - {0})
+
+    def candidates(a0):
+        lim = [A[1], A[2]]
+        for j in front:
+            lim[j - 1] = min(lim[j - 1], a0 + 1)
+        x1, x2 = np.meshgrid(np.arange(lim[0]), np.arange(lim[1]), indexing="ij")
+        pts = np.stack([np.full(x1.size, a0), x1.ravel(), x2.ravel()])
+        canonical = np.ones(pts.shape[1], dtype=bool)
+        stab = np.zeros(pts.shape[1], dtype=np.int64)
+        for p in perms:
+            img = pts[list(p)]
+            greater = (img[0] > pts[0]) | ((img[0] == pts[0]) & ((img[1] > pts[1]) | ((img[1] == pts[1])
+                                                                                     & (img[2] > pts[2]))))
+            canonical &= ~greater
+            stab += np.all(img == pts, axis=0)
+        pts, stab = pts[:, canonical], stab[canonical]
+        return pts, stab
+
+    def F_n_orbit(pts):
+        return sum(F_n[tuple(pts[list(p)])].astype(np.int64) for p in perms)
+
+    planes = []
+    total = 0
+    for a0 in range(A[0]):
+        pts, stab = candidates(a0)
+        keep = F_n_orbit(pts) > 0
+        planes.append(int(keep.sum()))
+        total += planes[-1]
+    index = np.empty((total, 3), dtype=np.int32)
+    sums = {"I_w": np.empty(total), "w": None if F_w is None else np.empty(total)}
+    count = np.empty(total, dtype=np.int32)  # ≤ |G| valid voxels per orbit
+    extra = None if F_x is None else np.empty(total)
+    at = 0
+    for a0 in range(A[0]):
+        pts, stab = candidates(a0)
+        n_orb = F_n_orbit(pts)
+        keep = n_orb > 0
+        pts, stab, n_orb = pts[:, keep], stab[keep], n_orb[keep]
+        sl = slice(at, at + planes[a0])
+        imgs = [tuple(pts[list(p)]) for p in perms]
+        sums["I_w"][sl] = sum(F_iw[i].astype(np.float64) for i in imgs) / stab
+        count[sl] = n_orb // stab
+        if F_w is not None:
+            sums["w"][sl] = sum(F_w[i].astype(np.float64) for i in imgs) / stab
+        if F_x is not None:
+            extra[sl] = sum(F_x[i].astype(np.float64) for i in imgs) / stab
+        for a in range(3):
+            index[sl, a] = _negative_index(pts[a], shape[a])
+        at += planes[a0]
+    return {"index": index, "I_w": sums["I_w"], "w": sums["w"], "count": count, "extra": extra}
+
+
+def _negative_index(a, n):
+    """Grid index of the point at folded index ``a`` on the side ≤ 0 of an axis of ``n`` points."""
+    c = n // 2
+    return c - a if n % 2 else c - 1 - a
