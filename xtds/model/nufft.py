@@ -144,7 +144,8 @@ def _amplitudes(plan, th: np.ndarray, onehot: np.ndarray, box: ModeBox, out: np.
 
 class _PairSums(torch.autograd.Function):
     """S1 (differentiable) and, with ``each``, the products of each configuration (not
-    differentiable) of :func:`pair_sums`, by finufft; see the module docstring.
+    differentiable) of :func:`pair_sums`, by finufft (cufinufft for CUDA tensors, which never
+    leave the device); see the module docstring.
 
     Works one configuration at a time into preallocated arrays: fresh multi-megabyte temporaries
     cost page faults that, measured here, can take longer than the transforms.
@@ -152,6 +153,8 @@ class _PairSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, group, box, eps, each):
+        if _device_path(theta):
+            return _forward_cuda(ctx, theta, group, box, eps, each)
         th_all = theta.detach().cpu().numpy().astype(np.float64)  # (b, M, 3)
         grp = np.asarray(group)
         G = int(grp.max()) + 1
@@ -179,6 +182,8 @@ class _PairSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gS1, _gP):
         (theta,) = ctx.saved_tensors
+        if _device_path(theta):
+            return _backward_cuda(ctx, theta, gS1), None, None, None, None
         F, grp, box, eps = ctx.F, ctx.group, ctx.box, ctx.eps
         G = F.shape[1]
         g = gS1.detach().cpu().numpy().astype(np.float64)
@@ -202,6 +207,87 @@ class _PairSums(torch.autograd.Function):
             own = vals[grp, :, np.arange(len(grp))]  # each atom's own species: (M, 3)
             out[c] = -(own * np.exp(1j * (th @ box.offset))[:, None]).imag
         return torch.from_numpy(out).to(dtype=theta.dtype, device=theta.device), None, None, None, None
+
+
+def _device_path(theta: torch.Tensor) -> bool:
+    """Whether :class:`_PairSums` runs on the device (cufinufft): for CUDA tensors."""
+    return theta.is_cuda
+
+
+def _cufinufft():
+    try:
+        import cufinufft
+    except ImportError as err:
+        raise ImportError(
+            "the sampled model on a CUDA device needs cufinufft (pip install cufinufft), or "
+            "method='direct' for small systems, or device='cpu'"
+        ) from err
+    return cufinufft
+
+
+def _gamma(g: torch.Tensor, G: int) -> torch.Tensor:
+    """γ_gt of the module docstring from ∂L/∂S1 (n_pairs, *box): shape (G, G, *box)."""
+    gamma = g.new_zeros((G, G, *g.shape[1:]))
+    for p, (s, t) in enumerate(species_pairs(G)):
+        if s == t:
+            gamma[s, s] = 2 * g[p]
+        else:
+            gamma[s, t] = gamma[t, s] = g[p]
+    return gamma
+
+
+def _forward_cuda(ctx, theta, group, box, eps, each):
+    """:class:`_PairSums` forward on a CUDA device by cufinufft: every array stays on the device."""
+    cufinufft = _cufinufft()
+    dev = theta.device
+    th_all = theta.detach().to(torch.float64)
+    grp = np.asarray(group)
+    G = int(grp.max()) + 1
+    onehot = torch.as_tensor(grp[None, :] == np.arange(G)[:, None], dtype=torch.complex128, device=dev)
+    offset = torch.as_tensor(box.offset, dtype=torch.float64, device=dev)
+    plan = cufinufft.Plan(1, box.shape, n_trans=G, eps=eps, isign=1, dtype="complex128")
+    keep = ctx.needs_input_grad[0]
+    F = torch.empty((len(th_all) if keep else 1, G, *box.shape), dtype=torch.complex128, device=dev)
+    S1 = torch.zeros((len(species_pairs(G)), *box.shape), dtype=torch.float64, device=dev)
+    P = torch.empty((len(th_all) if each else 0, *S1.shape), dtype=torch.float64, device=dev)
+    for c, th in enumerate(th_all):
+        plan.setpts(*(th[:, a].contiguous() for a in range(3)))
+        strengths = (onehot * torch.exp(1j * (th @ offset))[None, :]).contiguous()
+        Fc = torch.as_tensor(plan.execute(strengths), device=dev).reshape(G, *box.shape)
+        F[c if keep else 0] = Fc
+        Pc = _products(Fc[None])[0]
+        S1 += Pc
+        if each:
+            P[c] = Pc
+    ctx.mark_non_differentiable(P)
+    if keep:
+        ctx.save_for_backward(theta)
+        ctx.F, ctx.group, ctx.box, ctx.eps = F, grp, box, eps
+    return S1, P
+
+
+def _backward_cuda(ctx, theta, gS1):
+    """:class:`_PairSums` backward on a CUDA device: one type-2 cufinufft per configuration."""
+    cufinufft = _cufinufft()
+    F, grp, box, eps = ctx.F, ctx.group, ctx.box, ctx.eps
+    dev, G = theta.device, F.shape[1]
+    gamma = _gamma(gS1.detach().to(torch.float64), G).to(torch.complex128)
+    n = [torch.as_tensor(m, dtype=torch.float64, device=dev).reshape([-1 if b == a else 1 for b in range(3)])
+         for a, m in enumerate(box.modes())]
+    offset = torch.as_tensor(box.offset, dtype=torch.float64, device=dev)
+    own_index = torch.as_tensor(grp, device=dev)
+    plan = cufinufft.Plan(2, box.shape, n_trans=3 * G, eps=eps, isign=1, dtype="complex128")
+    th_all = theta.detach().to(torch.float64)
+    out = torch.empty_like(th_all)
+    atoms = torch.arange(len(grp), device=dev)
+    for c, th in enumerate(th_all):
+        gam_conj = torch.einsum("gt...,t...->g...", gamma, F[c]).conj()  # Γ_g*, (G, *box)
+        coeff = torch.stack([n[a] * gam_conj for a in range(3)], 1).reshape(3 * G, *box.shape).contiguous()
+        plan.setpts(*(th[:, a].contiguous() for a in range(3)))
+        vals = torch.as_tensor(plan.execute(coeff), device=dev).reshape(G, 3, -1)  # (G, 3, M)
+        own = vals[own_index, :, atoms]  # (M, 3)
+        out[c] = -(own * torch.exp(1j * (th @ offset))[:, None]).imag
+    return out.to(dtype=theta.dtype)
 
 
 def pair_sums(frac: torch.Tensor, group, box: ModeBox, eps: float = DEFAULT_EPS, method: str = "nufft",

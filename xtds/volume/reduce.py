@@ -130,8 +130,9 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     -------
     dict: ``index`` (P, 3) grid indices of each orbit's representative (the member with every
     coordinate ≤ 0), ``I_w``, ``w`` (None for binary weights: it is the count), ``count`` (int32;
-    sums over the orbit's valid voxels), ``extra`` (or None); orbits without a valid voxel are left out; ordered by canonical point. Indices
-    and permutations refer to H, K, L whatever ``dims``.
+    sums over the orbit's valid voxels), ``extra`` (or None); orbits without a valid voxel are
+    left out; ordered by canonical point. Indices and permutations refer to H, K, L whatever
+    ``dims``.
     """
     import dask.array as da
 
@@ -143,10 +144,14 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     weight = weight.astype(acc_dtype)
     folds = [_fold_index(n) for n in shape]
     A = tuple(f[0] for f in folds)
-    F_iw = np.zeros(A, dtype=acc_dtype)
-    F_w = None if binary_weight else np.zeros(A, dtype=acc_dtype)
-    F_n = np.zeros(A, dtype=np.uint8)
-    F_x = None if extra is None else np.zeros(A, dtype=acc_dtype)
+    # cupy blocks are folded on the device; the octant then comes to the host once
+    xp = np
+    if type(getattr(intensity, "_meta", None)).__module__.startswith("cupy"):
+        import cupy as xp
+    F_iw = xp.zeros(A, dtype=acc_dtype)
+    F_w = None if binary_weight else xp.zeros(A, dtype=acc_dtype)
+    F_n = xp.zeros(A, dtype=np.uint8)
+    F_x = None if extra is None else xp.zeros(A, dtype=acc_dtype)
     # per block, its summands, computed a few blocks at a time (by the current scheduler: threads,
     # or the workers of a distributed Client) and folded into the octant here as they come: the
     # memory is that of the blocks in flight, and each block (so each chunk of the file) is read once
@@ -186,7 +191,8 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
                 pending.add(pool.submit(task, j))
     bar.close()
     to_hkl = [list(dims).index(d) for d in "HKL"]
-    F_iw, F_w, F_n, F_x = (None if F is None else F.transpose(to_hkl) for F in (F_iw, F_w, F_n, F_x))
+    F_iw, F_w, F_n, F_x = (None if F is None else (F if xp is np else F.get()).transpose(to_hkl)
+                           for F in (F_iw, F_w, F_n, F_x))
     return _permute(F_iw, F_w, F_n, F_x, perms, tuple(shape[i] for i in to_hkl))
 
 
