@@ -22,7 +22,7 @@ LAYERS = [
     ("xtds.model", "xtds.volume"),
     ("xtds.io",),
     ("xtds.fitting",),
-    ("xtds.datasets", "xtds.plot"),
+    ("xtds.datasets", "xtds.plot", "xtds.amortized"),
     ("xtds.accessor", "xtds.cli", "xtds"),
 ]
 

@@ -49,10 +49,34 @@ def test_paper_benchmark_runs():
 
 def test_large_volume_benchmark_runs(tmp_path):
     pytest.importorskip("psutil")
-    out = run_benchmark("large_volume.py", "--n", "101", "--dir", str(tmp_path))
-    assert "output (101, 101, 101)" in out
-    assert 0 < numbers(r"peak RSS ([0-9.]+) GB", out)[0] < 2.5
+    out = run_benchmark("large_volume.py", "--n", "101", "--dir", str(tmp_path), "--keep")
+    # the m-3m orbits of the valid voxels: 51³ octant points hold about 51³/6 canonical ones
+    found = re.search(r"([0-9]+) irreducible points of ([0-9]+) \(([0-9]+) valid", out.replace(",", ""))
+    n_points, n_available, n_valid = (int(x) for x in found.groups())
+    assert n_points == n_available and 15_000 < n_points < 51**3 / 6 + 51**2 and n_valid < 101**3
+    assert 0 < numbers(r"peak RSS of this process ([0-9.]+) GB", out)[0] < 2.5
     assert numbers(r"([0-9.]+) MB/s of input", out)[0] > 0
+    full = run_benchmark("large_volume.py", "--n", "101", "--dir", str(tmp_path), "--full-volume")
+    assert "symmetrized volume (101, 101, 101) written to zarr" in full
+
+
+def test_gpu_check_says_when_there_is_no_gpu():
+    import torch
+
+    out = run_benchmark("gpu_check.py")
+    if not torch.cuda.is_available():
+        assert out.strip() == "no CUDA device: nothing to check (the GPU tests skip likewise)"
+    else:
+        assert "GPU−CPU" in out
+
+
+def test_amortized_benchmark_runs(tmp_path):
+    """Simulate, train (2 epochs), predict and refine on one measured spectrum, at a tiny size."""
+    out = run_benchmark("amortized_al.py", "--n", "24", "--held-out", "8", "--mesh", "6", "--epochs", "2",
+                        "--workers", "0", "--measured", "280", "--store", str(tmp_path))
+    assert "simulated 24 spectra of 4,144 pixels" in out
+    assert len(numbers(r"\| +([0-9.]+) %", out)) == 15  # five constants: two errors and a coverage each
+    assert "refined" in out and (tmp_path / "two_stage.json").exists()
 
 
 def test_al_arcs_benchmark_runs(tmp_path):

@@ -177,6 +177,156 @@ def cmd_plot(args) -> int:
 _FORMATS = {None: None, "nc": "netcdf", "netcdf": "netcdf", "zarr": "zarr", "nxs": "nexus", "nexus": "nexus"}
 
 
+def _powder_data(name: str):
+    """A powder INS data set in the layout of :func:`xtds.datasets.al_arcs` (chi (temperature, E,
+    Q), valid (E, Q)): ``al_arcs`` or a netCDF/zarr path."""
+    import xarray as xr
+
+    if name == "al_arcs":
+        from xtds.datasets import al_arcs
+
+        return al_arcs()
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"no data set {name!r}: give 'al_arcs' or a netCDF/zarr file")
+    ds = xr.open_zarr(name) if os.path.isdir(name) else xr.open_dataset(name)
+    missing = [v for v in ("chi", "valid", "Q", "E", "temperature") if v not in ds.variables]
+    if missing:
+        raise ValueError(f"{name} lacks {missing}: a powder data set needs chi (temperature, E, Q), valid (E, Q)")
+    return ds.load()
+
+
+def _powder_observable(args, ds, temperature: float):
+    from xtds.crystal import as_crystal
+    from xtds.ifc import IFCModel
+    from xtds.model.neutron import chopper_resolution
+    from xtds.model.powder import PowderSpectrum
+
+    model = IFCModel(as_crystal(args.crystal), shells=args.shells)
+    if args.chopper:
+        tm, tc = (float(x) for x in args.chopper.split(","))
+        res = chopper_resolution(float(ds.attrs.get("incident_energy_meV", 50.0)), tm, tc)
+    else:
+        res = args.fwhm
+    return PowderSpectrum(model, ds["Q"].values, ds["E"].values, temperature, mask=ds["valid"].values,
+                          resolution=res, mesh=args.mesh)
+
+
+def cmd_amortize_simulate(args) -> int:
+    from xtds.amortized import simulate
+
+    ds = _powder_data(args.data)
+    with open(args.reference, encoding="utf-8") as f:
+        ref = json.load(f)
+    lo, hi = (float(t) for t in args.temperatures.split(","))
+    obs = _powder_observable(args, ds, 0.5 * (lo + hi))
+    out = simulate(obs, ref, args.n, box=(args.low, args.high), seed=args.seed, store=args.store,
+                   workers=args.workers, temperatures=(lo, hi), progress=not args.quiet)
+    import zarr
+
+    root = zarr.open_group(args.store, mode="r+")
+    root.attrs["cli"] = json.dumps({"data": args.data, "crystal": args.crystal, "shells": args.shells,
+                                    "mesh": args.mesh, "fwhm": args.fwhm, "chopper": args.chopper,
+                                    "temperatures": [lo, hi], "reference": ref})
+    print(f"{args.n} spectra of {out.sizes['pixel']} pixels in {args.store} ({out.attrs['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_amortize_train(args) -> int:
+    import numpy as np
+    import zarr
+
+    from xtds.amortized import GaussianPosterior, LabelScale, TwoStage, with_temperature
+
+    root = zarr.open_group(args.store, mode="r")
+    if not bool(np.all(root["done"][:])):
+        raise ValueError(f"the training set {args.store} is not complete: rerun `xtds amortize simulate` on it")
+    meta = json.loads(root.attrs["cli"])
+    prov = json.loads(root.attrs["provenance"])
+    phi = np.asarray(root["constants"][:])
+    T = np.asarray(root["temperature"][:])
+    X = with_temperature(np.asarray(root["values"][:]), T, meta["temperatures"])
+    box = np.asarray(prov["box"], dtype=float)
+    if box.shape != (2,):
+        raise ValueError(f"the training set's box {prov['box']} is not one (low, high) pair: train in Python")
+    scale = LabelScale(tuple(prov["reference"]), float(box[0]), float(box[1]))
+    info = {"training_set": args.store, "provenance": prov, "cli": meta}
+    net = (GaussianPosterior if args.posterior else TwoStage)(X.shape[1], scale, metadata=info)
+    kw = {"epochs": args.epochs, "checkpoint": args.out + ".ckpt", "progress": not args.quiet}
+    if not args.posterior:
+        kw["regressor_epochs"] = args.epochs
+    net.fit(X, phi, **kw)
+    net.save(args.out)
+    print(f"saved {args.out}.pt and {args.out}.json")
+    return 0
+
+
+def cmd_amortize_predict(args) -> int:
+    import numpy as np
+
+    from xtds.amortized import load, with_temperature
+
+    net = load(args.net)
+    meta = net.metadata.get("cli", {})
+    ds = _powder_data(args.data)
+    temps = [float(t) for t in args.temperature.split(",")] if args.temperature else \
+        [float(t) for t in ds["temperature"].values]
+    valid = ds["valid"].values
+    spectra = np.stack([ds["chi"].sel(temperature=T).values[valid] for T in temps])
+    X = with_temperature(spectra, temps, meta.get("temperatures", (min(temps), max(temps))))
+    if hasattr(net, "vae"):
+        mean, spread = net.predict(X, n_draws=args.draws)
+    else:
+        mean, cov = net.predict(X)
+        spread = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    names = net.metadata["provenance"]["observable"]["constants"]
+    rows = [{"temperature": T, "constants": dict(zip(names, map(float, m), strict=True)),
+             "spread": dict(zip(names, map(float, s), strict=True))}
+            for T, m, s in zip(temps, mean, spread, strict=True)]
+    for r in rows:
+        print(f"{r['temperature']:g} K: " + ", ".join(f"{k} {v:+.4f}±{r['spread'][k]:.4f}"
+                                                     for k, v in r["constants"].items()))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def _amortize_parser(sub):
+    p = sub.add_parser("amortize", help="amortized inference: simulate a training set, train, predict")
+    asub = p.add_subparsers(dest="amortize_command", required=True)
+    s = asub.add_parser("simulate", help="a training set of powder spectra (zarr)")
+    s.add_argument("--data", default="al_arcs", help="'al_arcs' or a netCDF/zarr powder data set (its grid, mask)")
+    s.add_argument("--crystal", required=True)
+    s.add_argument("--shells", type=int, required=True)
+    s.add_argument("--reference", required=True, help="JSON file: constant name → eV/Å²")
+    s.add_argument("--n", type=int, default=10_000)
+    s.add_argument("--low", type=float, default=0.5, help="draws: reference × uniform(low, high)")
+    s.add_argument("--high", type=float, default=1.5)
+    s.add_argument("--temperatures", default="50,640", help="low,high K of the drawn temperatures")
+    s.add_argument("--mesh", type=int, default=12)
+    s.add_argument("--fwhm", type=float, default=2.0, help="constant energy resolution FWHM, meV")
+    s.add_argument("--chopper", default=None, help="'TM,TC': the chopper resolution (μs) instead of --fwhm")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--store", required=True, help="the zarr training set (a rerun resumes it)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_amortize_simulate)
+    t = asub.add_parser("train", help="train the two-stage network (or --posterior) on a training set")
+    t.add_argument("--store", required=True)
+    t.add_argument("--out", required=True, help="path prefix of the saved network (.pt, .json)")
+    t.add_argument("--epochs", type=int, default=300)
+    t.add_argument("--posterior", action="store_true", help="the Gaussian amortized posterior instead")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_amortize_train)
+    r = asub.add_parser("predict", help="constants of measured spectra from a trained network")
+    r.add_argument("--net", required=True)
+    r.add_argument("--data", default="al_arcs")
+    r.add_argument("--temperature", default=None, help="comma-separated K (default: every one in the data)")
+    r.add_argument("--draws", type=int, default=10_000, help="latent draws (two-stage network)")
+    r.add_argument("--out", default=None, help="write the predictions (JSON)")
+    r.set_defaults(func=cmd_amortize_predict)
+
+
 def main(argv=None) -> int:
     from xtds._version import __version__
 
@@ -233,6 +383,7 @@ def main(argv=None) -> int:
     p.add_argument("file")
     p.add_argument("--out", default="out")
     p.set_defaults(func=cmd_plot)
+    _amortize_parser(sub)
     args = ap.parse_args(argv)
     try:
         return args.func(args)
@@ -240,7 +391,8 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         message = str(err).replace("overwrite=True", "--overwrite").replace("format=", "--format ")
-        print(f"xtds {args.command}: {type(err).__name__}: {message} (--debug for the traceback)", file=sys.stderr)
+        command = args.command + (f" {args.amortize_command}" if args.command == "amortize" else "")
+        print(f"xtds {command}: {type(err).__name__}: {message} (--debug for the traceback)", file=sys.stderr)
         return 2
 
 

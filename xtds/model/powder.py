@@ -452,6 +452,12 @@ class PowderSpectrum:
     def mean(self, phi: torch.Tensor) -> torch.Tensor:
         return self(phi)
 
+    def reset(self) -> None:
+        """Forget the adaptive widths (and ``reference``): the next evaluation makes them anew at its
+        constants. A training set (:func:`xtds.amortized.simulate`) calls it before every draw."""
+        self.reference = None
+        self._widths = None
+
     def widths(self, phi: torch.Tensor):
         """The adaptive widths (K, 3n) meV, made once at ``reference`` or else at the constants of the
         first evaluation (a fit's start) and then kept, so that the model is one differentiable
@@ -477,4 +483,12 @@ class PowderSpectrum:
         return self._points
 
     def stability_k(self) -> np.ndarray:
-        return self.points.k_irreducible
+        """Every k the spectrum sums over: the one-phonon average's, and the Debye–Waller and
+        multiphonon meshes' (irreducible points): where an unstable mode would make it undefined."""
+        from xtds.model.kmesh import irreducible_mesh
+
+        P = self.model.primitive
+        ks = [self.points.k_irreducible, irreducible_mesh(P, (self.dw_mesh,) * 3).k]
+        if self.multiphonon:
+            ks.append(irreducible_mesh(P, (self.multiphonon_mesh,) * 3).k)
+        return np.concatenate(ks)

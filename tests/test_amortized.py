@@ -1,0 +1,159 @@
+"""Training sets for amortized inference (xtds.amortized.simulate)."""
+
+import numpy as np
+import pytest
+import torch
+
+import xtds
+from xtds.amortized import draw_constants, simulate
+from xtds.fitting.losses import min_eigenvalues
+from xtds.model import PowderSpectrum
+
+AL = xtds.Crystal.preset("Al")
+REF = {"b0": -0.61, "b1": 0.10, "b2": -0.71, "c0": -0.155, "c1": 0.032}
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A cheap powder spectrum: 6 |Q| bins × 8 energies, a mask, the source's normalization."""
+    model = xtds.IFCModel(AL, shells=2)
+    Q, E = np.linspace(2.0, 4.5, 6), np.linspace(5.0, 33.0, 8)
+    mask = np.ones((8, 6), dtype=bool)
+    mask[-2:, :2] = False  # a kinematic corner
+    return PowderSpectrum(model, Q, E, 150.0, mask=mask, mesh=6, multiphonon=(2,), multiphonon_mesh=8, dw_mesh=8)
+
+
+def test_draws_are_stable_seeded_and_in_the_box(small):
+    model = small.model
+    ref = model.vector(REF).numpy()
+    k = small.stability_k()
+    phis = draw_constants(model, REF, 40, box=(0.5, 1.5), seed=4, k=k)
+    assert phis.shape == (40, 5)
+    u = phis / ref
+    assert np.all((u >= 0.5) & (u <= 1.5))
+    np.testing.assert_array_equal(phis, draw_constants(model, REF, 40, box=(0.5, 1.5), seed=4, k=k))
+    for p in phis:
+        lam = min_eigenvalues(model, torch.as_tensor(p), k)
+        assert bool((lam[torch.isfinite(lam)] >= -1e-10).all())
+    # without the check, the same box holds unstable draws (so the check removes some)
+    raw = draw_constants(model, REF, 200, box=(0.5, 1.5), seed=4)
+    unstable = [p for p in raw if float(min_eigenvalues(model, torch.as_tensor(p), k).min()) < -1e-10]
+    assert len(unstable) > 0
+    with pytest.raises(ValueError, match="stable"):
+        draw_constants(model, REF, 10, box=(-3.0, -2.0), seed=0, k=k)  # every spring reversed
+
+
+def test_simulated_values_are_the_observable_at_each_draw(small, tmp_path):
+    out = simulate(small, REF, 12, seed=1, workers=0, batch=5, progress=False)
+    assert out["values"].shape == (12, len(small)) and out["values"].dtype == np.float32
+    for i in (0, 7, 11):
+        small.reset()
+        with torch.no_grad():
+            direct = small.mean(torch.as_tensor(out["constants"].values[i])).numpy()
+        np.testing.assert_allclose(out["values"].values[i], direct, rtol=1e-5, atol=1e-6)
+        assert abs(float(direct.mean())) < 1e-12  # the source's normalization: mean 0 …
+        assert float(direct.max() - direct.min()) == pytest.approx(1.0)  # … and range 1
+    # two worker processes give the same set
+    par = simulate(small, REF, 12, seed=1, workers=2, batch=5, progress=False)
+    np.testing.assert_array_equal(par["values"].values, out["values"].values)
+
+
+def test_store_resumes_and_refuses_other_settings(small, tmp_path, monkeypatch):
+    import zarr
+
+    from xtds.amortized import training_set as sim_mod
+
+    store = str(tmp_path / "train.zarr")
+    first = simulate(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
+    root = zarr.open_group(store, mode="r+")
+    assert bool(np.all(root["done"][:]))
+    root["done"][1] = False  # as if killed while batch 1 was running
+    calls = []
+    real = sim_mod._evaluate
+    monkeypatch.setattr(sim_mod, "_evaluate", lambda phis, *args: calls.append(len(phis)) or real(phis, *args))
+    again = simulate(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
+    assert calls == [4]  # only the unfinished batch
+    np.testing.assert_allclose(again["values"].values, first["values"].values, rtol=1e-6)
+    with pytest.raises(ValueError, match="other settings"):
+        simulate(small, REF, 10, seed=3, workers=0, batch=4, store=store, progress=False)
+
+
+def _toy(n, seed, sigma=0.05, P=20):
+    """x = A u + σ ε, u uniform in the box (as fractions of the reference)."""
+    rng = np.random.default_rng(seed)
+    A = np.random.default_rng(99).standard_normal((P, 3))
+    ref = np.array([-0.6, 0.1, -0.7])
+    u = rng.uniform(0.5, 1.5, (n, 3))
+    x = (u - 1.0) @ A.T + sigma * rng.standard_normal((n, P))
+    return x, u * ref, ref, A
+
+
+def test_gaussian_posterior_is_calibrated_on_a_linear_toy():
+    """Linear-Gaussian data: the exact posterior (away from the box edges) has the covariance
+    σ² (AᵀA)⁻¹ in u; the learned one must match it and its 68 % intervals must hold ~68 %."""
+    from xtds.amortized.networks import GaussianPosterior, LabelScale
+
+    sigma = 0.3  # a posterior width of 5–7 % of the box: learned in 60 epochs (3 s)
+    x, phi, ref, A = _toy(4000, 0, sigma)
+    post = GaussianPosterior(20, LabelScale(tuple(ref)), hidden=64).fit(x, phi, epochs=60, batch=200, lr=3e-3,
+                                                                        progress=False)
+    xt, phit, _, _ = _toy(1000, 1, sigma)
+    mean, cov = post.predict(xt)
+    sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    inside = np.abs(mean - phit) <= sd
+    exact_sd = sigma * np.sqrt(np.diag(np.linalg.inv(A.T @ A))) * np.abs(ref)  # in φ: u × ref
+    interior = np.all(np.abs(phit / ref - 1) < 0.35, axis=1)  # away from the box edges
+    np.testing.assert_allclose(np.median(sd[interior], axis=0), exact_sd, rtol=0.3)
+    for j in range(3):
+        assert 0.60 <= inside[interior, j].mean() <= 0.76
+
+
+def test_two_stage_learns_saves_and_resumes(tmp_path):
+    from xtds.amortized.networks import LabelScale, TwoStage, load
+
+    x, phi, ref, _ = _toy(600, 2, sigma=0.01)
+    scale = LabelScale(tuple(ref))
+    net = TwoStage(20, scale, latent=6, hidden=64).fit(x, phi, epochs=40, regressor_epochs=60, batch=100, lr=3e-3,
+                                                       progress=False)
+    xt, phit, _, _ = _toy(200, 3, sigma=0.01)
+    mean, spread = net.predict(xt, n_draws=200)
+    rel = np.median(np.abs(mean / phit - 1), axis=0)
+    assert np.all(rel < 0.05), rel  # a toy: a few per cent after a few seconds of training
+    assert np.all(spread > 0)
+    net.save(str(tmp_path / "net"))
+    back = load(str(tmp_path / "net"))
+    np.testing.assert_allclose(back.predict(xt, n_draws=50)[0], net.predict(xt, n_draws=50)[0], rtol=1e-6)
+    # a checkpointed run stopped after 3 epochs and resumed equals 6 epochs at once
+    ck = str(tmp_path / "ck")
+
+    def fresh():
+        torch.manual_seed(5)  # the same initial weights
+        return TwoStage(20, scale, latent=6, hidden=32)
+
+    whole = fresh().fit(x, phi, epochs=6, regressor_epochs=6, progress=False)
+    fresh().fit(x, phi, epochs=3, regressor_epochs=3, checkpoint=ck, progress=False)
+    resumed = fresh().fit(x, phi, epochs=6, regressor_epochs=6, checkpoint=ck, progress=False)
+    assert len(resumed.history["vae"]) == 6
+    np.testing.assert_allclose(resumed.predict(xt, n_draws=20)[0], whole.predict(xt, n_draws=20)[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="pixels"):
+        net.predict(np.zeros((2, 19)))
+
+
+def test_cli_simulate_train_predict(tmp_path, capsys):
+    """`xtds amortize simulate|train|predict` end to end on a tiny set (mesh 6, 24 spectra)."""
+    import json
+
+    from xtds.cli import main
+
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps(REF))
+    store, net = str(tmp_path / "t.zarr"), str(tmp_path / "net")
+    assert main(["amortize", "simulate", "--crystal", "Al", "--shells", "2", "--reference", str(ref), "--n", "24",
+                 "--mesh", "6", "--store", store, "--workers", "0", "--quiet"]) == 0
+    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--quiet", "--posterior"]) == 0
+    out = tmp_path / "p.json"
+    assert main(["amortize", "predict", "--net", net, "--temperature", "150,280", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["temperature"] for r in rows] == [150.0, 280.0] and set(rows[0]["constants"]) == set(REF)
+    assert main(["amortize", "predict", "--net", str(tmp_path / "missing")]) == 2
+    assert "no saved network" in capsys.readouterr().err

@@ -1,0 +1,314 @@
+"""The networks of amortized inference: Su & Li's two-stage model, and a calibrated posterior.
+
+Inputs are the simulated (or measured) observables, e.g. the 4,144 valid pixels of a normalized
+powder spectrum; labels are the force constants as fractions of a reference, u = φ / φ_ref (the
+training box, 0.5–1.5, maps to ±1 after centring and scaling: ``LabelScale``).
+
+- :class:`TwoStage` (Su & Li): a fully connected variational autoencoder (P → 400 → 30 latent
+  Gaussians, tanh; the decoder mirrored; KL weight 1e-6) trained on the simulations, optionally
+  fine-tuned on measured spectra at a reduced learning rate, and a regressor (30 → 100 → 1000 →
+  1000 → 100 → n, tanh) from the latent means to the labels. ``predict`` draws latent vectors from
+  the encoder's Gaussians: the spread of the predictions is the model's.
+- :class:`GaussianPosterior`: past the paper, an amortized posterior q(u | x) = N(μ(x), Σ(x))
+  (Σ by its Cholesky factor) trained by maximum likelihood on the simulations (neural posterior
+  estimation with a Gaussian family): its intervals are checked on held-out simulations.
+
+Both train with Adam on minibatches, with progress bars and checkpoints (state dict + JSON, written
+atomically every ``checkpoint_every`` epochs; a rerun with the same settings resumes), and save
+and load as a state dict plus JSON metadata (the training set's provenance, the label scale, the
+package versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LabelScale", "TwoStage", "GaussianPosterior", "load", "with_temperature"]
+
+
+def with_temperature(values, temperature, t_range) -> np.ndarray:
+    """The input of a temperature-conditioned network: the pixels (N, P) and one more column, the
+    temperature (N,) K mapped from ``t_range`` (low, high) to [−1, 1]. Shape (N, P + 1) float32."""
+    lo, hi = (float(t) for t in t_range)
+    t = (np.atleast_1d(np.asarray(temperature, dtype=float)) - 0.5 * (lo + hi)) / (0.5 * max(hi - lo, 1e-12))
+    v = np.atleast_2d(np.asarray(values, dtype=np.float32))
+    return np.concatenate([v, np.broadcast_to(t, (len(v),))[:, None].astype(np.float32)], 1)
+
+
+@dataclass(frozen=True)
+class LabelScale:
+    """u = φ / φ_ref mapped to z = (u − centre) / half-width (the training box to ±1)."""
+
+    reference: tuple
+    low: float = 0.5
+    high: float = 1.5
+
+    def to_z(self, phi) -> torch.Tensor:
+        u = torch.as_tensor(np.asarray(phi, dtype=float) / np.asarray(self.reference), dtype=torch.float32)
+        return (u - 0.5 * (self.low + self.high)) / (0.5 * (self.high - self.low))
+
+    def to_phi(self, z) -> np.ndarray:
+        z = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
+        return (z * 0.5 * (self.high - self.low) + 0.5 * (self.low + self.high)) * np.asarray(self.reference)
+
+    def phi_scale(self) -> np.ndarray:
+        """dφ/dz per constant (eV/Å²): a z interval in eV/Å²."""
+        return 0.5 * (self.high - self.low) * np.abs(np.asarray(self.reference))
+
+
+def _mlp(sizes, last_activation=False) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or last_activation:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class _VAE(nn.Module):
+    def __init__(self, n_in: int, hidden: int = 400, latent: int = 30):
+        super().__init__()
+        self.encoder = _mlp([n_in, hidden], last_activation=True)
+        self.mu = nn.Linear(hidden, latent)
+        self.logvar = nn.Linear(hidden, latent)
+        self.decoder = _mlp([latent, hidden, n_in])
+
+    def encode(self, x):
+        h = self.encoder(x)
+        return self.mu(h), self.logvar(h)
+
+    def forward(self, x, generator=None):
+        mu, logvar = self.encode(x)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return self.decoder(z), mu, logvar
+
+
+def _batches(n: int, size: int, generator: torch.Generator):
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+class _Trainer:
+    """Adam over epochs of shuffled minibatches, a progress bar, and resumable checkpoints."""
+
+    def __init__(self, module: nn.Module, lr: float, checkpoint, checkpoint_every: int, seed: int):
+        self.module, self.lr = module, lr
+        self.opt = torch.optim.Adam(module.parameters(), lr=lr)
+        self.checkpoint, self.every = checkpoint, checkpoint_every
+        self.gen = torch.Generator().manual_seed(seed)
+        self.start, self.history = 0, []
+        if checkpoint and os.path.exists(checkpoint):
+            state = torch.load(checkpoint, weights_only=False)
+            self.module.load_state_dict(state["module"])
+            self.opt.load_state_dict(state["opt"])
+            self.gen.set_state(state["gen"])
+            self.start, self.history = state["epoch"], state["history"]
+
+    def run(self, epochs: int, n: int, batch: int, step, desc: str, progress: bool):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=self.start, desc=desc, disable=not progress, leave=False)
+        for epoch in range(self.start, epochs):
+            total = 0.0
+            for idx in _batches(n, batch, self.gen):
+                self.opt.zero_grad()
+                loss = step(idx, self.gen)
+                loss.backward()
+                self.opt.step()
+                total += float(loss.detach()) * len(idx)
+            self.history.append(total / n)
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.history[-1]:.4g}")
+            if self.checkpoint and ((epoch + 1) % self.every == 0 or epoch + 1 == epochs):
+                tmp = self.checkpoint + ".tmp"
+                torch.save({"module": self.module.state_dict(), "opt": self.opt.state_dict(),
+                            "gen": self.gen.get_state(), "epoch": epoch + 1, "history": self.history}, tmp)
+                os.replace(tmp, self.checkpoint)
+        bar.close()
+        return self.history
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+class TwoStage:
+    """Su & Li's two-stage model (module docstring). ``n_in`` pixels, ``scale`` the labels'
+    :class:`LabelScale`; ``latent`` 30, ``hidden`` 400 and ``kl_weight`` 1e-6 as in the paper."""
+
+    kind = "two_stage"
+
+    def __init__(self, n_in: int, scale: LabelScale, latent: int = 30, hidden: int = 400, kl_weight: float = 1e-6,
+                 metadata: dict | None = None):
+        self.n_in, self.scale, self.latent, self.hidden, self.kl_weight = n_in, scale, latent, hidden, kl_weight
+        n_out = len(scale.reference)
+        self.vae = _VAE(n_in, hidden, latent)
+        self.regressor = _mlp([latent, 100, 1000, 1000, 100, n_out])
+        self.metadata = dict(metadata or {})
+        self.history: dict = {}
+
+    def _vae_loss(self, x, gen):
+        recon, mu, logvar = self.vae(x, gen)
+        rec = ((recon - x) ** 2).sum(1).mean()
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1).mean()
+        return rec + self.kl_weight * kl
+
+    def fit(self, values, constants, epochs: int = 200, regressor_epochs: int = 200, batch: int = 128,
+            lr: float = 1e-3, seed: int = 0, checkpoint: str | None = None, checkpoint_every: int = 10,
+            progress: bool = True) -> TwoStage:
+        """Train the VAE on ``values`` (N, P), then the regressor from the latent means to the
+        labels of ``constants`` (N, n) eV/Å². ``checkpoint``: a path prefix (two files)."""
+        x, z = _as_tensor(values), self.scale.to_z(constants)
+        self._check_input(x)
+        tv = _Trainer(self.vae, lr, checkpoint and checkpoint + ".vae.pt", checkpoint_every, seed)
+        resumed_to = tv.start
+        self.history["vae"] = tv.run(epochs, len(x), batch, lambda i, g: self._vae_loss(x[i], g), "VAE", progress)
+        if checkpoint and resumed_to < epochs and os.path.exists(checkpoint + ".regressor.pt"):
+            os.remove(checkpoint + ".regressor.pt")  # made on the latents of an earlier VAE: stale
+        with torch.no_grad():
+            m = self.vae.encode(x)[0]
+        tr = _Trainer(self.regressor, lr, checkpoint and checkpoint + ".regressor.pt", checkpoint_every, seed + 1)
+        self.history["regressor"] = tr.run(regressor_epochs, len(x), batch,
+                                           lambda i, g: ((self.regressor(m[i]) - z[i]) ** 2).mean(), "regressor",
+                                           progress)
+        return self
+
+    def finetune(self, measured, epochs: int = 100, lr: float = 1e-4, seed: int = 0, progress: bool = True):
+        """Fine-tune the VAE on measured spectra (M, P) at a reduced learning rate (the regressor
+        stays): the encoder learns what the measurement has that the simulations lack."""
+        x = _as_tensor(np.atleast_2d(measured))
+        self._check_input(x)
+        tv = _Trainer(self.vae, lr, None, 1, seed)
+        self.history["finetune"] = tv.run(epochs, len(x), max(1, len(x)), lambda i, g: self._vae_loss(x[i], g),
+                                          "fine-tune", progress)
+        return self
+
+    @torch.no_grad()
+    def predict(self, values, n_draws: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Constants (eV/Å²) for each spectrum (N, P): the mean and standard deviation over
+        ``n_draws`` latent vectors drawn from the encoder's Gaussians. Shapes (N, n) each."""
+        x = _as_tensor(np.atleast_2d(values))
+        self._check_input(x)
+        mu, logvar = self.vae.encode(x)
+        gen = torch.Generator().manual_seed(seed)
+        eps = torch.randn((n_draws, *mu.shape), generator=gen)
+        z = self.regressor(mu + torch.exp(0.5 * logvar) * eps)  # (draws, N, n)
+        phi = self.scale.to_phi(z)
+        return phi.mean(0), phi.std(0)
+
+    def _check_input(self, x):
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            raise ValueError(f"the network takes spectra of {self.n_in} pixels, got shape {tuple(x.shape)}: use the "
+                             "mask and normalization of the training set (its metadata)")
+        if not torch.isfinite(x).all():
+            raise ValueError("the spectra hold NaN or infinite values: pass the valid pixels only")
+
+    def state(self) -> dict:
+        return {"vae": self.vae.state_dict(), "regressor": self.regressor.state_dict()}
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "n_in": self.n_in, "scale": asdict(self.scale), "latent": self.latent,
+                "hidden": self.hidden, "kl_weight": self.kl_weight}
+
+    def save(self, path: str) -> None:
+        """``path``.pt (state dict) and ``path``.json (configuration, metadata, training history)."""
+        _save(self, path)
+
+
+class GaussianPosterior:
+    """q(u | x) = N(μ(x), L Lᵀ), L lower triangular with a positive diagonal, from an MLP
+    (P → hidden → hidden → n + n(n+1)/2), trained by the negative log-likelihood of the simulated
+    labels; ``predict`` gives the mean and the covariance in eV/Å²."""
+
+    kind = "gaussian_posterior"
+
+    def __init__(self, n_in: int, scale: LabelScale, hidden: int = 256, metadata: dict | None = None):
+        self.n_in, self.scale, self.hidden = n_in, scale, hidden
+        n = len(scale.reference)
+        self.n = n
+        self.net = _mlp([n_in, hidden, hidden, n + n * (n + 1) // 2])
+        self.metadata = dict(metadata or {})
+        self.history: dict = {}
+        self._tril = torch.tril_indices(n, n)
+
+    def _dist(self, x):
+        out = self.net(x)
+        mu, raw = out[:, : self.n], out[:, self.n :]
+        L = torch.zeros((len(x), self.n, self.n), dtype=out.dtype)
+        L[:, self._tril[0], self._tril[1]] = raw
+        diag = torch.nn.functional.softplus(torch.diagonal(L, dim1=1, dim2=2)) + 1e-4
+        L = torch.tril(L, -1) + torch.diag_embed(diag)
+        return mu, L
+
+    def nll(self, x, z):
+        mu, L = self._dist(x)
+        w = torch.linalg.solve_triangular(L, (z - mu).unsqueeze(-1), upper=False).squeeze(-1)
+        return (0.5 * (w**2).sum(1) + torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)).mean()
+
+    def fit(self, values, constants, epochs: int = 300, batch: int = 128, lr: float = 1e-3, seed: int = 0,
+            checkpoint: str | None = None, checkpoint_every: int = 10, progress: bool = True):
+        x, z = _as_tensor(values), self.scale.to_z(constants)
+        TwoStage._check_input(self, x)
+        t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed)
+        self.history["posterior"] = t.run(epochs, len(x), batch, lambda i, g: self.nll(x[i], z[i]), "posterior",
+                                          progress)
+        return self
+
+    @torch.no_grad()
+    def predict(self, values) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (N, n) and covariance (N, n, n) of the constants, eV/Å² and (eV/Å²)²."""
+        x = _as_tensor(np.atleast_2d(values))
+        TwoStage._check_input(self, x)
+        mu, L = self._dist(x)
+        s = self.scale.phi_scale()
+        cov = (L @ L.transpose(1, 2)).numpy() * s[None, :, None] * s[None, None, :]
+        return self.scale.to_phi(mu), cov
+
+    def state(self) -> dict:
+        return {"net": self.net.state_dict()}
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "n_in": self.n_in, "scale": asdict(self.scale), "hidden": self.hidden}
+
+    def save(self, path: str) -> None:
+        _save(self, path)
+
+
+def _save(obj, path: str) -> None:
+    from xtds.amortized.training_set import _versions
+
+    torch.save(obj.state(), path + ".pt.tmp")
+    os.replace(path + ".pt.tmp", path + ".pt")
+    meta = {"config": obj.config(), "metadata": obj.metadata, "history": obj.history, "versions": _versions()}
+    with open(path + ".json.tmp", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, default=str)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def load(path: str):
+    """A saved :class:`TwoStage` or :class:`GaussianPosterior` (``path``.pt and ``path``.json)."""
+    for ext in (".pt", ".json"):
+        if not os.path.exists(path + ext):
+            raise FileNotFoundError(f"no saved network at {path}: {path + ext} is missing")
+    with open(path + ".json", encoding="utf-8") as f:
+        meta = json.load(f)
+    cfg = dict(meta["config"])
+    kind = cfg.pop("kind")
+    scale = LabelScale(**{k: (tuple(v) if k == "reference" else v) for k, v in cfg.pop("scale").items()})
+    cls = {"two_stage": TwoStage, "gaussian_posterior": GaussianPosterior}[kind]
+    obj = cls(scale=scale, metadata=meta.get("metadata"), **cfg)
+    state = torch.load(path + ".pt", weights_only=True)
+    if kind == "two_stage":
+        obj.vae.load_state_dict(state["vae"])
+        obj.regressor.load_state_dict(state["regressor"])
+    else:
+        obj.net.load_state_dict(state["net"])
+    obj.history = meta.get("history", {})
+    return obj
