@@ -337,6 +337,12 @@ def to_points(ds: xr.Dataset, crystal=None, laue: str | None = None, irreducible
     orbit as the σ of the weighted mean, √(Σ w²σ²)/Σ w; after :func:`symmetrize` (which has done
     that already, so the members hold copies of one mean) it is kept as it is.
 
+    A lazy (dask) volume whose Laue group holds every sign change of the axes (m-3m, m-3, 4/mmm,
+    mmm) is reduced in one read with memory 1/8 of the volume per summed quantity
+    (:mod:`xtds.volume.reduce`, ``progress`` shows its blocks); each orbit is then represented by
+    its member with every coordinate ≤ 0, and ``max_points`` draws uniformly among all the
+    points. Other volumes are computed in memory:
+
     ``max_points``: at most this many points, drawn with ``seed``. Where the volume holds far more
     valid voxels (over 20 × ``max_points``, irreducible), the orbits are those of random valid
     voxels (an orbit is drawn with probability ∝ its number of valid voxels) and only their members

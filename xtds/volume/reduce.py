@@ -5,35 +5,32 @@ mmm in their standard settings), G = S ⋊ P with S the 8 sign changes and P a g
 permutations, and the orbit of a voxel h is the P-orbit of |h| with every sign. So the reduction
 of :func:`xtds.volume.dataset.to_points` (weighted orbit means) splits in two stages:
 
-1. **Fold** (the one read of the file): slab by slab along H, each slab is read (and masked) by
-   dask, folded over the signs of K and L, and added into the octant accumulators
-   ``F(|h|) = Σ_{s ∈ S} (I·w, w, [valid], …)(s h)`` at the planes |H| of its rows. A slab is one
-   chunk of H, so each chunk of the file is read exactly once; at most ``in_flight`` slabs are
-   held at a time.
+1. **Fold** (the one read of the file): block by block, in the order of the array's first axis
+   (best the file's slowest: ``to_points`` puts it first), each block is read and masked by dask,
+   and its summands (I·w, the count of valid voxels, w unless the weights are 1, …) are added
+   onto the octant accumulators ``F(|h|) = Σ_{s ∈ S} (…)(s h)``: the pieces of a block on either
+   side of 0 go, reversed where negative, onto their places in the octant. Each block, so each
+   chunk of the file, is read once; a few blocks are in flight at a time.
 2. **Permute** (in memory, over the octant): for every canonical point x (the lexicographic
    maximum of its P-images) the sums over the distinct images, ``Σ_{p ∈ P} F(p x) / |P_x|``
    (|P_x| the images equal to x).
 
 Memory: the octant accumulators, 1/8 of the volume per summed quantity (float32 sums of at most 8
 values for float32 input, float64 otherwise; the count of valid voxels in uint8), plus the
-slabs in flight; never the whole volume. The slabs run as tasks of the current dask scheduler
-(threads, or a ``distributed.Client``: then each worker reads and folds its slabs and sends back
-a quarter of them).
+blocks in flight; never the whole volume. The blocks run as tasks of the current dask scheduler
+(threads, or a ``distributed.Client``: then the workers read and mask, and the client folds).
+On cupy blocks the octant stays on the device until the permutation stage.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import numpy as np
 
 __all__ = ["sign_folding_group", "fold_points"]
-
-log = logging.getLogger("xtds.volume")
-
 
 def sign_folding_group(matrices) -> list[tuple[int, int, int]] | None:
     """The axis permutations P of a Laue group with G = {all sign changes} ⋊ P, or None when the
@@ -54,14 +51,10 @@ def sign_folding_group(matrices) -> list[tuple[int, int, int]] | None:
     return sorted(perms)
 
 
-def _fold_index(n: int) -> tuple[int, np.ndarray]:
-    """The folded length of an axis of ``n`` points symmetric about 0 and, per index, its folded
-    index (|centred coordinate| rank): odd n has a point at 0 (fold length (n+1)/2), even n not."""
-    c = n // 2
-    i = np.arange(n)
-    if n % 2:
-        return c + 1, np.abs(i - c)
-    return c, np.where(i >= c, i - c, c - 1 - i)
+def _fold_length(n: int) -> int:
+    """The folded length of an axis of ``n`` points symmetric about 0: (n + 1)/2 for odd n (a
+    point at 0), n/2 for even n."""
+    return (n + 1) // 2
 
 
 def _weighted_parts(intensity, weight, *extra, acc_dtype=np.float64, binary=False):
@@ -115,8 +108,8 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     ----------
     intensity, weight
         dask (or numpy) arrays on ``dims`` (an order of H, K, L), every axis symmetric about 0;
-        ``weight`` 0 where masked. The slabs are the chunks of the first axis (best the file's
-        slowest: each slab is then one contiguous read).
+        ``weight`` 0 where masked. Blocks are taken in the order of the first axis (best the
+        file's slowest: the blocks of one slab are then one contiguous stretch of the file).
     perms
         The axis permutations P (:func:`sign_folding_group`).
     extra
@@ -124,7 +117,7 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     binary_weight
         The weights are 1 where valid: their sums are the counts (one accumulator less).
     in_flight
-        Slabs read at a time (default: the scheduler's workers, at least 2).
+        Blocks computed at a time (default: the scheduler's workers, at least 2).
 
     Returns
     -------
@@ -142,8 +135,7 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
         extra = da.asarray(extra)
     acc_dtype = np.float32 if np.result_type(intensity.dtype, np.float32) == np.float32 else np.float64
     weight = weight.astype(acc_dtype)
-    folds = [_fold_index(n) for n in shape]
-    A = tuple(f[0] for f in folds)
+    A = tuple(_fold_length(n) for n in shape)
     # cupy blocks are folded on the device; the octant then comes to the host once
     xp = np
     if type(getattr(intensity, "_meta", None)).__module__.startswith("cupy"):
@@ -204,15 +196,24 @@ def _as_completed(futures):
 
 
 def _scheduler_workers() -> int:
+    """Blocks to keep in flight: the threads of the current distributed client, if there is one
+    (never made here: ``get_client`` inside a task would make one, and a task that submits to its
+    own single-threaded worker waits forever), 2 inside a worker's task, else the CPU count."""
+    import os
+
     try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        import os
-
+        from distributed import default_client, get_worker
+    except ImportError:
         return os.cpu_count() or 2
-    return max(1, sum(client.nthreads().values()))
+    try:
+        get_worker()
+        return 2  # a task on a worker: its blocks are computed here, by dask's threads
+    except ValueError:
+        pass
+    try:
+        return max(1, sum(default_client().nthreads().values()))
+    except ValueError:  # no client: dask's threads
+        return os.cpu_count() or 2
 
 
 def _permute(F_iw, F_w, F_n, F_x, perms, shape):
