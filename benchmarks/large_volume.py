@@ -96,10 +96,11 @@ def main():
     mb = args.n**3 * 4 / 1e6
     client = None
     if args.cluster:
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        client = Client(LocalCluster(n_workers=args.cluster, threads_per_worker=1, processes=True,
-                                     memory_limit="4GB", dashboard_address=None))
+        from xtds.fitting.series import local_cluster
+
+        client = Client(local_cluster(args.cluster, memory_limit="4GB"))
     workers = WorkerPeaks(client) if client else None
     try:
         with PeakRSS() as rss:

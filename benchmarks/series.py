@@ -86,8 +86,9 @@ def main():
     t_seq = time.perf_counter() - t
     import distributed
 
-    with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    from xtds.fitting.series import local_cluster
+
+    with local_cluster(args.workers) as cluster, distributed.Client(cluster) as client:
         client.run(lambda: __import__("xtds.fitting") and None)  # the workers are up and have xtds imported
         t = time.perf_counter()
         par = xtds.fit_series(files, NI, client=client, progress=False, **fit)
@@ -97,6 +98,9 @@ def main():
           f"{t_seq / t_par:.2f}×; largest difference of the constants {same:.1e} eV/Å²")
 
     store = str(folder / "killed.zarr")
+    import shutil
+
+    shutil.rmtree(store, ignore_errors=True)  # a store left by an earlier run in the same --dir
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", KILLED, store, str(args.max_iter), *files], check=True, env=env)
     t = time.perf_counter()
