@@ -20,6 +20,7 @@ differentiable in the force constants everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -348,17 +349,31 @@ def chopper_resolution(incident_energy: float, moderator_us: float, chopper_us: 
         raise ValueError(f"the incident energy (meV) and the distances (m) must be positive, got {Ei}, {distances}")
     if not (moderator_us >= 0 and chopper_us >= 0 and moderator_us + chopper_us > 0):
         raise ValueError(f"the timing widths must be non-negative μs, not both 0: got {moderator_us}, {chopper_us}")
-    J_PER_MEV = _c.e * 1e-3
+    return ChopperFWHM(Ei, float(moderator_us), float(chopper_us), L1, L2, L3)
 
-    def speed(E):  # m/s for E in meV
-        return torch.sqrt(2 * E * J_PER_MEV / _c.m_n)
 
-    def fwhm(eps):
+@dataclass(frozen=True)
+class ChopperFWHM:
+    """FWHM(ε) meV of :func:`chopper_resolution`: a callable that can be pickled (sent to worker
+    processes with the observable that holds it)."""
+
+    incident_energy: float
+    moderator_us: float
+    chopper_us: float
+    L1: float
+    L2: float
+    L3: float
+
+    def __call__(self, eps):
+        J_PER_MEV = _c.e * 1e-3
+        Ei, L1, L2, L3 = self.incident_energy, self.L1, self.L2, self.L3
+
+        def speed(E):  # m/s for E in meV
+            return torch.sqrt(2 * E * J_PER_MEV / _c.m_n)
+
         eps = torch.as_tensor(eps)
         vi = speed(torch.full_like(eps, Ei))
         vf = speed((Ei - eps).clamp(min=1e-3 * Ei))
-        a = (vi**3 + vf**3 * L2 / L3) * moderator_us * 1e-6
-        b = (vi**3 + vf**3 * (L1 + L2) / L3) * chopper_us * 1e-6
+        a = (vi**3 + vf**3 * L2 / L3) * self.moderator_us * 1e-6
+        b = (vi**3 + vf**3 * (L1 + L2) / L3) * self.chopper_us * 1e-6
         return _c.m_n / L1 * torch.sqrt(a**2 + b**2) / J_PER_MEV
-
-    return fwhm
