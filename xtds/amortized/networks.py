@@ -135,6 +135,14 @@ class _Trainer:
         return self.history
 
 
+def _check_input(x: torch.Tensor, n_in: int) -> None:
+    if x.ndim != 2 or x.shape[1] != n_in:
+        raise ValueError(f"the network takes spectra of {n_in} pixels, got shape {tuple(x.shape)}: use the "
+                         "mask and normalization of the training set (its metadata)")
+    if not torch.isfinite(x).all():
+        raise ValueError("the spectra hold NaN or infinite values: pass the valid pixels only")
+
+
 def _as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float32))
 
@@ -204,11 +212,7 @@ class TwoStage:
         return phi.mean(0), phi.std(0)
 
     def _check_input(self, x):
-        if x.ndim != 2 or x.shape[1] != self.n_in:
-            raise ValueError(f"the network takes spectra of {self.n_in} pixels, got shape {tuple(x.shape)}: use the "
-                             "mask and normalization of the training set (its metadata)")
-        if not torch.isfinite(x).all():
-            raise ValueError("the spectra hold NaN or infinite values: pass the valid pixels only")
+        _check_input(x, self.n_in)
 
     def state(self) -> dict:
         return {"vae": self.vae.state_dict(), "regressor": self.regressor.state_dict()}
@@ -255,7 +259,7 @@ class GaussianPosterior:
     def fit(self, values, constants, epochs: int = 300, batch: int = 128, lr: float = 1e-3, seed: int = 0,
             checkpoint: str | None = None, checkpoint_every: int = 10, progress: bool = True):
         x, z = _as_tensor(values), self.scale.to_z(constants)
-        TwoStage._check_input(self, x)
+        _check_input(x, self.n_in)
         t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed)
         self.history["posterior"] = t.run(epochs, len(x), batch, lambda i, g: self.nll(x[i], z[i]), "posterior",
                                           progress)
@@ -265,7 +269,7 @@ class GaussianPosterior:
     def predict(self, values) -> tuple[np.ndarray, np.ndarray]:
         """Mean (N, n) and covariance (N, n, n) of the constants, eV/Å² and (eV/Å²)²."""
         x = _as_tensor(np.atleast_2d(values))
-        TwoStage._check_input(self, x)
+        _check_input(x, self.n_in)
         mu, L = self._dist(x)
         s = self.scale.phi_scale()
         cov = (L @ L.transpose(1, 2)).numpy() * s[None, :, None] * s[None, None, :]
