@@ -7,10 +7,11 @@ Generates (once) an NXrefine-layout NeXus file of n³ float32 voxels (n = 1001: 
 :mod:`xtds.volume.reduce`), optionally ``--max-points N`` of them. Prints the wall time, the
 throughput (input MB/s) and the peak resident memory of this process; with ``--cluster N`` on a
 ``LocalCluster`` of N worker processes (one thread each), also each worker's peak.
+``--scheduler`` picks dask's local scheduler (threads, the default; synchronous; processes).
 ``--full-volume`` instead symmetrizes the whole volume and writes it to zarr (the older route).
 
     python benchmarks/large_volume.py [--n 1001] [--dir /tmp/xtds-large] [--keep] [--max-points N]
-        [--cluster 2] [--full-volume]
+        [--cluster 2 | --scheduler threads|synchronous|processes] [--full-volume]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import threading
 import time
 
+import dask
 import h5py
 import numpy as np
 import psutil
@@ -84,6 +86,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the generated input for the next run")
     ap.add_argument("--max-points", type=int, default=None, help="keep this many irreducible points (random)")
     ap.add_argument("--cluster", type=int, default=0, help="run on a LocalCluster of this many worker processes")
+    ap.add_argument("--scheduler", default="threads", choices=["threads", "synchronous", "processes"],
+                    help="dask's local scheduler (without --cluster)")
     ap.add_argument("--full-volume", action="store_true",
                     help="symmetrize the whole volume and write it to zarr instead of reducing it to points")
     args = ap.parse_args()
@@ -103,7 +107,7 @@ def main():
         client = Client(local_cluster(args.cluster, memory_limit="4GB"))
     workers = WorkerPeaks(client) if client else None
     try:
-        with PeakRSS() as rss:
+        with PeakRSS() as rss, dask.config.set(scheduler=None if client else args.scheduler):
             if workers:
                 workers.start()
             t0 = time.perf_counter()
@@ -117,7 +121,8 @@ def main():
     print(f"volume {args.n}³ float32 = {mb:.0f} MB: {what}")
     print(f"open + mask + {'symmetrize + write zarr' if args.full_volume else 'points'}: {wall:.1f} s, "
           f"{mb / wall:.1f} MB/s of input")
-    print(f"peak RSS of this process {rss.peak / 1e9:.2f} GB")
+    print(f"scheduler: {f'LocalCluster({args.cluster})' if client else args.scheduler}; "
+          f"peak RSS of this process {rss.peak / 1e9:.2f} GB")
     if workers:
         print("peak RSS per worker: " + ", ".join(f"{p / 1e9:.2f} GB" for p in workers.peaks.values()))
     if not args.keep:

@@ -99,6 +99,25 @@ def test_each_block_is_read_once():
     assert pts["multiplicity"].sum() == n**3
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous", "processes"])
+def test_same_points_whatever_the_scheduling(scheduler, monkeypatch):
+    """The blocks in flight are capped by memory (IN_FLIGHT_BYTES), and the result does not depend on
+    the scheduler or on how many blocks are in flight."""
+    from xtds.volume import reduce
+
+    ds = make((11, 11, 11), weights=True, laue="m-3m").chunk({"H": 3, "K": 4, "L": 5})
+    with dask.config.set(scheduler=scheduler):
+        many = vol.to_points(ds, laue="m-3m")
+        monkeypatch.setattr(reduce, "IN_FLIGHT_BYTES", 1)  # no budget: one block at a time
+        assert reduce.default_in_flight(ds["intensity"].chunks, np.float64) == 1
+        one = vol.to_points(ds, laue="m-3m")
+    for v in ("intensity", "weight", "multiplicity"):
+        np.testing.assert_allclose(one[v].values, many[v].values, rtol=1e-12)
+    monkeypatch.setattr(reduce, "IN_FLIGHT_BYTES", 512 * 2**20)
+    # 4 M-voxel float32 blocks (open_volume's NeXus blocks): at most 4 in flight, whatever the cores
+    assert 1 <= reduce.default_in_flight(((100,) * 10, (200,) * 5, (200,) * 5), np.float32) <= 4
+
+
 def test_groups_that_cannot_be_folded():
     assert sign_folding_group(LaueGroup.of(laue="m-3m").matrices) is not None
     assert len(sign_folding_group(LaueGroup.of(laue="m-3m").matrices)) == 6

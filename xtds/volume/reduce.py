@@ -24,13 +24,20 @@ On cupy blocks the octant stays on the device until the permutation stage.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import numpy as np
 
 __all__ = ["sign_folding_group", "fold_points"]
+
+#: Memory for the blocks in flight (bytes): the default ``in_flight`` is the scheduler's workers,
+#: but no more blocks than this budget holds at about 8 arrays of a block's size each (the block,
+#: its weight and mask, its summands), so the peak stays bounded on a machine with many cores.
+IN_FLIGHT_BYTES = 512 * 2**20
 
 def sign_folding_group(matrices) -> list[tuple[int, int, int]] | None:
     """The axis permutations P of a Laue group with G = {all sign changes} ⋊ P, or None when the
@@ -117,7 +124,8 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     binary_weight
         The weights are 1 where valid: their sums are the counts (one accumulator less).
     in_flight
-        Blocks computed at a time (default: the scheduler's workers, at least 2).
+        Blocks computed at a time (default: the scheduler's workers, at least 2, at most what
+        :data:`IN_FLIGHT_BYTES` holds).
 
     Returns
     -------
@@ -155,7 +163,7 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     edges = [np.cumsum((0,) + c) for c in intensity.chunks]
     order = list(np.ndindex(*blocks.shape))  # slab by slab along the first (the file's slowest) axis
     if in_flight is None:
-        in_flight = max(2, _scheduler_workers())
+        in_flight = default_in_flight(intensity.chunks, acc_dtype)
 
     def task(index):
         return index, dask.compute(blocks[index])[0]
@@ -163,7 +171,7 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(order), desc="folding the volume (blocks)", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+    with _shared_process_pool(in_flight), ThreadPoolExecutor(max_workers=in_flight) as pool:
         pending, it = set(), iter(order)
         for _ in range(in_flight):
             j = next(it, None)
@@ -182,10 +190,49 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
             if j is not None:
                 pending.add(pool.submit(task, j))
     bar.close()
+    _release_freed_memory()  # the blocks' memory, kept by the allocator, goes back before the next stage
     to_hkl = [list(dims).index(d) for d in "HKL"]
     F_iw, F_w, F_n, F_x = (None if F is None else (F if xp is np else F.get()).transpose(to_hkl)
                            for F in (F_iw, F_w, F_n, F_x))
     return _permute(F_iw, F_w, F_n, F_x, perms, tuple(shape[i] for i in to_hkl))
+
+
+def default_in_flight(chunks, dtype) -> int:
+    """Blocks of ``chunks`` (dask's chunks) to compute at a time: the scheduler's workers (at least
+    2), but no more than :data:`IN_FLIGHT_BYTES` holds at 8 arrays of ``dtype`` per block; at least 1."""
+    block_bytes = 8 * np.dtype(dtype).itemsize * max(int(np.prod([max(c) for c in chunks])), 1)
+    return max(1, min(max(2, _scheduler_workers()), IN_FLIGHT_BYTES // block_bytes))
+
+
+@contextlib.contextmanager
+def _shared_process_pool(n: int):
+    """Under dask's ``processes`` scheduler, one pool of ``n`` processes for every block: without a
+    configured pool, each ``dask.compute`` starts (spawns) its own, seconds per block."""
+    import dask.multiprocessing
+    from dask.base import get_scheduler
+
+    if get_scheduler() is not dask.multiprocessing.get or dask.config.get("pool", None) is not None:
+        yield
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=n, mp_context=dask.multiprocessing.get_context()) as pool, \
+            dask.config.set(pool=pool):
+        yield
+
+
+def _release_freed_memory() -> None:
+    """Return the allocator's free memory to the system (glibc's ``malloc_trim``; nothing elsewhere).
+    glibc raises its mmap threshold after large frees, so blocks of a few MB come from its heaps,
+    whose freed pages it keeps: the resident memory of a finished stage stays counted otherwise."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl)
+            pass
 
 
 def _as_completed(futures):
@@ -217,8 +264,9 @@ def _scheduler_workers() -> int:
 
 
 def _permute(F_iw, F_w, F_n, F_x, perms, shape):
-    """Stage 2: the sums over each canonical point's distinct P-images, plane by plane of x0.
-    The outputs are filled in place (their size counted first): index int32, sums float64,
+    """Stage 2: the sums over each canonical point's distinct P-images, plane by plane of x0 (on
+    a few threads): first each plane's canonical points with a valid voxel (int16), then the
+    outputs filled in place: index uint16 (int32 on axes over 65,535 points), sums float64,
     count int32; ``w`` None where the weights are binary (it equals the count)."""
     A = F_iw.shape
     # a canonical x is the lexicographic maximum of its images: x0 ≥ x_j for every axis j that
@@ -245,34 +293,43 @@ def _permute(F_iw, F_w, F_n, F_x, perms, shape):
     def F_n_orbit(pts):
         return sum(F_n[tuple(pts[list(p)])].astype(np.int64) for p in perms)
 
-    planes = []
-    total = 0
-    for a0 in range(A[0]):
-        pts, stab = candidates(a0)
-        keep = F_n_orbit(pts) > 0
-        planes.append(int(keep.sum()))
-        total += planes[-1]
-    index = np.empty((total, 3), dtype=np.int32)
+    small = np.int16 if max(A) <= np.iinfo(np.int16).max else np.int32
+
+    def plane(a0):  # the canonical points of plane a0 with a valid voxel in their orbit
+        pts, _ = candidates(a0)
+        return pts[:, F_n_orbit(pts) > 0].astype(small)
+
+    # the planes are independent (numpy releases the GIL in their gathers and comparisons): threads
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(plane, range(A[0])))
+    sizes = [c.shape[1] for c in found]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    total = int(starts[-1])
+    index = np.empty((total, 3), dtype=np.uint16 if max(shape) <= np.iinfo(np.uint16).max else np.int32)
     sums = {"I_w": np.empty(total), "w": None if F_w is None else np.empty(total)}
     count = np.empty(total, dtype=np.int32)  # ≤ |G| valid voxels per orbit
     extra = None if F_x is None else np.empty(total)
-    at = 0
-    for a0 in range(A[0]):
-        pts, stab = candidates(a0)
-        n_orb = F_n_orbit(pts)
-        keep = n_orb > 0
-        pts, stab, n_orb = pts[:, keep], stab[keep], n_orb[keep]
-        sl = slice(at, at + planes[a0])
+
+    def fill(a0):
+        pts = found[a0].astype(np.intp)
+        found[a0] = None  # each plane's points are freed as they are used
+        sl = slice(int(starts[a0]), int(starts[a0 + 1]))
+        stab = sum(np.all(pts[list(p)] == pts, axis=0).astype(np.int64) for p in perms)  # images equal to x
         imgs = [tuple(pts[list(p)]) for p in perms]
         sums["I_w"][sl] = sum(F_iw[i].astype(np.float64) for i in imgs) / stab
-        count[sl] = n_orb // stab
+        count[sl] = sum(F_n[i].astype(np.int64) for i in imgs) // stab
         if F_w is not None:
             sums["w"][sl] = sum(F_w[i].astype(np.float64) for i in imgs) / stab
         if F_x is not None:
             extra[sl] = sum(F_x[i].astype(np.float64) for i in imgs) / stab
         for a in range(3):
             index[sl, a] = _negative_index(pts[a], shape[a])
-        at += planes[a0]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fill, range(A[0])))
+    del found
+    _release_freed_memory()
     return {"index": index, "I_w": sums["I_w"], "w": sums["w"], "count": count, "extra": extra}
 
 
