@@ -46,16 +46,21 @@ class IrreducibleMesh:
         M_{g⁻¹(s)} for per-atom scalars M (n, ...) not shaped (n, 3, 3): the sum over the orbits'
         images (module docstring), from Σ_i w_i F(k_i) / n_total."""
         G, n = self.perm.shape
-        perm = torch.as_tensor(self.perm, device=M.device)
+        # one[g, t, s] = 1 where operation g takes atom s to atom t: the sum over g is then two
+        # einsums (no loop of index_add over the group, which forward-mode batching makes slow)
+        one = torch.as_tensor(self._exchange(), dtype=M.dtype, device=M.device)
         if M.dim() == 3 and M.shape[1:] == (3, 3):
             R = torch.as_tensor(self.rotations, dtype=M.dtype, device=M.device)
             rotated = R[:, None] @ M[None] @ R[:, None].transpose(-1, -2)  # (G, n, 3, 3), atom s' → perm[g, s']
-        else:
-            rotated = M[None].expand((G,) + M.shape)
-        out = torch.zeros_like(M)
-        for g in range(G):
-            out = out.index_add(0, perm[g], rotated[g])
-        return out / G
+            return torch.einsum("gts,gsij->tij", one, rotated) / G
+        return (one.sum(0) @ M.reshape(n, -1)).reshape(M.shape) / G
+
+    def _exchange(self) -> np.ndarray:
+        """(G, n, n): 1 at [g, perm[g, s], s]."""
+        G, n = self.perm.shape
+        one = np.zeros((G, n, n))
+        one[np.arange(G)[:, None], self.perm, np.arange(n)[None, :]] = 1.0
+        return one
 
 
 def _atom_permutations(cell, rotations, translations, tol: float = 1e-5) -> np.ndarray:
