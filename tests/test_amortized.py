@@ -43,6 +43,22 @@ def test_draws_are_stable_seeded_and_in_the_box(small):
         draw_constants(model, REF, 10, box=(-3.0, -2.0), seed=0, k=k)  # every spring reversed
 
 
+@pytest.mark.parametrize("preset", ["Al", "Si"])  # real H(k) (Bravais, centrosymmetric) and complex (diamond)
+def test_batched_stability_check_equals_the_draw_by_draw_one(preset):
+    from xtds.amortized.training_set import _stable
+
+    model = xtds.IFCModel(xtds.Crystal.preset(preset), shells=2)
+    rng = np.random.default_rng(1)
+    k = rng.normal(size=(40, 3)) * 1.5
+    k[0] = 0.0  # Γ: the translations are left out
+    ref = rng.normal(size=model.n_free) * 0.3
+    phis = ref * rng.uniform(-1.0, 2.0, size=(90, model.n_free))
+    direct = np.array([bool((lam[torch.isfinite(lam)] >= -1e-10).all())
+                       for lam in (min_eigenvalues(model, torch.as_tensor(p), k) for p in phis)])
+    assert 0 < direct.sum() < len(direct)  # both kinds present, so the comparison can fail
+    np.testing.assert_array_equal(_stable(model, phis, k, chunk=32), direct)
+
+
 def test_simulated_values_are_the_observable_at_each_draw(small, tmp_path):
     out = simulate(small, REF, 12, seed=1, workers=0, batch=5, progress=False)
     assert out["values"].shape == (12, len(small)) and out["values"].dtype == np.float32

@@ -56,14 +56,38 @@ def draw_constants(model, reference, n: int, box=(0.5, 1.5), seed: int = 0, k=No
     return np.concatenate(out)[:n]
 
 
-def _stable(model, phis: np.ndarray, k: np.ndarray) -> np.ndarray:
-    from xtds.fitting.losses import min_eigenvalues
+def _stable(model, phis: np.ndarray, k: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Whether each draw (n, n_free) is stable at ``k``: every eigenvalue of H(k) ≥ 0 (the Γ
+    translations left out). H is affine in the constants, H(φ) = H(0) + Σ φ_i (H(e_i) − H(0)), so
+    the basis is built once and the draws are diagonalized ``chunk`` at a time; a model for which
+    the affine form does not reproduce H at the first draw is checked draw by draw instead."""
+    from xtds.dynamics import force_constant_matrix
+    from xtds.fitting.losses import is_gamma, min_eigenvalues
 
-    ok = np.empty(len(phis), dtype=bool)
+    phis = np.atleast_2d(np.asarray(phis, dtype=float))
     with torch.no_grad():
-        for i, p in enumerate(phis):
-            lam = min_eigenvalues(model, torch.as_tensor(p), k)
-            ok[i] = bool((lam[torch.isfinite(lam)] >= -1e-10).all())
+        def H(p):
+            return force_constant_matrix(model, torch.as_tensor(p, dtype=torch.float64), k, cell=model.crystal)
+
+        H0 = H(np.zeros(phis.shape[1]))
+        basis = torch.stack([H(e) - H0 for e in np.eye(phis.shape[1])])  # (n_free, n_k, 3n, 3n)
+        affine = len(phis) == 0 or torch.allclose(H0 + torch.einsum("i,i...->...", torch.as_tensor(phis[0]).to(
+            basis.dtype), basis), H(phis[0]), rtol=1e-10, atol=1e-12)
+        if not affine:
+            ok = np.empty(len(phis), dtype=bool)
+            for i, p in enumerate(phis):
+                lam = min_eigenvalues(model, torch.as_tensor(p), k)
+                ok[i] = bool((lam[torch.isfinite(lam)] >= -1e-10).all())
+            return ok
+        if H0.is_complex() and not (H0.imag.any() or basis.imag.any()):
+            H0, basis = H0.real, basis.real  # a centrosymmetric Bravais lattice: real symmetric H(k)
+        gamma = torch.as_tensor(is_gamma(model.crystal, k))
+        ok = np.empty(len(phis), dtype=bool)
+        for s in range(0, len(phis), chunk):
+            p = torch.as_tensor(phis[s : s + chunk]).to(basis.dtype)
+            lam = torch.linalg.eigvalsh(H0 + torch.einsum("di,i...->d...", p, basis))  # (d, n_k, 3n)
+            lam[:, gamma, :3] = float("inf")
+            ok[s : s + chunk] = (lam >= -1e-10).flatten(1).all(1).numpy()
     return ok
 
 
