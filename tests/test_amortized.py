@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import xtds
 from xtds.amortized import draw_constants, simulate
@@ -83,6 +84,9 @@ def test_store_resumes_and_refuses_other_settings(small, tmp_path, monkeypatch):
     first = simulate(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
     root = zarr.open_group(store, mode="r+")
     assert bool(np.all(root["done"][:]))
+    with xr.open_zarr(store, consolidated=False) as opened:  # the store is an xarray Dataset too
+        np.testing.assert_array_equal(opened["values"].values, first["values"].values)
+        assert opened["constants"].dims == ("draw", "constant")
     root["done"][1] = False  # as if killed while batch 1 was running
     calls = []
     real = sim_mod._evaluate
@@ -104,15 +108,16 @@ def _toy(n, seed, sigma=0.05, P=20):
     return x, u * ref, ref, A
 
 
-def test_gaussian_posterior_is_calibrated_on_a_linear_toy():
+@pytest.mark.parametrize("n_components", [None, 8])  # standardized pixels; 8 whitened principal components
+def test_gaussian_posterior_is_calibrated_on_a_linear_toy(n_components):
     """Linear-Gaussian data: the exact posterior (away from the box edges) has the covariance
     σ² (AᵀA)⁻¹ in u; the learned one must match it and its 68 % intervals must hold ~68 %."""
     from xtds.amortized.networks import GaussianPosterior, LabelScale
 
     sigma = 0.3  # a posterior width of 5–7 % of the box: learned in 60 epochs (3 s)
     x, phi, ref, A = _toy(4000, 0, sigma)
-    post = GaussianPosterior(20, LabelScale(tuple(ref)), hidden=64).fit(x, phi, epochs=60, batch=200, lr=3e-3,
-                                                                        progress=False)
+    post = GaussianPosterior(20, LabelScale(tuple(ref)), hidden=64, n_components=n_components).fit(
+        x, phi, epochs=60, batch=200, lr=3e-3, progress=False)
     xt, phit, _, _ = _toy(1000, 1, sigma)
     mean, cov = post.predict(xt)
     sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
@@ -153,6 +158,45 @@ def test_two_stage_learns_saves_and_resumes(tmp_path):
     np.testing.assert_allclose(resumed.predict(xt, n_draws=20)[0], whole.predict(xt, n_draws=20)[0], rtol=1e-5)
     with pytest.raises(ValueError, match="pixels"):
         net.predict(np.zeros((2, 19)))
+
+
+def test_gaussian_posterior_resumes_saves_and_refuses_bad_input(tmp_path, monkeypatch):
+    """A training run killed after 3 of 6 epochs and rerun from its checkpoint equals the whole
+    run (weights, optimizer, one-cycle schedule and draws restored); save/load keeps the input
+    standardization; a diverging loss stops with advice instead of training on NaN."""
+    from xtds.amortized import networks
+    from xtds.amortized.networks import GaussianPosterior, LabelScale, load
+
+    x, phi, ref, _ = _toy(300, 4, sigma=0.1)
+    x = x * 50 + 7  # the standardization must take this out
+    scale = LabelScale(tuple(ref))
+    ck = str(tmp_path / "post")
+
+    def fresh():
+        torch.manual_seed(3)
+        return GaussianPosterior(20, scale, hidden=(32, 32), n_components=10)
+
+    whole = fresh().fit(x, phi, epochs=6, batch=50, progress=False)
+    real, calls = networks._batches, []
+
+    def dying(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(networks, "_batches", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fresh().fit(x, phi, epochs=6, batch=50, checkpoint=ck, checkpoint_every=1, progress=False)
+    monkeypatch.setattr(networks, "_batches", real)
+    resumed = fresh().fit(x, phi, epochs=6, batch=50, checkpoint=ck, checkpoint_every=1, progress=False)
+    assert len(resumed.history["posterior"]) == 6
+    np.testing.assert_allclose(resumed.predict(x[:20])[0], whole.predict(x[:20])[0], rtol=1e-5)
+    whole.save(str(tmp_path / "saved"))
+    back = load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(back.predict(x[:20])[1], whole.predict(x[:20])[1], rtol=1e-6)
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        fresh().fit(x, phi, epochs=2, batch=50, lr=1e12, progress=False)
 
 
 def test_cli_simulate_train_predict(tmp_path, capsys):

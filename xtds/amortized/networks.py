@@ -11,7 +11,11 @@ training box, 0.5–1.5, maps to ±1 after centring and scaling: ``LabelScale``)
   the encoder's Gaussians: the spread of the predictions is the model's.
 - :class:`GaussianPosterior`: past the paper, an amortized posterior q(u | x) = N(μ(x), Σ(x))
   (Σ by its Cholesky factor) trained by maximum likelihood on the simulations (neural posterior
-  estimation with a Gaussian family): its intervals are checked on held-out simulations.
+  estimation with a Gaussian family): its intervals are checked on held-out simulations. Its
+  input is standardized pixel by pixel with the training set's mean and spread (the constants
+  change a spectrum by far less than the spectrum varies across its pixels), optionally projected
+  on the leading principal components and whitened; then an MLP (SiLU), trained with a one-cycle
+  learning rate and clipped gradients.
 
 Both train with Adam on minibatches, with progress bars and checkpoints (state dict + JSON, written
 atomically every ``checkpoint_every`` epochs; a rerun with the same settings resumes), and save
@@ -98,9 +102,16 @@ def _batches(n: int, size: int, generator: torch.Generator):
 class _Trainer:
     """Adam over epochs of shuffled minibatches, a progress bar, and resumable checkpoints."""
 
-    def __init__(self, module: nn.Module, lr: float, checkpoint, checkpoint_every: int, seed: int):
-        self.module, self.lr = module, lr
+    def __init__(self, module: nn.Module, lr: float, checkpoint, checkpoint_every: int, seed: int,
+                 one_cycle: tuple[int, int] | None = None, clip: float | None = None):
+        """``one_cycle`` (epochs, batches per epoch): the learning rate rises to ``lr`` and anneals
+        (torch's OneCycleLR, stepped per batch); ``clip``: the gradient's norm at most this."""
+        self.module, self.lr, self.clip = module, lr, clip
         self.opt = torch.optim.Adam(module.parameters(), lr=lr)
+        self.sched = None
+        if one_cycle is not None:
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr,
+                                                             total_steps=max(1, one_cycle[0] * one_cycle[1]))
         self.checkpoint, self.every = checkpoint, checkpoint_every
         self.gen = torch.Generator().manual_seed(seed)
         self.start, self.history = 0, []
@@ -108,6 +119,8 @@ class _Trainer:
             state = torch.load(checkpoint, weights_only=False)
             self.module.load_state_dict(state["module"])
             self.opt.load_state_dict(state["opt"])
+            if self.sched is not None and state.get("sched") is not None:
+                self.sched.load_state_dict(state["sched"])
             self.gen.set_state(state["gen"])
             self.start, self.history = state["epoch"], state["history"]
 
@@ -120,8 +133,16 @@ class _Trainer:
             for idx in _batches(n, batch, self.gen):
                 self.opt.zero_grad()
                 loss = step(idx, self.gen)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: the training loss is {float(loss.detach())} in epoch "
+                                             f"{epoch + 1}: lower the learning rate (lr=...) or check the training "
+                                             "set for NaN")
                 loss.backward()
+                if self.clip:
+                    torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
                 self.opt.step()
+                if self.sched is not None:
+                    self.sched.step()
                 total += float(loss.detach()) * len(idx)
             self.history.append(total / n)
             bar.update(1)
@@ -129,6 +150,7 @@ class _Trainer:
             if self.checkpoint and ((epoch + 1) % self.every == 0 or epoch + 1 == epochs):
                 tmp = self.checkpoint + ".tmp"
                 torch.save({"module": self.module.state_dict(), "opt": self.opt.state_dict(),
+                            "sched": None if self.sched is None else self.sched.state_dict(),
                             "gen": self.gen.get_state(), "epoch": epoch + 1, "history": self.history}, tmp)
                 os.replace(tmp, self.checkpoint)
         bar.close()
@@ -226,18 +248,60 @@ class TwoStage:
         _save(self, path)
 
 
+class _Standardize(nn.Module):
+    """x → ((x − mean) / spread) W: the training set's per-pixel standardization, then (optional)
+    the projection on its leading principal components, whitened. Buffers, so saved with the net."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("spread", torch.ones(n_in))
+        self.register_buffer("W", torch.eye(n_in, n_out))
+
+    def fitted(self, x: torch.Tensor) -> _Standardize:
+        self.mean = x.mean(0)
+        self.spread = x.std(0).clamp(min=1e-6 * float(x.std(0).max().clamp(min=1e-30)))
+        if self.W.shape[0] != self.W.shape[1]:
+            xs = (x - self.mean) / self.spread
+            _, S, Vt = torch.linalg.svd(xs.double(), full_matrices=False)
+            k = self.W.shape[1]
+            self.W = (Vt[:k].T / (S[:k] / np.sqrt(len(x))).clamp(min=1e-12)).to(x.dtype)
+        return self
+
+    def forward(self, x):
+        return ((x - self.mean) / self.spread) @ self.W
+
+
 class GaussianPosterior:
-    """q(u | x) = N(μ(x), L Lᵀ), L lower triangular with a positive diagonal, from an MLP
-    (P → hidden → hidden → n + n(n+1)/2), trained by the negative log-likelihood of the simulated
-    labels; ``predict`` gives the mean and the covariance in eV/Å²."""
+    """q(u | x) = N(μ(x), L Lᵀ), L lower triangular with a positive diagonal, from an MLP on the
+    standardized input (P → ``hidden`` → n + n(n+1)/2, SiLU; ``n_components``: first project on
+    that many whitened principal components), trained by the negative log-likelihood of the
+    simulated labels; ``predict`` gives the mean and the covariance in eV/Å². ``hidden``: the
+    widths of the hidden layers (an int: two of that width); ``activation``: ``"silu"`` or ``"tanh"``."""
 
     kind = "gaussian_posterior"
 
-    def __init__(self, n_in: int, scale: LabelScale, hidden: int = 256, metadata: dict | None = None):
-        self.n_in, self.scale, self.hidden = n_in, scale, hidden
+    def __init__(self, n_in: int, scale: LabelScale, hidden=(512, 512, 512), n_components: int | None = None,
+                 activation: str = "silu", metadata: dict | None = None):
+        if isinstance(hidden, int):
+            hidden = (hidden, hidden)
+        if n_components is not None and not 1 <= int(n_components) <= n_in:
+            raise ValueError(f"n_components must be between 1 and the {n_in} inputs, got {n_components}")
+        if activation not in ("silu", "tanh"):
+            raise ValueError(f"activation must be 'silu' or 'tanh', got {activation!r}")
+        self.n_in, self.scale, self.hidden = n_in, scale, [int(h) for h in hidden]
+        self.n_components, self.activation = n_components, activation
         n = len(scale.reference)
         self.n = n
-        self.net = _mlp([n_in, hidden, hidden, n + n * (n + 1) // 2])
+        width = n_in if n_components is None else int(n_components)
+        self.standardize = _Standardize(n_in, width)
+        act = nn.SiLU if activation == "silu" else nn.Tanh
+        layers, sizes = [self.standardize], [width, *self.hidden, n + n * (n + 1) // 2]
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(act())
+        self.net = nn.Sequential(*layers)
         self.metadata = dict(metadata or {})
         self.history: dict = {}
         self._tril = torch.tril_indices(n, n)
@@ -256,11 +320,17 @@ class GaussianPosterior:
         w = torch.linalg.solve_triangular(L, (z - mu).unsqueeze(-1), upper=False).squeeze(-1)
         return (0.5 * (w**2).sum(1) + torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)).mean()
 
-    def fit(self, values, constants, epochs: int = 300, batch: int = 128, lr: float = 1e-3, seed: int = 0,
-            checkpoint: str | None = None, checkpoint_every: int = 10, progress: bool = True):
+    def fit(self, values, constants, epochs: int = 100, batch: int = 128, lr: float = 1e-3, seed: int = 0,
+            checkpoint: str | None = None, checkpoint_every: int = 10, clip: float = 5.0, progress: bool = True):
+        """Train on ``values`` (N, P) and ``constants`` (N, n) eV/Å²: the standardization from
+        ``values``, then Adam with a one-cycle schedule peaking at ``lr``, gradients clipped to
+        ``clip``. ``checkpoint``: a path prefix; a rerun resumes."""
         x, z = _as_tensor(values), self.scale.to_z(constants)
         _check_input(x, self.n_in)
-        t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed)
+        with torch.no_grad():
+            self.standardize.fitted(x)
+        t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed,
+                     one_cycle=(epochs, -(-len(x) // batch)), clip=clip)
         self.history["posterior"] = t.run(epochs, len(x), batch, lambda i, g: self.nll(x[i], z[i]), "posterior",
                                           progress)
         return self
@@ -279,7 +349,8 @@ class GaussianPosterior:
         return {"net": self.net.state_dict()}
 
     def config(self) -> dict:
-        return {"kind": self.kind, "n_in": self.n_in, "scale": asdict(self.scale), "hidden": self.hidden}
+        return {"kind": self.kind, "n_in": self.n_in, "scale": asdict(self.scale), "hidden": self.hidden,
+                "n_components": self.n_components, "activation": self.activation}
 
     def save(self, path: str) -> None:
         _save(self, path)

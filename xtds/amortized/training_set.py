@@ -246,13 +246,15 @@ def _open_store(store, key, prov, n, P, n_free, batch, phis, temps):
                              "seed, n or versions): delete it or pass another path")
         return root
     root = zarr.open_group(path, mode="w")
-    root.create_array("values", shape=(n, P), chunks=(batch, P), dtype="float32", fill_value=0.0)
-    root.create_array("constants", shape=phis.shape, chunks=(batch, n_free), dtype="float64")
+    root.create_array("values", shape=(n, P), chunks=(batch, P), dtype="float32", fill_value=0.0,
+                      dimension_names=("draw", "pixel"))  # dimension names: xr.open_zarr reads the store
+    root.create_array("constants", shape=phis.shape, chunks=(batch, n_free), dtype="float64",
+                      dimension_names=("draw", "constant"))
     root["constants"][:] = phis
     if temps is not None:
-        root.create_array("temperature", shape=(n,), chunks=(max(1, n),), dtype="float64")
+        root.create_array("temperature", shape=(n,), chunks=(max(1, n),), dtype="float64", dimension_names=("draw",))
         root["temperature"][:] = temps
     root.create_array("done", shape=(-(-n // batch),), chunks=(max(1, -(-n // batch)),), dtype="bool",
-                      fill_value=False)
+                      fill_value=False, dimension_names=("batch",))
     root.attrs.update(key=key, provenance=json.dumps(prov))
     return root

@@ -328,7 +328,7 @@ def _permute(F_iw, F_w, F_n, F_x, perms, shape):
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(A[0])))
-    del found
+    found.clear()
     _release_freed_memory()
     return {"index": index, "I_w": sums["I_w"], "w": sums["w"], "count": count, "extra": extra}
 
