@@ -252,16 +252,16 @@ class _Standardize(nn.Module):
     """x → ((x − mean) / spread) W: the training set's per-pixel standardization, then (optional)
     the projection on its leading principal components, whitened. Buffers, so saved with the net."""
 
-    def __init__(self, n_in: int, n_out: int):
+    def __init__(self, n_in: int, n_out: int | None):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("spread", torch.ones(n_in))
-        self.register_buffer("W", torch.eye(n_in, n_out))
+        self.register_buffer("W", None if n_out is None else torch.zeros(n_in, n_out))  # None: no projection
 
     def fitted(self, x: torch.Tensor) -> _Standardize:
         self.mean = x.mean(0)
         self.spread = x.std(0).clamp(min=1e-6 * float(x.std(0).max().clamp(min=1e-30)))
-        if self.W.shape[0] != self.W.shape[1]:
+        if self.W is not None:
             xs = (x - self.mean) / self.spread
             _, S, Vt = torch.linalg.svd(xs.double(), full_matrices=False)
             k = self.W.shape[1]
@@ -269,7 +269,8 @@ class _Standardize(nn.Module):
         return self
 
     def forward(self, x):
-        return ((x - self.mean) / self.spread) @ self.W
+        x = (x - self.mean) / self.spread
+        return x if self.W is None else x @ self.W
 
 
 class GaussianPosterior:
@@ -294,7 +295,7 @@ class GaussianPosterior:
         n = len(scale.reference)
         self.n = n
         width = n_in if n_components is None else int(n_components)
-        self.standardize = _Standardize(n_in, width)
+        self.standardize = _Standardize(n_in, n_components and int(n_components))
         act = nn.SiLU if activation == "silu" else nn.Tanh
         layers, sizes = [self.standardize], [width, *self.hidden, n + n * (n + 1) // 2]
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
