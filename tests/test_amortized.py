@@ -108,16 +108,18 @@ def _toy(n, seed, sigma=0.05, P=20):
     return x, u * ref, ref, A
 
 
-@pytest.mark.parametrize("n_components", [None, 8])  # standardized pixels; 8 whitened principal components
-def test_gaussian_posterior_is_calibrated_on_a_linear_toy(n_components):
+@pytest.mark.parametrize(("n_components", "noise_in_training"),
+                         [(None, False), (8, False), (None, True)])  # standardized; 8 whitened components; noise=σ
+def test_gaussian_posterior_is_calibrated_on_a_linear_toy(n_components, noise_in_training):
     """Linear-Gaussian data: the exact posterior (away from the box edges) has the covariance
-    σ² (AᵀA)⁻¹ in u; the learned one must match it and its 68 % intervals must hold ~68 %."""
+    σ² (AᵀA)⁻¹ in u; the learned one must match it and its 68 % intervals must hold ~68 %. With
+    ``noise=σ``, trained on noise-free simulations, it must be the posterior of the noisy data."""
     from xtds.amortized.networks import GaussianPosterior, LabelScale
 
     sigma = 0.3  # a posterior width of 5–7 % of the box: learned in 60 epochs (3 s)
-    x, phi, ref, A = _toy(4000, 0, sigma)
+    x, phi, ref, A = _toy(4000, 0, 0.0 if noise_in_training else sigma)
     post = GaussianPosterior(20, LabelScale(tuple(ref)), hidden=64, n_components=n_components).fit(
-        x, phi, epochs=60, batch=200, lr=3e-3, progress=False)
+        x, phi, epochs=60, batch=200, lr=3e-3, noise=sigma if noise_in_training else None, progress=False)
     xt, phit, _, _ = _toy(1000, 1, sigma)
     mean, cov = post.predict(xt)
     sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))

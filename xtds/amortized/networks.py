@@ -322,18 +322,29 @@ class GaussianPosterior:
         return (0.5 * (w**2).sum(1) + torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)).mean()
 
     def fit(self, values, constants, epochs: int = 100, batch: int = 128, lr: float = 1e-3, seed: int = 0,
-            checkpoint: str | None = None, checkpoint_every: int = 10, clip: float = 5.0, progress: bool = True):
+            checkpoint: str | None = None, checkpoint_every: int = 10, clip: float = 5.0, noise=None,
+            progress: bool = True):
         """Train on ``values`` (N, P) and ``constants`` (N, n) eV/Å²: the standardization from
         ``values``, then Adam with a one-cycle schedule peaking at ``lr``, gradients clipped to
-        ``clip``. ``checkpoint``: a path prefix; a rerun resumes."""
+        ``clip``. ``noise``: the measurement's σ per pixel (a number or (P,)), drawn afresh onto
+        every batch, so that the posterior is that of noisy data (for measured spectra; None:
+        the simulations as they are). ``checkpoint``: a path prefix; a rerun resumes."""
         x, z = _as_tensor(values), self.scale.to_z(constants)
         _check_input(x, self.n_in)
+        sigma = None if noise is None else torch.as_tensor(np.broadcast_to(np.asarray(noise, dtype=np.float32),
+                                                                           (self.n_in,)).copy())
         with torch.no_grad():
-            self.standardize.fitted(x)
+            self.standardize.fitted(x if sigma is None else x + sigma * torch.randn(x.shape, generator=torch.Generator(
+                ).manual_seed(seed)))
+
+        def step(i, g):
+            xi = x[i] if sigma is None else x[i] + sigma * torch.randn((len(i), self.n_in), generator=g)
+            return self.nll(xi, z[i])
+
         t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed,
                      one_cycle=(epochs, -(-len(x) // batch)), clip=clip)
-        self.history["posterior"] = t.run(epochs, len(x), batch, lambda i, g: self.nll(x[i], z[i]), "posterior",
-                                          progress)
+        self.history["posterior"] = t.run(epochs, len(x), batch, step, "posterior", progress)
+        self.metadata.setdefault("noise", None if noise is None else np.asarray(noise, dtype=float).tolist())
         return self
 
     @torch.no_grad()

@@ -20,6 +20,11 @@ def refine(problems, model, predicted, **fit_options):
     ``amortized`` (JSON: the predicted constants) and ``amortized_loss`` (the loss at the
     prediction, with the scale and background at their least-squares values: the raw amortized
     answer's misfit, to compare with the refined ``loss``).
+
+    The refined optimum is independent of the start only if the objective is: a
+    :class:`~xtds.model.powder.PowderSpectrum` with adaptive broadening makes its widths at its
+    ``reference`` constants, else at the first evaluation (the start). Give the observable
+    ``reference=`` (e.g. the training set's reference) to compare refinements from different starts.
     """
     import json
 
