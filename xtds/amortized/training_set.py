@@ -79,8 +79,10 @@ def _stable(model, phis: np.ndarray, k: np.ndarray, chunk: int = 256) -> np.ndar
                 lam = min_eigenvalues(model, torch.as_tensor(p), k)
                 ok[i] = bool((lam[torch.isfinite(lam)] >= -1e-10).all())
             return ok
-        if H0.is_complex() and not (H0.imag.any() or basis.imag.any()):
-            H0, basis = H0.real, basis.real  # a centrosymmetric Bravais lattice: real symmetric H(k)
+        if H0.is_complex():
+            size = max(float(H0.abs().max()), float(basis.abs().max()), 1e-300)
+            if max(float(H0.imag.abs().max()), float(basis.imag.abs().max())) <= 1e-12 * size:
+                H0, basis = H0.real, basis.real  # e.g. a centrosymmetric Bravais lattice: H(k) real symmetric
         gamma = torch.as_tensor(is_gamma(model.crystal, k))
         ok = np.empty(len(phis), dtype=bool)
         for s in range(0, len(phis), chunk):
