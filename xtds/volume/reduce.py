@@ -130,8 +130,9 @@ def fold_points(intensity, weight, perms, extra=None, binary_weight: bool = Fals
     Returns
     -------
     dict: ``index`` (P, 3) grid indices of each orbit's representative (the member with every
-    coordinate ≤ 0), ``I_w``, ``w`` (None for binary weights: it is the count), ``count`` (int32;
-    sums over the orbit's valid voxels), ``extra`` (or None); orbits without a valid voxel are
+    coordinate ≤ 0; uint16, or int32 on axes over 65,535 points: cast before arithmetic),
+    ``I_w``, ``w`` (None for binary weights: it is the count), ``count`` (int32; sums over the
+    orbit's valid voxels), ``extra`` (or None); orbits without a valid voxel are
     left out; ordered by canonical point. Indices and permutations refer to H, K, L whatever
     ``dims``.
     """
