@@ -66,12 +66,14 @@ class LabelScale:
         return 0.5 * (self.high - self.low) * np.abs(np.asarray(self.reference))
 
 
-def _mlp(sizes, last_activation=False) -> nn.Sequential:
-    layers = []
+def _mlp(sizes, last_activation=False, act=nn.Tanh, first=()) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``act`` between them (and after the last one with
+    ``last_activation``), after the modules ``first``."""
+    layers = list(first)
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or last_activation:
-            layers.append(nn.Tanh())
+            layers.append(act())
     return nn.Sequential(*layers)
 
 
@@ -296,13 +298,8 @@ class GaussianPosterior:
         self.n = n
         width = n_in if n_components is None else int(n_components)
         self.standardize = _Standardize(n_in, n_components and int(n_components))
-        act = nn.SiLU if activation == "silu" else nn.Tanh
-        layers, sizes = [self.standardize], [width, *self.hidden, n + n * (n + 1) // 2]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(act())
-        self.net = nn.Sequential(*layers)
+        self.net = _mlp([width, *self.hidden, n + n * (n + 1) // 2], act=nn.SiLU if activation == "silu" else nn.Tanh,
+                        first=[self.standardize])
         self.metadata = dict(metadata or {})
         self.history: dict = {}
         self._tril = torch.tril_indices(n, n)
@@ -344,7 +341,7 @@ class GaussianPosterior:
         t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed,
                      one_cycle=(epochs, -(-len(x) // batch)), clip=clip)
         self.history["posterior"] = t.run(epochs, len(x), batch, step, "posterior", progress)
-        self.metadata.setdefault("noise", None if noise is None else np.asarray(noise, dtype=float).tolist())
+        self.metadata["noise"] = None if noise is None else np.asarray(noise, dtype=float).tolist()
         return self
 
     @torch.no_grad()

@@ -46,8 +46,8 @@ class IrreducibleMesh:
         M_{g⁻¹(s)} for per-atom scalars M (n, ...) not shaped (n, 3, 3): the sum over the orbits'
         images (module docstring), from Σ_i w_i F(k_i) / n_total."""
         G, n = self.perm.shape
-        # one[g, t, s] = 1 where operation g takes atom s to atom t: the sum over g is then two
-        # einsums (no loop of index_add over the group, which forward-mode batching makes slow)
+        # one[g, t, s] = 1 where operation g takes atom s to atom t: the sum over the group is one
+        # einsum instead of a loop of |G| index_add calls
         one = torch.as_tensor(self._exchange(), dtype=M.dtype, device=M.device)
         if M.dim() == 3 and M.shape[1:] == (3, 3):
             R = torch.as_tensor(self.rotations, dtype=M.dtype, device=M.device)
