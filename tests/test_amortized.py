@@ -219,3 +219,29 @@ def test_cli_simulate_train_predict(tmp_path, capsys):
     assert [r["temperature"] for r in rows] == [150.0, 280.0] and set(rows[0]["constants"]) == set(REF)
     assert main(["amortize", "predict", "--net", str(tmp_path / "missing")]) == 2
     assert "no saved network" in capsys.readouterr().err
+
+
+def test_standardized_spectra_forget_scale_and_offset():
+    """standardized(a x + b) = standardized(x) for a > 0 (the source's max − min normalization, set
+    by one noisy pixel, drops out); each row has mean 0 and standard deviation 1; the batch version
+    used in training (after the noise) equals it; a flat spectrum and restandardize without noise
+    are refused."""
+    from xtds.amortized import GaussianPosterior, LabelScale, standardized
+    from xtds.amortized.networks import _restandardize
+
+    x = np.random.default_rng(4).normal(size=(5, 30))
+    s = standardized(x)
+    np.testing.assert_allclose(standardized(3.7 * x - 0.2), s, atol=1e-6)
+    np.testing.assert_allclose(s.mean(1), 0, atol=1e-6)
+    np.testing.assert_allclose(s.std(1), 1, atol=1e-6)
+    cols = torch.ones(31, dtype=torch.bool)
+    cols[-1] = False  # a temperature column is left as it is
+    xt = torch.as_tensor(np.concatenate([2 * x + 1, np.full((5, 1), 0.25)], 1), dtype=torch.float32)
+    got = _restandardize(xt, cols).numpy()
+    np.testing.assert_allclose(got[:, :-1], s, atol=1e-5)
+    assert np.all(got[:, -1] == 0.25)
+    with pytest.raises(ValueError, match="no spread"):
+        standardized(np.ones((2, 4)))
+    post = GaussianPosterior(31, LabelScale((-0.6, 0.1, -0.7)), hidden=8)
+    with pytest.raises(ValueError, match="noise"):
+        post.fit(np.zeros((4, 31)), np.tile([-0.6, 0.1, -0.7], (4, 1)), epochs=1, restandardize=True, progress=False)

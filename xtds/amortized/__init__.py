@@ -8,9 +8,9 @@ that map a measured observable to force constants, and refine their predictions 
 - :mod:`xtds.amortized.refine`: the prediction as the start of the gradient fit.
 """
 
-from xtds.amortized.networks import GaussianPosterior, LabelScale, TwoStage, load, with_temperature
+from xtds.amortized.networks import GaussianPosterior, LabelScale, TwoStage, load, standardized, with_temperature
 from xtds.amortized.refine import refine
 from xtds.amortized.training_set import describe, draw_constants, simulate
 
 __all__ = ["describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior", "LabelScale", "load", "refine",
-           "with_temperature"]
+           "standardized", "with_temperature"]

@@ -36,6 +36,28 @@ from torch import nn
 __all__ = ["LabelScale", "TwoStage", "GaussianPosterior", "load", "with_temperature"]
 
 
+def standardized(values) -> np.ndarray:
+    """Each spectrum (row of ``values`` (N, P)) as (x − mean)/std over its pixels, float32: its
+    shape alone. The network input is then the same for any scale and offset of the spectrum, such
+    as the source normalization's (x − mean)/(max − min), whose max and min one noisy pixel sets
+    (the measured ARCS spectra's amplitude relative to the model's varies from 0.71 to 0.98 with
+    temperature for that reason: benchmarks/amortized_al.py)."""
+    v = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    sd = v.std(axis=1, keepdims=True)
+    if np.any(~(sd > 0)):
+        raise ValueError("a spectrum with no spread (all pixels equal, or NaN) cannot be standardized")
+    return ((v - v.mean(axis=1, keepdims=True)) / sd).astype(np.float32)
+
+
+def _restandardize(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """:func:`standardized` on the columns ``cols`` (bool (n_in,)) of each row of a batch."""
+    v = x[:, cols]
+    v = (v - v.mean(1, keepdim=True)) / v.std(1, unbiased=False, keepdim=True)
+    out = x.clone()
+    out[:, cols] = v
+    return out
+
+
 def with_temperature(values, temperature, t_range) -> np.ndarray:
     """The input of a temperature-conditioned network: the pixels (N, P) and one more column, the
     temperature (N,) K mapped from ``t_range`` (low, high) to [−1, 1]. Shape (N, P + 1) float32."""
@@ -320,28 +342,39 @@ class GaussianPosterior:
 
     def fit(self, values, constants, epochs: int = 100, batch: int = 128, lr: float = 1e-3, seed: int = 0,
             checkpoint: str | None = None, checkpoint_every: int = 10, clip: float = 5.0, noise=None,
-            progress: bool = True):
+            restandardize: bool = False, progress: bool = True):
         """Train on ``values`` (N, P) and ``constants`` (N, n) eV/Å²: the standardization from
         ``values``, then Adam with a one-cycle schedule peaking at ``lr``, gradients clipped to
         ``clip``. ``noise``: the measurement's σ per pixel (a number or (P,)), drawn afresh onto
         every batch, so that the posterior is that of noisy data (for measured spectra; None:
-        the simulations as they are). ``checkpoint``: a path prefix; a rerun resumes."""
+        the simulations as they are). ``restandardize``: the noisy columns (σ > 0) of each row
+        are then made :func:`standardized` again, as a measured spectrum is after its noise (for
+        inputs made by :func:`standardized`). ``checkpoint``: a path prefix; a rerun resumes."""
         x, z = _as_tensor(values), self.scale.to_z(constants)
         _check_input(x, self.n_in)
         sigma = None if noise is None else torch.as_tensor(np.broadcast_to(np.asarray(noise, dtype=np.float32),
                                                                            (self.n_in,)).copy())
+        if restandardize and sigma is None:
+            raise ValueError("restandardize=True makes the noisy pixels standardized again: give noise=σ as well")
+        cols = None if not restandardize else sigma > 0
+
+        def noisy(xi, g):
+            if sigma is None:
+                return xi
+            xi = xi + sigma * torch.randn(xi.shape, generator=g)
+            return xi if cols is None else _restandardize(xi, cols)
+
         with torch.no_grad():
-            self.standardize.fitted(x if sigma is None else x + sigma * torch.randn(x.shape, generator=torch.Generator(
-                ).manual_seed(seed)))
+            self.standardize.fitted(noisy(x, torch.Generator().manual_seed(seed)))
 
         def step(i, g):
-            xi = x[i] if sigma is None else x[i] + sigma * torch.randn((len(i), self.n_in), generator=g)
-            return self.nll(xi, z[i])
+            return self.nll(noisy(x[i], g), z[i])
 
         t = _Trainer(self.net, lr, checkpoint and checkpoint + ".posterior.pt", checkpoint_every, seed,
                      one_cycle=(epochs, -(-len(x) // batch)), clip=clip)
         self.history["posterior"] = t.run(epochs, len(x), batch, step, "posterior", progress)
         self.metadata["noise"] = None if noise is None else np.asarray(noise, dtype=float).tolist()
+        self.metadata["restandardize"] = bool(restandardize)
         return self
 
     @torch.no_grad()

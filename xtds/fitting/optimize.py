@@ -138,16 +138,68 @@ def whitening(J: np.ndarray) -> np.ndarray:
     return (V / np.sqrt(s)) @ V.T
 
 
-def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress, callback, on_start, secant):
+def _settled(J, r, f, g, M, stop_sigma):
+    """The Newton step δ = −M⁻¹g (M = JᵀJ + S, or JᵀJ where that is not positive definite) if it
+    lies within ``stop_sigma`` standard errors of the current point, else None: δᵀJᵀJδ ≤
+    stop_sigma² f/(m − n), the parameters' covariance estimated as (JᵀJ)⁻¹ f/(m − n). Every
+    parameter then moves by less than ``stop_sigma`` of its standard error (Cauchy–Schwarz), and
+    the loss lies within about stop_sigma² f/(m − n) of the minimum of the local model."""
+    m, n = J.shape
+    if not stop_sigma or m <= n or not f > 0:
+        return None
+    A = J.T @ J
+    for H in (M, A):
+        try:
+            np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
+            continue
+        d = np.linalg.solve(H, -g)
+        return d if float(d @ A @ d) <= stop_sigma**2 * f / (m - n) else None
+    return None
+
+
+def _prefer_augmented(g, step, A, S, actual) -> bool:
+    """NL2SOL's choice of model (Dennis, Gay & Welsch 1981): whether the augmented model JᵀJ + S
+    foresaw the change of the loss ``actual`` (f − f_new) along ``step`` at least as well as
+    Gauss–Newton's JᵀJ. A secant S that has grown wrong (too stiff: short steps that crawl along a
+    valley; too soft: rejected steps) is then left out until it predicts better again."""
+    lin = -2.0 * float(g @ step)
+    gauss_newton = lin - float(step @ A @ step)
+    augmented = gauss_newton - float(step @ S @ step)
+    return abs(augmented - actual) <= abs(gauss_newton - actual)
+
+
+def _shrink(M, D, g, step, lam) -> float:
+    """The damping after a rejected ``step``: at least 4λ (and 1e-10), raised further until the step
+    is at most half as long in the metric D. Without the second rule a λ that many accepted steps
+    have divided down to 1e-12 takes a dozen rejected trials, each a model evaluation, to matter."""
+    norm = float(np.sqrt(step @ D @ step))
+    lam = max(4.0 * lam, 1e-10)
+    while lam < 1e12:
+        try:
+            trial = np.linalg.solve(M + lam * D, -g)
+        except np.linalg.LinAlgError:
+            trial = None
+        if trial is not None and float(np.sqrt(trial @ D @ trial)) <= 0.5 * norm:
+            break
+        lam *= 4.0
+    return lam
+
+
+def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress, callback, on_start, secant,
+             stop_sigma=None, plain=None):
     """The Levenberg–Marquardt loop both variants share. ``trial(x)`` returns (r, J) or (r, None)
     (raising :class:`~xtds.errors.UnstableError` for unstable constants); ``jacobian_at(x, r)``
     makes J where the trial gave none, after an accepted step. With ``secant`` the model Hessian is
-    JᵀJ + S, S the secant estimate of the second-order term (:func:`_secant_update`). Returns a
-    dict of the state at the end (x, r, f, J, lam, iteration, history, converged, message,
-    resumed, t0, S)."""
+    JᵀJ + S, S the secant estimate of the second-order term (:func:`_secant_update`). With
+    ``stop_sigma``, converged once the next Newton step lies within that many standard errors
+    (:func:`_settled`); the step is then taken with ``plain(x)`` (the residuals alone: no
+    Jacobian) if it lowers the loss, and J stays the one of the point before. Returns a dict of the
+    state at the end (x, r, f, J, lam, iteration, history, converged, message, resumed, t0, S)."""
     x = np.asarray(x0, dtype=float).copy()
     lam, start, history, resumed = 1e-3, 0, [], None
     S = np.zeros((len(x), len(x))) if secant else None
+    augmented = secant  # the model of the next step: JᵀJ + S, or JᵀJ (Gauss–Newton)
     state = checkpoint.load() if checkpoint else None
     if state is not None:
         x, lam, start, history = np.array(state["x"]), state["lam"], state["iteration"], state["history"]
@@ -169,16 +221,35 @@ def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress,
     while it < max_iter:
         it += 1
         A, g = J.T @ J, J.T @ r
-        M = A + S if secant else A
+        M = A + S if augmented else A
+        last = _settled(J, r, f, g, M, stop_sigma)
+        if last is not None:
+            converged = True
+            message = f"the next step is within {stop_sigma:g} standard errors"
+            try:
+                r_new = (plain or (lambda z: trial(z)[0]))(x + last)
+                f_new = float(r_new @ r_new)
+            except UnstableError:
+                f_new = np.inf
+            if f_new < f:
+                x, r, f = x + last, r_new, f_new
+                history.append((it, f, time.perf_counter() - t0))
+                bar.update(1)
+                if callback is not None:
+                    callback(it, x, f)
+                message += " (taken)"
+            else:
+                it -= 1
+            break
         D = np.diag(np.maximum(np.diag(A), 1e-30))
         accepted = False
         while lam < 1e12:
             H = M + lam * D
-            if secant:
+            if augmented:
                 try:
                     np.linalg.cholesky(H)
                 except np.linalg.LinAlgError:  # S made the model indefinite: damp more
-                    lam *= 4.0
+                    lam = max(4.0 * lam, 1e-10)
                     continue
             step = np.linalg.solve(H, -g)
             if -float(g @ step) - 0.5 * float(step @ M @ step) <= 0.5 * ftol * f:
@@ -191,11 +262,15 @@ def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress,
             if f_new < f:
                 accepted = True
                 break
-            lam *= 4.0
+            if secant and np.isfinite(f_new):  # keep the model that foresaw this failure better
+                augmented = _prefer_augmented(g, step, A, S, f - f_new)
+                M = A + S if augmented else A
+            lam = _shrink(M, D, g, step, lam)
         if not accepted:
             converged, message = True, "no step lowers the loss (at a minimum to machine precision)"
             break
         if secant:
+            augmented = _prefer_augmented(g, step, A, S, f - f_new)
             S = _secant_update(S, step, J, J_new, r, r_new)
         df = f - f_new
         x, r, f = x + step, r_new, f_new
@@ -232,13 +307,15 @@ def levenberg_marquardt(
     progress: bool = True,
     callback=None,
     on_start=None,
+    stop_sigma: float | None = None,
 ) -> tuple[OptimizeResult, np.ndarray]:
     """Minimize ‖fun(x)‖² from ``x0``; ``fun`` returns a numpy residual vector or raises
     :class:`~xtds.errors.UnstableError`. ``on_start(J)`` sees the first Jacobian (and may raise).
     Jacobians by forward differences in the iterations, then Gauss–Newton polish steps on central
-    differences (module docstring). Returns the result and the Jacobian at the optimum."""
+    differences (module docstring); ``stop_sigma`` as :func:`levenberg_marquardt_exact`. Returns
+    the result and the Jacobian at the optimum."""
     s = _iterate(lambda x: (fun(x), None), lambda x, r: jacobian(fun, x, h, at_x=r), x0, max_iter, xtol, ftol,
-                 checkpoint, progress, callback, on_start, secant=False)
+                 checkpoint, progress, callback, on_start, secant=False, stop_sigma=stop_sigma, plain=fun)
     x, r, f, it, history, message = s["x"], s["r"], s["f"], s["it"], s["history"], s["message"]
     J = jacobian(fun, x, h)  # central differences at the optimum: the covariance's
     # The iterations' forward-difference Jacobians (error O(h)) stop a little short of the optimum
@@ -292,6 +369,8 @@ def levenberg_marquardt_exact(
     progress: bool = True,
     callback=None,
     on_start=None,
+    stop_sigma: float | None = None,
+    plain=None,
 ) -> tuple[OptimizeResult, np.ndarray]:
     """Minimize ‖r(x)‖² from ``x0`` with exact Jacobians: ``value_and_jacobian(x)`` returns
     (r, J) as numpy arrays or raises :class:`~xtds.errors.UnstableError`.
@@ -304,10 +383,14 @@ def levenberg_marquardt_exact(
     Converged when an accepted step lowers the loss by less than ``ftol`` (relative), moves x by
     less than ``xtol`` (relative), or when no damping yields a step the quadratic model expects to
     lower the loss by more than ``ftol``. With exact derivatives no polishing is needed: where
-    Jᵀr = 0 is the optimum.
+    Jᵀr = 0 is the optimum. With ``stop_sigma``, also converged once the next Newton step lies
+    within that many standard errors of the parameters (estimated from the residuals,
+    (JᵀJ)⁻¹ f/(m − n)); that step is then taken with ``plain(x)`` (the residuals without the
+    Jacobian; else ``value_and_jacobian``) where it lowers the loss. Past that point the fit only
+    polishes digits the data cannot tell apart.
     """
     s = _iterate(value_and_jacobian, None, x0, max_iter, xtol, ftol, checkpoint, progress, callback, on_start,
-                 secant=True)
+                 secant=True, stop_sigma=stop_sigma, plain=plain)
     if checkpoint:
         checkpoint.save({"x": s["x"].tolist(), "lam": s["lam"], "iteration": s["it"], "history": s["history"],
                          "secant": s["S"].tolist()})
@@ -399,7 +482,12 @@ class LM:
     second-order term: :func:`levenberg_marquardt_exact`), ``"differences"`` (forward differences
     of step ``h`` eV/Å² in the iterations, central ones for the final polish and the covariance:
     :func:`levenberg_marquardt`) or ``"auto"`` (exact where the model has forward-mode
-    derivatives, else differences; the result's message says which).
+    derivatives, else differences; the result's message says which). ``stop_sigma``: also
+    converged once the next step would move the parameters by less than this many standard errors
+    (the step's length in the metric of their covariance (JᵀJ)⁻¹ f/(m − n)); the step is then
+    taken with one plain evaluation. The default, 1e-3, leaves the loss within about 1e-6 χ²/ν of
+    the minimum, where every further digit is noise; it never stops a fit to noise-free data early
+    (there the step and the errors shrink together). None or 0: the tolerances alone.
     """
 
     max_iter: int = 50
@@ -407,10 +495,14 @@ class LM:
     ftol: float = 1e-12
     h: float = 1e-5
     jacobian: str = "auto"
+    stop_sigma: float | None = 1e-3
 
     def __post_init__(self):
         if int(self.max_iter) < 1:
             raise ValueError(f"LM(max_iter=...) must be at least 1, got {self.max_iter}")
+        if self.stop_sigma is not None and not float(self.stop_sigma) >= 0:
+            raise ValueError(f"LM(stop_sigma=...) must be a number of standard errors ≥ 0 or None, "
+                             f"got {self.stop_sigma!r}")
         if self.jacobian not in ("auto", "exact", "differences"):
             raise ValueError(f"LM(jacobian=...) must be 'auto', 'exact' or 'differences', got {self.jacobian!r}")
 
@@ -419,6 +511,9 @@ class LM:
         if objective.stochastic:
             raise ValueError("a stochastic observable (method='sampled') needs optimizer=Adam(...)")
         start = {}
+
+        def fun(x):
+            return objective.residuals(x, check_stable=True)
 
         def on_start(J0):
             start.update(objective.check_identifiable(J0))
@@ -442,16 +537,14 @@ class LM:
 
                 res, J = levenberg_marquardt_exact(value_and_jacobian, x0, max_iter=self.max_iter,
                                                    xtol=self.xtol, ftol=self.ftol, checkpoint=checkpoint,
-                                                   progress=progress, callback=callback, on_start=on_start)
+                                                   progress=progress, callback=callback, on_start=on_start,
+                                                   stop_sigma=self.stop_sigma, plain=fun)
                 res.jacobian, res.identifiability = J, start
                 return res
 
-        def fun(x):
-            return objective.residuals(x, check_stable=True)
-
         res, J = levenberg_marquardt(fun, x0, max_iter=self.max_iter, xtol=self.xtol, ftol=self.ftol, h=self.h,
                                      checkpoint=checkpoint, progress=progress, callback=callback,
-                                     on_start=on_start)
+                                     on_start=on_start, stop_sigma=self.stop_sigma)
         res.message += fallback[:300]
         res.jacobian = J
         res.identifiability = start

@@ -54,7 +54,7 @@ def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum):
     kidx = torch.arange(len(k), device=phi.device).repeat_interleave(m3)
     bidx = torch.arange(n, device=phi.device).repeat_interleave(3).repeat(len(k))
     f_of = mode_weight(grid, temperature, 2 * math.sqrt(2 * math.log(2)) * sigma, quantum=quantum)
-    return irr.symmetrize(BinnedSpectral.apply(D, V, kidx, bidx, n, f_of, None)) / (3 * irr.n_total)
+    return irr.symmetrize(BinnedSpectral.apply(D, V, kidx, bidx, n, f_of, None, None)) / (3 * irr.n_total)
 
 
 def self_spectral_function(model, phi, temperature: float, mesh=16, step: float = 0.1, smearing: float = 0.3,

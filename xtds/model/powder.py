@@ -176,7 +176,8 @@ class PowderPoints:
     ``kidx`` (P,) which one each Q is (Q = k + G, ``g`` (P, 3) = G); ``bins`` (P,) the |Q| bin;
     ``volume`` the Q-space volume of one point (Å⁻³); ``n_full`` the points before the reduction;
     ``symmetry`` how the set was reduced; ``k_irreducible`` one k of each orbit of ``k`` (where
-    dynamical stability is checked)."""
+    dynamical stability is checked) and ``korbit`` (K,) the orbit of each k (its row of
+    ``k_irreducible``: k-points of one orbit share their eigenvalues)."""
 
     q: np.ndarray
     weight: np.ndarray
@@ -190,6 +191,7 @@ class PowderPoints:
     symmetry: str
     k_irreducible: np.ndarray
     mesh: int
+    korbit: np.ndarray | None = None
 
 
 #: Scale of the adaptive broadening of :func:`powder_sqe_mesh` (σ = ADAPTIVE × mesh step × |∇ε|).
@@ -252,11 +254,11 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     # one k of each orbit: where dynamical stability must hold (the eigenvalues are the same on an orbit)
     tk = np.rint(k @ np.linalg.inv(B) * 2 * M).astype(np.int64)
     _, canon_k, _ = LaueGroup(group.name, R).orbit_keys(tk)
-    _, first = np.unique(canon_k, return_index=True)
+    _, first, korbit = np.unique(canon_k, return_index=True, return_inverse=True)
     return PowderPoints(q=q, weight=weight, k=k, kidx=kidx.reshape(-1), g=gf @ Bp, bins=bins,
                         n_bins=len(edges) - 1, volume=volume, n_full=n_full,
                         symmetry=f"{name}, grid shift {tuple(int(x) for x in sigma)}/2", k_irreducible=k[first],
-                        mesh=M)
+                        mesh=M, korbit=korbit.reshape(-1))
 
 
 def adaptive_mesh_widths(model, phi, points: PowderPoints, scale: float = ADAPTIVE) -> np.ndarray:
@@ -327,9 +329,10 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
                                 device=phi.device)
     else:
         sigma = None
+    korbit = None if pts.korbit is None else torch.as_tensor(pts.korbit, device=phi.device)
     out = BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(pts.kidx, device=phi.device),
                                torch.as_tensor(pts.bins, device=phi.device), pts.n_bins,
-                               mode_weight(energies, T, resolution), sigma)
+                               mode_weight(energies, T, resolution), sigma, korbit)
     # the mean over the points of each bin (their count fluctuates about shell volume / point volume
     # from bin to bin: dividing by it, not by the shell's volume, removes that noise)
     count = np.bincount(pts.bins, weights=pts.weight, minlength=pts.n_bins)

@@ -86,56 +86,70 @@ class BinnedSpectral(torch.autograd.Function):
     k-point projected on the vectors v_p of all its Q = k + G, summed into bins (|Q| bins, or atoms).
 
     Inputs: D (K, m, m) Hermitian, V (P, m), kidx (P,) k of each vector, bidx (P,) its bin,
-    ``n_bins``, ``fn``, and ``sigma`` (K, m) meV, fixed widths per mode passed to ``fn(λ, σ)`` (the
-    adaptive broadening, :func:`adaptive_widths`), or None. Output (B, E). Derivatives to D and V in
-    both modes (module docstring).
+    ``n_bins``, ``fn``, ``sigma`` (K, m) meV, fixed widths per mode passed to ``fn(λ, σ)`` (the
+    adaptive broadening, :func:`adaptive_widths`), or None, and ``korbit`` (K,) the orbit of each k
+    under the crystal's point group with time reversal, or None. k-points of one orbit have the same
+    eigenvalues (and widths), so f(λ) (K, m, E), the costly part, is made once per orbit, and the
+    binned weights are summed per orbit before they meet it: for a cubic powder mesh about 1/18 of
+    the work of every pass. Output (B, E). Derivatives to D and V in both modes (module docstring).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def _modes(D, sigma, fn):
-        """λ, U and the mode function with the widths bound (a function of λ alone)."""
+    def _modes(D, sigma, fn, korbit):
+        """λ (K, m), U, the column of each k in the binned weights (its orbit; None: itself), the
+        orbits' eigenvalues λ_r (R, m) and the mode function with the widths bound (of λ_r alone)."""
         lam, U = torch.linalg.eigh(D)
-        return lam, U, (fn if sigma is None else _Bound(fn, sigma))
+        if korbit is None:
+            return lam, U, None, lam, (fn if sigma is None else _Bound(fn, sigma))
+        K = len(lam)
+        n_orbits = int(korbit.max()) + 1
+        rep = torch.full((n_orbits,), K, dtype=korbit.dtype, device=korbit.device)
+        rep = rep.scatter_reduce(0, korbit, torch.arange(K, dtype=korbit.dtype, device=korbit.device), "amin")
+        return lam, U, korbit, lam[rep], (fn if sigma is None else _Bound(fn, sigma[rep]))
 
     @staticmethod
-    def forward(D, V, kidx, bidx, n_bins, fn, sigma):
-        lam, U, f_of = BinnedSpectral._modes(D, sigma, fn)
+    def forward(D, V, kidx, bidx, n_bins, fn, sigma, korbit):
+        lam, U, orbit, lam_r, f_of = BinnedSpectral._modes(D, sigma, fn, korbit)
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
-        K, m = lam.shape
-        A = torch.zeros((n_bins * K, m), dtype=lam.dtype, device=lam.device)
-        A = A.index_add(0, bidx * K + kidx, c.abs() ** 2)
-        return A.reshape(n_bins, K * m) @ f_of(lam).reshape(K * m, -1)
+        R, m = lam_r.shape
+        col = kidx if orbit is None else orbit[kidx]
+        A = torch.zeros((n_bins * R, m), dtype=lam.dtype, device=lam.device)
+        A = A.index_add(0, bidx * R + col, c.abs() ** 2)
+        return A.reshape(n_bins, R * m) @ f_of(lam_r).reshape(R * m, -1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        D, V, kidx, bidx, n_bins, fn, sigma = inputs
+        D, V, kidx, bidx, n_bins, fn, sigma, korbit = inputs
         ctx.n_bins, ctx.fn = n_bins, fn
-        ctx.adaptive = sigma is not None
-        saved = (D, V, kidx, bidx) + ((sigma,) if sigma is not None else ())
+        ctx.adaptive, ctx.orbits = sigma is not None, korbit is not None
+        saved = (D, V, kidx, bidx) + ((sigma,) if sigma is not None else ()) + ((korbit,) if korbit is not None else ())
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
 
     @staticmethod
     def _saved(ctx):
         D, V, kidx, bidx, *rest = ctx.saved_tensors
-        lam, U, f_of = BinnedSpectral._modes(D, rest[0] if ctx.adaptive else None, ctx.fn)
-        return D, V, kidx, bidx, lam, U, f_of
+        sigma = rest.pop(0) if ctx.adaptive else None
+        korbit = rest.pop(0) if ctx.orbits else None
+        lam, U, orbit, lam_r, f_of = BinnedSpectral._modes(D, sigma, fn=ctx.fn, korbit=korbit)
+        col = kidx if orbit is None else orbit[kidx]
+        return D, V, kidx, bidx, lam, U, col, lam_r, f_of
 
     @staticmethod
     def backward(ctx, grad):
-        D, V, kidx, bidx, lam, U, f_of = BinnedSpectral._saved(ctx)
+        D, V, kidx, bidx, lam, U, col, lam_r, f_of = BinnedSpectral._saved(ctx)
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
-        f, fp = _f_and_fp(f_of, lam)
-        h = torch.einsum("kme,be->kbm", f, grad)[kidx, bidx]  # (P, m)
-        hp = torch.einsum("kme,be->kbm", fp, grad)[kidx, bidx]
+        f, fp = _f_and_fp(f_of, lam_r)
+        h = torch.einsum("kme,be->kbm", f, grad)[col, bidx]  # (P, m)
+        hp = torch.einsum("kme,be->kbm", fp, grad)[col, bidx]
         gamma = divided_differences(lam[kidx], h, hp)  # (P, m, m)
         inner = torch.zeros((len(lam),) + gamma.shape[1:], dtype=c.dtype, device=c.device)
         inner = inner.index_add(0, kidx, gamma.to(c.dtype) * (c[:, :, None] * c.conj()[:, None, :]))
         gD = U @ inner @ U.mH
         gV = 2 * torch.einsum("pij,pj->pi", U[kidx], h.to(c.dtype) * c)
-        return gD, gV, None, None, None, None, None
+        return gD, gV, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, dD, dV, *_):
@@ -144,12 +158,12 @@ class BinnedSpectral(torch.autograd.Function):
         # turn), a_ν = Σ_{μ level with ν} Y_νμ (the level's shift, degenerate partners included);
         # both are binned like the forward's |c|² and contracted with f and f′ in one GEMM, so a
         # batch of tangents (jacfwd) costs a few GEMMs more than the forward, not a pass per tangent.
-        D, V, kidx, bidx, lam, U, f_of = BinnedSpectral._saved(ctx)
+        D, V, kidx, bidx, lam, U, col, lam_r, f_of = BinnedSpectral._saved(ctx)
         nb = ctx.n_bins
-        K, m = lam.shape
+        R, m = lam_r.shape
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
-        f, fp = _f_and_fp(f_of, lam)
-        slot = bidx * K + kidx
+        f, fp = _f_and_fp(f_of, lam_r)
+        slot = bidx * R + col
         g = torch.zeros(c.shape, dtype=lam.dtype, device=lam.device)
         a = None
         if dD is not None:
@@ -171,8 +185,8 @@ class BinnedSpectral(torch.autograd.Function):
         else:  # f and f′ side by side: one scatter and one GEMM
             coef, F = torch.cat([g, a], -1), torch.cat([f, fp], -2)
         w = coef.shape[-1]
-        binned = torch.zeros((nb * K, w), dtype=lam.dtype, device=lam.device).index_add(0, slot, coef)
-        return binned.reshape(nb, K * w) @ F.reshape(K * w, E)
+        binned = torch.zeros((nb * R, w), dtype=lam.dtype, device=lam.device).index_add(0, slot, coef)
+        return binned.reshape(nb, R * w) @ F.reshape(R * w, E)
 
 
 class SpectralSum(torch.autograd.Function):
