@@ -212,7 +212,12 @@ def test_cli_simulate_train_predict(tmp_path, capsys):
     store, net = str(tmp_path / "t.zarr"), str(tmp_path / "net")
     assert main(["amortize", "simulate", "--crystal", "Al", "--shells", "2", "--reference", str(ref), "--n", "24",
                  "--mesh", "6", "--store", store, "--workers", "0", "--quiet"]) == 0
-    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--quiet", "--posterior"]) == 0
+    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--quiet", "--posterior",
+                 "--noise", "0.25"]) == 0
+    meta = json.loads((tmp_path / "net.json").read_text())["metadata"]
+    assert meta["input"] == "standardized" and meta["restandardize"] and meta["noise"][0] == 0.25
+    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--noise", "0.25"]) == 2
+    assert "--posterior" in capsys.readouterr().err
     out = tmp_path / "p.json"
     assert main(["amortize", "predict", "--net", net, "--temperature", "150,280", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())

@@ -235,7 +235,7 @@ def cmd_amortize_train(args) -> int:
     import numpy as np
     import zarr
 
-    from xtds.amortized import GaussianPosterior, LabelScale, TwoStage, with_temperature
+    from xtds.amortized import GaussianPosterior, LabelScale, TwoStage, standardized, with_temperature
 
     root = zarr.open_group(args.store, mode="r")
     if not bool(np.all(root["done"][:])):
@@ -244,14 +244,22 @@ def cmd_amortize_train(args) -> int:
     prov = json.loads(root.attrs["provenance"])
     phi = np.asarray(root["constants"][:])
     T = np.asarray(root["temperature"][:])
-    X = with_temperature(np.asarray(root["values"][:]), T, meta["temperatures"])
+    X = with_temperature(standardized(np.asarray(root["values"][:])), T, meta["temperatures"])
     box = np.asarray(prov["box"], dtype=float)
     if box.shape != (2,):
         raise ValueError(f"the training set's box {prov['box']} is not one (low, high) pair: train in Python")
     scale = LabelScale(tuple(prov["reference"]), float(box[0]), float(box[1]))
-    info = {"training_set": args.store, "provenance": prov, "cli": meta}
+    info = {"training_set": args.store, "provenance": prov, "cli": meta, "input": "standardized"}
     net = (GaussianPosterior if args.posterior else TwoStage)(X.shape[1], scale, metadata=info)
     kw = {"epochs": args.epochs, "checkpoint": args.out + ".ckpt", "progress": not args.quiet}
+    if args.noise is not None:
+        if not args.posterior:
+            raise ValueError("--noise trains the posterior of noisy spectra: use it with --posterior")
+        if not args.noise > 0:
+            raise ValueError(f"--noise must be a positive pixel σ of the standardized spectra, got {args.noise}")
+        sigma = np.full(X.shape[1], args.noise)
+        sigma[-1] = 0.0  # the temperature input has none
+        kw.update(noise=sigma, restandardize=True)
     if not args.posterior:
         kw["regressor_epochs"] = args.epochs
     net.fit(X, phi, **kw)
@@ -263,7 +271,7 @@ def cmd_amortize_train(args) -> int:
 def cmd_amortize_predict(args) -> int:
     import numpy as np
 
-    from xtds.amortized import load, with_temperature
+    from xtds.amortized import load, standardized, with_temperature
 
     net = load(args.net)
     meta = net.metadata.get("cli", {})
@@ -272,6 +280,8 @@ def cmd_amortize_predict(args) -> int:
         [float(t) for t in ds["temperature"].values]
     valid = ds["valid"].values
     spectra = np.stack([ds["chi"].sel(temperature=T).values[valid] for T in temps])
+    if net.metadata.get("input") == "standardized":  # as the network was trained (older networks: as stored)
+        spectra = standardized(spectra)
     X = with_temperature(spectra, temps, meta.get("temperatures", (min(temps), max(temps))))
     if hasattr(net, "vae"):
         mean, spread = net.predict(X, n_draws=args.draws)
@@ -316,6 +326,9 @@ def _amortize_parser(sub):
     t.add_argument("--out", required=True, help="path prefix of the saved network (.pt, .json)")
     t.add_argument("--epochs", type=int, default=300)
     t.add_argument("--posterior", action="store_true", help="the Gaussian amortized posterior instead")
+    t.add_argument("--noise", type=float, default=None,
+                   help="with --posterior: the pixel σ of the standardized measured spectra, drawn onto every "
+                        "training batch (a posterior for noisy spectra)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_amortize_train)
     r = asub.add_parser("predict", help="constants of measured spectra from a trained network")
