@@ -6,13 +6,15 @@
    uniform in 50–640 K: wall time and per spectrum (``xtds.amortized.simulate``, worker processes).
 2. The last ``--held-out`` (1,000) kept apart; on the rest, Su & Li's two-stage network (VAE +
    regressor; ``--no-two-stage`` skips it) and the Gaussian amortized posterior (standardized
-   pixels, 3 × 512 SiLU), each with the temperature as one more input.
+   pixels, 3 × 512 SiLU), each on the standardized spectra (xtds.amortized.standardized: the
+   shape, free of the source normalization's scale) with the temperature as one more input.
 3. On the held-out spectra: the median relative error of each constant (both networks), and how
    often the posterior's 68 % intervals hold the truth.
-4. On the five measured spectra: the two-stage network fine-tuned on them and its prediction; the
-   posterior's prediction, the gradient fit started there (amortize-then-refine) and from the
-   published constants: constants, iterations, losses, and the raw prediction's loss against the
-   refined one.
+4. On the five measured spectra: the two-stage network fine-tuned on them and its prediction; a
+   posterior of noisy spectra (trained at the pixel σ estimated from the measured spectra,
+   ``pixel_noise``), its prediction, the gradient fit started there (amortize-then-refine) and
+   from the published constants: constants, iterations, losses, and the raw prediction's loss
+   against the refined one.
 
 With ``--store``, the training set and the networks' checkpoints live there: a rerun resumes.
 

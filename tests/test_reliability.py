@@ -46,6 +46,25 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "xtds.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+def call_cli(capsys, *args):
+    """``xtds`` in this process (``xtds.cli.main``): exit code and output as :func:`run_cli` gives
+    them, without a new interpreter's imports (seconds each)."""
+    from types import SimpleNamespace
+
+    from xtds.cli import main
+
+    message = ""
+    try:
+        code = main(list(args))
+    except SystemExit as done:  # as the interpreter turns it into an exit status and a message
+        code = done.code
+        if isinstance(code, str):
+            code, message = 1, code + "\n"
+        code = 0 if code is None else code
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err + message)
+
+
 # ---------------------------------------------------------------- data loss
 @pytest.mark.parametrize("ext", FORMATS)
 def test_overwriting_the_file_being_read_is_refused(small, tmp_path, ext):
@@ -387,7 +406,9 @@ def test_checkpoints_that_cannot_be_used_are_named(small, tmp_path):
     assert iterations == []  # refused before the fit, not when saving after its first iteration
 
 
-def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path):
+def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path, capsys):
+    """The installed entry point (a new interpreter) for the first two calls; the rest in this
+    process, through the same ``main``."""
     bad = tmp_path / "bad.nxs"
     bad.write_bytes(b"garbage")
     res = run_cli("info", str(bad))
@@ -396,16 +417,16 @@ def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path):
     path = written(small, tmp_path, "nxs")
     (tmp_path / "exists.nc").write_text("an earlier result")
     for out, message in [("exists.nc", "--overwrite"), ("result.txt", ".nc or .zarr"), ("result.nxs", "not NeXus")]:
-        res = run_cli("fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
-                      "--out", str(tmp_path / out))
+        res = call_cli(capsys, "fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
+                       "--out", str(tmp_path / out))
         assert res.returncode != 0 and message in res.stderr, res.stderr
         assert "b2" not in res.stdout and "iterations" not in res.stdout  # checked before the fit: no table
     assert (tmp_path / "exists.nc").read_text() == "an earlier result"
-    assert run_cli("--version").stdout.strip() == f"xtds {xtds.__version__}"
-    res = run_cli("plot", path)
+    assert call_cli(capsys, "--version").stdout.strip() == f"xtds {xtds.__version__}"
+    res = call_cli(capsys, "plot", path)
     assert res.returncode != 0 and "not a fit result" in res.stderr
-    res = run_cli("fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet", "--max-iter",
-                  "2", "--out", str(tmp_path / "fit.zarr"))
+    res = call_cli(capsys, "fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
+                   "--max-iter", "2", "--out", str(tmp_path / "fit.zarr"))
     assert res.returncode == 0, res.stderr
     assert xr.open_zarr(tmp_path / "fit.zarr").attrs["iterations"] == 2
     assert json.loads(xr.open_zarr(tmp_path / "fit.zarr").attrs["settings"])["optimizer"]["max_iter"] == 2

@@ -138,7 +138,7 @@ def whitening(J: np.ndarray) -> np.ndarray:
     return (V / np.sqrt(s)) @ V.T
 
 
-def _settled(J, r, f, g, M, stop_sigma):
+def _settled(J, f, g, M, stop_sigma):
     """The Newton step δ = −M⁻¹g (M = JᵀJ + S, or JᵀJ where that is not positive definite) if it
     lies within ``stop_sigma`` standard errors of the current point, else None: δᵀJᵀJδ ≤
     stop_sigma² f/(m − n), the parameters' covariance estimated as (JᵀJ)⁻¹ f/(m − n). Every
@@ -195,7 +195,8 @@ def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress,
     ``stop_sigma``, converged once the next Newton step lies within that many standard errors
     (:func:`_settled`); the step is then taken with ``plain(x)`` (the residuals alone: no
     Jacobian) if it lowers the loss, and J stays the one of the point before. Returns a dict of the
-    state at the end (x, r, f, J, lam, iteration, history, converged, message, resumed, t0, S)."""
+    state at the end (x, r, f, J, lam, iteration, history, converged, message, resumed, t0, S,
+    augmented)."""
     x = np.asarray(x0, dtype=float).copy()
     lam, start, history, resumed = 1e-3, 0, [], None
     S = np.zeros((len(x), len(x))) if secant else None
@@ -205,6 +206,7 @@ def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress,
         x, lam, start, history = np.array(state["x"]), state["lam"], state["iteration"], state["history"]
         if secant and "secant" in state:
             S = np.array(state["secant"])
+            augmented = bool(state.get("augmented", True))
         resumed = start
     r, J = trial(x)
     J = jacobian_at(x, r) if J is None else J
@@ -222,7 +224,7 @@ def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress,
         it += 1
         A, g = J.T @ J, J.T @ r
         M = A + S if augmented else A
-        last = _settled(J, r, f, g, M, stop_sigma)
+        last = _settled(J, f, g, M, stop_sigma)
         if last is not None:
             converged = True
             message = f"the next step is within {stop_sigma:g} standard errors"
@@ -290,10 +292,10 @@ def _iterate(trial, jacobian_at, x0, max_iter, xtol, ftol, checkpoint, progress,
             J = jacobian_at(x, r)
         if checkpoint:
             checkpoint.save({"x": x.tolist(), "lam": lam, "iteration": it, "history": history}
-                            | ({"secant": S.tolist()} if secant else {}))
+                            | ({"secant": S.tolist(), "augmented": augmented} if secant else {}))
     bar.close()
     return {"x": x, "r": r, "f": f, "J": J, "lam": lam, "it": it, "history": history, "converged": converged,
-            "message": message, "resumed": resumed, "t0": t0, "S": S}
+            "message": message, "resumed": resumed, "t0": t0, "S": S, "augmented": augmented}
 
 
 def levenberg_marquardt(
@@ -393,7 +395,7 @@ def levenberg_marquardt_exact(
                  secant=True, stop_sigma=stop_sigma, plain=plain)
     if checkpoint:
         checkpoint.save({"x": s["x"].tolist(), "lam": s["lam"], "iteration": s["it"], "history": s["history"],
-                         "secant": s["S"].tolist()})
+                         "secant": s["S"].tolist(), "augmented": s["augmented"]})
     message = s["message"] + " (exact Jacobians, secant second-order term)"
     return OptimizeResult(s["x"], s["f"], s["history"], s["it"], s["converged"], message, s["resumed"]), s["J"]
 
