@@ -89,6 +89,8 @@ def main():
                     help="also fit without the n ≥ 2 terms at each temperature and print both losses")
     ap.add_argument("--normalize", action="store_true", help="normalize the model as the source (no scale, constant)")
     ap.add_argument("--max-iter", type=int, default=50, help="Levenberg–Marquardt iterations at most")
+    ap.add_argument("--stop-sigma", type=float, default=1e-3,
+                    help="LM stops once its next step is below this many standard errors (0: the tolerances alone)")
     ap.add_argument("--starts", type=int, default=1,
                     help="gradient fits from this many starting points (the published constants and random "
                          "scalings of them), keeping the lowest loss")
@@ -132,7 +134,8 @@ def main():
 
         obs.spectrum = counted
         t = time.perf_counter()
-        res = fit_problems([prob], start, optimizer=LM(max_iter=args.max_iter, jacobian=args.jacobian), progress=False,
+        optimizer = LM(max_iter=args.max_iter, jacobian=args.jacobian, stop_sigma=args.stop_sigma or None)
+        res = fit_problems([prob], start, optimizer=optimizer, progress=False,
                            starts=args.starts, start_spread=args.start_spread)
         t_fit = time.perf_counter() - t
         obs.spectrum = spectrum
