@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LabelScale", "TwoStage", "GaussianPosterior", "load", "with_temperature"]
+__all__ = ["LabelScale", "TwoStage", "GaussianPosterior", "load", "standardized", "with_temperature"]
 
 
 def standardized(values) -> np.ndarray:
@@ -41,7 +41,7 @@ def standardized(values) -> np.ndarray:
     shape alone. The network input is then the same for any scale and offset of the spectrum, such
     as the source normalization's (x − mean)/(max − min), whose max and min one noisy pixel sets
     (the measured ARCS spectra's amplitude relative to the model's varies from 0.71 to 0.98 with
-    temperature for that reason: benchmarks/amortized_al.py)."""
+    temperature: docs/amortized.md)."""
     v = np.atleast_2d(np.asarray(values, dtype=np.float64))
     sd = v.std(axis=1, keepdims=True)
     if np.any(~(sd > 0)):
