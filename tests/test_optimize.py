@@ -2,6 +2,7 @@
 damping after a rejected step, and NL2SOL's choice between the Gauss–Newton and augmented models."""
 
 import numpy as np
+import pytest
 
 from xtds.fitting.optimize import LM, _prefer_augmented, _shrink, levenberg_marquardt_exact
 
@@ -48,15 +49,11 @@ def test_never_stops_early_on_noise_free_data():
     np.testing.assert_allclose(res.x, TRUE, rtol=1e-9)
 
 
-def test_lm_settings_check_stop_sigma():
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_lm_settings_check_stop_sigma(bad):
     assert LM().stop_sigma == 1e-3
-    for bad in (-1.0, float("nan")):
-        try:
-            LM(stop_sigma=bad)
-        except ValueError as err:
-            assert "stop_sigma" in str(err)
-        else:
-            raise AssertionError("a negative or NaN stop_sigma was accepted")
+    with pytest.raises(ValueError, match="stop_sigma"):
+        LM(stop_sigma=bad)
 
 
 def test_a_rejected_step_at_tiny_damping_halves_at_once():
