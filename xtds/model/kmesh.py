@@ -55,6 +55,16 @@ class IrreducibleMesh:
             return torch.einsum("gts,gsij->tij", one, rotated) / G
         return (one.sum(0) @ M.reshape(n, -1)).reshape(M.shape) / G
 
+    def symmetrize_tensor(self, M: torch.Tensor) -> torch.Tensor:
+        """(1/|G|) Σ_g R_g M_{g⁻¹(s)} R_gᵀ for per-atom blocks with trailing axes, M (n, 3, 3, ...)
+        (e.g. a tensor per energy)."""
+        G, n = self.perm.shape
+        one = torch.as_tensor(self._exchange(), dtype=M.dtype, device=M.device)
+        R = torch.as_tensor(self.rotations, dtype=M.dtype, device=M.device)
+        flat = M.reshape(n, 3, 3, -1)
+        out = torch.einsum("gts,gia,sabe,gjb->tije", one, R, flat, R) / G
+        return out.reshape(M.shape)
+
     def _exchange(self) -> np.ndarray:
         """(G, n, n): 1 at [g, perm[g, s], s]."""
         G, n = self.perm.shape
