@@ -42,10 +42,11 @@ def _euphonic_fc(model, phi, L=4):
 CASES = {
     "Al": (lambda m: m.central_force({1: 1.6, 2: 0.3})),
     "Si": (lambda m: m.central_force({1: 6.0, 2: 1.0})),
+    "Mg": (lambda m: m.central_force({1: 1.5, 2: 0.3})),  # hexagonal: anisotropic Debye–Waller matrices
 }
 
 
-@pytest.mark.parametrize("name", ["Al", "Si"])
+@pytest.mark.parametrize("name", ["Al", "Si", "Mg"])
 def test_modes_and_debye_waller_equal_euphonic(name):
     """Mode energies, the Debye–Waller matrices and the mode-resolved structure factors S_ν(Q) (mbarn
     per atom) at random Q (up to 12 Å⁻¹, away from degeneracies) equal euphonic's within 1e-6 relative
