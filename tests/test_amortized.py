@@ -250,3 +250,36 @@ def test_standardized_spectra_forget_scale_and_offset():
     post = GaussianPosterior(31, LabelScale((-0.6, 0.1, -0.7)), hidden=8)
     with pytest.raises(ValueError, match="noise"):
         post.fit(np.zeros((4, 31)), np.tile([-0.6, 0.1, -0.7], (4, 1)), epochs=1, restandardize=True, progress=False)
+
+
+def test_single_crystal_points_with_temperature_draws():
+    """A single-crystal observable (the frozen TDSIntensity, one phonon, at 20 q-points) with a
+    temperature per draw: each simulated row equals the observable made at that draw's temperature
+    and evaluated at its constants; the observable passed in is left as it was. An observable
+    without a temperature is refused with a message."""
+    from xtds.model.observable import TDSIntensity
+
+    model = xtds.IFCModel(AL, shells=2)
+    q = AL.rlu_to_cartesian(np.random.default_rng(0).uniform(0.1, 2.4, size=(20, 3)))
+    obs = TDSIntensity(model, q, 300.0, method="one_phonon")
+    out = simulate(obs, REF, 6, seed=2, workers=0, temperatures=(100.0, 600.0), progress=False)
+    T = out["temperature"].values
+    assert np.all((T >= 100) & (T <= 600)) and len(set(np.round(T, 6))) == 6
+    for i in (0, 5):
+        direct = TDSIntensity(model, q, float(T[i]), method="one_phonon")
+        with torch.no_grad():
+            expect = direct.mean(torch.as_tensor(out["constants"].values[i])).numpy()
+        np.testing.assert_allclose(out["values"].values[i], expect, rtol=1e-6)
+    assert obs.temperature == 300.0
+
+    class NoTemperature:
+        model = obs.model
+
+        def stability_k(self):
+            return obs.stability_k()
+
+        def __len__(self):
+            return 20
+
+    with pytest.raises(TypeError, match="no temperature"):
+        simulate(NoTemperature(), REF, 4, workers=0, temperatures=(100.0, 600.0), progress=False)

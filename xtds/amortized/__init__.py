@@ -10,7 +10,7 @@ that map a measured observable to force constants, and refine their predictions 
 
 from xtds.amortized.networks import GaussianPosterior, LabelScale, TwoStage, load, standardized, with_temperature
 from xtds.amortized.refine import refine
-from xtds.amortized.training_set import describe, draw_constants, simulate
+from xtds.amortized.training_set import at_temperature, describe, draw_constants, simulate
 
-__all__ = ["describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior", "LabelScale", "load", "refine",
-           "standardized", "with_temperature"]
+__all__ = ["at_temperature", "describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior", "LabelScale",
+           "load", "refine", "standardized", "with_temperature"]

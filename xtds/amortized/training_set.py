@@ -15,6 +15,7 @@ observable's description, the reference constants, the box, the seed, the packag
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -124,6 +125,26 @@ def _init_worker(blob: bytes, threads: int) -> None:
     _WORKER["observable"] = pickle.loads(blob)
 
 
+def at_temperature(observable, temperature: float):
+    """``observable`` at another temperature (K): its ``temperature`` set in place, or, for a frozen
+    dataclass (e.g. :class:`xtds.model.TDSIntensity`), a copy made with it (``dataclasses.replace``)."""
+    _check_temperature_attr(observable)
+    if _frozen(observable):
+        return dataclasses.replace(observable, temperature=temperature)
+    observable.temperature = temperature
+    return observable
+
+
+def _frozen(observable) -> bool:
+    return dataclasses.is_dataclass(observable) and observable.__dataclass_params__.frozen
+
+
+def _check_temperature_attr(observable) -> None:
+    if not hasattr(observable, "temperature"):
+        raise TypeError(f"{type(observable).__name__} has no temperature: draw temperatures (temperatures=...) only "
+                        "for observables with one")
+
+
 def _evaluate(phis: np.ndarray, observable=None, temperatures=None) -> np.ndarray:
     obs = observable if observable is not None else _WORKER["observable"]
     out = []
@@ -132,7 +153,7 @@ def _evaluate(phis: np.ndarray, observable=None, temperatures=None) -> np.ndarra
             if hasattr(obs, "reset"):
                 obs.reset()  # state fixed at a first evaluation (adaptive widths) is made for this draw
             if temperatures is not None:
-                obs.temperature = float(temperatures[i])
+                obs = at_temperature(obs, float(temperatures[i]))
             out.append(obs.mean(torch.as_tensor(p)).cpu().numpy().astype(np.float32))
     return np.stack(out)
 
@@ -162,12 +183,14 @@ def simulate(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store
     attrs ``provenance`` (JSON) and ``seconds`` (the wall time of this call's evaluations).
     """
     model = observable.model
-    phis = draw_constants(model, reference, n, box=box, seed=seed, k=observable.stability_k())
     temps = None
     if temperatures is not None:
         lo_t, hi_t = (float(t) for t in temperatures)
         if not 0 < lo_t <= hi_t:
             raise ValueError(f"temperatures must be (low, high) K with 0 < low ≤ high, got {temperatures}")
+        _check_temperature_attr(observable)
+    phis = draw_constants(model, reference, n, box=box, seed=seed, k=observable.stability_k())
+    if temperatures is not None:
         temps = np.random.default_rng([seed, 1]).uniform(lo_t, hi_t, n)
     ref = np.asarray(model.vector(reference).numpy() if isinstance(reference, dict) else reference, dtype=float)
     prov = {"observable": describe(observable), "reference": ref.tolist(), "box": np.asarray(box, dtype=float).tolist(),
@@ -211,8 +234,8 @@ def simulate(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store
         try:
             for b in todo:
                 finish(b, _evaluate(phis[b * batch : (b + 1) * batch], observable, _part(temps, b, batch)))
-        finally:
-            if temps is not None:
+        finally:  # the draws' temperatures were set in place (a frozen observable was copied instead)
+            if temps is not None and not _frozen(observable):
                 observable.temperature = t_obs
     bar.close()
     seconds = time.perf_counter() - t0
