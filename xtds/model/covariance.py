@@ -37,7 +37,9 @@ def is_gamma(cell: Crystal, k: np.ndarray) -> np.ndarray:
 
 class _HermitianFunction(torch.autograd.Function):
     """F = V f(Λ) Vᴴ for Hermitian D, with the Daleckii–Krein derivative (finite at degeneracies) in
-    both modes (:mod:`xtds.model.spectral`): the backward and the jvp are the same linear map."""
+    both modes (:mod:`xtds.model.spectral`): the backward and the jvp are the same linear map. The
+    eigen-decomposition is returned too (not differentiable), for the derivatives to reuse;
+    :func:`_hermitian_function` gives F alone."""
 
     generate_vmap_rule = True
 
@@ -45,21 +47,22 @@ class _HermitianFunction(torch.autograd.Function):
     def forward(D, beta, zero_mask):
         lam, V = torch.linalg.eigh(D)
         f = torch.where(zero_mask, torch.zeros_like(lam), _quantum_g(lam, beta)[0])
-        return (V * f.unsqueeze(-2).to(V.dtype)) @ V.mH
+        return (V * f.unsqueeze(-2).to(V.dtype)) @ V.mH, lam, V
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         D, beta, zero_mask = inputs
+        _, lam, V = output
+        ctx.mark_non_differentiable(lam, V)
         ctx.beta = beta
-        ctx.save_for_backward(D, zero_mask)
-        ctx.save_for_forward(D, zero_mask)
+        ctx.save_for_backward(lam, V, zero_mask)
+        ctx.save_for_forward(lam, V, zero_mask)
 
     @staticmethod
     def _derivative(ctx, dD):
         from xtds.model.spectral import divided_differences
 
-        D, zero_mask = ctx.saved_tensors
-        lam, V = torch.linalg.eigh(D)
+        lam, V, zero_mask = ctx.saved_tensors
         f, fp = _quantum_g(lam, ctx.beta)
         f = torch.where(zero_mask, torch.zeros_like(f), f)
         fp = torch.where(zero_mask, torch.zeros_like(fp), fp)
@@ -67,12 +70,17 @@ class _HermitianFunction(torch.autograd.Function):
         return V @ (gamma.to(V.dtype) * (V.mH @ dD @ V)) @ V.mH
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _grad_lam=None, _grad_V=None):
         return _HermitianFunction._derivative(ctx, grad), None, None
 
     @staticmethod
     def jvp(ctx, dD, *_):
-        return _HermitianFunction._derivative(ctx, dD)
+        return _HermitianFunction._derivative(ctx, dD), None, None
+
+
+def _hermitian_function(D, beta, zero_mask):
+    """F = V f(Λ) Vᴴ (:class:`_HermitianFunction`)."""
+    return _HermitianFunction.apply(D, beta, zero_mask)[0]
 
 
 def _quantum_g(lam: torch.Tensor, beta: float):
@@ -149,7 +157,7 @@ def covariance_k(
             zero_mask[gamma] = (lam0 - dscale).abs() < 1e-9 * dscale
         if torch.any(g) and not torch.all(zero_mask.sum(-1)[gamma] == 3):
             raise UnstableError("could not isolate the three translations at Γ (accidental degeneracy)")
-        F = _HermitianFunction.apply(Dreg, 1.0 / kBT, zero_mask)
+        F = _hermitian_function(Dreg, 1.0 / kBT, zero_mask)
         C = F * (inv_sqrt_m[:, None] * inv_sqrt_m[None, :])
     return C.reshape(*lead, 3 * n, 3 * n)
 

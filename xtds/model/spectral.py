@@ -10,9 +10,9 @@ Daleckii–Krein formula
 (Γ_νν = f'(λ_ν); D = U diag(λ) Uᴴ), which is finite at degenerate levels where the eigenvectors are
 not unique. The functions here implement it as a backward (reverse mode: gradients of a loss) and
 as a jvp (forward mode: ``torch.func.jacfwd`` gives the Jacobian of a few force constants against
-thousands of pixels in one vectorized pass). Their
-forward passes keep no eigen-decomposition: backward and jvp recompute it (it is cheap next to the
-projections). ``fn(λ)`` arguments are elementwise functions of the eigenvalues returning (..., m, E);
+thousands of pixels in one vectorized pass). :class:`BinnedSpectral` hands its eigen-decomposition
+from the forward pass to its backward and jvp (as non-differentiable outputs); :class:`SpectralSum`
+recomputes it. ``fn(λ)`` arguments are elementwise functions of the eigenvalues returning (..., m, E);
 their derivative is taken by forward-mode differentiation.
 """
 
@@ -81,7 +81,16 @@ def adaptive_widths(lam: torch.Tensor, U: torch.Tensor, dDk: torch.Tensor, step:
     return step * v
 
 
-class BinnedSpectral(torch.autograd.Function):
+class BinnedSpectral:
+    """``BinnedSpectral.apply(D, V, kidx, bidx, n_bins, fn, sigma, korbit)``: the binned spectrum
+    (:class:`_BinnedSpectralFn`), without the eigen-decomposition it hands its derivatives."""
+
+    @staticmethod
+    def apply(D, V, kidx, bidx, n_bins, fn, sigma, korbit):
+        return _BinnedSpectralFn.apply(D, V, kidx, bidx, n_bins, fn, sigma, korbit)[0]
+
+
+class _BinnedSpectralFn(torch.autograd.Function):
     """out_be = Σ_{p: bin(p) = b} Σ_ν f_e(λ_{k(p)ν}) |c_pν|², c_p = U_{k(p)}ᴴ v_p: the modes of each
     k-point projected on the vectors v_p of all its Q = k + G, summed into bins (|Q| bins, or atoms).
 
@@ -91,16 +100,19 @@ class BinnedSpectral(torch.autograd.Function):
     under the crystal's point group with time reversal, or None. k-points of one orbit have the same
     eigenvalues (and widths), so f(λ) (K, m, E), the costly part, is made once per orbit, and the
     binned weights are summed per orbit before they meet it: for a cubic powder mesh about 1/18 of
-    the work of every pass. Output (B, E). Derivatives to D and V in both modes (module docstring).
+    the work of every pass. Outputs: (B, E), and λ (K, m) and U (K, m, m), the eigen-decomposition
+    (not differentiable), kept for the backward and jvp so that they do not repeat it. Derivatives
+    to D and V in both modes (module docstring).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def _modes(D, sigma, fn, korbit):
+    def _modes(D, sigma, fn, korbit, lam=None, U=None):
         """λ (K, m), U, the column of each k in the binned weights (its orbit; None: itself), the
         orbits' eigenvalues λ_r (R, m) and the mode function with the widths bound (of λ_r alone)."""
-        lam, U = torch.linalg.eigh(D)
+        if lam is None:
+            lam, U = torch.linalg.eigh(D)
         if korbit is None:
             return lam, U, None, lam, (fn if sigma is None else _Bound(fn, sigma))
         K = len(lam)
@@ -111,35 +123,38 @@ class BinnedSpectral(torch.autograd.Function):
 
     @staticmethod
     def forward(D, V, kidx, bidx, n_bins, fn, sigma, korbit):
-        lam, U, orbit, lam_r, f_of = BinnedSpectral._modes(D, sigma, fn, korbit)
+        lam, U, orbit, lam_r, f_of = _BinnedSpectralFn._modes(D, sigma, fn, korbit)
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
         R, m = lam_r.shape
         col = kidx if orbit is None else orbit[kidx]
         A = torch.zeros((n_bins * R, m), dtype=lam.dtype, device=lam.device)
         A = A.index_add(0, bidx * R + col, c.abs() ** 2)
-        return A.reshape(n_bins, R * m) @ f_of(lam_r).reshape(R * m, -1)
+        return A.reshape(n_bins, R * m) @ f_of(lam_r).reshape(R * m, -1), lam, U
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         D, V, kidx, bidx, n_bins, fn, sigma, korbit = inputs
+        _, lam, U = output
+        ctx.mark_non_differentiable(lam, U)
         ctx.n_bins, ctx.fn = n_bins, fn
         ctx.adaptive, ctx.orbits = sigma is not None, korbit is not None
-        saved = (D, V, kidx, bidx) + ((sigma,) if sigma is not None else ()) + ((korbit,) if korbit is not None else ())
+        saved = (V, kidx, bidx, lam, U) + ((sigma,) if sigma is not None else ()) + \
+            ((korbit,) if korbit is not None else ())
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
 
     @staticmethod
     def _saved(ctx):
-        D, V, kidx, bidx, *rest = ctx.saved_tensors
+        V, kidx, bidx, lam, U, *rest = ctx.saved_tensors
         sigma = rest.pop(0) if ctx.adaptive else None
         korbit = rest.pop(0) if ctx.orbits else None
-        lam, U, orbit, lam_r, f_of = BinnedSpectral._modes(D, sigma, fn=ctx.fn, korbit=korbit)
+        lam, U, orbit, lam_r, f_of = _BinnedSpectralFn._modes(None, sigma, ctx.fn, korbit, lam, U)
         col = kidx if orbit is None else orbit[kidx]
-        return D, V, kidx, bidx, lam, U, col, lam_r, f_of
+        return V, kidx, bidx, lam, U, col, lam_r, f_of
 
     @staticmethod
-    def backward(ctx, grad):
-        D, V, kidx, bidx, lam, U, col, lam_r, f_of = BinnedSpectral._saved(ctx)
+    def backward(ctx, grad, _grad_lam=None, _grad_U=None):
+        V, kidx, bidx, lam, U, col, lam_r, f_of = _BinnedSpectralFn._saved(ctx)
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
         f, fp = _f_and_fp(f_of, lam_r)
         h = torch.einsum("kme,be->kbm", f, grad)[col, bidx]  # (P, m)
@@ -158,7 +173,7 @@ class BinnedSpectral(torch.autograd.Function):
         # turn), a_ν = Σ_{μ level with ν} Y_νμ (the level's shift, degenerate partners included);
         # both are binned like the forward's |c|² and contracted with f and f′ in one GEMM, so a
         # batch of tangents (jacfwd) costs a few GEMMs more than the forward, not a pass per tangent.
-        D, V, kidx, bidx, lam, U, col, lam_r, f_of = BinnedSpectral._saved(ctx)
+        V, kidx, bidx, lam, U, col, lam_r, f_of = _BinnedSpectralFn._saved(ctx)
         nb = ctx.n_bins
         R, m = lam_r.shape
         c = torch.einsum("pij,pi->pj", U[kidx].conj(), V)
@@ -186,7 +201,7 @@ class BinnedSpectral(torch.autograd.Function):
             coef, F = torch.cat([g, a], -1), torch.cat([f, fp], -2)
         w = coef.shape[-1]
         binned = torch.zeros((nb * R, w), dtype=lam.dtype, device=lam.device).index_add(0, slot, coef)
-        return binned.reshape(nb, R * w) @ F.reshape(R * w, E)
+        return binned.reshape(nb, R * w) @ F.reshape(R * w, E), None, None
 
 
 class SpectralSum(torch.autograd.Function):
