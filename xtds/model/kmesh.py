@@ -45,14 +45,12 @@ class IrreducibleMesh:
         """(1/|G|) Σ_g R_g M_{g⁻¹(s)} R_gᵀ for per-atom blocks M (n, 3, 3), or the mean of
         M_{g⁻¹(s)} for per-atom scalars M (n, ...) not shaped (n, 3, 3): the sum over the orbits'
         images (module docstring), from Σ_i w_i F(k_i) / n_total."""
+        if M.dim() == 3 and M.shape[1:] == (3, 3):
+            return self.symmetrize_tensor(M)
         G, n = self.perm.shape
         # one[g, t, s] = 1 where operation g takes atom s to atom t: the sum over the group is one
         # einsum instead of a loop of |G| index_add calls
         one = torch.as_tensor(self._exchange(), dtype=M.dtype, device=M.device)
-        if M.dim() == 3 and M.shape[1:] == (3, 3):
-            R = torch.as_tensor(self.rotations, dtype=M.dtype, device=M.device)
-            rotated = R[:, None] @ M[None] @ R[:, None].transpose(-1, -2)  # (G, n, 3, 3), atom s' → perm[g, s']
-            return torch.einsum("gts,gsij->tij", one, rotated) / G
         return (one.sum(0) @ M.reshape(n, -1)).reshape(M.shape) / G
 
     def symmetrize_tensor(self, M: torch.Tensor) -> torch.Tensor:

@@ -83,13 +83,9 @@ def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum, tenso
         return irr.symmetrize(BinnedSpectral.apply(D, V, kidx, bidx, n, f_of, None, None)) / (3 * irr.n_total)
     bidx = torch.arange(6 * n, device=phi.device).repeat(len(k))
     out = BinnedSpectral.apply(D, V, kidx, bidx, 6 * n, f_of, None, None).reshape(n, 6, -1) / irr.n_total
-    diag = out[:, :3]
-    Tt = torch.diag_embed(diag.transpose(1, 2)).permute(0, 2, 3, 1)  # (n, 3, 3, G)
-    for j, (a, b) in enumerate(_PAIRS):
-        off = out[:, 3 + j] - 0.5 * (diag[:, a] + diag[:, b])
-        unit = torch.zeros((3, 3), dtype=out.dtype, device=out.device)
-        unit[a, b] = unit[b, a] = 1.0
-        Tt = Tt + unit[None, :, :, None] * off[:, None, None, :]
+    xx, yy, zz = out[:, 0], out[:, 1], out[:, 2]
+    xy, xz, yz = (out[:, 3 + j] - 0.5 * (out[:, a] + out[:, b]) for j, (a, b) in enumerate(_PAIRS))
+    Tt = torch.stack([torch.stack(row, 1) for row in ((xx, xy, xz), (xy, yy, yz), (xz, yz, zz))], 1)  # (n, 3, 3, G)
     return irr.symmetrize_tensor(Tt)
 
 
