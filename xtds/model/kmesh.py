@@ -18,7 +18,7 @@ For aluminium's 16³ mesh that is 165 points instead of 4,096.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -55,13 +55,17 @@ class IrreducibleMesh:
 
     def symmetrize_tensor(self, M: torch.Tensor) -> torch.Tensor:
         """(1/|G|) Σ_g R_g M_{g⁻¹(s)} R_gᵀ for per-atom blocks with trailing axes, M (n, 3, 3, ...)
-        (e.g. a tensor per energy)."""
+        (e.g. a tensor per energy): one product with the (9n, 9n) matrix of this linear map."""
+        n = self.perm.shape[1]
+        op = torch.as_tensor(self._tensor_map, dtype=M.dtype, device=M.device)
+        return (op @ M.reshape(9 * n, -1)).reshape(M.shape)
+
+    @cached_property
+    def _tensor_map(self) -> np.ndarray:
+        """(9n, 9n): [t i j, s a b] = (1/|G|) Σ_g [g takes s to t] R_g,ia R_g,jb."""
         G, n = self.perm.shape
-        one = torch.as_tensor(self._exchange(), dtype=M.dtype, device=M.device)
-        R = torch.as_tensor(self.rotations, dtype=M.dtype, device=M.device)
-        flat = M.reshape(n, 3, 3, -1)
-        out = torch.einsum("gts,gia,sabe,gjb->tije", one, R, flat, R) / G
-        return out.reshape(M.shape)
+        R = np.asarray(self.rotations, dtype=float)
+        return (np.einsum("gts,gia,gjb->tijsab", self._exchange(), R, R) / G).reshape(9 * n, 9 * n)
 
     def _exchange(self) -> np.ndarray:
         """(G, n, n): 1 at [g, perm[g, s], s]."""
