@@ -135,19 +135,20 @@ def self_spectral_tensor(model, phi, temperature: float, mesh=16, step: float = 
 
 
 def isotropic_sites(model, tol: float = 1e-9) -> bool:
-    """Whether every atom's site symmetry makes its rank-2 tensors (⟨u uᵀ⟩, T_s) multiples of the
-    identity (a cubic site group): then one direction gives the powder average exactly."""
+    """Whether every atom's site symmetry makes its symmetric rank-2 tensors (⟨u uᵀ⟩, T_s) multiples
+    of the identity (a cubic site group): then one direction gives the powder average exactly.
+    Checked on the six symmetric basis tensors, each averaged over the operations that keep the atom."""
     from xtds.model.kmesh import irreducible_mesh
 
     irr = irreducible_mesh(model.primitive, (4, 4, 4))
-    rng = np.random.default_rng(0)
+    e = np.eye(3)
+    basis = [np.outer(e[a], e[b]) + np.outer(e[b], e[a]) for a in range(3) for b in range(a, 3)]
     for s in range(model.primitive.n_atoms):
         site = irr.rotations[irr.perm[:, s] == s]
-        A = rng.normal(size=(3, 3))
-        A = A + A.T
-        mean = np.einsum("gia,ab,gjb->ij", site, A, site) / len(site)
-        if np.abs(mean - np.trace(mean) / 3 * np.eye(3)).max() > tol * np.abs(A).max():
-            return False
+        for A in basis:
+            mean = np.einsum("gia,ab,gjb->ij", site, A, site) / len(site)
+            if np.abs(mean - np.trace(mean) / 3 * np.eye(3)).max() > tol:
+                return False
     return True
 
 
@@ -159,10 +160,12 @@ def multiphonon_sqe(model, phi, qnorm, energies, temperature: float, orders=(2, 
     (module docstring), mbarn/meV per atom, shape (Q, E) (or (n_orders, Q, E) with ``separate``)
     at |Q| ``qnorm`` (Å⁻¹) and ``energies`` (meV), broadened by the resolution (FWHM at each
     output energy, :func:`~xtds.model.neutron.as_resolution`). ``dw``: C_ss(0) (n, 3, 3) Å², else
-    from :func:`~xtds.model.neutron.debye_waller` on ``mesh``. Where every site is cubic the scalar
-    T_s gives the powder average exactly; otherwise the anisotropic terms are averaged over the
-    directions of :func:`xtds.model.powder.sphere_rule` (product rule of ``directions`` polar nodes,
-    default :data:`ANISOTROPIC_ORDER`, reduced by the crystal's Laue group)."""
+    from :func:`~xtds.model.neutron.debye_waller` on ``mesh``. Where every site is cubic
+    (:func:`isotropic_sites`) the scalar T_s gives the powder average exactly; otherwise the
+    anisotropic terms are averaged over the directions of :func:`xtds.model.powder.sphere_rule`
+    (product rule of :data:`ANISOTROPIC_ORDER` polar nodes, reduced by the crystal's Laue group).
+    ``directions`` (polar nodes) forces that direction average, cubic sites included (a check of the
+    scalar form)."""
     T = check_temperature(temperature)
     P = model.primitive
     n_at = P.n_atoms
