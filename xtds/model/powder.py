@@ -177,7 +177,8 @@ class PowderPoints:
     ``volume`` the Q-space volume of one point (Å⁻³); ``n_full`` the points before the reduction;
     ``symmetry`` how the set was reduced; ``k_irreducible`` one k of each orbit of ``k`` (where
     dynamical stability is checked) and ``korbit`` (K,) the orbit of each k (its row of
-    ``k_irreducible``: k-points of one orbit share their eigenvalues)."""
+    ``k_irreducible``: k-points of one orbit share their eigenvalues). The points are chosen so that
+    ``k`` holds about one k per orbit (the zone boundary may give an orbit two)."""
 
     q: np.ndarray
     weight: np.ndarray
@@ -202,6 +203,32 @@ ADAPTIVE = 0.2
 _SHIFTS = ((1, 1, 1), (0, 0, 1), (1, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1))
 
 
+def _reduced_k(t: np.ndarray, to_frac: np.ndarray) -> np.ndarray:
+    """The wave vectors (N, 3) of grid points ``t`` in fractions of the primitive reciprocal axes,
+    reduced to the first zone (rounded to 1e-10, so that equal k compare equal)."""
+    f = t @ to_frac
+    return np.round(f - np.round(f), 10)
+
+
+def _canonical_k_images(t: np.ndarray, R: np.ndarray, to_frac: np.ndarray) -> np.ndarray:
+    """For each grid point t (N, 3) of an orbit of the Laue group ``R`` (G, 3, 3) (integer action on
+    t), the image g·t whose reduced wave vector is the lexicographically smallest of the orbit's.
+
+    Every image of a point has the same S(Q, E), and the reduced wave vectors of the images of t
+    are the whole k-orbit of its k, so points whose k lie on one k-orbit all land on the same
+    k: the spectrum then needs the modes of one k per orbit (R instead of K eigen-decompositions,
+    e.g. 270 instead of 6,910 for aluminium's 12-step mesh). Point by operation (O(N) memory)."""
+    best_t = t.copy()
+    best = _reduced_k(t, to_frac)
+    for W in R:
+        img = t @ W.T
+        k = _reduced_k(img, to_frac)
+        smaller = (k[:, 0] < best[:, 0]) | ((k[:, 0] == best[:, 0]) & (
+            (k[:, 1] < best[:, 1]) | ((k[:, 1] == best[:, 1]) & (k[:, 2] < best[:, 2]))))
+        best_t[smaller], best[smaller] = img[smaller], k[smaller]
+    return best_t
+
+
 def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> PowderPoints:
     """The Q-points of the k-mesh powder average with |Q| in the bins ``q_edges`` (Å⁻¹), reduced by
     the Laue group of ``model.crystal`` (or ``laue``).
@@ -211,8 +238,11 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     grid is a k-mesh of M³·N_lat points per zone repeated over all G), with a half-step shift σ the
     group maps onto itself (so that the grid has the full Laue symmetry and never meets Γ). S(Q, E)
     is the same on every image g·Q of a point, so only one point of each orbit is kept, weighted by
-    the orbit's size: 1/48 of the work for a cubic crystal. A group that does not map the grid onto
-    itself (a non-standard setting) falls back to the inversion alone (``symmetry`` says which).
+    the orbit's size: 1/48 of the work for a cubic crystal. The image kept is the one whose reduced
+    wave vector k is its k-orbit's representative (:func:`_canonical_k_images`), so that the points
+    need the modes of one k per orbit (aluminium, 12 steps: 270 k-points instead of 6,910). A group
+    that does not map the grid onto itself (a non-standard setting) falls back to the inversion
+    alone (``symmetry`` says which).
     """
     edges = np.asarray(q_edges, dtype=float)
     M = int(mesh)
@@ -241,8 +271,10 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
         raise ValueError("the powder grid is too large for exact orbit keys: use a smaller mesh or |Q| range")
     own, canon, size = keys
     keep = own == canon
-    t, q, qn, weight = t[keep], q[keep], qn[keep], size[keep].astype(float)
     P = model.primitive
+    t = _canonical_k_images(t[keep], R, B @ np.asarray(P.lattice).T / (2 * np.pi * 2 * M))
+    weight, qn = size[keep].astype(float), qn[keep]  # |Q| and the orbit's size are the image's too
+    q = t @ B / (2 * M)
     f = q @ np.asarray(P.lattice).T / (2 * np.pi)
     gf = np.round(f)
     kf = np.round(f - gf, 10)

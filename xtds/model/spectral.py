@@ -99,8 +99,9 @@ class _BinnedSpectralFn(torch.autograd.Function):
     adaptive broadening, :func:`adaptive_widths`), or None, and ``korbit`` (K,) the orbit of each k
     under the crystal's point group with time reversal, or None. k-points of one orbit have the same
     eigenvalues (and widths), so f(λ) (K, m, E), the costly part, is made once per orbit, and the
-    binned weights are summed per orbit before they meet it: for a cubic powder mesh about 1/18 of
-    the work of every pass. Outputs: (B, E), and λ (K, m) and U (K, m, m), the eigen-decomposition
+    binned weights are summed per orbit before they meet it (:func:`xtds.model.powder.powder_points`
+    already gives about one k per orbit; this catches the rest, e.g. zone-boundary pairs).
+    Outputs: (B, E), and λ (K, m) and U (K, m, m), the eigen-decomposition
     (not differentiable), kept for the backward and jvp so that they do not repeat it. Derivatives
     to D and V in both modes (module docstring).
     """
