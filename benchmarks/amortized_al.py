@@ -12,14 +12,15 @@
    often the posterior's 68 % intervals hold the truth.
 4. On the five measured spectra: the two-stage network fine-tuned on them and its prediction; a
    posterior of noisy spectra (trained at the pixel σ estimated from the measured spectra,
-   ``pixel_noise``), its prediction, the gradient fit started there (amortize-then-refine) and
+   ``pixel_noise``; an ensemble of ``--members`` (4) seeds, ``PosteriorEnsemble``, whose members'
+   disagreement on the measured spectra is printed), its prediction, the gradient fit started there (amortize-then-refine) and
    from the published constants: constants, iterations, losses, and the raw prediction's loss
    against the refined one.
 
 With ``--store``, the training set and the networks' checkpoints live there: a rerun resumes.
 
     python benchmarks/amortized_al.py [--n 10000] [--held-out 1000] [--mesh 8] [--workers 2]
-        [--store DIR] [--epochs 300] [--posterior-epochs 100] [--no-two-stage]
+        [--store DIR] [--epochs 300] [--posterior-epochs 100] [--members 4] [--no-two-stage]
         [--measured 50,150,280,450,640]
 """
 
@@ -40,6 +41,7 @@ import xtds  # noqa: E402
 from xtds.amortized import (  # noqa: E402
     GaussianPosterior,
     LabelScale,
+    PosteriorEnsemble,
     TwoStage,
     refine,
     simulate,
@@ -82,6 +84,8 @@ def main():
     ap.add_argument("--store", default=None, help="folder for the training set (zarr) and the networks")
     ap.add_argument("--epochs", type=int, default=300, help="epochs of the VAE and of the regressor")
     ap.add_argument("--posterior-epochs", type=int, default=100, help="epochs of the Gaussian posterior")
+    ap.add_argument("--members", type=int, default=4,
+                    help="the posterior of noisy spectra (for the measured ones) as an ensemble of this many seeds")
     ap.add_argument("--no-two-stage", action="store_true", help="skip Su & Li's two-stage network")
     ap.add_argument("--measured-noise", type=float, default=None,
                     help="train a second posterior with this pixel σ (of the standardized spectra) added to the "
@@ -157,16 +161,17 @@ def main():
         t = time.perf_counter()
         sigma = np.full(X.shape[1], noise)
         sigma[-1] = 0.0
-        for_data = GaussianPosterior(X.shape[1], scale).fit(X[:n_fit], Y[:n_fit], epochs=args.posterior_epochs,
-                                                            batch=128, lr=1e-3, noise=sigma, restandardize=True,
-                                                            checkpoint=ck(f"posterior_z_noise{noise:g}.ckpt"),
-                                                            progress=True)
+        for_data = PosteriorEnsemble.fit(X.shape[1], scale, X[:n_fit], Y[:n_fit], members=args.members,
+                                         epochs=args.posterior_epochs, batch=128, lr=1e-3, noise=sigma,
+                                         restandardize=True, checkpoint=ck(f"posterior_z_noise{noise:g}.ckpt"),
+                                         progress=True)
         rng = np.random.default_rng(7)
         noisy = Xh.copy()
         noisy[:, :-1] = standardized(Xh[:, :-1] + rng.normal(size=Xh[:, :-1].shape) * noise)
         mn, cn = for_data.predict(noisy)
         sn = np.sqrt(np.diagonal(cn, axis1=1, axis2=2))
-        print(f"posterior of spectra with pixel σ {noise:g} trained in {time.perf_counter() - t:.1f} s; on the "
+        print(f"posterior of spectra with pixel σ {noise:g} ({args.members} members) trained in "
+              f"{time.perf_counter() - t:.1f} s; on the "
               "held-out spectra with that noise: median relative error "
               + ", ".join(f"{np.median(np.abs(mn[:, j] / Yh[:, j] - 1)) * 100:.2f} %" for j in range(Yh.shape[1]))
               + "; 68 % intervals hold the truth "
@@ -175,6 +180,13 @@ def main():
               flush=True)
     pred, pcov = for_data.predict(Xm)
     spread = np.sqrt(np.diagonal(pcov, axis1=1, axis2=2))
+    if isinstance(for_data, PosteriorEnsemble) and len(for_data.members) > 1:
+        each = for_data.member_means(Xm)  # (M, T, n)
+        own = np.mean([np.sqrt(np.diagonal(m.predict(Xm)[1], axis1=1, axis2=2)) for m in for_data.members], axis=0)
+        print("\nmeasured spectra: the members' means, and their spread in units of a member's own σ")
+        for i, T in enumerate(temps):
+            print(f"{T:5.0f} K: " + " | ".join(", ".join(f"{v:+.4f}" for v in m[i]) for m in each)
+                  + "; spread/σ " + ", ".join(f"{v:.1f}" for v in each[:, i].std(0) / own[i]))
     print("\nmeasured spectra: the posterior's prediction, refined (LM), against the fit from the published constants")
     rows = []
     # Both fits minimize one function of the constants: the adaptive widths made at the published

@@ -73,8 +73,9 @@ def test_gpu_check_says_when_there_is_no_gpu():
 def test_amortized_benchmark_runs(tmp_path):
     """Simulate, train (2 epochs), predict and refine on one measured spectrum, at a tiny size."""
     out = run_benchmark("amortized_al.py", "--n", "24", "--held-out", "8", "--mesh", "6", "--epochs", "2",
-                        "--workers", "0", "--measured", "280", "--store", str(tmp_path))
+                        "--workers", "0", "--measured", "280", "--members", "2", "--store", str(tmp_path))
     assert "simulated 24 spectra of 4,144 pixels" in out
+    assert "(2 members)" in out and "spread/σ" in out
     assert len(numbers(r"\| +([0-9.]+) %", out)) == 15  # five constants: two errors and a coverage each
     assert "refined" in out and (tmp_path / "two_stage.json").exists()
 

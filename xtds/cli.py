@@ -235,7 +235,14 @@ def cmd_amortize_train(args) -> int:
     import numpy as np
     import zarr
 
-    from xtds.amortized import GaussianPosterior, LabelScale, TwoStage, standardized, with_temperature
+    from xtds.amortized import (
+        GaussianPosterior,
+        LabelScale,
+        PosteriorEnsemble,
+        TwoStage,
+        standardized,
+        with_temperature,
+    )
 
     root = zarr.open_group(args.store, mode="r")
     if not bool(np.all(root["done"][:])):
@@ -250,6 +257,8 @@ def cmd_amortize_train(args) -> int:
         raise ValueError(f"the training set's box {prov['box']} is not one (low, high) pair: train in Python")
     scale = LabelScale(tuple(prov["reference"]), float(box[0]), float(box[1]))
     info = {"training_set": args.store, "provenance": prov, "cli": meta, "input": "standardized"}
+    if args.members < 1 or (args.members > 1 and not args.posterior):
+        raise ValueError(f"--members {args.members}: give a count ≥ 1, and an ensemble (> 1) with --posterior")
     net = (GaussianPosterior if args.posterior else TwoStage)(X.shape[1], scale, metadata=info)
     kw = {"epochs": args.epochs, "checkpoint": args.out + ".ckpt", "progress": not args.quiet}
     if args.noise is not None:
@@ -262,7 +271,10 @@ def cmd_amortize_train(args) -> int:
         kw.update(noise=sigma, restandardize=True)
     if not args.posterior:
         kw["regressor_epochs"] = args.epochs
-    net.fit(X, phi, **kw)
+    if args.members > 1:
+        net = PosteriorEnsemble.fit(X.shape[1], scale, X, phi, members=args.members, metadata=info, **kw)
+    else:
+        net.fit(X, phi, **kw)
     net.save(args.out)
     print(f"saved {args.out}.pt and {args.out}.json")
     return 0
@@ -329,6 +341,9 @@ def _amortize_parser(sub):
     t.add_argument("--noise", type=float, default=None,
                    help="with --posterior: the pixel σ of the standardized measured spectra, drawn onto every "
                         "training batch (a posterior for noisy spectra)")
+    t.add_argument("--members", type=int, default=1,
+                   help="with --posterior: an ensemble of this many posteriors from different seeds (their "
+                        "mixture; its spread shows where a measured spectrum lies off the simulations)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_amortize_train)
     r = asub.add_parser("predict", help="constants of measured spectra from a trained network")

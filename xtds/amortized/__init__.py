@@ -8,9 +8,17 @@ that map a measured observable to force constants, and refine their predictions 
 - :mod:`xtds.amortized.refine`: the prediction as the start of the gradient fit.
 """
 
-from xtds.amortized.networks import GaussianPosterior, LabelScale, TwoStage, load, standardized, with_temperature
+from xtds.amortized.networks import (
+    GaussianPosterior,
+    LabelScale,
+    PosteriorEnsemble,
+    TwoStage,
+    load,
+    standardized,
+    with_temperature,
+)
 from xtds.amortized.refine import refine
 from xtds.amortized.training_set import at_temperature, describe, draw_constants, simulate
 
-__all__ = ["at_temperature", "describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior", "LabelScale",
-           "load", "refine", "standardized", "with_temperature"]
+__all__ = ["at_temperature", "describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior",
+           "PosteriorEnsemble", "LabelScale", "load", "refine", "standardized", "with_temperature"]

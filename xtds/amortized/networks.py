@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LabelScale", "TwoStage", "GaussianPosterior", "load", "standardized", "with_temperature"]
+__all__ = ["LabelScale", "TwoStage", "GaussianPosterior", "PosteriorEnsemble", "load", "standardized",
+           "with_temperature"]
 
 
 def standardized(values) -> np.ndarray:
@@ -398,6 +399,78 @@ class GaussianPosterior:
         _save(self, path)
 
 
+class PosteriorEnsemble:
+    """Several :class:`GaussianPosterior` trained alike but from different seeds (initial weights
+    and minibatches), and their equal-weight mixture: ``predict`` gives its mean (the members'
+    mean) and covariance (the members' mean covariance plus the covariance of their means).
+
+    Each member is calibrated on inputs like its simulations. An input off them (a measured
+    spectrum the model does not reproduce) is an extrapolation where the members disagree by more
+    than their own widths: the ARCS Al spectra, four members of the posterior of noisy spectra,
+    differ by up to 5 of a member's standard deviations (docs/amortized.md). The second term of
+    the covariance shows that disagreement, and the mean averages out each member's own error.
+    ``member_means(values)`` (M, N, n) gives the members' means themselves."""
+
+    kind = "posterior_ensemble"
+
+    def __init__(self, members):
+        members = list(members)
+        if not members or not all(isinstance(m, GaussianPosterior) for m in members):
+            raise ValueError("a PosteriorEnsemble takes one or more GaussianPosterior members")
+        first = members[0]
+        for m in members[1:]:
+            if m.n_in != first.n_in or m.scale != first.scale:
+                raise ValueError("the ensemble's members must take the same inputs and label scale "
+                                 f"({first.n_in} inputs, {first.scale}), got {m.n_in} and {m.scale}")
+        self.members = members
+        self.n_in, self.scale, self.n = first.n_in, first.scale, first.n
+        self.metadata = dict(first.metadata)
+        self.history = {f"member{j}": m.history for j, m in enumerate(members)}
+
+    @classmethod
+    def fit(cls, n_in: int, scale: LabelScale, values, constants, members: int = 4, seed: int = 0,
+            checkpoint: str | None = None, network: dict | None = None, metadata: dict | None = None,
+            progress: bool = True, **fit_options) -> PosteriorEnsemble:
+        """Train ``members`` posteriors (``GaussianPosterior(n_in, scale, **network)``), member j
+        with seed ``seed + j`` for its initial weights and its minibatches (:meth:`GaussianPosterior.fit`
+        with ``fit_options``); ``checkpoint``: member 0's prefix, member j's that with
+        ``.member{j}`` appended (a rerun resumes each)."""
+        if int(members) < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
+        out = []
+        for j in range(int(members)):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + j)
+                net = GaussianPosterior(n_in, scale, metadata=metadata, **(network or {}))
+            ck = None if checkpoint is None else (checkpoint if j == 0 else f"{checkpoint}.member{j}")
+            out.append(net.fit(values, constants, seed=seed + j, checkpoint=ck, progress=progress, **fit_options))
+        return cls(out)
+
+    @torch.no_grad()
+    def member_means(self, values) -> np.ndarray:
+        """Each member's mean (M, N, n) of the constants, eV/Å²."""
+        return np.stack([m.predict(values)[0] for m in self.members])
+
+    @torch.no_grad()
+    def predict(self, values) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (N, n) and covariance (N, n, n) of the mixture, eV/Å² and (eV/Å²)²."""
+        parts = [m.predict(values) for m in self.members]
+        means = np.stack([p[0] for p in parts])
+        mean = means.mean(0)
+        dev = means - mean[None]
+        spread = np.einsum("mni,mnj->nij", dev, dev) / len(parts)
+        return mean, np.mean([p[1] for p in parts], axis=0) + spread
+
+    def state(self) -> dict:
+        return {"members": [m.state() for m in self.members]}
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "members": [m.config() for m in self.members]}
+
+    def save(self, path: str) -> None:
+        _save(self, path)
+
+
 def _save(obj, path: str) -> None:
     from xtds.amortized.training_set import _versions
 
@@ -410,22 +483,33 @@ def _save(obj, path: str) -> None:
 
 
 def load(path: str):
-    """A saved :class:`TwoStage` or :class:`GaussianPosterior` (``path``.pt and ``path``.json)."""
+    """A saved :class:`TwoStage`, :class:`GaussianPosterior` or :class:`PosteriorEnsemble`
+    (``path``.pt and ``path``.json)."""
     for ext in (".pt", ".json"):
         if not os.path.exists(path + ext):
             raise FileNotFoundError(f"no saved network at {path}: {path + ext} is missing")
     with open(path + ".json", encoding="utf-8") as f:
         meta = json.load(f)
-    cfg = dict(meta["config"])
+    state = torch.load(path + ".pt", weights_only=True)
+    if meta["config"]["kind"] == PosteriorEnsemble.kind:
+        history = meta.get("history", {})
+        members = [_build(cfg, st, meta.get("metadata"), history.get(f"member{j}", {}))
+                   for j, (cfg, st) in enumerate(zip(meta["config"]["members"], state["members"], strict=True))]
+        return PosteriorEnsemble(members)
+    return _build(meta["config"], state, meta.get("metadata"), meta.get("history", {}))
+
+
+def _build(config: dict, state: dict, metadata, history):
+    """A network from its saved config and state dict."""
+    cfg = dict(config)
     kind = cfg.pop("kind")
     scale = LabelScale(**{k: (tuple(v) if k == "reference" else v) for k, v in cfg.pop("scale").items()})
     cls = {"two_stage": TwoStage, "gaussian_posterior": GaussianPosterior}[kind]
-    obj = cls(scale=scale, metadata=meta.get("metadata"), **cfg)
-    state = torch.load(path + ".pt", weights_only=True)
+    obj = cls(scale=scale, metadata=metadata, **cfg)
     if kind == "two_stage":
         obj.vae.load_state_dict(state["vae"])
         obj.regressor.load_state_dict(state["regressor"])
     else:
         obj.net.load_state_dict(state["net"])
-    obj.history = meta.get("history", {})
+    obj.history = history
     return obj
