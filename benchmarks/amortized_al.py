@@ -13,7 +13,8 @@
 4. On the five measured spectra: the two-stage network fine-tuned on them and its prediction; a
    posterior of noisy spectra (trained at the pixel σ estimated from the measured spectra,
    ``pixel_noise``; an ensemble of ``--members`` (4) seeds, ``PosteriorEnsemble``, whose members'
-   disagreement on the measured spectra is printed), its prediction, the gradient fit started there (amortize-then-refine) and
+   disagreement on the measured spectra is printed), its prediction, the gradient fit started
+   there (amortize-then-refine) and
    from the published constants: constants, iterations, losses, and the raw prediction's loss
    against the refined one.
 

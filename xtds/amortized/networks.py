@@ -406,8 +406,8 @@ class PosteriorEnsemble:
 
     Each member is calibrated on inputs like its simulations. An input off them (a measured
     spectrum the model does not reproduce) is an extrapolation where the members disagree by more
-    than their own widths: the ARCS Al spectra, four members of the posterior of noisy spectra,
-    differ by up to 5 of a member's standard deviations (docs/amortized.md). The second term of
+    than their own widths: on the ARCS Al spectra, the means of four members of the posterior of
+    noisy spectra scatter by up to 2.3 of a member's own standard deviation (docs/amortized.md). The second term of
     the covariance shows that disagreement, and the mean averages out each member's own error.
     ``member_means(values)`` (M, N, n) gives the members' means themselves."""
 
