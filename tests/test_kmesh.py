@@ -108,13 +108,13 @@ def _every_k(model, pts):
     import dataclasses
 
     from xtds.laue import LaueGroup
+    from xtds.model.powder import split_wave_vectors
 
     R = LaueGroup.of(model.crystal).cartesian(model.crystal)
     q = np.einsum("pij,pj->pi", R[np.random.default_rng(5).integers(len(R), size=len(pts.q))], pts.q)
     P = model.primitive
-    f = q @ np.asarray(P.lattice).T / (2 * np.pi)
-    G = np.round(f)
-    ku, kidx = np.unique(np.round(f - G, 10), axis=0, return_inverse=True)
+    kf, G = split_wave_vectors(P, q)
+    ku, kidx = np.unique(kf, axis=0, return_inverse=True)
     kidx = kidx.reshape(-1)
     korbit = np.empty(len(ku), dtype=np.int64)
     korbit[kidx] = pts.korbit[pts.kidx]

@@ -233,25 +233,17 @@ def test_powder_from_a_k_mesh_converges_to_the_quadrature():
 def _unreduced_points(model, edges, mesh):
     """Every point of powder_points' shifted grid with |Q| in the bins, each its own point (weight 1,
     its own k): the brute-force sum that the orbit reduction must reproduce."""
-    from xtds.model.powder import PowderPoints, powder_points
+    from xtds.model.powder import PowderPoints, _grid_symmetry, _shifted_grid, powder_points, split_wave_vectors
 
     reduced = powder_points(model, edges, mesh)
-    shift = np.array([int(c) for c in reduced.symmetry.split("grid shift (")[1].split(")")[0].split(",")])
-    B = np.asarray(model.crystal.reciprocal)
-    reach = np.ceil(2 * mesh * edges[-1] * np.linalg.norm(np.asarray(model.crystal.lattice), axis=1) / (2 * np.pi))
-    axes = [np.arange(-(int(r) // 2) - 1, int(r) // 2 + 2) * 2 + s for r, s in zip(reach, shift, strict=True)]
-    t = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    q = t @ B / (2 * mesh)
-    qn = np.linalg.norm(q, axis=1)
-    inside = (qn >= edges[0]) & (qn < edges[-1])
-    q, qn = q[inside], qn[inside]
-    P = model.primitive
-    f = q @ np.asarray(P.lattice).T / (2 * np.pi)
-    G = np.round(f)
-    k = (f - G) @ np.asarray(P.reciprocal)
-    return PowderPoints(q=q, weight=np.ones(len(q)), k=k, kidx=np.arange(len(q)), g=G @ np.asarray(P.reciprocal),
+    t, qn = _shifted_grid(model.crystal, edges, mesh, _grid_symmetry(model.crystal, None)[2])
+    q = t @ np.asarray(model.crystal.reciprocal) / (2 * mesh)
+    Bp = np.asarray(model.primitive.reciprocal)
+    kf, G = split_wave_vectors(model.primitive, q)
+    return PowderPoints(q=q, weight=np.ones(len(q)), k=kf @ Bp, kidx=np.arange(len(q)), g=G @ Bp,
                         bins=np.searchsorted(edges, qn, side="right") - 1, n_bins=len(edges) - 1,
-                        volume=reduced.volume, n_full=len(q), symmetry="none", k_irreducible=k, mesh=mesh), reduced
+                        volume=reduced.volume, n_full=len(q), symmetry="none", k_irreducible=kf @ Bp,
+                        mesh=mesh), reduced
 
 
 @pytest.mark.parametrize("name", ["Al", "NaCl", "Mg"])

@@ -203,6 +203,40 @@ ADAPTIVE = 0.2
 _SHIFTS = ((1, 1, 1), (0, 0, 1), (1, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1))
 
 
+def _grid_symmetry(crystal, laue: str | None):
+    """The Laue group of the powder grid: (its name, its operations R (G, 3, 3) on the grid's
+    integer coordinates, the half-step shift σ (3,) that R maps onto itself, a description). A
+    group that maps no shifted grid onto itself falls back to the inversion alone."""
+    group = LaueGroup.of(laue=laue) if laue is not None else LaueGroup.of(crystal)
+    R = group.matrices
+    sigma = next((np.array(sh) for sh in _SHIFTS if np.all((np.einsum("gij,j->gi", R, sh) - sh) % 2 == 0)), None)
+    if sigma is None:  # keep the inversion (always a symmetry of S(Q, E) with time reversal)
+        R = np.stack([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
+        return group.name, R, np.array([1, 1, 1]), "inversion only (the grid is not invariant under the Laue group)"
+    return group.name, R, sigma, f"{group.name} ({len(R)} operations)"
+
+
+def _shifted_grid(crystal, edges: np.ndarray, M: int, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer coordinates t (N, 3) of every point Q = ((2n + σ)/2M)·B with edges[0] ≤ |Q| <
+    edges[-1], and their |Q| (N,) Å⁻¹."""
+    B = np.asarray(crystal.reciprocal)
+    reach = np.ceil(2 * M * edges[-1] * np.linalg.norm(np.asarray(crystal.lattice), axis=1) / (2 * np.pi)).astype(int)
+    axes = [np.arange(-(r // 2) - 1, r // 2 + 2) * 2 + sg for r, sg in zip(reach, sigma, strict=True)]
+    t = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    qn = np.linalg.norm(t @ B / (2 * M), axis=1)
+    inside = (qn >= edges[0]) & (qn < edges[-1])
+    return t[inside], qn[inside]
+
+
+def split_wave_vectors(cell, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q (N, 3) Cartesian Å⁻¹ as k + G of ``cell`` (the primitive cell): k and G (N, 3) in fractions
+    of its reciprocal axes, k reduced to the first zone and rounded to 1e-10 (equal k compare
+    equal)."""
+    f = np.asarray(q) @ np.asarray(cell.lattice).T / (2 * np.pi)
+    g = np.round(f)
+    return np.round(f - g, 10), g
+
+
 def _reduced_k(t: np.ndarray, to_frac: np.ndarray) -> np.ndarray:
     """The wave vectors (N, 3) of grid points ``t`` in fractions of the primitive reciprocal axes,
     reduced to the first zone (rounded to 1e-10, so that equal k compare equal)."""
@@ -250,23 +284,10 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
         raise ValueError(f"mesh must be a positive number of steps per reciprocal axis, got {mesh!r}")
     crystal = model.crystal
     B = np.asarray(crystal.reciprocal)
-    group = LaueGroup.of(laue=laue) if laue is not None else LaueGroup.of(crystal)
-    R = group.matrices
-    sigma = next((np.array(sh) for sh in _SHIFTS if np.all((np.einsum("gij,j->gi", R, sh) - sh) % 2 == 0)), None)
-    if sigma is None:  # keep the inversion (always a symmetry of S(Q, E) with time reversal)
-        R = np.stack([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
-        sigma, name = np.array([1, 1, 1]), "inversion only (the grid is not invariant under the Laue group)"
-    else:
-        name = f"{group.name} ({len(R)} operations)"
-    reach = np.ceil(2 * M * edges[-1] * np.linalg.norm(np.asarray(crystal.lattice), axis=1) / (2 * np.pi)).astype(int)
-    axes = [np.arange(-(r // 2) - 1, r // 2 + 2) * 2 + sg for r, sg in zip(reach, sigma, strict=True)]
-    t = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    q = t @ B / (2 * M)
-    qn = np.linalg.norm(q, axis=1)
-    inside = (qn >= edges[0]) & (qn < edges[-1])
-    t, q, qn = t[inside], q[inside], qn[inside]
+    group_name, R, sigma, name = _grid_symmetry(crystal, laue)
+    t, qn = _shifted_grid(crystal, edges, M, sigma)
     n_full = len(t)
-    keys = LaueGroup(group.name, R).orbit_keys(t)
+    keys = LaueGroup(group_name, R).orbit_keys(t)
     if keys is None:
         raise ValueError("the powder grid is too large for exact orbit keys: use a smaller mesh or |Q| range")
     own, canon, size = keys
@@ -275,9 +296,7 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     t = _canonical_k_images(t[keep], R, B @ np.asarray(P.lattice).T / (2 * np.pi * 2 * M))
     weight, qn = size[keep].astype(float), qn[keep]  # |Q| and the orbit's size are the image's too
     q = t @ B / (2 * M)
-    f = q @ np.asarray(P.lattice).T / (2 * np.pi)
-    gf = np.round(f)
-    kf = np.round(f - gf, 10)
+    kf, gf = split_wave_vectors(P, q)
     kuniq, kidx = np.unique(kf, axis=0, return_inverse=True)
     Bp = np.asarray(P.reciprocal)
     bins = np.searchsorted(edges, qn, side="right") - 1
@@ -285,7 +304,7 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     k = kuniq @ Bp
     # one k of each orbit: where dynamical stability must hold (the eigenvalues are the same on an orbit)
     tk = np.rint(k @ np.linalg.inv(B) * 2 * M).astype(np.int64)
-    _, canon_k, _ = LaueGroup(group.name, R).orbit_keys(tk)
+    _, canon_k, _ = LaueGroup(group_name, R).orbit_keys(tk)
     _, first, korbit = np.unique(canon_k, return_index=True, return_inverse=True)
     return PowderPoints(q=q, weight=weight, k=k, kidx=kidx.reshape(-1), g=gf @ Bp, bins=bins,
                         n_bins=len(edges) - 1, volume=volume, n_full=n_full,
