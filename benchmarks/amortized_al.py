@@ -44,6 +44,7 @@ from xtds.amortized import (  # noqa: E402
     LabelScale,
     PosteriorEnsemble,
     TwoStage,
+    distance_in_errors,
     refine,
     simulate,
     standardized,
@@ -215,6 +216,7 @@ def main():
         rows.append(pa)
         la, lb = float(a["loss"].values[-1]) * SIGMA**2, float(b["loss"].values[-1]) * SIGMA**2
         raw = a.attrs["amortized_loss"] * SIGMA**2
+        far = distance_in_errors(b, {k: v for k, v in ref.items() if k in model.names})
         print(f"{T:5.0f} K: predicted " + ", ".join(f"{v:+.4f}±{s:.4f}" for v, s in zip(pred[i], spread[i],
                                                                                        strict=True))
               + f"\n        refined {', '.join(f'{v:+.4f}' for v in pa)} in {a.attrs['iterations']} iterations "
@@ -222,6 +224,8 @@ def main():
               f"\n        from the published constants {', '.join(f'{v:+.4f}' for v in pb)} in "
               f"{b.attrs['iterations']} iterations ({tb:.1f} s), loss {lb:.4f}; largest relative difference "
               f"{np.max(np.abs(pa / pb - 1)):.1e}"
+              f"\n        starts from the optimum, in its standard errors: prediction "
+              f"{a.attrs['amortized_distance']:.1f}, published constants {far:.1f}"
               + "".join(f"\n        {who} fit: {r.attrs['message']}" for who, r in (("amortized", a), ("published", b))
                         if not r.attrs.get("converged", 1)), flush=True)
     b0 = np.array([r[0] for r in rows])

@@ -327,3 +327,38 @@ def test_single_crystal_points_with_temperature_draws():
 
     with pytest.raises(TypeError, match="no temperature"):
         simulate(NoTemperature(), REF, 4, workers=0, temperatures=(100.0, 600.0), progress=False)
+
+
+def test_refine_reports_the_start_distance_in_standard_errors(small):
+    """``amortized_distance`` is the start's Mahalanobis distance from the refined constants. For a
+    start this close the loss is quadratic in the constants, so the distance² must equal the rise
+    of χ² from the refined optimum to the start (scale and background profiled out at both), an
+    independent number the model computes. They differ by the second-order term Σ r∇²r that
+    the Gauss–Newton covariance leaves out: 2 % here (χ²/ν = 0.66), allowed 10 %."""
+    from xtds.amortized import distance_in_errors, refine
+    from xtds.fitting import LM, Background
+    from xtds.fitting.problem import Problem
+
+    model = small.model
+    obs = PowderSpectrum(model, small.q_centers, small.energies, 150.0, mask=small.mask, mesh=6, multiphonon=(2,),
+                         multiphonon_mesh=8, dw_mesh=8, reference=REF)
+    truth = model.vector(REF).numpy()
+    with torch.no_grad():
+        y = 3.0 * obs.mean(torch.as_tensor(truth)).numpy() + 0.2  # a scale and a background
+    sigma = 0.01 * np.abs(y).max()
+    y = y + np.random.default_rng(0).normal(size=y.shape) * sigma
+    problem = Problem(obs, y, sigma=np.full(y.shape, sigma), loss="chi2", background=Background())
+    for f in (1.001, 0.999):
+        res = refine([problem], model, truth * f, optimizer=LM(), progress=False)
+        rise = res.attrs["amortized_loss"] - float(res["loss"].values[-1])
+        d = res.attrs["amortized_distance"]
+        assert 1.5 < d < 5  # the noise puts the optimum a few standard errors from the truth
+        assert d**2 == pytest.approx(rise, rel=0.1)
+        start = dict(zip(model.names, truth * f, strict=True))
+        assert distance_in_errors(res, start) == pytest.approx(d)
+        opt = {n: float(res["ifc"].sel(constant=n)) for n in model.names}
+        assert distance_in_errors(res, opt) < 1e-9
+    with pytest.raises(ValueError, match="no constants"):
+        distance_in_errors(res, {"x9": 0.1})
+    with pytest.raises(ValueError, match="derived"):
+        distance_in_errors(res, opt | {"a0": float(res["ifc"].sel(constant="a0"))})

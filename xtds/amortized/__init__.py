@@ -17,8 +17,9 @@ from xtds.amortized.networks import (
     standardized,
     with_temperature,
 )
-from xtds.amortized.refine import refine
+from xtds.amortized.refine import distance_in_errors, refine
 from xtds.amortized.training_set import at_temperature, describe, draw_constants, simulate
 
 __all__ = ["at_temperature", "describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior",
-           "PosteriorEnsemble", "LabelScale", "load", "refine", "standardized", "with_temperature"]
+           "PosteriorEnsemble", "LabelScale", "load", "refine", "distance_in_errors", "standardized",
+           "with_temperature"]

@@ -9,7 +9,27 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["refine"]
+__all__ = ["distance_in_errors", "refine"]
+
+
+def distance_in_errors(result, constants: dict) -> float:
+    """The Mahalanobis distance √(δᵀ C⁻¹ δ) of ``constants`` (a dict name → eV/Å² of free
+    constants, e.g. a start) from a fit's refined constants, C their covariance (``ifc_cov``):
+    how many standard errors the start lies from the optimum. Unlike a count of iterations it is
+    continuous, so it ranks two starts of one fit even where both take the same number of
+    iterations. Give the free constants only: a derived one (a0 …, fixed by the sum rule) makes C
+    singular."""
+    names = list(constants)
+    known = {str(n) for n in result["ifc"]["constant"].values}
+    missing = [n for n in names if n not in known]
+    if missing or not names:
+        raise ValueError(f"the fit has no constants {missing or '(none given)'}: give some of {sorted(known)}")
+    d = np.array([float(constants[n]) for n in names]) - result["ifc"].sel(constant=names).values
+    C = result["ifc_cov"].sel(constant=names, constant_=names).values
+    w = np.linalg.eigvalsh(C)
+    if not w[0] > 1e-10 * w[-1]:  # a derived constant is a combination of the others
+        raise ValueError(f"the covariance of {names} is singular: leave out derived constants (a0 …)")
+    return float(np.sqrt(d @ np.linalg.solve(C, d)))
 
 
 def refine(problems, model, predicted, **fit_options):
@@ -17,9 +37,11 @@ def refine(problems, model, predicted, **fit_options):
     constants (a vector of the model's free constants, eV/Å², or a dict).
 
     Returns the fit's result Dataset (:func:`xtds.fitting.core.fit_problems`) with attrs
-    ``amortized`` (JSON: the predicted constants) and ``amortized_loss`` (the loss at the
+    ``amortized`` (JSON: the predicted constants), ``amortized_loss`` (the loss at the
     prediction, with the scale and background at their least-squares values: the raw amortized
-    answer's misfit, to compare with the refined ``loss``).
+    answer's misfit, to compare with the refined ``loss``) and ``amortized_distance`` (how far the
+    prediction lies from the refined constants, in their standard errors:
+    :func:`distance_in_errors`).
 
     The refined optimum is independent of the start only if the objective is: a
     :class:`~xtds.model.powder.PowderSpectrum` with adaptive broadening makes its widths at its
@@ -36,4 +58,5 @@ def refine(problems, model, predicted, **fit_options):
     res = fit_problems(problems, start, **fit_options)
     res.attrs["amortized"] = json.dumps({k: float(v) for k, v in start.items()})
     res.attrs["amortized_loss"] = float(res["loss"].values[0])
+    res.attrs["amortized_distance"] = distance_in_errors(res, start)
     return res
