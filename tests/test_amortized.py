@@ -345,7 +345,7 @@ def test_single_crystal_points_with_temperature_draws():
         simulate(NoTemperature(), REF, 4, workers=0, temperatures=(100.0, 600.0), progress=False)
 
 
-def test_refine_reports_the_start_distance_in_standard_errors(small):
+def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch):
     """``amortized_distance`` is the start's Mahalanobis distance from the refined constants. For a
     start this close the loss is quadratic in the constants, so the distance² must equal the rise
     of χ² from the refined optimum to the start (scale and background profiled out at both), an
@@ -378,3 +378,19 @@ def test_refine_reports_the_start_distance_in_standard_errors(small):
         distance_in_errors(res, {"x9": 0.1})
     with pytest.raises(ValueError, match="derived"):
         distance_in_errors(res, opt | {"a0": float(res["ifc"].sel(constant="a0"))})
+    # a start with its derived a0 is measured on the free constants; a distance that cannot be
+    # had is NaN with the reason, and the finished fit is kept
+    a0 = float(model.derived(torch.as_tensor([start[n] for n in model.names], dtype=torch.float64))[0])
+    with_a0 = refine([problem], model, start | {"a0": a0}, optimizer=LM(), progress=False)
+    assert with_a0.attrs["amortized_distance"] == pytest.approx(d)
+    import sys
+
+    refine_module = sys.modules["xtds.amortized.refine"]  # the package's `refine` is the function
+
+    def singular(*_):
+        raise ValueError("singular, for the test")
+
+    monkeypatch.setattr(refine_module, "distance_in_errors", singular)
+    kept = refine([problem], model, start, optimizer=LM(), progress=False)
+    assert np.isnan(kept.attrs["amortized_distance"]) and "singular" in kept.attrs["amortized_distance_note"]
+    assert float(kept["loss"].values[-1]) == pytest.approx(float(res["loss"].values[-1]), rel=1e-9)

@@ -40,8 +40,9 @@ def refine(problems, model, predicted, **fit_options):
     ``amortized`` (JSON: the predicted constants), ``amortized_loss`` (the loss at the
     prediction, with the scale and background at their least-squares values: the raw amortized
     answer's misfit, to compare with the refined ``loss``) and ``amortized_distance`` (how far the
-    prediction lies from the refined constants, in their standard errors:
-    :func:`distance_in_errors`).
+    prediction's free constants lie from the refined ones, in their standard errors:
+    :func:`distance_in_errors`; NaN, with ``amortized_distance_note`` saying why, where their
+    covariance is singular).
 
     The refined optimum is independent of the start only if the objective is: a
     :class:`~xtds.model.powder.PowderSpectrum` with adaptive broadening makes its widths at its
@@ -58,5 +59,10 @@ def refine(problems, model, predicted, **fit_options):
     res = fit_problems(problems, start, **fit_options)
     res.attrs["amortized"] = json.dumps({k: float(v) for k, v in start.items()})
     res.attrs["amortized_loss"] = float(res["loss"].values[0])
-    res.attrs["amortized_distance"] = distance_in_errors(res, start)
+    try:  # a fit that is done is never lost to its summary: NaN, and why, where C is singular
+        res.attrs["amortized_distance"] = distance_in_errors(res, {k: v for k, v in start.items()
+                                                                  if k in model.names})
+    except ValueError as err:
+        res.attrs["amortized_distance"] = float("nan")
+        res.attrs["amortized_distance_note"] = str(err)
     return res
