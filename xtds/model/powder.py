@@ -228,20 +228,24 @@ def _shifted_grid(crystal, edges: np.ndarray, M: int, sigma: np.ndarray) -> tupl
     return t[inside], qn[inside]
 
 
-def split_wave_vectors(cell, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q (N, 3) Cartesian Å⁻¹ as k + G of ``cell`` (the primitive cell): k and G (N, 3) in fractions
-    of its reciprocal axes, k reduced to the first zone and rounded to 1e-10 (equal k compare
-    equal)."""
-    f = np.asarray(q) @ np.asarray(cell.lattice).T / (2 * np.pi)
+def _zone_split(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wave vectors f (N, 3) in fractions of the reciprocal axes as k + G: k reduced to the first
+    zone and rounded to 1e-10 (so that equal k compare equal, wherever they were computed), G the
+    nearest lattice vector."""
     g = np.round(f)
     return np.round(f - g, 10), g
 
 
+def split_wave_vectors(cell, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q (N, 3) Cartesian Å⁻¹ as k + G of ``cell`` (the primitive cell): k and G (N, 3) in fractions
+    of its reciprocal axes (:func:`_zone_split`)."""
+    return _zone_split(np.asarray(q) @ np.asarray(cell.lattice).T / (2 * np.pi))
+
+
 def _reduced_k(t: np.ndarray, to_frac: np.ndarray) -> np.ndarray:
     """The wave vectors (N, 3) of grid points ``t`` in fractions of the primitive reciprocal axes,
-    reduced to the first zone (rounded to 1e-10, so that equal k compare equal)."""
-    f = t @ to_frac
-    return np.round(f - np.round(f), 10)
+    reduced to the first zone (:func:`_zone_split`)."""
+    return _zone_split(t @ to_frac)[0]
 
 
 def _canonical_k_images(t: np.ndarray, R: np.ndarray, to_frac: np.ndarray) -> np.ndarray:
