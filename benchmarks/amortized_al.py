@@ -3,7 +3,7 @@
 1. ``--n`` (10,000) simulated χ''(|Q|, E) of Al on the ARCS grid (the 4,144 valid pixels, the
    source's normalization, multiphonon, the chopper resolution of benchmarks/al_arcs.py), the five
    constants uniform in 0.5–1.5× the published ones (stable draws only) and the temperature
-   uniform in 50–640 K: wall time and per spectrum (``xtds.amortized.simulate``, worker processes).
+   uniform in 50–640 K: wall time and per spectrum (``xtds.amortized.make_training_set``, worker processes).
 2. The last ``--held-out`` (1,000) kept apart; on the rest, Su & Li's two-stage network (VAE +
    regressor; ``--no-two-stage`` skips it) and the Gaussian amortized posterior (standardized
    pixels, 3 × 512 SiLU), each on the standardized spectra (xtds.amortized.standardized: the
@@ -28,6 +28,7 @@ With ``--store``, the training set and the networks' checkpoints live there: a r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -45,15 +46,15 @@ from xtds.amortized import (  # noqa: E402
     PosteriorEnsemble,
     TwoStage,
     distance_in_errors,
+    make_training_set,
     refine,
-    simulate,
     standardized,
     with_temperature,
 )
 from xtds.datasets import al_arcs  # noqa: E402
 from xtds.fitting import LM, Background  # noqa: E402
 from xtds.fitting.problem import Problem  # noqa: E402
-from xtds.model.powder import PowderSpectrum  # noqa: E402
+from xtds.observables.neutron.powder import PowderSpectrum  # noqa: E402
 
 T_RANGE = (50.0, 640.0)
 
@@ -108,7 +109,7 @@ def main():
     if folder:
         os.makedirs(folder, exist_ok=True)
     t = time.perf_counter()
-    train = simulate(obs, ref, args.n, seed=0, temperatures=T_RANGE, workers=args.workers, progress=True,
+    train = make_training_set(obs, ref, args.n, seed=0, temperatures=T_RANGE, workers=args.workers, progress=True,
                      store=os.path.join(folder, "train.zarr") if folder else None)
     wall = time.perf_counter() - t
     print(f"simulated {args.n:,} spectra of {len(obs):,} pixels in {wall:.1f} s ({wall / args.n * 1e3:.1f} ms each; "
@@ -195,7 +196,7 @@ def main():
     # constants (made at each fit's start instead, the two objectives, and so their optima, differ).
     # The model is not normalized but has a free scale and constant (the same functions of the
     # pixels as the source's normalization, without its max and min, which are not smooth).
-    from xtds.fitting.core import fit_problems
+    from xtds.fitting.fit import fit_problems
 
     optimizer = LM(max_iter=args.max_iter)
     for i, T in enumerate(temps):
@@ -206,10 +207,10 @@ def main():
                            background=Background())
 
         t = time.perf_counter()
-        a = refine([problem()], model, pred[i], optimizer=optimizer, progress=False)
+        a = refine([problem()], model, pred[i], optimizer=dataclasses.replace(optimizer, progress=False))
         ta = time.perf_counter() - t
         t = time.perf_counter()
-        b = fit_problems([problem()], ref, optimizer=optimizer, progress=False)
+        b = fit_problems([problem()], ref, optimizer=dataclasses.replace(optimizer, progress=False))
         tb = time.perf_counter() - t
         pa = a["ifc"].sel(constant=list(model.names)).values
         pb = b["ifc"].sel(constant=list(model.names)).values

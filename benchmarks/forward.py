@@ -31,15 +31,15 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.model import (
+from xtds.observables import (
     PeriodicSupercell,
     sample_displacements,
     sampled_intensity,
     supercell_q_grid,
     tds_intensity,
 )
-from xtds.model.nufft import ModeBox, pair_sums
-from xtds.model.observable import TDSIntensity
+from xtds.observables.tds.intensity import TDSIntensity
+from xtds.observables.tds.nufft import ModeBox, pair_sums
 
 N_CONFIGS = 15  # the paper's configurations per epoch
 

@@ -6,7 +6,7 @@ one process:
 
 - the TDS models on the paper's Ni set-up (5 shells, 5×5×5 supercell, 300 K, classical), forward
   + backward of Var[log I]: ``exact`` on the 81³ grid (Laue-reduced), ``one_phonon`` and the
-  infinite crystal (``exact`` with :class:`~xtds.model.geometry.InfiniteCrystal`) on its
+  infinite crystal (``exact`` with :class:`~xtds.thermal.geometry.InfiniteCrystal`) on its
   irreducible points, ``sampled`` (15 configurations, cufinufft) on them;
 - the powder spectrum of the measured ARCS grid (Al, 150 K, multiphonon): value and the exact
   Jacobian (forward mode);
@@ -102,8 +102,8 @@ def main():
 
 
 def models(n_max: int, r: int) -> None:
-    from xtds.model import TDSIntensity
-    from xtds.model.geometry import InfiniteCrystal, PeriodicSupercell, supercell_q_grid
+    from xtds.observables import TDSIntensity
+    from xtds.thermal.geometry import InfiniteCrystal, PeriodicSupercell, supercell_q_grid
 
     model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=5)
     target = paper_ni_ifcs("target")
@@ -134,8 +134,8 @@ def models(n_max: int, r: int) -> None:
 
 def powder(r: int) -> None:
     from xtds.datasets import al_arcs
-    from xtds.model import PowderSpectrum
-    from xtds.model.neutron import chopper_resolution
+    from xtds.observables import PowderSpectrum
+    from xtds.observables.neutron.sqe import chopper_resolution
 
     ds = al_arcs()
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
@@ -192,7 +192,8 @@ def fit(n_max: int, cpu: bool) -> None:
     start = paper_ni_ifcs("starting")
     for dev in (("cuda", "cpu") if cpu else ("cuda",)):
         t = time.perf_counter()
-        res = vol.tds.fit(ni, shells=5, initial=start, quantum=False, device=dev, progress=False)
+        res = vol.tds.fit(ni, shells=5, initial=start, model=xtds.TDSModel(quantum=False, device=dev),
+                          optimizer=xtds.LM(progress=False))
         wall = time.perf_counter() - t
         err = np.max(np.abs(res["ifc"].sel(constant=list(res["constant"].values)).values
                             - np.array([paper_ni_ifcs("target").get(k, np.nan) for k in res["constant"].values])))

@@ -37,7 +37,8 @@ def main():
     times = {}
     for sym in (True, False):
         t = time.perf_counter()
-        res = ds.tds.fit(mg, shells=2, initial=start, bragg=0.1, symmetrize=sym, progress=False)
+        res = ds.tds.fit(mg, shells=2, initial=start, prepare=xtds.Preparation(bragg=0.1, symmetrize=sym),
+                         optimizer=xtds.LM(progress=False))
         times[sym] = time.perf_counter() - t
         err = np.abs(res["ifc"].sel(constant=list(true)).values - np.array(list(true.values()))).max()
         print(f"symmetrize={sym}: {res.attrs['n_points']} points, fit {times[sym]:.1f} s, max |fit − truth| "

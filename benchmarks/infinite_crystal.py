@@ -1,4 +1,4 @@
-"""The fast infinite-crystal model (xtds.model.infinite): speed, convergence, and fits of real grids.
+"""The fast infinite-crystal model (xtds.observables.tds.infinite): speed, convergence, and fits of real grids.
 
 Prints, on the machine it runs on:
 
@@ -39,9 +39,9 @@ import xarray as xr
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.model import InfiniteCrystal, supercell_q_grid
-from xtds.model.covariance import is_gamma
-from xtds.model.observable import TDSIntensity
+from xtds.observables import InfiniteCrystal, supercell_q_grid
+from xtds.observables.tds.intensity import TDSIntensity
+from xtds.thermal.covariance import is_gamma
 
 
 def paper_grid_timing(repeats):
@@ -104,7 +104,7 @@ def fit_case(name, crystal, true, start, h_max):
     c = np.round(np.arange(-h_max, h_max + 1e-9, 0.05), 6)
     ds = xr.Dataset(coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
     t = time.perf_counter()
-    truth = xtds.simulate(ds, crystal, true, shells=2, geometry="auto")
+    truth = xtds.simulate(ds, crystal, true, shells=2, model=xtds.TDSModel(geometry="auto"))
     t_sim = time.perf_counter() - t
     I = truth["intensity"].values
     rng = np.random.default_rng(1)
@@ -112,8 +112,8 @@ def fit_case(name, crystal, true, start, h_max):
     truth["intensity"] = (("H", "K", "L"), I * (1 + 0.005 * rng.standard_normal(I.shape)))
     truth.attrs.pop("geometry")
     t = time.perf_counter()
-    res = truth.tds.fit(crystal, shells=2, initial=start, bragg=0.1, loss="chi2", background="constant",
-                        progress=False)
+    res = truth.tds.fit(crystal, shells=2, initial=start, loss="chi2", background="constant",
+                        prepare=xtds.Preparation(bragg=0.1), optimizer=xtds.LM(progress=False))
     t_fit = time.perf_counter() - t
     z = {k: (float(res["ifc"].sel(constant=k)) - v) / float(res["ifc_stderr"].sel(constant=k)) for k, v in true.items()}
     conv = json.loads(res.attrs["mesh_convergence"])[0]
@@ -138,7 +138,8 @@ def sigma_check(seeds):
         I = clean["intensity"].values
         ds["sigma"] = (("H", "K", "L"), 0.005 * I)
         ds["intensity"] = (("H", "K", "L"), I * (1 + 0.005 * np.random.default_rng(seed).standard_normal(I.shape)))
-        res = ds.tds.fit(ni, shells=2, initial=start, bragg=0.1, loss="chi2", background="constant", progress=False)
+        res = ds.tds.fit(ni, shells=2, initial=start, loss="chi2", background="constant",
+                         prepare=xtds.Preparation(bragg=0.1), optimizer=xtds.LM(progress=False))
         z = [(float(res["ifc"].sel(constant=k)) - v) / float(res["ifc_stderr"].sel(constant=k))
              for k, v in true.items()]
         zs += z
@@ -155,7 +156,7 @@ def full_range_case(name, crystal, true, start, h_max, truth_mesh, max_points, c
     if path is not None and path.exists():
         clean = xr.load_dataset(path)
     else:
-        clean = xtds.simulate(ds, crystal, true, shells=2, geometry=InfiniteCrystal(truth_mesh))
+        clean = xtds.simulate(ds, crystal, true, shells=2, model=xtds.TDSModel(geometry=InfiniteCrystal(truth_mesh)))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             clean.to_netcdf(path)
@@ -170,9 +171,10 @@ def full_range_case(name, crystal, true, start, h_max, truth_mesh, max_points, c
         if noise:
             vol["intensity"] = (("H", "K", "L"), I * (1 + noise * np.random.default_rng(1).standard_normal(I.shape)))
         t = time.perf_counter()
-        res = vol.tds.fit(crystal, shells=2, initial=start, bragg=0.1, loss="chi2", background="constant",
-                          max_points=max_points, progress=False,
-                          geometry="auto" if fit_mesh is None else InfiniteCrystal(fit_mesh))
+        res = vol.tds.fit(crystal, shells=2, initial=start, loss="chi2", background="constant",
+                          prepare=xtds.Preparation(bragg=0.1, max_points=max_points),
+                          model=xtds.TDSModel(geometry="auto" if fit_mesh is None else InfiniteCrystal(fit_mesh)),
+                          optimizer=xtds.LM(progress=False))
         t_fit = time.perf_counter() - t
         prep = json.loads(res.attrs["preparation"])
         z = {k: (float(res["ifc"].sel(constant=k)) - v) / float(res["ifc_stderr"].sel(constant=k))

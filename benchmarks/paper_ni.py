@@ -76,20 +76,22 @@ def main():
     print(f"target volume {2 * args.n_max + 1}³ (exact, 300 K) in {time.perf_counter() - t:.1f} s")
 
     t = time.perf_counter()
-    res = ds.tds.fit(ni, shells=5, initial=start, quantum=False, progress=False)
+    res = ds.tds.fit(ni, shells=5, initial=start, model=xtds.TDSModel(quantum=False),
+                     optimizer=xtds.LM(progress=False))
     table("Table 1, full 3-D", res, time.perf_counter() - t, "table1_full_3d")
 
     t = time.perf_counter()
     wedge = ds.tds.wedge(normal=(0, 1, 0), half_angle=10, crystal=ni)
-    res = wedge.tds.fit(ni, shells=5, initial=start, quantum=False, progress=False)
+    res = wedge.tds.fit(ni, shells=5, initial=start, model=xtds.TDSModel(quantum=False),
+                        optimizer=xtds.LM(progress=False))
     table("Table 2, ±10° wedge about H0L", res, time.perf_counter() - t, "table2_wedge_10deg")
 
     if args.sampled_adam:
         for orbit, pre in ((True, True), (False, True), (True, False)):
             t = time.perf_counter()
-            res = ds.tds.fit(ni, shells=5, initial=start, method="sampled", quantum=False, orbit_average=orbit,
-                             progress=False,
-                             optimizer=xtds.Adam(epochs=args.sampled_adam, precondition=pre))
+            res = ds.tds.fit(ni, shells=5, initial=start,
+                             model=xtds.TDSModel(method="sampled", quantum=False, orbit_average=orbit),
+                             optimizer=xtds.Adam(epochs=args.sampled_adam, precondition=pre, progress=False))
             how = ("orbit-averaged" if orbit else "per point") + (", preconditioned" if pre else ", raw coordinates")
             table(f"Table 1 with the sampled model and Adam ({how})", res, time.perf_counter() - t, "table1_full_3d",
                   show_z=True)
@@ -102,8 +104,8 @@ def main():
         noisy = paper_ni_volume(n_max=args.n_max, noise_configurations=100_000, emulate_with=150)
         t_gen = time.perf_counter() - t
         t = time.perf_counter()
-        res = noisy.tds.fit(ni, shells=5, initial=start, quantum=False, noise_configurations=100_000,
-                             progress=False)
+        res = noisy.tds.fit(ni, shells=5, initial=start, model=xtds.TDSModel(quantum=False),
+                            errors=xtds.Errors(noise_configurations=100_000), optimizer=xtds.LM(progress=False))
         wall = time.perf_counter() - t
         table(f"Noisy target (10⁵ configurations, emulated from 150; generated in {t_gen:.1f} s), full 3-D",
               res, wall, show_z=True)

@@ -15,7 +15,7 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume, six_shell_ni_volume
-from xtds.fitting.background import compton
+from xtds.observables.scattering import compton
 
 NI = xtds.Crystal.preset("Ni")
 TARGET = paper_ni_ifcs("target")
@@ -41,7 +41,7 @@ def backgrounds(vol):
     print(f"{'background':<12}{'max rel err':>13}{'C11 (GPa)':>11}{'eta2_q':>8}{'max |bin mean|':>16}{'time (s)':>10}")
     for bg in ("compton", "constant"):
         t = time.perf_counter()
-        res = data.tds.fit(NI, shells=5, initial=START, background=bg, progress=False)
+        res = data.tds.fit(NI, shells=5, initial=START, background=bg, optimizer=xtds.LM(progress=False))
         d = xtds.diagnostics(res)
         print(f"{bg:<12}{rel_err(res, TARGET):>13.2e}{c11(res):>11.2f}{d.attrs['eta2_q']:>8.3f}"
               f"{float(np.nanmax(np.abs(d['residual_mean_by_q']))):>16.2e}{time.perf_counter() - t:>10.1f}")
@@ -49,16 +49,17 @@ def backgrounds(vol):
 
 def statistics(vol):
     print("\n## Quantum-simulated data ('measured': no record of the statistics)")
-    q = vol.tds.simulate(NI, TARGET, shells=5, quantum=True)
+    q = vol.tds.simulate(NI, TARGET, shells=5, model=xtds.TDSModel(quantum=True))
     del q.attrs["quantum"]
     for label, kw in (("default (quantum)", {}), ("quantum=False", {"quantum": False})):
-        res = q.tds.fit(NI, shells=5, initial=START, progress=False, **kw)
+        res = q.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False), **kw)
         print(f"{label:<20} max rel err {rel_err(res, TARGET):.2e}")
     print("\n## σ_T = 5 K (classical data at 300 K)")
     pts = vol.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
-    base = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False)
-    sig = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, temperature_stderr=5.0, progress=False)
-    hi = xtds.fit_points(pts, NI, 305.0, shells=5, initial=START, progress=False)
+    base = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, optimizer=xtds.LM(progress=False))
+    sig = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, errors=xtds.Errors(temperature_stderr=5.0),
+                          optimizer=xtds.LM(progress=False))
+    hi = xtds.fit_points(pts, NI, 305.0, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     widened = np.sqrt(sig["ifc_stderr"].values ** 2 - base["ifc_stderr"].values ** 2)
     shift = np.abs(hi["ifc"].values - base["ifc"].values)
     ratio = widened / shift
@@ -67,7 +68,7 @@ def statistics(vol):
 
 def robust():
     ds, truth = six_shell_ni_volume(16)
-    res = ds.tds.fit(NI, shells=5, initial=START, progress=False)
+    res = ds.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     print("\n## 6-shell truth (g0 = -0.03, g1 = -0.015 eV/Å²) fitted with 5 shells: |error| / σ")
     print(f"{'constant':<10}{'truth':>10}{'fit':>10}{'Gauss–Newton':>14}{'robust':>8}")
     for k in ("b0", "b1", "b2", "c0", "c1", "d1"):
@@ -78,8 +79,8 @@ def robust():
 
 
 def lo_to():
-    from xtds import dynamics
-    from xtds.phonopy_io import to_phonopy
+    from xtds.io.phonopy import to_phonopy
+    from xtds.lattice import dynamics
 
     print("\n## LO–TO near Γ against phonopy's NAC (THz)")
     cases = {"NaCl": (("Na", "Cl", 5.64), {"Na": 1.1, "Cl": -1.1}, 2.4, {1: 2.0, 2: 0.3}),

@@ -109,14 +109,16 @@ def main():
           f"{rerun.attrs['n_fitted']} in {time.perf_counter() - t:.1f} s")
 
     from xtds.fitting import fit_joint_series
-    from xtds.fitting.core import points_problem
+    from xtds.fitting.tds import points_problem
 
     model = xtds.IFCModel(NI, shells=5)
     members = [points_problem(xtds.open_volume(path).tds.symmetrize(crystal=NI).tds.to_points(), model, T,
-                              geometry=xtds.PeriodicSupercell(5), quantum=False, name=f"T{T:.0f}")
+                              name=f"T{T:.0f}",
+                              model=xtds.TDSModel(geometry=xtds.PeriodicSupercell(5), quantum=False))
                for path, T in zip(files, temps, strict=True)]
     t = time.perf_counter()
-    joint = fit_joint_series(members, temps, paper_ni_ifcs("starting"), degree=1, center=T0, progress=False)
+    joint = fit_joint_series(members, temps, paper_ni_ifcs("starting"), degree=1, center=T0,
+                             optimizer=xtds.LM(progress=False))
     truth0 = np.array([law(T0, args.rate)[n] for n in joint["constant"].values])
     truth1 = -args.rate * np.array([paper_ni_ifcs("target")[n] for n in joint["constant"].values])
     a0 = joint["coefficient"].sel(power=0).values

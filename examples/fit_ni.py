@@ -28,7 +28,7 @@ def main() -> None:
     ds = xtds.open_volume(path)  # lazy: nothing read yet
     print(f"opened {path}: {dict(ds.sizes)} voxels, T = {ds.attrs['temperature']} K, {ds.attrs['space_group']}")
     ni = xtds.Crystal.preset("Ni")
-    fit = ds.tds.fit(crystal=ni, shells=5, initial=paper_ni_ifcs("starting"), progress=False)
+    fit = ds.tds.fit(crystal=ni, shells=5, initial=paper_ni_ifcs("starting"), optimizer=xtds.LM(progress=False))
 
     target = paper_ni_ifcs("target")
     start = paper_ni_ifcs("starting")

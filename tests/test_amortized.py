@@ -1,4 +1,4 @@
-"""Training sets for amortized inference (xtds.amortized.simulate)."""
+"""Training sets for amortized inference (xtds.amortized.make_training_set)."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 import xarray as xr
 
 import xtds
-from xtds.amortized import draw_constants, simulate
-from xtds.fitting.losses import min_eigenvalues
-from xtds.model import PowderSpectrum
+from xtds.amortized import draw_constants, make_training_set
+from xtds.lattice.stability import min_eigenvalues
+from xtds.observables import PowderSpectrum
 
 AL = xtds.Crystal.preset("Al")
 REF = {"b0": -0.61, "b1": 0.10, "b2": -0.71, "c0": -0.155, "c1": 0.032}
@@ -61,7 +61,7 @@ def test_batched_stability_check_equals_the_draw_by_draw_one(preset):
 
 
 def test_simulated_values_are_the_observable_at_each_draw(small, tmp_path):
-    out = simulate(small, REF, 12, seed=1, workers=0, batch=5, progress=False)
+    out = make_training_set(small, REF, 12, seed=1, workers=0, batch=5, progress=False)
     assert out["values"].shape == (12, len(small)) and out["values"].dtype == np.float32
     for i in (0, 7, 11):
         small.reset()
@@ -71,7 +71,7 @@ def test_simulated_values_are_the_observable_at_each_draw(small, tmp_path):
         assert abs(float(direct.mean())) < 1e-12  # the source's normalization: mean 0 …
         assert float(direct.max() - direct.min()) == pytest.approx(1.0)  # … and range 1
     # two worker processes give the same set
-    par = simulate(small, REF, 12, seed=1, workers=2, batch=5, progress=False)
+    par = make_training_set(small, REF, 12, seed=1, workers=2, batch=5, progress=False)
     np.testing.assert_array_equal(par["values"].values, out["values"].values)
 
 
@@ -81,7 +81,7 @@ def test_store_resumes_and_refuses_other_settings(small, tmp_path, monkeypatch):
     from xtds.amortized import training_set as sim_mod
 
     store = str(tmp_path / "train.zarr")
-    first = simulate(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
+    first = make_training_set(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
     root = zarr.open_group(store, mode="r+")
     assert bool(np.all(root["done"][:]))
     with xr.open_zarr(store, consolidated=False) as opened:  # the store is an xarray Dataset too
@@ -91,11 +91,11 @@ def test_store_resumes_and_refuses_other_settings(small, tmp_path, monkeypatch):
     calls = []
     real = sim_mod._evaluate
     monkeypatch.setattr(sim_mod, "_evaluate", lambda phis, *args: calls.append(len(phis)) or real(phis, *args))
-    again = simulate(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
+    again = make_training_set(small, REF, 10, seed=2, workers=0, batch=4, store=store, progress=False)
     assert calls == [4]  # only the unfinished batch
     np.testing.assert_allclose(again["values"].values, first["values"].values, rtol=1e-6)
     with pytest.raises(ValueError, match="other settings"):
-        simulate(small, REF, 10, seed=3, workers=0, batch=4, store=store, progress=False)
+        make_training_set(small, REF, 10, seed=3, workers=0, batch=4, store=store, progress=False)
 
 
 def _toy(n, seed, sigma=0.05, P=20):
@@ -317,12 +317,12 @@ def test_single_crystal_points_with_temperature_draws():
     temperature per draw: each simulated row equals the observable made at that draw's temperature
     and evaluated at its constants; the observable passed in is left as it was. An observable
     without a temperature is refused with a message."""
-    from xtds.model.observable import TDSIntensity
+    from xtds.observables.tds.intensity import TDSIntensity
 
     model = xtds.IFCModel(AL, shells=2)
     q = AL.rlu_to_cartesian(np.random.default_rng(0).uniform(0.1, 2.4, size=(20, 3)))
     obs = TDSIntensity(model, q, 300.0, method="one_phonon")
-    out = simulate(obs, REF, 6, seed=2, workers=0, temperatures=(100.0, 600.0), progress=False)
+    out = make_training_set(obs, REF, 6, seed=2, workers=0, temperatures=(100.0, 600.0), progress=False)
     T = out["temperature"].values
     assert np.all((T >= 100) & (T <= 600)) and len(set(np.round(T, 6))) == 6
     for i in (0, 5):
@@ -332,8 +332,11 @@ def test_single_crystal_points_with_temperature_draws():
         np.testing.assert_allclose(out["values"].values[i], expect, rtol=1e-6)
     assert obs.temperature == 300.0
 
-    class NoTemperature:
+    class NoTemperature(xtds.Observable):
         model = obs.model
+
+        def __call__(self, phi, epoch=0):
+            return obs(phi)
 
         def stability_k(self):
             return obs.stability_k()
@@ -342,7 +345,7 @@ def test_single_crystal_points_with_temperature_draws():
             return 20
 
     with pytest.raises(TypeError, match="no temperature"):
-        simulate(NoTemperature(), REF, 4, workers=0, temperatures=(100.0, 600.0), progress=False)
+        make_training_set(NoTemperature(), REF, 4, workers=0, temperatures=(100.0, 600.0), progress=False)
 
 
 def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch):
@@ -365,7 +368,7 @@ def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch
     y = y + np.random.default_rng(0).normal(size=y.shape) * sigma
     problem = Problem(obs, y, sigma=np.full(y.shape, sigma), loss="chi2", background=Background())
     for f in (1.001, 0.999):
-        res = refine([problem], model, truth * f, optimizer=LM(), progress=False)
+        res = refine([problem], model, truth * f, optimizer=LM(progress=False))
         rise = res.attrs["amortized_loss"] - float(res["loss"].values[-1])
         d = res.attrs["amortized_distance"]
         assert 1.5 < d < 5  # the noise puts the optimum a few standard errors from the truth
@@ -381,7 +384,7 @@ def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch
     # a start with its derived a0 is measured on the free constants; a distance that cannot be
     # had is NaN with the reason, and the finished fit is kept
     a0 = float(model.derived(torch.as_tensor([start[n] for n in model.names], dtype=torch.float64))[0])
-    with_a0 = refine([problem], model, start | {"a0": a0}, optimizer=LM(), progress=False)
+    with_a0 = refine([problem], model, start | {"a0": a0}, optimizer=LM(progress=False))
     assert with_a0.attrs["amortized_distance"] == pytest.approx(d)
     import sys
 
@@ -391,6 +394,6 @@ def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch
         raise ValueError("singular, for the test")
 
     monkeypatch.setattr(refine_module, "distance_in_errors", singular)
-    kept = refine([problem], model, start, optimizer=LM(), progress=False)
+    kept = refine([problem], model, start, optimizer=LM(progress=False))
     assert np.isnan(kept.attrs["amortized_distance"]) and "singular" in kept.attrs["amortized_distance_note"]
     assert float(kept["loss"].values[-1]) == pytest.approx(float(res["loss"].values[-1]), rel=1e-9)

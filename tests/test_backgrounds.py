@@ -9,7 +9,7 @@ import xarray as xr
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 from xtds.fitting import Background, diagnostics
-from xtds.fitting.background import compton
+from xtds.observables.scattering import compton
 
 NI = xtds.Crystal.preset("Ni")
 TARGET = paper_ni_ifcs("target")
@@ -55,7 +55,7 @@ def test_compton_background_recovers_every_constant_and_shows_when_missing(volum
     scale, amplitude, constant = 37.2, 0.8, 40.0
     data = volume.copy()
     data["intensity"] = scale * (volume["intensity"] + amplitude * C) + constant
-    res = data.tds.fit(NI, shells=5, initial=START, background="compton", progress=False)
+    res = data.tds.fit(NI, shells=5, initial=START, background="compton", optimizer=xtds.LM(progress=False))
     # noise-free data of the model: measured max |relative error| 2e-10 (issue goal 1e-3)
     assert np.abs(rel_errors(res)).max() < 1e-6
     assert float(res["scale"]) == pytest.approx(scale, rel=1e-6)
@@ -67,8 +67,8 @@ def test_compton_background_recovers_every_constant_and_shows_when_missing(volum
     assert np.nanmax(np.abs(good["residual_mean_by_q"])) < 1e-7
     # the same data with a constant only: the fit goes wrong (C11 181 GPa measured) and the
     # diagnostics show a smooth |q| trend that carries most of the residual variance
-    wrong = data.tds.fit(NI, shells=5, initial=START, background="constant", optimizer=xtds.LM(max_iter=10),
-                         progress=False)
+    wrong = data.tds.fit(NI, shells=5, initial=START, background="constant",
+                         optimizer=xtds.LM(max_iter=10, progress=False))
     bad = diagnostics(wrong)
     assert np.abs(rel_errors(wrong)).max() > 0.1
     assert bad.attrs["eta2_q"] > 0.5 and np.nanmax(np.abs(bad["residual_mean_by_q"])) > 0.02
@@ -77,36 +77,38 @@ def test_compton_background_recovers_every_constant_and_shows_when_missing(volum
 
 
 def test_measured_data_are_fitted_with_quantum_statistics(volume):
-    quantum = volume.tds.simulate(NI, TARGET, shells=5, quantum=True)
+    quantum = volume.tds.simulate(NI, TARGET, shells=5, model=xtds.TDSModel(quantum=True))
     del quantum.attrs["quantum"]  # a "measured" volume: no record of how it was made
-    res = quantum.tds.fit(NI, shells=5, initial=START, progress=False)
+    res = quantum.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     assert np.abs(rel_errors(res)).max() < 1e-8
     assert '"quantum": true' in res.attrs["settings"]
-    classical = quantum.tds.fit(NI, shells=5, initial=START, quantum=False, optimizer=xtds.LM(max_iter=4),
-                                progress=False)
+    classical = quantum.tds.fit(NI, shells=5, initial=START, model=xtds.TDSModel(quantum=False),
+                                optimizer=xtds.LM(max_iter=4, progress=False))
     assert np.abs(rel_errors(classical)).max() > 0.05  # the statistics matter (issue: 12 % in b0)
 
 
 def test_temperature_uncertainty_widens_the_errors_as_expected(volume):
     pts = volume.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
-    sig = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, temperature_stderr=5.0, progress=False)
+    sig = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, errors=xtds.Errors(temperature_stderr=5.0),
+                          optimizer=xtds.LM(progress=False))
     base = sig.copy()  # the same fit without σ_T: noise-free data, Gauss–Newton errors ~10⁻¹² of σ_T's
     base["ifc_stderr"] = base["ifc_stderr"] * 0
     # expected: the shift of the optimum when T moves by 5 K, by refitting (classical data and
     # model: the constants scale as T exactly, so the shift is also 5/300 of each constant)
-    hi = xtds.fit_points(pts, NI, 305.0, shells=5, initial=START, progress=False)
+    hi = xtds.fit_points(pts, NI, 305.0, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     expected = np.abs(hi["ifc"].values - base["ifc"].values)
     widened = np.sqrt(sig["ifc_stderr"].values ** 2 - base["ifc_stderr"].values ** 2)
     np.testing.assert_allclose(widened, expected, rtol=1e-3)
     np.testing.assert_allclose(expected, np.abs(base["ifc"].values) * 5 / 300, rtol=1e-6)
     assert xr.DataArray(sig.attrs["problems"]).size == 1 and "temperature_stderr_K" in sig.attrs["problems"]
     with pytest.raises(ValueError, match="temperature_stderr"):
-        xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, temperature_stderr=-1.0, progress=False)
+        xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, errors=xtds.Errors(temperature_stderr=-1.0),
+                        optimizer=xtds.LM(progress=False))
 
 
 def test_corrections_and_a_smooth_background(volume):
     """Polarization and absorption multiply the model; a quadratic in |q| is added to the data."""
-    from xtds.corrections import Corrections
+    from xtds.observables.tds.corrections import Corrections
 
     corr = Corrections(wavelength=0.5, sample_radius=0.05)  # 24.8 keV, a 100 µm sphere of Ni (μR ≈ 1)
     hkl = np.stack(np.meshgrid(*(volume[d].values for d in "HKL"), indexing="ij"), -1).reshape(-1, 3)
@@ -116,10 +118,10 @@ def test_corrections_and_a_smooth_background(volume):
     data = volume.copy()
     data["intensity"] = 10.0 * volume["intensity"] * factor + 30.0 + 4.0 * x - 0.2 * x**2
     res = data.tds.fit(NI, shells=5, initial=START, corrections=corr, background=Background(polynomial=2),
-                       progress=False)
+                       optimizer=xtds.LM(progress=False))
     assert np.abs(rel_errors(res)).max() < 1e-6
     assert "Corrections" in res.attrs["settings"]
     qn = np.linalg.norm(NI.rlu_to_cartesian(np.stack([res[c].values for c in "HKL"], 1)), axis=1)
     np.testing.assert_allclose(res["model_background"].values, 30.0 + 4.0 * qn - 0.2 * qn**2, rtol=1e-6)
     with pytest.raises(ValueError, match="background must be"):
-        volume.tds.fit(NI, shells=5, initial=START, background="spline", progress=False)
+        volume.tds.fit(NI, shells=5, initial=START, background="spline", optimizer=xtds.LM(progress=False))

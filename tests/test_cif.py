@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 
 import xtds
-from xtds.model import PeriodicSupercell, tds_intensity
+from xtds.observables import PeriodicSupercell, tds_intensity
 
 pytest.importorskip("gemmi")
 
@@ -63,7 +63,7 @@ def test_cif_reproduces_the_presets(tmp_path):
     mg.write_text(MG_CIF.format(c=3.21 * 1.624, occ=1.0))
     got = xtds.Crystal.from_cif(mg)
     same_structure(got, xtds.Crystal.preset("Mg"))
-    assert got.space_group == "P6_3/mmc (194)" and xtds.crystal.as_crystal(str(mg)).n_atoms == 2
+    assert got.space_group == "P6_3/mmc (194)" and xtds.lattice.crystal.as_crystal(str(mg)).n_atoms == 2
     rut = tmp_path / "rutile.cif"
     rut.write_text(RUTILE_CIF)
     got = xtds.Crystal.from_cif(rut)

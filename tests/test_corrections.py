@@ -7,7 +7,13 @@ import pytest
 from scipy.integrate import quad
 
 import xtds
-from xtds.corrections import Corrections, absorption_factor, attenuation_coefficient, polarization_factor, two_theta
+from xtds.observables.scattering import two_theta
+from xtds.observables.tds.corrections import (
+    Corrections,
+    absorption_factor,
+    attenuation_coefficient,
+    polarization_factor,
+)
 
 
 def test_absorption_of_a_sphere():

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from xtds import Supercell, supercell_hessian
-from xtds import dynamics as dyn
+from xtds.lattice import dynamics as dyn
 
 phonopy = pytest.importorskip("phonopy")
-from xtds import phonopy_io  # noqa: E402
+from xtds.io import phonopy as phonopy_io  # noqa: E402
 
 
 def _phonopy_frequencies(ph, k):
@@ -18,7 +18,7 @@ def _phonopy_frequencies(ph, k):
 
 
 def _path_and_random(model, n=12):
-    from xtds.kpath import standard_path
+    from xtds.lattice.kpath import standard_path
 
     rng = np.random.default_rng(5)
     return np.concatenate([standard_path(model.crystal, density=8).k, rng.normal(size=(n, 3))])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from xtds import Crystal, IFCModel, elastic_constants, sound_speeds
-from xtds import dynamics as dyn
+from xtds.lattice import dynamics as dyn
 from xtds.units import GPA_PER_EV_A3
 
 
@@ -56,7 +56,7 @@ def test_si_relaxed_ion_slopes(si_model, si_phi):
 
 
 def test_gradient_flows(ni_model, paper_tables):
-    from xtds.elastic import elastic_tensor
+    from xtds.lattice.elastic import elastic_tensor
 
     phi = ni_model.vector(paper_tables["target_EAM_U3"]).requires_grad_(True)
     C, _ = elastic_tensor(ni_model, phi)

@@ -8,10 +8,10 @@ import torch
 
 import xtds
 from xtds.fitting import LM, Background, Problem, fit_problems
-from xtds.fitting.core import Objective, initial_vector
-from xtds.fitting.optimize import jacobian
-from xtds.model import DispersionPoints, PowderSpectrum
-from xtds.model.neutron import chopper_resolution, mode_weight
+from xtds.fitting.objective import Objective, initial_vector
+from xtds.fitting.optimizers import jacobian
+from xtds.observables import DispersionPoints, PowderSpectrum
+from xtds.observables.neutron.sqe import chopper_resolution, mode_weight
 
 AL = xtds.Crystal.preset("Al")
 TRUE = {"b0": -0.61, "b1": 0.10, "b2": -0.71, "c0": -0.155, "c1": 0.032}
@@ -92,7 +92,7 @@ def test_exact_lm_reaches_the_finite_difference_optimum_in_fewer_evaluations():
             return spectrum(phi)
 
         prob.observable.spectrum = counted
-        res = fit_problems([prob], start, optimizer=LM(jacobian=how), progress=False)
+        res = fit_problems([prob], start, optimizer=LM(jacobian=how, progress=False))
         out[how] = (res, calls[0])
     (exact, n_exact), (fd, n_fd) = out["exact"], out["differences"]
     assert "exact Jacobians" in exact.attrs["message"] and "exact" not in fd.attrs["message"]
@@ -125,8 +125,7 @@ def test_a_model_without_forward_mode_falls_back_to_differences():
     q = AL.rlu_to_cartesian(np.array([[0.5, 0, 0], [1.0, 0, 0], [0.5, 0.5, 0.5], [0.3, 0.2, 0.1]]))
     disp = DispersionPoints(model, np.repeat(q, 3, axis=0), np.tile([0, 1, 2], 4))
 
-    class Wrapped:
-        stochastic = False
+    class Wrapped(xtds.Observable):
 
         def __init__(self, inner):
             self.inner, self.model = inner, inner.model
@@ -146,11 +145,11 @@ def test_a_model_without_forward_mode_falls_back_to_differences():
         nu = disp(model.vector(TRUE)).numpy()
     prob = Problem(Wrapped(disp), nu, sigma=np.full(len(nu), 0.01), loss="chi2", background=None)
     start = {k: 0.95 * v for k, v in TRUE.items()}
-    res = fit_problems([prob], start, optimizer=LM(), progress=False)
+    res = fit_problems([prob], start, optimizer=LM(progress=False))
     assert "finite differences: no forward-mode derivative" in res.attrs["message"]
-    fd = fit_problems([prob], start, optimizer=LM(jacobian="differences"), progress=False)
+    fd = fit_problems([prob], start, optimizer=LM(jacobian="differences", progress=False))
     np.testing.assert_array_equal(res["ifc"].values, fd["ifc"].values)  # the same path
     with pytest.raises(RuntimeError, match="no forward-mode derivative"):
-        fit_problems([prob], start, optimizer=LM(jacobian="exact"), progress=False)
+        fit_problems([prob], start, optimizer=LM(jacobian="exact", progress=False))
     with pytest.raises(ValueError, match="'auto', 'exact' or 'differences'"):
         LM(jacobian="analytic")

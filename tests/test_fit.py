@@ -14,7 +14,7 @@ import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume, small_ni_nexus
 from xtds.errors import UnstableError
 from xtds.fitting import Adam, fit, fit_points
-from xtds.model import PeriodicSupercell, tds_intensity
+from xtds.observables import PeriodicSupercell, tds_intensity
 
 NI = xtds.Crystal.preset("Ni")
 TARGET = paper_ni_ifcs("target")
@@ -32,7 +32,7 @@ def volume16():
 
 
 def test_full_3d_converges_to_target(volume16):
-    res = volume16.tds.fit(NI, shells=5, initial=START, progress=False)
+    res = volume16.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     # noise-free data from the same model: the optimum is the Target itself (issue goal 2e-4)
     assert np.abs(errors(res)).max() < 1e-8
     assert res.attrs["converged"] == 1
@@ -51,7 +51,7 @@ def test_full_3d_converges_to_target(volume16):
 
 def test_wedge_converges(volume16):
     wedge = volume16.tds.wedge(normal=(0, 1, 0), half_angle=10, crystal=NI)
-    res = fit(wedge, NI, shells=5, initial=START, progress=False)
+    res = fit(wedge, NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     assert np.abs(errors(res)).max() < 5e-4
     assert "wedge" in res.attrs["preparation"]
 
@@ -61,7 +61,8 @@ def test_stderr_is_honest_for_sampled_noise():
     about the Target as the reported errors say (|z| < 3 for ≥ 15 of 16), and the errors are
     not inflated either (RMS z above 0.3)."""
     ds = paper_ni_volume(n_max=16, noise_configurations=100_000, emulate_with=60, seed=3)
-    res = ds.tds.fit(NI, shells=5, initial=START, noise_configurations=100_000, noise_draws=120, progress=False)
+    res = ds.tds.fit(NI, shells=5, initial=START, errors=xtds.Errors(noise_configurations=100_000, noise_draws=120),
+                     optimizer=xtds.LM(progress=False))
     se = np.array([float(res["ifc_stderr"].sel(constant=n)) for n in NAMES])
     z = errors(res) / se
     assert (np.abs(z) < 3).sum() >= 15, z
@@ -75,7 +76,7 @@ def test_chi2_with_scale_and_background(volume16):
     ds = sub.assign(intensity=data, sigma=0.01 * data)
     pts = ds.tds.symmetrize().tds.to_points()
     pts["sigma"] = 0.01 * pts["intensity"] / np.sqrt(pts["multiplicity"])
-    res = fit_points(pts, NI, 300.0, shells=5, initial=START, loss="chi2", progress=False)
+    res = fit_points(pts, NI, 300.0, shells=5, initial=START, loss="chi2", optimizer=xtds.LM(progress=False))
     assert np.abs(errors(res)).max() < 1e-6
     assert float(res["scale"]) == pytest.approx(3.0, rel=1e-7)
     assert float(res["background"]) == pytest.approx(5.0, abs=1e-4)
@@ -83,7 +84,7 @@ def test_chi2_with_scale_and_background(volume16):
 
 def test_checkpoint_resume_after_a_kill(volume16, tmp_path):
     pts = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25)).tds.symmetrize().tds.to_points()
-    full = fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False)
+    full = fit_points(pts, NI, 300.0, shells=5, initial=START, optimizer=xtds.LM(progress=False))
 
     def kill(it, x, loss):
         if it == 3:
@@ -91,13 +92,14 @@ def test_checkpoint_resume_after_a_kill(volume16, tmp_path):
 
     ck = tmp_path / "fit.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False, checkpoint=ck, callback=kill)
+        fit_points(pts, NI, 300.0, shells=5, initial=START,
+                   optimizer=xtds.LM(progress=False, checkpoint=ck, callback=kill))
     assert ck.exists()
-    resumed = fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False, checkpoint=ck)
+    resumed = fit_points(pts, NI, 300.0, shells=5, initial=START, optimizer=xtds.LM(progress=False, checkpoint=ck))
     assert resumed.attrs["resumed_from"] == 2
     np.testing.assert_allclose(resumed["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="other settings"):
-        fit_points(pts, NI, 250.0, shells=5, initial=START, progress=False, checkpoint=ck)
+        fit_points(pts, NI, 250.0, shells=5, initial=START, optimizer=xtds.LM(progress=False, checkpoint=ck))
 
 
 def test_adam_sampled_resume_is_exact(tmp_path):
@@ -112,8 +114,8 @@ def test_adam_sampled_resume_is_exact(tmp_path):
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
-    kw = dict(shells=2, initial=start, method="sampled", quantum=False, n_samples=4, progress=False)
-    full = fit_points(pts, NI, 300.0, optimizer=Adam(epochs=8, lr=0.01), **kw)
+    kw = dict(shells=2, initial=start, model=xtds.TDSModel(method="sampled", quantum=False, n_samples=4))
+    full = fit_points(pts, NI, 300.0, optimizer=Adam(epochs=8, lr=0.01, progress=False), **kw)
     assert full["loss"].sizes["iteration"] == 8
 
     def kill(it, x, loss):
@@ -122,9 +124,11 @@ def test_adam_sampled_resume_is_exact(tmp_path):
 
     ck = tmp_path / "adam.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        fit_points(pts, NI, 300.0, checkpoint=ck, optimizer=Adam(epochs=8, lr=0.01, checkpoint_every=2),
-                   callback=kill, **kw)
-    res = fit_points(pts, NI, 300.0, checkpoint=ck, optimizer=Adam(epochs=8, lr=0.01, checkpoint_every=2), **kw)
+        fit_points(pts, NI, 300.0,
+                   optimizer=Adam(epochs=8, lr=0.01, checkpoint_every=2, checkpoint=ck, callback=kill, progress=False),
+                   **kw)
+    res = fit_points(pts, NI, 300.0, optimizer=Adam(epochs=8, lr=0.01, checkpoint_every=2, checkpoint=ck,
+                                                    progress=False), **kw)
     assert res.attrs["resumed_from"] == 4  # the last checkpoint before the kill in epoch 5
     np.testing.assert_allclose(res["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
 
@@ -145,9 +149,9 @@ def test_preconditioned_adam_reaches_the_target():
     pts = ds.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
     err = {}
     for pre in (True, False):
-        res = fit_points(pts, NI, 300.0, shells=2, initial=start, method="sampled", quantum=False, seed=2,
-                         progress=False,
-                         optimizer=Adam(epochs=100, precondition=pre))
+        res = fit_points(pts, NI, 300.0, shells=2, initial=start,
+                         model=xtds.TDSModel(method="sampled", quantum=False, seed=2),
+                         optimizer=Adam(epochs=100, precondition=pre, progress=False))
         err[pre] = max(abs(float(res["ifc"].sel(constant=k)) - v) for k, v in truth.items())
         assert (res["ifc_stderr"] >= res["ifc_optimizer_stderr"]).all() and (res["ifc_optimizer_stderr"] > 0).all()
     assert err[True] < 0.04 and err[True] < 0.5 * err[False]
@@ -158,9 +162,9 @@ def test_bad_inputs(volume16):
         volume16.drop_attrs().assign_coords().tds.fit(NI, shells=5, initial=START)
     unstable = {k: v for k, v in START.items() if k != "a0"} | {"b0": 0.5, "b2": 0.0}
     with pytest.raises(UnstableError, match="starting force constants are dynamically unstable"):
-        volume16.tds.fit(NI, shells=5, initial=unstable, progress=False)
+        volume16.tds.fit(NI, shells=5, initial=unstable, optimizer=xtds.LM(progress=False))
     with pytest.raises(ValueError, match="give starting force constants"):
-        volume16.tds.fit(NI, shells=5, progress=False)
+        volume16.tds.fit(NI, shells=5, optimizer=xtds.LM(progress=False))
 
 
 def test_simulate_matches_the_model(volume16):
@@ -189,12 +193,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_initial_from_phonopy(volume16):
     pytest.importorskip("phonopy")
-    from xtds import phonopy_io
+    from xtds.io import phonopy as phonopy_io
 
     model = xtds.IFCModel(NI, shells=5)
     ph = phonopy_io.to_phonopy(model, {k: v for k, v in START.items() if k != "a0"}, 4)  # e.g. from DFT
     sub = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25))
-    res = sub.tds.fit(NI, shells=5, initial=ph, progress=False)
+    res = sub.tds.fit(NI, shells=5, initial=ph, optimizer=xtds.LM(progress=False))
     start = json.loads(res.attrs["initial_ifc"])
     assert start["b2"] == pytest.approx(START["b2"], abs=1e-12)
     assert np.abs(errors(res)).max() < 1e-8
@@ -208,7 +212,7 @@ def test_one_phonon_on_an_arbitrary_grid():
     start = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
     c = np.linspace(-2.63, 2.63, 9)  # 0.6575 r.l.u. steps: no Bragg point, no supercell grid
     hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    from xtds.model import InfiniteCrystal, auto_geometry
+    from xtds.observables import InfiniteCrystal, auto_geometry
 
     assert isinstance(auto_geometry(hkl)[0], InfiniteCrystal)
     with torch.no_grad():
@@ -216,7 +220,8 @@ def test_one_phonon_on_an_arbitrary_grid():
                           geometry=InfiniteCrystal())
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
-    res = ds.tds.fit(NI, shells=2, initial=start, method="one_phonon", progress=False)
+    res = ds.tds.fit(NI, shells=2, initial=start, model=xtds.TDSModel(method="one_phonon"),
+                     optimizer=xtds.LM(progress=False))
     got = np.array([float(res["ifc"].sel(constant=n)) for n in true])
     np.testing.assert_allclose(got, list(true.values()), atol=1e-7)
 
@@ -232,7 +237,7 @@ def test_paper_benchmark_full_grid(wedge, tolerance):
     t = time.perf_counter()
     if wedge:
         ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=wedge, crystal=NI)
-    res = ds.tds.fit(NI, shells=5, initial=START, progress=False)
+    res = ds.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     assert time.perf_counter() - t < 120
     assert np.abs(errors(res)).max() < tolerance
 
@@ -240,13 +245,15 @@ def test_paper_benchmark_full_grid(wedge, tolerance):
 def test_max_points_fits_a_reproducible_random_subset(volume16):
     """``max_points``: a random subset of the irreducible points (drawn with ``seed``), recorded in
     the preparation attrs; noise-free data still give the target (the subset loses no truth)."""
-    res = volume16.tds.fit(NI, shells=5, initial=START, max_points=300, progress=False)
+    res = volume16.tds.fit(NI, shells=5, initial=START, prepare=xtds.Preparation(max_points=300),
+                           optimizer=xtds.LM(progress=False))
     prep = json.loads(res.attrs["preparation"])
     assert prep["n_points_fitted"] == res.attrs["n_points"] == 300 and prep["n_points_available"] is None  # sampled
     assert prep["subset"]["seed"] == 0 and prep["subset"]["max_points"] == 300
     assert np.abs(errors(res)).max() < 1e-7
-    again = volume16.tds.fit(NI, shells=5, initial=START, max_points=300, optimizer=xtds.LM(max_iter=1),
-                             progress=False)
+    again = volume16.tds.fit(NI, shells=5, initial=START, prepare=xtds.Preparation(max_points=300),
+                             optimizer=xtds.LM(max_iter=1, progress=False))
     np.testing.assert_array_equal(again["H"].values, res["H"].values)  # the same points for the same seed
     with pytest.raises(ValueError, match="max_points"):
-        volume16.tds.fit(NI, shells=5, initial=START, max_points=0, progress=False)
+        volume16.tds.fit(NI, shells=5, initial=START, prepare=xtds.Preparation(max_points=0),
+                         optimizer=xtds.LM(progress=False))

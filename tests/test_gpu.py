@@ -58,7 +58,7 @@ class _FinufftStandIn:
 
 def test_device_branch_of_the_pair_sums_equals_the_cpu_branch(monkeypatch):
     pytest.importorskip("finufft")
-    from xtds.model import nufft
+    from xtds.observables.tds import nufft
 
     g = torch.Generator().manual_seed(3)
     frac = torch.rand(2, 20, 3, generator=g, dtype=torch.float64) * 3 - 1
@@ -89,7 +89,7 @@ def _ni_model():
 
 
 def _q(m, n=2):
-    from xtds.model.geometry import supercell_q_grid
+    from xtds.thermal.geometry import supercell_q_grid
 
     return supercell_q_grid(m.crystal, 5, n)
 
@@ -97,8 +97,8 @@ def _q(m, n=2):
 @pytest.mark.parametrize("method", ["exact", "one_phonon", "infinite"])
 def test_tds_models_on_cuda_equal_the_cpu(method):
     require("cuda")
-    from xtds.model import TDSIntensity
-    from xtds.model.geometry import InfiniteCrystal
+    from xtds.observables import TDSIntensity
+    from xtds.thermal.geometry import InfiniteCrystal
 
     m, ifc = _ni_model()
     q = _q(m)[1:40] + 0.013  # off the supercell grid: the infinite crystal
@@ -119,7 +119,7 @@ def test_tds_models_on_cuda_equal_the_cpu(method):
 
 def test_sampled_model_on_cuda_draws_what_the_cpu_draws():
     require("cufinufft")
-    from xtds.model import TDSIntensity
+    from xtds.observables import TDSIntensity
 
     m, ifc = _ni_model()
     q = _q(m, 4)[1:]
@@ -133,7 +133,7 @@ def test_sampled_model_on_cuda_draws_what_the_cpu_draws():
 
 def test_powder_and_points_on_cuda_equal_the_cpu():
     require("cuda")
-    from xtds.model import DispersionPoints, PowderSpectrum, SQEPoints
+    from xtds.observables import DispersionPoints, PowderSpectrum, SQEPoints
 
     al = xtds.Crystal.preset("Al")
     m = xtds.IFCModel(al, shells=2)
@@ -157,7 +157,8 @@ def test_a_fit_on_cuda_ends_where_the_cpu_fit_ends():
     require("cuda")
     vol = xtds.datasets.paper_ni_volume(n_max=8)
     start = paper_ni_ifcs("starting")
-    fits = {dev: vol.tds.fit(NI, shells=5, initial=start, device=dev, optimizer=xtds.LM(max_iter=15), progress=False)
+    fits = {dev: vol.tds.fit(NI, shells=5, initial=start, model=xtds.TDSModel(device=dev),
+                             optimizer=xtds.LM(max_iter=15, progress=False))
             for dev in ("cpu", "cuda")}
     a, b = fits["cuda"]["ifc"].values, fits["cpu"]["ifc"].values
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)

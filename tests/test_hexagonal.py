@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 import xtds
-from xtds.laue import LaueGroup
+from xtds.lattice.laue import LaueGroup
 
 MG = xtds.Crystal.preset("Mg")
 

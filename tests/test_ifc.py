@@ -94,7 +94,7 @@ def test_paper_sum_rule_eq3(ni_model, paper_tables):
 
 def _numerical_free_count(crystal, x_a, x_b):
     """Null-space dimension of the symmetry constraints on Φ(a, b), by SVD, from spglib's
-    operations of the conventional cell (an independent route to the one in xtds.ifc)."""
+    operations of the conventional cell (an independent route to the one in xtds.lattice.ifc)."""
     R, t = _cartesian_ops(crystal)
     A = crystal.lattice
     Ainv = np.linalg.inv(A)

@@ -1,4 +1,4 @@
-"""The fast infinite-crystal model (xtds.model.infinite): Debye–Waller extrapolation, agreement with
+"""The fast infinite-crystal model (xtds.observables.tds.infinite): Debye–Waller extrapolation, agreement with
 the periodic supercell as it grows, Laue symmetry, speed, geometry='auto' and fits of real grids."""
 
 import json
@@ -11,11 +11,11 @@ import xarray as xr
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.laue import LaueGroup
-from xtds.model import InfiniteCrystal, PeriodicSupercell, auto_geometry, supercell_q_grid, tds_intensity
-from xtds.model.covariance import is_gamma, lattice_covariance
-from xtds.model.infinite import InfinitePlan, _covariances
-from xtds.model.observable import TDSIntensity
+from xtds.lattice.laue import LaueGroup
+from xtds.observables import InfiniteCrystal, PeriodicSupercell, auto_geometry, supercell_q_grid, tds_intensity
+from xtds.observables.tds.infinite import InfinitePlan, _covariances
+from xtds.observables.tds.intensity import TDSIntensity
+from xtds.thermal.covariance import is_gamma, lattice_covariance
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def _infinite_volume(crystal, ifc, shells, step, h_max, T, sigma_rel, seed):
     Gaussian noise of relative size ``sigma_rel`` and its σ."""
     c = np.round(np.arange(-h_max, h_max + 1e-9, step), 6)
     ds = xr.Dataset(coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": T})
-    truth = xtds.simulate(ds, crystal, ifc, shells=shells, geometry="auto")
+    truth = xtds.simulate(ds, crystal, ifc, shells=shells, model=xtds.TDSModel(geometry="auto"))
     rng = np.random.default_rng(seed)
     I = truth["intensity"].values
     truth["sigma"] = (("H", "K", "L"), sigma_rel * I)
@@ -144,7 +144,8 @@ def test_fit_of_an_infinite_crystal_grid_recovers_the_truth():
     true = {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01}
     start = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
     ds = _infinite_volume(ni, true, 2, 0.05, 1.0, 300.0, 0.005, 0)
-    res = ds.tds.fit(ni, shells=2, initial=start, bragg=0.1, loss="chi2", background="constant", progress=False)
+    res = ds.tds.fit(ni, shells=2, initial=start, loss="chi2", background="constant",
+                     prepare=xtds.Preparation(bragg=0.1), optimizer=xtds.LM(progress=False))
     assert "InfiniteCrystal" in res.attrs["geometry"] and "infinite crystal" in res.attrs["geometry_reason"]
     conv = json.loads(res.attrs["mesh_convergence"])[0]
     assert conv["median_rel_change"] < 1e-3
@@ -153,34 +154,42 @@ def test_fit_of_an_infinite_crystal_grid_recovers_the_truth():
 
 
 def test_auto_geometry_refines_an_unconverged_mesh(monkeypatch):
-    """geometry='auto' checks the infinite crystal's mesh at the starting constants and refines it
-    (×4/3) while the model changes by more than MESH_TOLERANCE; a geometry given by hand is kept."""
-    import xtds.fitting.core as core
-    from xtds.fitting.core import converge_mesh, points_problem
+    """geometry='auto' gives the observable a mesh tolerance: before the fit (its ``refine``) the
+    infinite crystal's mesh is checked at the starting constants and refined (×4/3) while the model
+    changes by more than that; the fit records what was tried. A geometry given by hand is kept."""
+    import dataclasses
+
+    import xtds.observables.tds.infinite as infinite
+    from xtds.fitting.fit import objective_of
+    from xtds.fitting.tds import points_problem
 
     ni = xtds.Crystal.preset("Ni")
     true = {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01}
     ds = _infinite_volume(ni, true, 2, 0.1, 1.0, 300.0, 0.005, 0)
     pts = ds.tds.mask(bragg=0.15, crystal=ni).tds.to_points(crystal=ni)
     m = xtds.IFCModel(ni, shells=2)
-    monkeypatch.setattr(xtds.model.infinite, "default_mesh", lambda crystal: (12, 12, 12))  # small and fast
-    monkeypatch.setattr(core, "MESH_TOLERANCE", 1e-12)  # never converged: refined the maximum number of times
-    monkeypatch.setattr(core, "MESH_REFINEMENTS", 1)
-    prob = converge_mesh(points_problem(pts, m, 300.0, loss="chi2", background="constant"), true)
-    assert prob.observable.geometry.shape == (16, 16, 16)
-    assert "12³ vs 20³" in prob.geometry_reason and "16³ vs 24³" in prob.geometry_reason
-    monkeypatch.setattr(core, "MESH_TOLERANCE", 1.0)  # converged at once
-    prob = converge_mesh(points_problem(pts, m, 300.0, loss="chi2", background="constant"), true)
-    assert prob.observable.geometry.shape == (12, 12, 12)
-    given = points_problem(pts, m, 300.0, loss="chi2", background="constant", geometry=InfiniteCrystal(16))
-    assert converge_mesh(given, true) is given
+    phi0 = m.vector(true)
+    monkeypatch.setattr(xtds.thermal.geometry, "default_mesh", lambda crystal: (12, 12, 12))  # small and fast
+    monkeypatch.setattr(infinite, "MESH_REFINEMENTS", 1)
+    prob = points_problem(pts, m, 300.0, loss="chi2", background="constant")
+    assert prob.observable.mesh_tolerance == infinite.MESH_TOLERANCE
+    never = dataclasses.replace(prob, observable=dataclasses.replace(prob.observable, mesh_tolerance=1e-12))
+    objective, _ = objective_of([never], true)  # never converged: refined the maximum number of times
+    refined = objective.problems[0]
+    assert refined.observable.geometry.shape == (16, 16, 16)
+    assert "12³ vs 20³" in refined.geometry_reason and "16³ vs 24³" in refined.geometry_reason
+    at_once, note = dataclasses.replace(prob.observable, mesh_tolerance=1.0).refine(phi0)  # converged at once
+    assert at_once.geometry.shape == (12, 12, 12) and "12³ vs 20³" in note
+    given = points_problem(pts, m, 300.0, loss="chi2", background="constant",
+                           model=xtds.TDSModel(geometry=InfiniteCrystal(16)))
+    assert given.observable.mesh_tolerance is None and given.observable.refine(phi0) == (given.observable, "")
 
 
 def test_continuum_kelvin_solution_matches_the_lattice(ni3):
     """Far from an atom the lattice covariance C(r) (64³ mesh, FFT) approaches the elastic Kelvin
-    solution A(r̂)/|r| that xtds.model.continuum builds from the long-wavelength limit of C(k)
+    solution A(r̂)/|r| that xtds.observables.tds.continuum builds from the long-wavelength limit of C(k)
     (measured: 0.1–2 % at 12–20 Å, where the next term falls as 1/r³)."""
-    from xtds.model.continuum import Continuum
+    from xtds.observables.tds.continuum import Continuum
 
     m, phi = ni3
     P = m.primitive
@@ -195,7 +204,7 @@ def test_continuum_kelvin_solution_matches_the_lattice(ni3):
     far = (np.linalg.norm(d, axis=1) > 14) & (np.linalg.norm(d, axis=1) < 20)
     r, d = r[far][::7], d[far][::7]
     lattice = Cr[np.ravel_multi_index(tuple((r % 64).T), (64,) * 3)] + delta
-    from xtds.model.exact import _c6
+    from xtds.thermal.covariance import symmetric_components as _c6
 
     kelvin = torch.as_tensor(cont.harmonics_over_r(d)) @ coeffs
     rel = (kelvin - _c6(lattice))[:, :3].abs().amax(1) / _c6(lattice)[:, :3].abs().amax(1)
@@ -210,7 +219,7 @@ def test_continuum_radial_integrals(n, ell, kappa):
     (e^{−εd}, ε = 4e-4 and 2e-4 Å⁻¹, extrapolated linearly to ε = 0) on a fine grid."""
     from scipy.special import spherical_jn
 
-    from xtds.model.continuum import _radial, smooth_step
+    from xtds.observables.tds.continuum import _radial, smooth_step
 
     r0 = 5.0
     got = _radial(n, ell, np.array([kappa]), r0)[0]
@@ -226,7 +235,7 @@ def test_continuum_radial_integrals(n, ell, kappa):
 def _lattice_covariance_at_pairs(m, phi, mesh):
     """(plan, the lattice's C(r) at the plan's pairs with the continuum's periodic images removed
     (N, 6), Kelvin coefficients) on a k-mesh, 300 K, quantum."""
-    from xtds.model.exact import _c6
+    from xtds.thermal.covariance import symmetric_components as _c6
 
     plan = InfinitePlan(m, mesh)
     with torch.no_grad():
@@ -284,7 +293,7 @@ def test_periodic_images_removed_from_the_mesh_covariance(ni3):
     """At one window radius (16 Å), meshes 32³ and 64³ differ only through the periodic images in
     C(r); removing the continuum's images brings 20 points within 0.25 r.l.u. of Bragg peaks from a
     max 1.9e-4 apart to 3.7e-5 (measured)."""
-    import xtds.model.infinite as inf
+    import xtds.observables.tds.infinite as inf
 
     m, phi = ni3
     rng = np.random.default_rng(1)
@@ -305,7 +314,7 @@ def test_periodic_images_removed_from_the_mesh_covariance(ni3):
 def test_fused_pair_sum_matches_the_plain_expression():
     """_PairSum (forward and backward fused, block by block) against the plain torch expression
     Σ wc [g(x) − χ G_el(xe, we, ze)] per group, values and gradients (gradcheck)."""
-    from xtds.model.infinite import PAIR_BLOCK, _g, _g_el, _PairSum
+    from xtds.observables.tds.infinite import PAIR_BLOCK, _g, _g_el, _PairSum
 
     rng = torch.Generator().manual_seed(0)
     Q, N = PAIR_BLOCK + 37, 50  # more than one block
@@ -332,7 +341,7 @@ def test_fused_pair_sum_matches_the_plain_expression():
 def test_g_el_is_the_expansion_of_the_exponential():
     """G_el(x, w, z) holds every term of e^{x+w+z} − 1 − (x+w+z) up to 1/|d|⁴ (x ~ 1/|d|,
     w ~ 1/|d|², z ~ 1/|d|³): scaling d by λ, the remainder falls as λ⁻⁵."""
-    from xtds.model.infinite import _g, _g_el
+    from xtds.observables.tds.infinite import _g, _g_el
 
     x, w, z = torch.tensor([0.3, -0.2], dtype=torch.float64), torch.tensor([0.25, 0.4], dtype=torch.float64), \
         torch.tensor([-0.35, 0.15], dtype=torch.float64)

@@ -1,8 +1,8 @@
 """A second kind of data plugs into the fit without touching the fit loop.
 
-:class:`xtds.model.DispersionPoints` is the classic Born–von Kármán data: phonon frequencies
+:class:`xtds.observables.DispersionPoints` is the classic Born–von Kármán data: phonon frequencies
 measured at wave vectors (triple-axis or IXS), an observable of the
-:class:`xtds.model.Observable` protocol. It is fitted alone, and jointly with a TDS volume as a sum
+:class:`xtds.observables.Observable` protocol. It is fitted alone, and jointly with a TDS volume as a sum
 of :class:`xtds.Problem` objects sharing one vector of force constants.
 """
 
@@ -13,7 +13,7 @@ import torch
 import xtds
 from xtds.datasets import paper_ni_ifcs
 from xtds.fitting import LM, Problem, fit_problems, points_problem
-from xtds.model import DispersionPoints, Observable, PeriodicSupercell, supercell_q_grid, tds_intensity
+from xtds.observables import DispersionPoints, Observable, PeriodicSupercell, supercell_q_grid, tds_intensity
 
 NI = xtds.Crystal.preset("Ni")
 TRUTH = {"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01}
@@ -60,7 +60,7 @@ def test_the_new_kind_follows_the_protocol(problems):
 
 def test_dispersion_points_alone_give_honest_errors(problems):
     _, _, points = problems
-    res = fit_problems(points, START, progress=False)
+    res = fit_problems(points, START, optimizer=xtds.LM(progress=False))
     z = np.array([(float(res["ifc"].sel(constant=n)) - v) / float(res["ifc_stderr"].sel(constant=n))
                   for n, v in TRUTH.items()])
     assert np.all(np.abs(z) < 3), z  # 5 constants from 27 noisy frequencies, within 3σ
@@ -77,9 +77,9 @@ def json_problems(res):
 
 def test_joint_fit_of_a_volume_and_dispersion_points(problems):
     model, volume, points = problems
-    alone = fit_problems(points, START, progress=False)
-    joint = fit_problems([volume, points], START, optimizer=LM(max_iter=30), progress=False)
-    vol_alone = fit_problems(volume, START, progress=False)
+    alone = fit_problems(points, START, optimizer=xtds.LM(progress=False))
+    joint = fit_problems([volume, points], START, optimizer=LM(max_iter=30, progress=False))
+    vol_alone = fit_problems(volume, START, optimizer=xtds.LM(progress=False))
     z = np.array([(float(joint["ifc"].sel(constant=n)) - v) / float(joint["ifc_stderr"].sel(constant=n))
                   for n, v in TRUTH.items()])
     assert np.all(np.abs(z) < 3), z
@@ -102,7 +102,7 @@ def test_joint_fit_needs_named_problems(problems):
     _, volume, points = problems
     unnamed = Problem(points.observable, points.data, sigma=points.sigma, loss="chi2", background=False)
     with pytest.raises(ValueError, match="distinct, non-empty names"):
-        fit_problems([volume, unnamed], START, progress=False)
+        fit_problems([volume, unnamed], START, optimizer=xtds.LM(progress=False))
 
 
 def test_problems_must_share_the_model(problems):
@@ -111,7 +111,7 @@ def test_problems_must_share_the_model(problems):
     other = Problem(DispersionPoints(xtds.IFCModel(xtds.Crystal.preset("Cu"), shells=2), obs.q, obs.branch),
                     points.data, sigma=points.sigma, loss="chi2", background=False, name="cu")
     with pytest.raises(ValueError, match="share one IFCModel"):
-        fit_problems([volume, other], START, progress=False)
+        fit_problems([volume, other], START, optimizer=xtds.LM(progress=False))
 
 
 def test_paper_constants_are_unchanged_by_the_joint_machinery():
@@ -119,6 +119,7 @@ def test_paper_constants_are_unchanged_by_the_joint_machinery():
     from xtds.datasets import paper_ni_volume
 
     pts = paper_ni_volume(n_max=6).tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
-    res = xtds.fit_points(pts, NI, 300.0, shells=5, initial=paper_ni_ifcs("starting"), progress=False)
+    res = xtds.fit_points(pts, NI, 300.0, shells=5, initial=paper_ni_ifcs("starting"),
+                          optimizer=xtds.LM(progress=False))
     target = paper_ni_ifcs("target")
     assert max(abs(float(res["ifc"].sel(constant=n)) - v) for n, v in target.items() if n != "a0") < 1e-8

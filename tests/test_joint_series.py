@@ -7,7 +7,7 @@ import torch
 
 import xtds
 from xtds.fitting import LM, Problem, fit_joint_series, fit_problems
-from xtds.model import DispersionPoints, PowderSpectrum
+from xtds.observables import DispersionPoints, PowderSpectrum
 
 AL = xtds.Crystal.preset("Al")
 A0 = {"b0": -0.61, "b1": 0.10, "b2": -0.71, "c0": -0.155, "c1": 0.032}
@@ -38,7 +38,7 @@ def test_a_linear_law_is_recovered():
     linear fit gives back a0 and the rates a1 to 1e-7 (relative), and φ(T) at each member."""
     model = xtds.IFCModel(AL, shells=2)
     res = fit_joint_series(dispersion_members(model), TEMPS, {k: 0.95 * v for k, v in A0.items()}, degree=1,
-                           progress=False)
+                           optimizer=xtds.LM(progress=False))
     np.testing.assert_allclose(res["coefficient"].sel(power=0).values, list(A0.values()), rtol=1e-7)
     np.testing.assert_allclose(res["coefficient"].sel(power=1).values, list(A1.values()), rtol=1e-6, atol=1e-12)
     for T in TEMPS:
@@ -53,9 +53,9 @@ def test_full_degree_equals_separate_fits():
     model = xtds.IFCModel(AL, shells=2)
     members = dispersion_members(model, noise=0.02, seed=3)
     start = {k: 0.95 * v for k, v in A0.items()}
-    joint = fit_joint_series(members, TEMPS, start, degree=2, progress=False)
+    joint = fit_joint_series(members, TEMPS, start, degree=2, optimizer=xtds.LM(progress=False))
     for T, p in zip(TEMPS, members, strict=True):
-        alone = fit_problems([p], start, optimizer=LM(), progress=False)
+        alone = fit_problems([p], start, optimizer=LM(progress=False))
         sel = alone.sel(constant=list(model.names))
         diff = np.abs(joint["ifc"].sel(temperature=T).values - sel["ifc"].values)
         assert np.all(diff < 1e-4 * sel["ifc_stderr"].values), diff / sel["ifc_stderr"].values
@@ -77,7 +77,7 @@ def test_powder_spectra_with_their_own_scales():
         data = (1.5 + 0.2 * i) * clean + 0.05 * clean.mean()
         members.append(Problem(obs, data, sigma=np.full(len(data), 0.01 * clean.std()), loss="chi2",
                                background="constant", name=f"T{T:.0f}"))
-    res = fit_joint_series(members, TEMPS, A0, degree=1, progress=False)
+    res = fit_joint_series(members, TEMPS, A0, degree=1, optimizer=xtds.LM(progress=False))
     np.testing.assert_allclose(res["coefficient"].sel(power=1).values, list(A1.values()), rtol=1e-5, atol=1e-10)
     assert np.all(res["member_loss"].values < 1e-12)
 
@@ -86,6 +86,6 @@ def test_bad_input_is_named():
     model = xtds.IFCModel(AL, shells=2)
     members = dispersion_members(model)
     with pytest.raises(ValueError, match="3 coordinates for 2 members"):
-        fit_joint_series(members[:2], TEMPS, A0, progress=False)
+        fit_joint_series(members[:2], TEMPS, A0, optimizer=xtds.LM(progress=False))
     with pytest.raises(ValueError, match="degree 3 needs at least 4 distinct coordinates"):
-        fit_joint_series(members, TEMPS, A0, degree=3, progress=False)
+        fit_joint_series(members, TEMPS, A0, degree=3, optimizer=xtds.LM(progress=False))

@@ -1,13 +1,13 @@
-"""Mesh sums from the irreducible k-points (xtds.model.kmesh) against the full Γ-centred mesh."""
+"""Mesh sums from the irreducible k-points (xtds.thermal.kmesh) against the full Γ-centred mesh."""
 
 import numpy as np
 import pytest
 import torch
 
 import xtds
-from xtds.model.covariance import covariance_k
-from xtds.model.kmesh import irreducible_mesh
-from xtds.model.neutron import debye_waller, richardson
+from xtds.thermal.covariance import covariance_k
+from xtds.thermal.debye_waller import debye_waller, richardson
+from xtds.thermal.kmesh import irreducible_mesh
 
 CRYSTALS = {
     "Al (Fm-3m, 1 atom)": lambda: xtds.Crystal.preset("Al"),
@@ -50,10 +50,10 @@ def test_self_spectral_function_from_the_orbits_equals_the_full_mesh(name):
     (written out here with the same mode function) to 1e-12."""
     import math
 
-    from xtds import dynamics
-    from xtds.model.multiphonon import _spectral_on_mesh
-    from xtds.model.neutron import mode_weight
-    from xtds.model.spectral import BinnedSpectral
+    from xtds.lattice import dynamics
+    from xtds.observables.neutron.multiphonon import _spectral_on_mesh
+    from xtds.observables.neutron.sqe import mode_weight
+    from xtds.thermal.spectral import BinnedSpectral
 
     model = xtds.IFCModel(CRYSTALS[name](), shells=3)
     phi = constants(model)
@@ -80,9 +80,9 @@ def test_self_spectral_tensor_from_the_orbits_equals_the_full_mesh(name):
     anisotropic (T^{zz} ≠ T^{xx}), for NaCl a multiple of the identity."""
     import math
 
-    from xtds import dynamics
-    from xtds.model.multiphonon import _spectral_on_mesh
-    from xtds.model.neutron import mode_weight
+    from xtds.lattice import dynamics
+    from xtds.observables.neutron.multiphonon import _spectral_on_mesh
+    from xtds.observables.neutron.sqe import mode_weight
 
     model = xtds.IFCModel(CRYSTALS[name](), shells=3)
     phi = constants(model)
@@ -107,8 +107,8 @@ def _every_k(model, pts):
     (korbit: the orbit of each k, that of the point's original k)."""
     import dataclasses
 
-    from xtds.laue import LaueGroup
-    from xtds.model.powder import split_wave_vectors
+    from xtds.lattice.laue import LaueGroup
+    from xtds.observables.neutron.powder import split_wave_vectors
 
     R = LaueGroup.of(model.crystal).cartesian(model.crystal)
     q = np.einsum("pij,pj->pi", R[np.random.default_rng(5).integers(len(R), size=len(pts.q))], pts.q)
@@ -132,10 +132,10 @@ def test_powder_spectrum_from_the_k_orbits_equals_every_k(name):
     2.5e-10 for Al). With adaptive widths the orbit uses its representative's; the full sum is
     given the same (at degenerate modes the Hellmann–Feynman widths depend on the eigenvector basis
     eigh picks, which differs from k to k of an orbit)."""
-    from xtds import dynamics
-    from xtds.model.neutron import chopper_resolution, mode_weight
-    from xtds.model.powder import adaptive_mesh_widths, powder_points
-    from xtds.model.spectral import BinnedSpectral
+    from xtds.lattice import dynamics
+    from xtds.observables.neutron.powder import adaptive_mesh_widths, powder_points
+    from xtds.observables.neutron.sqe import chopper_resolution, mode_weight
+    from xtds.thermal.spectral import BinnedSpectral
 
     model = xtds.IFCModel(CRYSTALS[name](), shells=3)
     phi = constants(model)

@@ -6,10 +6,10 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.formfactor import form_factors
-from xtds.laue import LaueGroup
-from xtds.model import InfiniteCrystal, PeriodicSupercell, TDSModel, supercell_q_grid, tds_intensity
-from xtds.model.covariance import is_gamma
+from xtds.lattice.laue import LaueGroup
+from xtds.observables import InfiniteCrystal, PeriodicSupercell, TDSModule, supercell_q_grid, tds_intensity
+from xtds.observables.scattering import form_factors
+from xtds.thermal.covariance import is_gamma
 from xtds.units import H_EV_S, KB_EV_PER_K, RAD_PER_S_PER_SQRT_EV_A2_AMU
 
 
@@ -79,7 +79,7 @@ def test_laue_reduction_equals_full_grid(ni3):
 
 def _xu_chiang(m, phi, q, T, W):
     """One-phonon TDS from eigenvectors (Xu & Chiang), classical and quantum: an independent route."""
-    from xtds import dynamics
+    from xtds.lattice import dynamics
 
     cell = m.crystal
     n = cell.n_atoms
@@ -101,8 +101,9 @@ def _xu_chiang(m, phi, q, T, W):
 def test_one_phonon_equals_eigenvector_formula(which, ni3, si2):
     m, phi = ni3 if which == "ni" else si2
     q = np.random.default_rng(1).normal(size=(20, 3)) * 3
-    from xtds.model.exact import _c6, _qq
-    from xtds.model.infinite import InfinitePlan, _covariances
+    from xtds.observables.tds.infinite import InfinitePlan, _covariances
+    from xtds.thermal.covariance import q_products as _qq
+    from xtds.thermal.covariance import symmetric_components as _c6
 
     site = m.pair_table(m.crystal).site  # primitive site of each atom of the cell
     for quantum, T in ((False, 300.0), (True, 300.0), (True, 20.0)):
@@ -142,7 +143,7 @@ def test_quantum_limits(ni3):
     rel = ((qu - cl) / cl).abs().numpy()
     # per mode, (ħω/2) coth(ħω/2k_BT) / (k_BT) − 1 ≤ (hν/k_BT)²/12: 1.4e-3 for ν_max = 8.1 THz at
     # 3000 K, so no q can deviate more; most deviate far less
-    from xtds import dynamics
+    from xtds.lattice import dynamics
 
     nu_max = float(dynamics.frequencies(m, phi, np.random.default_rng(0).normal(size=(400, 3)) * 2).max())
     bound = (H_EV_S * nu_max * 1e12 / (KB_EV_PER_K * 3000.0)) ** 2 / 12
@@ -150,8 +151,8 @@ def test_quantum_limits(ni3):
     # the leading high-T correction exactly: C(0) += ħ²/(12 k_BT M) 1, nothing else
     hbar2_over_M = (H_EV_S / (2 * np.pi) * RAD_PER_S_PER_SQRT_EV_A2_AMU) ** 2 / m.primitive.masses[0]
     delta = hbar2_over_M / (12 * KB_EV_PER_K * 3000.0)  # Å²
-    from xtds.model.covariance import lattice_covariance
-    from xtds.model.exact import Terms, _sum_pairs
+    from xtds.observables.tds.exact import Terms, _sum_pairs
+    from xtds.thermal.covariance import lattice_covariance
 
     Cr = lattice_covariance(m, phi, L, 3000.0).clone()
     n = m.crystal.n_atoms
@@ -198,7 +199,7 @@ def test_gradcheck(method, geometry, quantum, si2):
 def test_module_and_errors(ni3):
     m, phi = ni3
     q = supercell_q_grid(m.crystal, 2, 2)
-    tds = TDSModel(m, q, 300.0, ifc=phi, geometry=PeriodicSupercell(2))
+    tds = TDSModule(m, q, 300.0, ifc=phi, geometry=PeriodicSupercell(2))
     I = tds()
     I.sum().backward()
     assert tds.phi.grad is not None and torch.isfinite(tds.phi.grad).all()

@@ -6,15 +6,15 @@ import torch
 
 import xtds
 from xtds.datasets import paper_ni_ifcs
-from xtds.laue import LaueGroup
-from xtds.model import (
+from xtds.lattice.laue import LaueGroup
+from xtds.observables import (
     PeriodicSupercell,
     sample_displacements,
     sampled_intensity,
     supercell_q_grid,
     tds_intensity,
 )
-from xtds.model.nufft import ModeBox, pair_sums
+from xtds.observables.tds.nufft import ModeBox, pair_sums
 from xtds.units import KB_EV_PER_K
 
 pytest.importorskip("finufft")
@@ -186,7 +186,7 @@ def test_sampled_errors(ni):
     with pytest.raises(ValueError, match="solver"):
         tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=PeriodicSupercell(L), solver="qr")
     with pytest.raises(ValueError, match="PeriodicSupercell"):
-        tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=xtds.model.InfiniteCrystal(4))
+        tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=xtds.observables.InfiniteCrystal(4))
     mean, se = tds_intensity(m, phi, q, 300.0, method="sampled", quantum=False, geometry=PeriodicSupercell(L), seed=1,
                              return_stderr=True)
     assert mean.shape == se.shape == (len(q),)
@@ -218,7 +218,7 @@ def test_orbit_average_is_the_mean_over_each_orbit(ni):
     """Orbit averaging at irreducible points equals the per-point intensities of each configuration
     on the full grid (the estimator the χ² tests above validate), averaged over each orbit with
     numpy: the same draws, since they depend on the seed only. Mean and standard error."""
-    from xtds.model.sampled import configuration_intensities
+    from xtds.observables.tds.sampled import configuration_intensities
 
     m, phi = ni
     q = supercell_q_grid(m.crystal, L, 3)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import xtds
-from xtds import dynamics
-from xtds.phonopy_io import from_phonopy, polar_crystal, to_phonopy
+from xtds.io.phonopy import from_phonopy, polar_crystal, to_phonopy
+from xtds.lattice import dynamics
 
 pytest.importorskip("phonopy")
 

@@ -1,4 +1,4 @@
-"""Coherent one-phonon neutron scattering (xtds.model.neutron) against euphonic, a maintained INS code,
+"""Coherent one-phonon neutron scattering (xtds.observables.neutron.sqe) against euphonic, a maintained INS code,
 for the same force constants, q-points and temperature; and the gradients of S(Q, E)."""
 
 import numpy as np
@@ -6,13 +6,9 @@ import pytest
 import torch
 
 import xtds
-from xtds.model.neutron import (
-    chi_from_sqe,
-    coherent_modes,
-    coherent_sqe,
-    debye_waller,
-    scattering_lengths,
-)
+from xtds.observables.neutron.sqe import chi_from_sqe, coherent_modes, coherent_sqe
+from xtds.observables.scattering import scattering_lengths
+from xtds.thermal.debye_waller import debye_waller
 
 euphonic = pytest.importorskip("euphonic")
 
@@ -154,7 +150,7 @@ def test_powder_average_equals_a_brute_force_average():
     (arc spacing 0.07 Å⁻¹, 16× fewer evaluations than directions) equals the average over 100,000
     randomly rotated, nearly uniform directions within 0.5 % of the peak, and its own check (a 1.5×
     finer rule) reports an error below that."""
-    from xtds.model.powder import powder_sqe
+    from xtds.observables.neutron.powder import powder_sqe
 
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     phi = torch.as_tensor(CASES["Al"](model), dtype=torch.float64)
@@ -195,7 +191,7 @@ def test_powder_from_a_k_mesh_converges_to_the_quadrature():
     M = 8, 1.6e-2 at 16; without the adaptive broadening 1.3e-1 and 1.8e-2); the orbit-reduced sum
     equals the full sum over the grid (inversion only); its gradient passes gradcheck (in both
     modes, the widths held fixed)."""
-    from xtds.model.powder import adaptive_mesh_widths, powder_points, powder_sqe, powder_sqe_mesh
+    from xtds.observables.neutron.powder import adaptive_mesh_widths, powder_points, powder_sqe, powder_sqe_mesh
 
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     phi = torch.as_tensor(CASES["Al"](model), dtype=torch.float64)
@@ -233,7 +229,13 @@ def test_powder_from_a_k_mesh_converges_to_the_quadrature():
 def _unreduced_points(model, edges, mesh):
     """Every point of powder_points' shifted grid with |Q| in the bins, each its own point (weight 1,
     its own k): the brute-force sum that the orbit reduction must reproduce."""
-    from xtds.model.powder import PowderPoints, _grid_symmetry, _shifted_grid, powder_points, split_wave_vectors
+    from xtds.observables.neutron.powder import (
+        PowderPoints,
+        _grid_symmetry,
+        _shifted_grid,
+        powder_points,
+        split_wave_vectors,
+    )
 
     reduced = powder_points(model, edges, mesh)
     t, qn = _shifted_grid(model.crystal, edges, mesh, _grid_symmetry(model.crystal, None)[2])
@@ -254,7 +256,7 @@ def test_orbit_reduced_powder_points_equal_the_whole_grid(name):
     measured ≤ 2e-14 for Al, NaCl, Si, Mg, Zn, Fe), for a two-atom cubic crystal and a hexagonal one
     with a screw axis; and the k-points are at least 5× fewer than the grid's (measured 16 against
     364 for Al)."""
-    from xtds.model.powder import powder_sqe_mesh
+    from xtds.observables.neutron.powder import powder_sqe_mesh
 
     model = xtds.IFCModel(xtds.Crystal.preset(name), shells=2)
     phi = torch.as_tensor(model.central_force({1: 3.0, 2: 0.6}), dtype=torch.float64)
@@ -273,7 +275,7 @@ def test_arcs_coverage_from_the_incident_energy_and_the_angles():
     2.4°–134.7° reproduce the shipped ARCS valid-pixel mask to 22 of 7,070 pixels; at E = 0 the
     limits are 2kᵢ sin θ (elastic)."""
     from xtds.datasets import al_arcs
-    from xtds.model.neutron import NEUTRON_E_PER_K2, direct_geometry_coverage, direct_geometry_q_range
+    from xtds.observables.neutron.sqe import NEUTRON_E_PER_K2, direct_geometry_coverage, direct_geometry_q_range
 
     ds = al_arcs()
     m = direct_geometry_coverage(50.0, ds["E"].values, ds["Q"].values)
@@ -290,9 +292,9 @@ def test_powder_spectrum_fit_recovers_the_constants(name):
     fitted back from 10 % (and 0.01 eV/Å²) off by the ordinary fit (one Problem, χ²), to 1e-6 of the
     largest constant: Al (cubic) one phonon only, Mg (hexagonal, 8 constants) with the anisotropic
     multiphonon terms."""
-    from xtds.fitting.core import fit_problems
+    from xtds.fitting.fit import fit_problems
     from xtds.fitting.problem import Problem
-    from xtds.model.powder import PowderSpectrum
+    from xtds.observables.neutron.powder import PowderSpectrum
 
     model = xtds.IFCModel(xtds.Crystal.preset(name), shells=2)
     true = dict(zip(model.names, CASES[name](model), strict=True))
@@ -306,7 +308,7 @@ def test_powder_spectrum_fit_recovers_the_constants(name):
         data = obs(model.vector(true)).numpy()
     assert abs(data.mean()) < 1e-12 and abs(data.max() - data.min() - 1) < 1e-12
     prob = Problem(obs, data, sigma=np.full(len(data), 0.01), loss="chi2", background=None)
-    res = fit_problems([prob], {k: 0.9 * v + 0.01 for k, v in true.items()}, progress=False)
+    res = fit_problems([prob], {k: 0.9 * v + 0.01 for k, v in true.items()}, optimizer=xtds.LM(progress=False))
     got = res["ifc"].sel(constant=list(model.names)).values
     np.testing.assert_allclose(got, list(true.values()), rtol=0, atol=1e-6 * max(abs(v) for v in true.values()))
 
@@ -315,8 +317,8 @@ def test_multiphonon_sum_rule_and_moments():
     """Al at 640 K, |Q| = 8 Å⁻¹ (2W ≈ 0.8): the self spectral function has ∫T = tr C(0)/3 and
     ∫E T = ħ²/2m to 1e-12, and the coherent one-phonon S(Q, E) plus the n = 2…10 terms fulfil
     ∫E S dE = ħ²Q²/2m b² within 1 % (measured 5e-5 at mesh 16³, here 8³)."""
-    from xtds.model.multiphonon import multiphonon_sqe, self_spectral_function
-    from xtds.model.neutron import HBAR2_OVER_AMU
+    from xtds.observables.neutron.multiphonon import multiphonon_sqe, self_spectral_function
+    from xtds.observables.neutron.sqe import HBAR2_OVER_AMU
 
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     phi = torch.as_tensor(CASES["Al"](model), dtype=torch.float64)
@@ -341,7 +343,7 @@ def test_multiphonon_sum_rule_and_moments():
 def test_two_phonon_term_scales_as_temperature_squared():
     """Classical statistics at low T (e^{−2W} → 1): the 2-phonon term grows as T² (5 → 10 K: ×4
     within 1 %); quantum statistics leave it finite at T → 0 (zero-point motion)."""
-    from xtds.model.multiphonon import multiphonon_sqe
+    from xtds.observables.neutron.multiphonon import multiphonon_sqe
 
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     phi = torch.as_tensor(CASES["Al"](model), dtype=torch.float64)
@@ -360,8 +362,8 @@ def test_multiphonon_sum_rule_for_anisotropic_sites():
     average of e^{−QᵀCQ})."""
     from scipy.integrate import lebedev_rule
 
-    from xtds.model.multiphonon import isotropic_sites, multiphonon_sqe, self_spectral_tensor
-    from xtds.model.neutron import HBAR2_OVER_AMU
+    from xtds.observables.neutron.multiphonon import isotropic_sites, multiphonon_sqe, self_spectral_tensor
+    from xtds.observables.neutron.sqe import HBAR2_OVER_AMU
 
     model = xtds.IFCModel(xtds.Crystal.preset("Zn"), shells=2)
     assert not isotropic_sites(model) and isotropic_sites(xtds.IFCModel(xtds.Crystal.preset("NaCl"), shells=1))
@@ -391,7 +393,7 @@ def test_anisotropic_multiphonon_reduces_to_the_isotropic_one_and_has_derivative
     """For Al (cubic sites) the direction average (a product rule of 8 polar nodes) equals
     the scalar form to 1e-10 of the peak; for Mg the forward-mode Jacobian of the anisotropic terms
     equals central differences (h = 1e-5 eV/Å²) to 1e-6 of its largest entry."""
-    from xtds.model.multiphonon import multiphonon_sqe
+    from xtds.observables.neutron.multiphonon import multiphonon_sqe
 
     E = np.arange(5.0, 80.0, 1.0)
     al = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)

@@ -4,7 +4,7 @@ damping after a rejected step, and NL2SOL's choice between the Gauss–Newton an
 import numpy as np
 import pytest
 
-from xtds.fitting.optimize import LM, _prefer_augmented, _shrink, levenberg_marquardt_exact
+from xtds.fitting.lm import LM, _prefer_augmented, _shrink, levenberg_marquardt_exact
 
 T = np.linspace(0.0, 4.0, 200)
 TRUE = np.array([2.0, 1.3, 0.4, 0.7])

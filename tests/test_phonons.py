@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from xtds import Crystal, IFCModel, dispersion, dos, stability, standard_path
-from xtds import dynamics as dyn
+from xtds.lattice import dynamics as dyn
 from xtds.units import THZ_PER_SQRT_EV_A2_AMU
 
 

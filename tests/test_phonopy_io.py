@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("phonopy")
 from phonopy.file_IO import write_FORCE_CONSTANTS  # noqa: E402
 
-from xtds import phonopy_io  # noqa: E402
+from xtds.io import phonopy as phonopy_io  # noqa: E402
 
 
 def test_round_trip_ni(ni_model, paper_tables):

@@ -1,4 +1,4 @@
-"""Observables at scattered points (xtds.model.points), the energy background of spectra, the
+"""Observables at scattered points (xtds.observables.points), the energy background of spectra, the
 chopper resolution, and a joint fit of a powder spectrum with dispersion points."""
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import xtds
-from xtds import dynamics
 from xtds.fitting import Background, Problem, fit_problems
-from xtds.model import DispersionPoints, PowderIntensity, PowderSpectrum, SQEPoints, TDSIntensity
-from xtds.model.geometry import InfiniteCrystal
-from xtds.model.neutron import chi_from_sqe, chopper_resolution, coherent_sqe
+from xtds.lattice import dynamics
+from xtds.observables import DispersionPoints, PowderIntensity, PowderSpectrum, SQEPoints, TDSIntensity
+from xtds.observables.neutron.sqe import chi_from_sqe, chopper_resolution, coherent_sqe
+from xtds.thermal.geometry import InfiniteCrystal
 
 AL = xtds.Crystal.preset("Al")
 #: Al, 2 shells, near the published Born–von Kármán constants (eV/Å²).
@@ -157,7 +157,7 @@ def _fit_with_phonons(model, problem, direction, n):
     with torch.no_grad():
         nu = disp(model.vector(TRUE)).numpy()
     phonons = Problem(disp, nu, sigma=np.full(len(nu), 0.05), loss="chi2", background=False, name="phonons")
-    res = fit_problems([problem, phonons], {k: 0.9 * v for k, v in TRUE.items()}, progress=False)
+    res = fit_problems([problem, phonons], {k: 0.9 * v for k, v in TRUE.items()}, optimizer=xtds.LM(progress=False))
     np.testing.assert_allclose(res["ifc"].sel(constant=list(model.names)).values, list(TRUE.values()), rtol=1e-6)
     return res
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xtds.laue import LaueGroup
-from xtds.volume import dataset as vol
+from xtds.lattice.laue import LaueGroup
+from xtds.volume import prepare as vol
 from xtds.volume.reduce import sign_folding_group
 
 

@@ -176,7 +176,7 @@ def test_source_follows_the_file(small, tmp_path):
     copy = xtds.open_volume(zarr_path)
     assert copy.attrs["source"] == os.path.abspath(zarr_path)
     res = copy.tds.fit(NI, shells=2, initial={k: START[k] for k in ("b0", "b1", "b2", "c0", "c1")},
-                       optimizer=xtds.LM(max_iter=2), progress=False)
+                       optimizer=xtds.LM(max_iter=2, progress=False))
     assert res.attrs["source"] == os.path.abspath(zarr_path)
 
 
@@ -184,35 +184,34 @@ def test_source_follows_the_file(small, tmp_path):
 @pytest.mark.parametrize("wrong", [xtds.Crystal.preset("Cu"), xtds.Crystal.fcc("Ni", a=4.0)])
 def test_fit_checks_the_crystal_against_the_volume(small, wrong):
     with pytest.raises(ValueError, match="unit cell"):
-        small.tds.fit(wrong, shells=5, initial=START, progress=False)
+        small.tds.fit(wrong, shells=5, initial=START, optimizer=xtds.LM(progress=False))
 
 
 def test_fit_checks_the_space_group(small):
     bcc = xtds.Crystal.preset("Fe")
     ds = small.assign_attrs(unit_cell=list(bcc.parameters))
     with pytest.raises(ValueError, match="space group"):
-        ds.tds.fit(bcc, shells=2, initial={"b0": -1.0}, progress=False)
+        ds.tds.fit(bcc, shells=2, initial={"b0": -1.0}, optimizer=xtds.LM(progress=False))
 
 
 def test_underdetermined_fits_are_refused(small):
     one = small.isel(H=[4], K=[4], L=[5])
     with pytest.raises(ValueError, match="cannot determine 16 parameters"):
-        one.tds.fit(NI, shells=5, initial=START, symmetrize=False, progress=False)
+        one.tds.fit(NI, shells=5, initial=START, prepare=xtds.Preparation(symmetrize=False),
+                    optimizer=xtds.LM(progress=False))
     cube = small.isel(H=slice(3, 6), K=slice(3, 6), L=slice(3, 6))  # 3³ voxels: 4 orbits
     with pytest.raises(ValueError, match="4 data points cannot determine 16"):
-        cube.tds.fit(NI, shells=5, initial=START, progress=False)
+        cube.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     c = np.arange(-4, 5) / 2.0  # the 2×2×2 supercell's grid: 7.04 Å across
     coarse = xr.Dataset({"intensity": (("H", "K", "L"), np.ones((9, 9, 9)))},
                         coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
                         attrs={"temperature": 300.0, "geometry": "PeriodicSupercell(repeats=(2, 2, 2))"})
     with pytest.raises(ValueError, match=r"reach 5.566 Å, beyond half the \(2, 2, 2\) supercell \(3.520 Å\)"):
-        coarse.tds.fit(NI, shells=5, initial=START, progress=False)
+        coarse.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
 
 
-class Blind:
+class Blind(xtds.Observable):
     """An observable that cannot see b1: the fit must refuse it, naming b1."""
-
-    stochastic = False
 
     def __init__(self, model, q):
         self.model, self.inner = model, xtds.TDSIntensity(model, q, 300.0, geometry=xtds.PeriodicSupercell(5))
@@ -222,8 +221,8 @@ class Blind:
         phi[1] = 0.06
         return self.inner(phi)
 
-    def mean(self, phi):
-        return self(phi)
+    def __len__(self):
+        return len(self.inner)
 
     def stability_k(self):
         return self.inner.stability_k()
@@ -231,22 +230,23 @@ class Blind:
 
 def test_a_parameter_the_data_do_not_see_is_named():
     model = xtds.IFCModel(NI, shells=2)
-    q = xtds.model.supercell_q_grid(NI, 5, 3)[::7]
+    q = xtds.observables.supercell_q_grid(NI, 5, 3)[::7]
     obs = Blind(model, q)
     with torch.no_grad():
         data = obs(model.vector({"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01}))
     problem = xtds.Problem(obs, data.numpy())
     with pytest.raises(ValueError, match=r"rank 4 of 5 \(unconstrained: .*b1"):
-        xtds.fit_problems(problem, {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}, progress=False)
+        xtds.fit_problems(problem, {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0},
+                          optimizer=xtds.LM(progress=False))
 
 
 def test_one_grid_tolerance_and_the_geometry_is_reported(small, caplog):
     jittered = small.assign_coords(H=small["H"] + 1e-5)
     jittered["H"].attrs["units"] = "rlu"
     sym = jittered.tds.symmetrize(crystal=NI)  # accepted: 1e-5 r.l.u. is 5e-5 of the 0.2 step
-    with caplog.at_level("INFO", logger="xtds.fitting"):
+    with caplog.at_level("INFO", logger="xtds"):
         res = sym.tds.fit(NI, shells=2, initial={k: START[k] for k in ("b0", "b1", "b2", "c0", "c1")},
-                          optimizer=xtds.LM(max_iter=3), symmetrize=False, progress=False)
+                          prepare=xtds.Preparation(symmetrize=False), optimizer=xtds.LM(max_iter=3, progress=False))
     assert res.attrs["geometry"] == "PeriodicSupercell(repeats=(5, 5, 5))"
     assert "chose PeriodicSupercell" in caplog.text
     assert res.attrs["jacobian_rank"] == res.attrs["n_parameters"] == 5
@@ -260,7 +260,7 @@ def test_cli_rejects_a_zero_wedge(small, tmp_path):
 
 # ---------------------------------------------------------------- scale-out and performance
 def test_to_points_reads_the_file_once(small, tmp_path):
-    from xtds.io import backend
+    from xtds.io import xarray_backend as backend
     from xtds.io.nexus import write_nexus
 
     path = str(tmp_path / "chunked.nxs")
@@ -301,8 +301,8 @@ def test_distributed_cluster_end_to_end(small, tmp_path):
             ref = prepared["intensity"].values
             got = back["intensity"].values
             np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-12)
-        res = xtds.open_volume(str(tmp_path / "out.zarr")).tds.fit(NI, shells=2, initial=start, progress=False,
-                                                                   optimizer=xtds.LM(max_iter=3))
+        res = xtds.open_volume(str(tmp_path / "out.zarr")).tds.fit(NI, shells=2, initial=start,
+                                                                   optimizer=xtds.LM(max_iter=3, progress=False))
     assert res.attrs["iterations"] >= 1 and np.all(np.isfinite(res["ifc"].values))
 
 
@@ -311,8 +311,9 @@ FITTER = textwrap.dedent("""
     import sys, time, xtds
     from xtds.datasets import paper_ni_ifcs, paper_ni_volume
     pts = paper_ni_volume(n_max=6).tds.symmetrize(crystal=xtds.Crystal.preset("Ni")).tds.to_points()
-    xtds.fit_points(pts, "Ni", 300.0, shells=5, initial=paper_ni_ifcs("starting"), checkpoint=sys.argv[1],
-                    callback=lambda it, x, loss: time.sleep(2.0), progress=False)
+    xtds.fit_points(pts, "Ni", 300.0, shells=5, initial=paper_ni_ifcs("starting"),
+                    optimizer=xtds.LM(checkpoint=sys.argv[1], callback=lambda it, x, loss: time.sleep(2.0),
+                                      progress=False))
     print("finished")
 """)
 
@@ -330,8 +331,9 @@ def test_a_killed_fit_resumes_from_its_checkpoint(tmp_path):
     proc.wait(timeout=30)
     assert b"finished" not in proc.stdout.read()
     pts = paper_ni_volume(n_max=6).tds.symmetrize(crystal=NI).tds.to_points()
-    resumed = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, checkpoint=ck, progress=False)
-    full = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, progress=False)
+    resumed = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START,
+                              optimizer=xtds.LM(checkpoint=ck, progress=False))
+    full = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     assert resumed.attrs["resumed_from"] >= 1
     np.testing.assert_allclose(resumed["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
 
@@ -378,18 +380,19 @@ def test_a_series_volume_names_its_extra_dimension(small, tmp_path):
 
 def test_bad_fit_arguments_say_what_to_do(small):
     with pytest.raises(ValueError, match="geometry must be"):
-        small.tds.fit(NI, shells=5, initial=START, geometry="bogus", progress=False)
+        small.tds.fit(NI, shells=5, initial=START, model=xtds.TDSModel(geometry="bogus"),
+                      optimizer=xtds.LM(progress=False))
     with pytest.raises(ValueError, match="temperature must be a number"):
-        small.tds.fit(NI, temperature="300 K", shells=5, initial=START, progress=False)
+        small.tds.fit(NI, temperature="300 K", shells=5, initial=START, optimizer=xtds.LM(progress=False))
     with pytest.raises(ValueError, match="positive and finite"):
-        small.tds.fit(NI, temperature=float("inf"), shells=5, initial=START, progress=False)
+        small.tds.fit(NI, temperature=float("inf"), shells=5, initial=START, optimizer=xtds.LM(progress=False))
     with pytest.raises(ValueError, match="NaN or inf"):
-        small.tds.fit(NI, shells=5, initial={**START, "b0": float("nan")}, progress=False)
+        small.tds.fit(NI, shells=5, initial={**START, "b0": float("nan")}, optimizer=xtds.LM(progress=False))
     with pytest.raises(ValueError, match="max_iter"):
         xtds.LM(max_iter=0)
     with pytest.raises(TypeError, match="preset name"):
-        small.tds.fit(3.52, shells=5, initial=START, progress=False)
-    res = small.tds.fit("Ni", shells=5, initial=START, optimizer=xtds.LM(max_iter=1), progress=False)  # a preset name
+        small.tds.fit(3.52, shells=5, initial=START, optimizer=xtds.LM(progress=False))
+    res = small.tds.fit("Ni", shells=5, initial=START, optimizer=xtds.LM(max_iter=1, progress=False))  # a preset name
     assert res.attrs["iterations"] == 1
 
 
@@ -398,11 +401,12 @@ def test_checkpoints_that_cannot_be_used_are_named(small, tmp_path):
         ck = tmp_path / "bad.ckpt"
         ck.write_text(content)
         with pytest.raises(ValueError, match="bad.ckpt is not a readable xtds checkpoint"):
-            small.tds.fit(NI, shells=5, initial=START, checkpoint=ck, progress=False)
+            small.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(checkpoint=ck, progress=False))
     iterations = []
     with pytest.raises(FileNotFoundError, match="folder of the checkpoint"):
-        small.tds.fit(NI, shells=5, initial=START, checkpoint=tmp_path / "missing" / "fit.ckpt", progress=False,
-                      callback=lambda it, x, loss: iterations.append(it))
+        small.tds.fit(NI, shells=5, initial=START,
+                      optimizer=xtds.LM(checkpoint=tmp_path / "missing" / "fit.ckpt", progress=False,
+                                        callback=lambda it, x, loss: iterations.append(it)))
     assert iterations == []  # refused before the fit, not when saving after its first iteration
 
 

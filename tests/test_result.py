@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 
 import xtds
-from xtds.model import PeriodicSupercell, tds_intensity
+from xtds.observables import PeriodicSupercell, tds_intensity
 
 MG = xtds.Crystal.from_parameters(3.209, 3.209, 5.211, 90.0, 90.0, 120.0,
                                   [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]], ["Mg", "Mg"], name="Mg")
@@ -29,7 +29,8 @@ def mg_fit():
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
                     attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(4))})
     start = truth * (1 + 0.05 * np.cos(np.arange(model.n_free)))
-    res = ds.tds.fit(MG, shells=2, initial=start, symmetrize=False, progress=False)
+    res = ds.tds.fit(MG, shells=2, initial=start, prepare=xtds.Preparation(symmetrize=False),
+                     optimizer=xtds.LM(progress=False))
     return model, truth, res
 
 
@@ -78,7 +79,7 @@ def test_an_unstable_result_is_flagged_and_a_stable_one_is_not(mg_fit):
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
                     attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2))})
     with pytest.warns(UnstableResultWarning, match="elastic tensor not positive definite"):
-        res = ds.tds.fit("Ni", shells=2, initial=bad, progress=False)
+        res = ds.tds.fit("Ni", shells=2, initial=bad, optimizer=xtds.LM(progress=False))
     assert res.attrs["stable"] == 0 and "Γ" in res.attrs["stability"]
 
 
@@ -87,8 +88,8 @@ def test_delta_method_errors_agree_with_monte_carlo():
     and ifc_cov) against 1,000 draws of the constants from N(φ̂, ifc_cov) pushed through the same
     functions. With 1,000 draws a standard deviation is itself uncertain by 1/√2000 = 2.2%, so
     single entries are compared at 10% and the medians at 5%."""
-    from xtds import dynamics
-    from xtds.elastic import elastic_tensor
+    from xtds.lattice import dynamics
+    from xtds.lattice.elastic import elastic_tensor
 
     model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=2)
     truth = model.vector({"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01})
@@ -102,7 +103,7 @@ def test_delta_method_errors_agree_with_monte_carlo():
                      "sigma": (("H", "K", "L"), 0.05 * I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
                     attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2))})
-    res = ds.tds.fit("Ni", shells=2, initial=truth, loss="chi2", progress=False)
+    res = ds.tds.fit("Ni", shells=2, initial=truth, loss="chi2", optimizer=xtds.LM(progress=False))
     names = list(model.names)
     cov = res["ifc_cov"].sel(constant=names, constant_=names).values
     phi = res["ifc"].sel(constant=names).values
@@ -119,7 +120,7 @@ def test_delta_method_errors_agree_with_monte_carlo():
                                                                                         ratio.max())
     assert float(res["dispersion_stderr"].max()) > 1e-3  # the test is not about zeros
     # the DOS (16³ mesh, σ = 0.1 THz): 300 draws, a standard deviation uncertain by 1/√600 = 4%
-    from xtds.fitting.result import dos_values
+    from xtds.fitting.derived import dos_values
 
     f = res["dos"]["frequency"].values[::4]  # every fourth frequency: the cost is the Gaussians
     g = np.stack([dos_values(model, torch.as_tensor(p), (16, 16, 16), f, 0.1) for p in draws[:300]])

@@ -2,12 +2,13 @@
 
 import numpy as np
 
+import xtds
 from xtds.datasets import paper_ni_ifcs, six_shell_ni_volume
 
 
 def test_robust_errors_cover_what_gauss_newton_misses():
     ds, truth = six_shell_ni_volume(16)  # g0 = −0.03, g1 = −0.015 eV/Å²: 3 % of b0, beyond a 5-shell fit
-    res = ds.tds.fit("Ni", shells=5, initial=paper_ni_ifcs("starting"), progress=False)
+    res = ds.tds.fit("Ni", shells=5, initial=paper_ni_ifcs("starting"), optimizer=xtds.LM(progress=False))
     dominant = ["b0", "b1", "b2", "c0"]  # the four largest constants
     err = np.array([float(res["ifc"].sel(constant=k)) - truth[k] for k in dominant])
     gn = res["ifc_stderr"].sel(constant=dominant).values

@@ -13,7 +13,7 @@ from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 
 NI = xtds.Crystal.preset("Ni")
 START = {k: v for k, v in paper_ni_ifcs("starting").items() if k in ("b0", "b1", "b2", "c0", "c1")}
-FIT = {"shells": 2, "initial": START, "optimizer": xtds.LM(max_iter=3)}
+FIT = {"shells": 2, "initial": START, "optimizer": xtds.LM(max_iter=3, progress=False)}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_each_member_equals_its_own_fit(series_files, sequential):
     seq = sequential
     thr = xtds.fit_series(series_files, NI, client="threads", progress=False, **FIT)
     assert list(seq["temperature"].values) == [200.0, 300.0, 400.0]
-    alone = xtds.fit(xtds.open_volume(series_files[1]), NI, progress=False, **FIT)
+    alone = xtds.fit(xtds.open_volume(series_files[1]), NI, **FIT)
     np.testing.assert_allclose(seq["ifc"].isel(temperature=1).values, alone["ifc"].values, rtol=1e-12)
     np.testing.assert_allclose(thr["ifc"].values, seq["ifc"].values, rtol=1e-12)
     assert seq.attrs["scheduler"] == "sequential" and json.loads(seq.attrs["failed"]) == {}

@@ -8,7 +8,7 @@ import torch
 
 import xtds
 from xtds.fitting import LM, Problem, fit_problems
-from xtds.model import DispersionPoints
+from xtds.observables import DispersionPoints
 
 AL = xtds.Crystal.preset("Al")
 TRUE = {"b0": -0.61, "b1": 0.10, "b2": -0.71, "c0": -0.155, "c1": 0.032}
@@ -30,23 +30,21 @@ def test_the_lowest_of_several_starts_is_kept():
     model = xtds.IFCModel(AL, shells=2)
     prob = problem(model)
     start = {k: 0.8 * v for k, v in TRUE.items()}
-    one = fit_problems([prob], start, optimizer=LM(), progress=False)
-    three = fit_problems([prob], start, optimizer=LM(), progress=False, starts=3, start_spread=0.3, seed=1)
+    one = fit_problems([prob], start, optimizer=LM(progress=False))
+    three = fit_problems([prob], start, starts=3, start_spread=0.3, seed=1, optimizer=LM(progress=False))
     tried = json.loads(three.attrs["starts"])
     assert len(tried) == 3 and tried[0] == pytest.approx(float(one["loss"][-1]), rel=1e-12)
     assert float(three["loss"][-1]) == pytest.approx(min(tried), rel=1e-12)
     assert 0 <= three.attrs["best_start"] < 3
-    again = fit_problems([prob], start, optimizer=LM(), progress=False, starts=3, start_spread=0.3, seed=1)
+    again = fit_problems([prob], start, starts=3, start_spread=0.3, seed=1, optimizer=LM(progress=False))
     assert json.loads(again.attrs["starts"]) == tried
     with pytest.raises(ValueError, match="starts must be at least 1"):
-        fit_problems([prob], start, progress=False, starts=0)
+        fit_problems([prob], start, starts=0, optimizer=xtds.LM(progress=False))
 
 
-class TwoMinima:
+class TwoMinima(xtds.Observable):
     """A toy observable whose loss has two minima in b0 (−0.6, exact; and near −0.4, shallower),
     the other constants pinned at TRUE: a local fit started near −0.4 ends there."""
-
-    stochastic = False
 
     def __init__(self, model):
         self.model = model
@@ -72,8 +70,8 @@ def test_extra_starts_find_the_deeper_minimum():
     prob = Problem(TwoMinima(model), np.zeros(2 + model.n_free - 1), sigma=np.ones(2 + model.n_free - 1),
                    loss="chi2", background=False)
     start = {**TRUE, "b0": -0.38}
-    one = fit_problems([prob], start, progress=False)
+    one = fit_problems([prob], start, optimizer=xtds.LM(progress=False))
     assert float(one["ifc"].sel(constant="b0")) == pytest.approx(-0.4, abs=0.02) and float(one["loss"][-1]) > 1e-3
-    many = fit_problems([prob], start, progress=False, starts=8, start_spread=0.5, seed=0)
+    many = fit_problems([prob], start, starts=8, start_spread=0.5, seed=0, optimizer=xtds.LM(progress=False))
     assert float(many["ifc"].sel(constant="b0")) == pytest.approx(-0.6, abs=1e-8)
     assert float(many["loss"][-1]) < 1e-20 and many.attrs["best_start"] > 0

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xtds
-from xtds.laue import LaueGroup
+from xtds.lattice.laue import LaueGroup
 from xtds.volume.laue_grid import grid_operations
 
 NI = xtds.Crystal.fcc("Ni", a=3.52)
@@ -108,7 +108,7 @@ def test_mask_combination_and_fraction():
 
 def test_bragg_radius_in_inverse_angstrom_and_diamond_extinctions():
     si = xtds.Crystal.preset("Si")
-    refl = {tuple(r) for r in xtds.volume.masks.allowed_reflections(si, 4).tolist()}
+    refl = {tuple(r) for r in xtds.lattice.reflections.allowed_reflections(si, 4).tolist()}
     assert (1, 1, 1) in refl and (2, 2, 0) in refl and (4, 0, 0) in refl
     assert (2, 0, 0) not in refl and (2, 2, 2) not in refl and (1, 0, 0) not in refl
     ds = volume(n=21, holes=0.0)
@@ -221,7 +221,7 @@ def test_to_points_max_points_samples_orbits_exactly():
     reduced from their members alone: each sampled point equals the full reduction's point of the
     same orbit (mean, σ of the mean, number of valid members), and the draw follows the seed."""
     import xtds
-    from xtds.volume import dataset as vol
+    from xtds.volume import prepare as vol
 
     ni = xtds.Crystal.preset("Ni")
     c = np.round(np.arange(-2, 2 + 1e-9, 0.1), 6)

@@ -1,17 +1,22 @@
 """xtds: interatomic force constants and phonons from X-ray thermal diffuse scattering.
 
-Conventions (units, 2π, IFC naming, signs): see ``docs/conventions.md``; the layers of the
-package and the data flow: ``docs/architecture.md``.
+The package in layers (``docs/architecture.md``): :mod:`xtds.lattice` (crystal, symmetry, force
+constants, phonons), :mod:`xtds.thermal` (displacement covariances, Debye–Waller),
+:mod:`xtds.observables` (what each kind of data predicts), :mod:`xtds.volume` and :mod:`xtds.io`
+(beamline volumes), :mod:`xtds.fitting` (the fit) and :mod:`xtds.amortized`. Conventions (units,
+2π, IFC naming, signs): ``docs/conventions.md``.
 """
 
 from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
 from xtds._version import __version__
-from xtds.crystal import PRESETS, Crystal
 from xtds.errors import UnstableError
 from xtds.fitting import (
     LM,
     Adam,
     Background,
+    Errors,
+    Optimizer,
+    Preparation,
     Problem,
     diagnostics,
     fit,
@@ -20,13 +25,33 @@ from xtds.fitting import (
     fit_series,
     open_fit,
 )
-from xtds.ifc import IFCInfo, IFCModel
 from xtds.io import open_volume, write_volume
-from xtds.kpath import KPath, standard_path
-from xtds.laue import LaueGroup
-from xtds.model import InfiniteCrystal, PeriodicSupercell, TDSIntensity, simulate, tds_intensity
-from xtds.phonons import StabilityReport, dispersion, dos, elastic_constants, sound_speeds, stability
-from xtds.supercell import Supercell, supercell_hessian
+from xtds.lattice import (
+    PRESETS,
+    Crystal,
+    IFCInfo,
+    IFCModel,
+    KPath,
+    LaueGroup,
+    StabilityReport,
+    Supercell,
+    dispersion,
+    dos,
+    elastic_constants,
+    sound_speeds,
+    stability,
+    standard_path,
+    supercell_hessian,
+)
+from xtds.observables import (
+    InfiniteCrystal,
+    Observable,
+    PeriodicSupercell,
+    TDSIntensity,
+    TDSModel,
+    simulate,
+    tds_intensity,
+)
 
 __all__ = [
     "__version__",
@@ -50,8 +75,10 @@ __all__ = [
     "diagnostics",
     "open_volume",
     "write_volume",
+    "Observable",
     "tds_intensity",
     "TDSIntensity",
+    "TDSModel",
     "PeriodicSupercell",
     "InfiniteCrystal",
     "simulate",
@@ -61,6 +88,9 @@ __all__ = [
     "fit_problems",
     "open_fit",
     "Problem",
+    "Preparation",
+    "Errors",
+    "Optimizer",
     "LM",
     "Adam",
 ]

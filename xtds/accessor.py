@@ -5,7 +5,7 @@
     result = prepared.tds.fit(ni, shells=5, initial=start)
 
 Each method is the function of the same name with the Dataset as its first argument, with that
-function's signature and docstring: :mod:`xtds.volume.dataset` (preparation), :func:`xtds.write_volume`,
+function's signature and docstring: :mod:`xtds.volume.prepare` (preparation), :func:`xtds.write_volume`,
 :func:`xtds.fit`, :func:`xtds.simulate` and :func:`xtds.plot.plot_slices`.
 """
 
@@ -16,8 +16,8 @@ import inspect
 
 import xarray as xr
 
-from xtds import fitting, io, model, plot
-from xtds.volume import dataset as _vol
+from xtds import fitting, io, observables, plot
+from xtds.volume import prepare as _vol
 
 __all__ = ["TDSAccessor"]
 
@@ -54,5 +54,5 @@ class TDSAccessor:
     to_file = _on_dataset(io.write_volume)
     fit = _on_dataset(fitting.fit)
     fit_series = _on_dataset(fitting.fit_series)
-    simulate = _on_dataset(model.simulate)
+    simulate = _on_dataset(observables.simulate)
     plot_slice = _on_dataset(plot.plot_slices)

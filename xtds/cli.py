@@ -27,7 +27,7 @@ def _ifc_arg(text: str):
 
 
 def _crystal(name: str):
-    from xtds.crystal import as_crystal
+    from xtds.lattice.crystal import as_crystal
 
     try:
         return as_crystal(name)  # a preset name or a CIF file
@@ -51,14 +51,14 @@ def cmd_info(args) -> int:
 
 def cmd_simulate(args) -> int:
     from xtds.io import open_volume, write_volume
-    from xtds.model import simulate
+    from xtds.observables import TDSModel, simulate
 
     _check_out(args.out, args.overwrite, _FORMATS.get(args.format), results=False)
     crystal = _crystal(args.crystal)
     like = open_volume(args.like)
     T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
-    sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells, method=args.method,
-                   quantum=False if args.classical else None)
+    sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells,
+                   model=TDSModel(method=args.method, quantum=False if args.classical else None))
     write_volume(sim, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
@@ -74,12 +74,12 @@ def _print_result(res) -> None:
 
 def _check_out(path, overwrite: bool, fmt=None, results: bool = True) -> None:
     """Validate an output path before the work, so that a finished fit is never lost to it."""
-    from xtds.io import _format_of
+    from xtds.io import format_of
 
     if path is None:
         return
     try:
-        kind = fmt or _format_of(path, writing=True)
+        kind = fmt or format_of(path, writing=True)
     except ValueError:
         raise SystemExit(f"--out {path}: give a name ending in .nc or .zarr (or --format nc|zarr)") from None
     if results and kind == "nexus":
@@ -96,18 +96,26 @@ def _background_arg(text):
 
 
 def _optimizer(args):
-    from xtds.fitting import LM, Adam
+    """The optimizer of ``--optimizer`` (default: the one for the method's kind of objective) with the
+    settings given on the command line, through the optimizer interface alone."""
+    from xtds.fitting import Optimizer
 
-    if args.method == "sampled" or args.epochs is not None or args.lr is not None:
-        if args.max_iter is not None:
-            raise SystemExit("--max-iter is for Levenberg–Marquardt; the sampled method uses Adam (--epochs, --lr)")
-        return Adam(**{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
-    return LM(**({"max_iter": args.max_iter} if args.max_iter is not None else {}))
+    options = {k: v for k, v in (("max_iter", args.max_iter), ("epochs", args.epochs), ("lr", args.lr))
+               if v is not None}
+    stochastic = args.method == "sampled" or "epochs" in options or "lr" in options
+    options.update(checkpoint=args.checkpoint, progress=not args.quiet)
+    try:
+        if args.optimizer is not None:
+            return Optimizer.named(args.optimizer, **options)
+        return Optimizer.default_for(stochastic, **options)
+    except ValueError as err:
+        raise SystemExit(f"--optimizer/--max-iter/--epochs/--lr: {err}") from None
 
 
 def cmd_fit(args) -> int:
-    from xtds.fitting import fit
+    from xtds.fitting import Errors, Preparation, fit
     from xtds.io import open_volume, write_volume
+    from xtds.observables import TDSModel
 
     _check_out(args.out, args.overwrite, _FORMATS.get(args.format))
     crystal = _crystal(args.crystal)
@@ -118,11 +126,12 @@ def cmd_fit(args) -> int:
         ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=args.wedge, crystal=crystal)
     if args.method == "sampled" and not args.classical and "quantum" not in ds.attrs:
         raise SystemExit("--method sampled is classical: add --classical (the paper's statistics)")
-    res = fit(ds, crystal, temperature=args.temperature, shells=args.shells, initial=initial, method=args.method,
-              bragg=args.bragg, q_min=args.q_min, q_max=args.q_max, checkpoint=args.checkpoint, optimizer=optimizer,
-              progress=not args.quiet, quantum=False if args.classical else None,
-              background=_background_arg(args.background), temperature_stderr=args.temperature_stderr,
-              symmetrize=not args.no_symmetrize)
+    res = fit(ds, crystal, args.shells, initial, temperature=args.temperature,
+              prepare=Preparation(bragg=args.bragg, q_min=args.q_min, q_max=args.q_max,
+                                  symmetrize=not args.no_symmetrize),
+              model=TDSModel(method=args.method, quantum=False if args.classical else None),
+              background=_background_arg(args.background), optimizer=optimizer,
+              errors=Errors(temperature_stderr=args.temperature_stderr))
     _print_result(res)
     if args.out:
         write_volume(res, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
@@ -159,11 +168,11 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
 def cmd_plot(args) -> int:
     import xarray as xr
 
-    from xtds.io import _format_of
+    from xtds.io import format_of
 
     if not os.path.exists(args.file):
         raise SystemExit(f"no such file or store: {args.file}")
-    kind = _format_of(args.file)
+    kind = format_of(args.file)
     if kind == "nexus":
         raise SystemExit(f"{args.file} is a NeXus volume, not a fit result: plot a result of 'xtds fit --out' "
                          "(.nc or .zarr); for a volume use 'xtds info'")
@@ -196,10 +205,10 @@ def _powder_data(name: str):
 
 
 def _powder_observable(args, ds, temperature: float):
-    from xtds.crystal import as_crystal
-    from xtds.ifc import IFCModel
-    from xtds.model.neutron import chopper_resolution
-    from xtds.model.powder import PowderSpectrum
+    from xtds.lattice.crystal import as_crystal
+    from xtds.lattice.ifc import IFCModel
+    from xtds.observables.neutron.powder import PowderSpectrum
+    from xtds.observables.neutron.sqe import chopper_resolution
 
     model = IFCModel(as_crystal(args.crystal), shells=args.shells)
     if args.chopper:
@@ -212,14 +221,14 @@ def _powder_observable(args, ds, temperature: float):
 
 
 def cmd_amortize_simulate(args) -> int:
-    from xtds.amortized import simulate
+    from xtds.amortized import make_training_set
 
     ds = _powder_data(args.data)
     with open(args.reference, encoding="utf-8") as f:
         ref = json.load(f)
     lo, hi = (float(t) for t in args.temperatures.split(","))
     obs = _powder_observable(args, ds, 0.5 * (lo + hi))
-    out = simulate(obs, ref, args.n, box=(args.low, args.high), seed=args.seed, store=args.store,
+    out = make_training_set(obs, ref, args.n, box=(args.low, args.high), seed=args.seed, store=args.store,
                    workers=args.workers, temperatures=(lo, hi), progress=not args.quiet)
     import zarr
 
@@ -398,6 +407,8 @@ def main(argv=None) -> int:
     p.add_argument("--q-max", type=float, default=None)
     p.add_argument("--wedge", type=float, default=None, help="keep ±this many degrees about H0L")
     p.add_argument("--checkpoint", default=None, help="checkpoint file: resume a killed fit")
+    p.add_argument("--optimizer", default=None, help="the optimizer by name (lm, adam; default: lm, or adam "
+                   "for --method sampled)")
     p.add_argument("--max-iter", type=int, default=None, help="Levenberg–Marquardt iterations (default 50)")
     p.add_argument("--epochs", type=int, default=None, help="Adam epochs (sampled method; default 1000)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")

@@ -79,11 +79,11 @@ def paper_ni_volume(
     import torch
     import xarray as xr
 
-    from xtds.crystal import Crystal
-    from xtds.ifc import IFCModel
     from xtds.io import crystal_attrs
-    from xtds.model import PeriodicSupercell, supercell_q_grid, tds_intensity
-    from xtds.model.sampled import sampled_intensity
+    from xtds.lattice.crystal import Crystal
+    from xtds.lattice.ifc import IFCModel
+    from xtds.observables import PeriodicSupercell, supercell_q_grid, tds_intensity
+    from xtds.observables.tds.sampled import sampled_intensity
 
     ni = Crystal.preset("Ni")
     model = IFCModel(ni, shells=5)
@@ -109,7 +109,7 @@ def paper_ni_volume(
                "geometry": repr(PeriodicSupercell(5))},
     )
     if wedge is not None:
-        from xtds.volume.dataset import wedge as keep_wedge
+        from xtds.volume.prepare import wedge as keep_wedge
 
         m = keep_wedge(ds, normal=(0, 1, 0), half_angle=wedge)["mask"]
         ds["intensity"] = ds["intensity"].where(~m)
@@ -145,10 +145,10 @@ def six_shell_ni_volume(n_max: int = 16, g=(-0.03, -0.015)):
     import torch
     import xarray as xr
 
-    from xtds.crystal import Crystal
-    from xtds.ifc import IFCModel
     from xtds.io import crystal_attrs
-    from xtds.model import PeriodicSupercell, supercell_q_grid, tds_intensity
+    from xtds.lattice.crystal import Crystal
+    from xtds.lattice.ifc import IFCModel
+    from xtds.observables import PeriodicSupercell, supercell_q_grid, tds_intensity
 
     ni = Crystal.preset("Ni")
     truth = {k: v for k, v in paper_ni_ifcs("target").items() if k != "a0"} | {"g0": g[0], "g1": g[1]}

@@ -22,6 +22,9 @@ MEV_PER_THZ: float = _c.h * 1e12 / _c.e * 1e3
 #: Angular frequency in rad/s of an eigenvalue of 1 eV/(Å² amu) of the dynamical matrix.
 RAD_PER_S_PER_SQRT_EV_A2_AMU: float = math.sqrt(_c.e / (_c.angstrom**2 * _c.atomic_mass))
 
+#: ħω in eV of an eigenvalue λ = ω² of 1 eV/(Å² amu) of the dynamical matrix (≈ 0.0646).
+HBAR_OMEGA_EV: float = H_EV_S / (2.0 * math.pi) * RAD_PER_S_PER_SQRT_EV_A2_AMU
+
 #: Frequency ν in THz for an eigenvalue λ = 1 eV/(Å² amu): ν = sqrt(λ) · this (≈ 15.633302).
 THZ_PER_SQRT_EV_A2_AMU: float = RAD_PER_S_PER_SQRT_EV_A2_AMU / (2.0 * math.pi) / 1e12
 

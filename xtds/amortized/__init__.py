@@ -18,8 +18,8 @@ from xtds.amortized.networks import (
     with_temperature,
 )
 from xtds.amortized.refine import distance_in_errors, refine
-from xtds.amortized.training_set import at_temperature, describe, draw_constants, simulate
+from xtds.amortized.training_set import draw_constants, make_training_set
 
-__all__ = ["at_temperature", "describe", "draw_constants", "simulate", "TwoStage", "GaussianPosterior",
+__all__ = ["draw_constants", "make_training_set", "TwoStage", "GaussianPosterior",
            "PosteriorEnsemble", "LabelScale", "load", "refine", "distance_in_errors", "standardized",
            "with_temperature"]

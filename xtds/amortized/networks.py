@@ -477,11 +477,11 @@ class PosteriorEnsemble:
 
 
 def _save(obj, path: str) -> None:
-    from xtds.amortized.training_set import _versions
+    from xtds.amortized.training_set import package_versions
 
     torch.save(obj.state(), path + ".pt.tmp")
     os.replace(path + ".pt.tmp", path + ".pt")
-    meta = {"config": obj.config(), "metadata": obj.metadata, "history": obj.history, "versions": _versions()}
+    meta = {"config": obj.config(), "metadata": obj.metadata, "history": obj.history, "versions": package_versions()}
     with open(path + ".json.tmp", "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, default=str)
     os.replace(path + ".json.tmp", path + ".json")

@@ -36,7 +36,7 @@ def refine(problems, model, predicted, **fit_options):
     """Fit ``problems`` (a :class:`~xtds.fitting.Problem` or a list) from the ``predicted``
     constants (a vector of the model's free constants, eV/Å², or a dict).
 
-    Returns the fit's result Dataset (:func:`xtds.fitting.core.fit_problems`) with attrs
+    Returns the fit's result Dataset (:func:`xtds.fitting.fit.fit_problems`) with attrs
     ``amortized`` (JSON: the predicted constants), ``amortized_loss`` (the loss at the
     prediction, with the scale and background at their least-squares values: the raw amortized
     answer's misfit, to compare with the refined ``loss``) and ``amortized_distance`` (how far the
@@ -45,13 +45,13 @@ def refine(problems, model, predicted, **fit_options):
     covariance is singular).
 
     The refined optimum is independent of the start only if the objective is: a
-    :class:`~xtds.model.powder.PowderSpectrum` with adaptive broadening makes its widths at its
+    :class:`~xtds.observables.neutron.powder.PowderSpectrum` with adaptive broadening makes its widths at its
     ``reference`` constants, else at the first evaluation (the start). Give the observable
     ``reference=`` (e.g. the training set's reference) to compare refinements from different starts.
     """
     import json
 
-    from xtds.fitting.core import fit_problems
+    from xtds.fitting.fit import fit_problems
 
     problems = list(problems) if isinstance(problems, (list, tuple)) else [problems]
     start = predicted if isinstance(predicted, dict) else dict(zip(model.names, np.asarray(predicted, dtype=float),

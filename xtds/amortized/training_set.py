@@ -2,8 +2,8 @@
 
 :func:`draw_constants` draws force constants (each φ_i = reference_i × u, u uniform in a box,
 0.5–1.5 as Su & Li) and keeps the dynamically stable ones (every eigenvalue of the force-constant
-matrix ≥ 0 on the observable's stability k-points). :func:`simulate` evaluates an observable
-(e.g. :class:`~xtds.model.powder.PowderSpectrum` with the instrument's mask and the source's
+matrix ≥ 0 on the observable's stability k-points). :func:`make_training_set` evaluates an observable
+(e.g. :class:`~xtds.observables.neutron.powder.PowderSpectrum` with the instrument's mask and the source's
 normalization) at each draw, in worker processes of one thread each (several small spectra per
 core run faster than one spectrum on every core), and appends them to a zarr store as they come:
 a rerun with the same settings skips the finished batches.
@@ -15,7 +15,6 @@ observable's description, the reference constants, the box, the seed, the packag
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-__all__ = ["draw_constants", "simulate", "describe"]
+__all__ = ["draw_constants", "make_training_set", "package_versions"]
 
 #: Batches of draws per task and per zarr chunk.
 BATCH = 128
@@ -62,8 +61,8 @@ def _stable(model, phis: np.ndarray, k: np.ndarray, chunk: int = 256) -> np.ndar
     translations left out). H is affine in the constants, H(φ) = H(0) + Σ φ_i (H(e_i) − H(0)), so
     the basis is built once and the draws are diagonalized ``chunk`` at a time; a model for which
     the affine form does not reproduce H at the first draw is checked draw by draw instead."""
-    from xtds.dynamics import force_constant_matrix
-    from xtds.fitting.losses import is_gamma, min_eigenvalues
+    from xtds.lattice.dynamics import force_constant_matrix
+    from xtds.lattice.stability import is_gamma, min_eigenvalues
 
     phis = np.atleast_2d(np.asarray(phis, dtype=float))
     with torch.no_grad():
@@ -94,29 +93,6 @@ def _stable(model, phis: np.ndarray, k: np.ndarray, chunk: int = 256) -> np.ndar
     return ok
 
 
-def describe(observable) -> dict:
-    """A JSON-able description of an observable (its type and settings, hashes of its arrays), the
-    provenance of a training set and the key of its store."""
-    out = {"type": type(observable).__name__}
-    for name, v in sorted(vars(observable).items()):
-        if name.startswith("_") or name == "model":
-            continue
-        if isinstance(v, (np.ndarray, torch.Tensor)):
-            a = np.ascontiguousarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-            out[name] = {"shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()[:16]}
-        elif isinstance(v, (int, float, str, bool, type(None))):
-            out[name] = v
-        elif isinstance(v, (tuple, list)) and all(isinstance(x, (int, float, str)) for x in v):
-            out[name] = list(v)
-        else:
-            out[name] = repr(v)[:200]
-    model = getattr(observable, "model", None)
-    if model is not None:
-        out["model"] = repr(model)
-        out["constants"] = list(model.names)
-    return out
-
-
 _WORKER = {}
 
 
@@ -125,47 +101,27 @@ def _init_worker(blob: bytes, threads: int) -> None:
     _WORKER["observable"] = pickle.loads(blob)
 
 
-def at_temperature(observable, temperature: float):
-    """``observable`` at another temperature (K): its ``temperature`` set in place, or, for a frozen
-    dataclass (e.g. :class:`xtds.model.TDSIntensity`), a copy made with it (``dataclasses.replace``)."""
-    _check_temperature_attr(observable)
-    if _frozen(observable):
-        return dataclasses.replace(observable, temperature=temperature)
-    observable.temperature = temperature
-    return observable
-
-
-def _frozen(observable) -> bool:
-    return dataclasses.is_dataclass(observable) and observable.__dataclass_params__.frozen
-
-
-def _check_temperature_attr(observable) -> None:
-    if not hasattr(observable, "temperature"):
-        raise TypeError(f"{type(observable).__name__} has no temperature: draw temperatures (temperatures=...) only "
-                        "for observables with one")
-
-
 def _evaluate(phis: np.ndarray, observable=None, temperatures=None) -> np.ndarray:
     obs = observable if observable is not None else _WORKER["observable"]
     out = []
     with torch.no_grad():
         for i, p in enumerate(phis):
-            if hasattr(obs, "reset"):
-                obs.reset()  # state fixed at a first evaluation (adaptive widths) is made for this draw
+            obs.reset()  # state fixed at a first evaluation (adaptive widths) is made for this draw
             if temperatures is not None:
-                obs = at_temperature(obs, float(temperatures[i]))
+                obs = obs.at_temperature(float(temperatures[i]))
             out.append(obs.mean(torch.as_tensor(p)).cpu().numpy().astype(np.float32))
     return np.stack(out)
 
 
-def simulate(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store=None, workers: int | None = None,
-             batch: int = BATCH, temperatures=None, progress: bool = True) -> xr.Dataset:
+def make_training_set(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store=None,
+                      workers: int | None = None, batch: int = BATCH, temperatures=None,
+                      progress: bool = True) -> xr.Dataset:
     """Evaluate ``observable`` at ``n`` stable draws about ``reference`` (:func:`draw_constants`).
 
     Parameters
     ----------
     observable
-        Any observable with ``mean(phi)`` and ``stability_k()`` (its pixels: ``len(observable)``).
+        An :class:`~xtds.observables.base.Observable` (its pixels: ``len(observable)``).
     reference
         Constants (dict name → eV/Å², or a vector of the model's free constants).
     store
@@ -174,8 +130,9 @@ def simulate(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store
     workers
         Processes of one thread each (default: the CPU count); 0: in this process.
     temperatures
-        (low, high) K: each draw also gets a temperature, uniform in the range (the observable's
-        ``temperature`` is set to it), so that one network serves a temperature series.
+        (low, high) K: each draw also gets a temperature, uniform in the range (the observable is
+        evaluated at it, :meth:`~xtds.observables.base.Observable.at_temperature`), so that one
+        network serves a temperature series.
 
     Returns
     -------
@@ -188,13 +145,16 @@ def simulate(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store
         lo_t, hi_t = (float(t) for t in temperatures)
         if not 0 < lo_t <= hi_t:
             raise ValueError(f"temperatures must be (low, high) K with 0 < low ≤ high, got {temperatures}")
-        _check_temperature_attr(observable)
+        if observable.temperature is None:
+            raise TypeError(f"{type(observable).__name__} has no temperature: draw temperatures (temperatures=...) "
+                            "only for observables with one")
     phis = draw_constants(model, reference, n, box=box, seed=seed, k=observable.stability_k())
     if temperatures is not None:
         temps = np.random.default_rng([seed, 1]).uniform(lo_t, hi_t, n)
     ref = np.asarray(model.vector(reference).numpy() if isinstance(reference, dict) else reference, dtype=float)
-    prov = {"observable": describe(observable), "reference": ref.tolist(), "box": np.asarray(box, dtype=float).tolist(),
-            "seed": int(seed), "n": int(n), "batch": int(batch), "versions": _versions(),
+    prov = {"observable": {**observable.describe(), "constants": list(model.names)}, "reference": ref.tolist(),
+            "box": np.asarray(box, dtype=float).tolist(),
+            "seed": int(seed), "n": int(n), "batch": int(batch), "versions": package_versions(),
             "temperatures": None if temps is None else [lo_t, hi_t]}
     key = hashlib.sha256(json.dumps(prov, sort_keys=True, default=str).encode()).hexdigest()[:16]
     n_batches = -(-n // batch)
@@ -230,13 +190,8 @@ def simulate(observable, reference, n: int, box=(0.5, 1.5), seed: int = 0, store
             for f in as_completed(futures):
                 finish(futures[f], f.result())
     else:
-        t_obs = getattr(observable, "temperature", None)
-        try:
-            for b in todo:
-                finish(b, _evaluate(phis[b * batch : (b + 1) * batch], observable, _part(temps, b, batch)))
-        finally:  # the draws' temperatures were set in place (a frozen observable was copied instead)
-            if temps is not None and not _frozen(observable):
-                observable.temperature = t_obs
+        for b in todo:
+            finish(b, _evaluate(phis[b * batch : (b + 1) * batch], observable, _part(temps, b, batch)))
     bar.close()
     seconds = time.perf_counter() - t0
     data = {"values": (("draw", "pixel"), values, {"long_name": "simulated observable", "units": "1"}),
@@ -254,7 +209,8 @@ def _part(a, b, batch):
     return None if a is None else a[b * batch : (b + 1) * batch]
 
 
-def _versions() -> dict:
+def package_versions() -> dict:
+    """The versions of xtds, torch and numpy (the provenance of stores and networks)."""
     from xtds._version import __version__
 
     return {"xtds": __version__, "torch": torch.__version__, "numpy": np.__version__}

@@ -27,59 +27,14 @@ background trades off against the Debye–Waller factor.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from xtds.corrections import two_theta
-from xtds.units import ELECTRON_REST_KEV, HC_KEV_A
+from xtds.observables.scattering import compton
 
-__all__ = ["Background", "as_background", "compton"]
-
-
-def _atomic_number(species: str) -> int:
-    from xtds.crystal import element_of
-
-    return int(element_of(species).number)
-
-
-def compton(species, qnorm, energy_keV: float | None = None) -> np.ndarray:
-    """Incoherent (Compton) scattering of a set of atoms, electrons² per set.
-
-    Parameters
-    ----------
-    species
-        Element or ion symbols (ions use their element's function: the core electrons dominate
-        at the |q| where the Compton part matters).
-    qnorm
-        Shape (Q,), |q| in Å⁻¹ (2π included); xraylib's argument is x = sin θ/λ = |q|/4π.
-    energy_keV
-        The incident energy. When given, each term is multiplied by the Breit–Dirac recoil factor
-        (E'/E)², E'/E = 1 / (1 + (E/m_e c²)(1 − cos 2θ)), sin θ = |q|λ/4π (energy-integrating
-        detector); None leaves it out.
-
-    Returns
-    -------
-    Shape (Q,): Σ_atoms S_Z(x).
-    """
-    import xraylib_np
-
-    q = np.asarray(qnorm, dtype=float).reshape(-1)
-    if np.any(q < 0) or not np.all(np.isfinite(q)):
-        raise ValueError("|q| must be finite and non-negative")
-    z = np.array([_atomic_number(s) for s in species], dtype=np.int64)
-    uniq, counts = np.unique(z, return_counts=True)
-    table = np.asarray(xraylib_np.SF_Compt(uniq.astype(np.int64), q / (4 * math.pi)), dtype=float)  # (Z, Q)
-    total = counts @ table
-    if energy_keV is not None:
-        energy = float(energy_keV)
-        if not energy > 0:
-            raise ValueError(f"energy_keV must be positive, got {energy_keV}")
-        cos2t = np.cos(two_theta(q, HC_KEV_A / energy))
-        total = total / (1 + energy / ELECTRON_REST_KEV * (1 - cos2t)) ** 2
-    return total
+__all__ = ["Background", "as_background"]
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ __all__ = ["diagnostics", "nearest_bragg_distance"]
 
 def nearest_bragg_distance(crystal, hkl: np.ndarray) -> np.ndarray:
     """Distance (Å⁻¹, 2π included) from each (H, K, L) (shape (P, 3), r.l.u. of ``crystal``) to the
-    nearest reflection whose structure factor does not vanish (:func:`xtds.volume.masks.allowed_reflections`)."""
+    nearest reflection whose structure factor does not vanish (:func:`xtds.lattice.reflections.allowed_reflections`)."""
     from scipy.spatial import cKDTree
 
-    from xtds.volume.masks import allowed_reflections
+    from xtds.lattice.reflections import allowed_reflections
 
     hkl = np.asarray(hkl, dtype=float).reshape(-1, 3)
     reach = int(np.ceil(np.abs(hkl).max())) + 2 if len(hkl) else 2

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xtds.fitting.core import Objective, initial_vector
-from xtds.fitting.optimize import LM
+from xtds.fitting.lm import LM
+from xtds.fitting.objective import Objective, initial_vector
+from xtds.fitting.optimizers import Checkpoint, Optimizer
+from xtds.observables.base import describe
 
 __all__ = ["fit_joint_series", "SeriesObjective"]
 
@@ -96,7 +98,7 @@ class SeriesObjective(Objective):
 
 
 def fit_joint_series(problems, coords, initial, degree: int = 1, center: float | None = None,
-                     optimizer: LM | None = None, progress: bool = True, dim: str = "temperature") -> xr.Dataset:
+                     optimizer: Optimizer | None = None, dim: str = "temperature") -> xr.Dataset:
     """Fit the members of a series at once with force constants polynomial in the series variable.
 
     Parameters
@@ -114,7 +116,8 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     center
         c₀ of the polynomial (default: the mean of ``coords``); a₀ is φ(c₀).
     optimizer
-        :class:`LM` (default; exact Jacobians where the observables have them).
+        :class:`~xtds.fitting.lm.LM` (default; exact Jacobians where the observables have them),
+        with its run-time settings (``progress``, ``checkpoint``, ``callback``).
 
     Returns
     -------
@@ -126,12 +129,53 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     """
     t_start = time.perf_counter()
     problems = tuple(problems)
+    c = _check_members(problems, coords, degree)
+    degree, model = int(degree), problems[0].model
+    c0 = float(np.mean(c)) if center is None else float(center)
+    h = float(np.max(np.abs(c - c0))) or 1.0
+    k = np.concatenate([p.observable.stability_k() for p in problems])
+    obj = SeriesObjective(problems, model, k, t=(c - c0) / h, degree=degree)
+    phi0 = initial_vector(model, initial).cpu().numpy()
+    theta0 = np.concatenate([phi0, np.zeros(model.n_free * degree)])
+    x0 = np.concatenate([theta0] + [p.initial_nuisance(torch.as_tensor(phi0)) for p in problems])
+    obj.check_stable(theta0)
+    optimizer = LM() if optimizer is None else optimizer
+    optimizer.check(obj)
+    ckpt = None
+    if optimizer.checkpoint is not None:
+        settings = {"problems": [describe(p) for p in problems], "optimizer": describe(optimizer),
+                    "coords": c.tolist(), "degree": degree, "center": c0}
+        ckpt = Checkpoint(optimizer.checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
+    res = optimizer.minimize(obj, x0, checkpoint=ckpt)
+    rho = obj.residuals(res.x)
+    dof = max(1, len(rho) - len(res.x))
+    s2 = 1.0 if all(p.loss == "chi2" for p in problems) else float(rho @ rho) / dof
+    Jp = np.linalg.pinv(res.jacobian)
+    # scaled coefficients θ_j (of t^j) → physical a_j = θ_j / h^j (of (c − c₀)^j)
+    scale = np.repeat(h ** -np.arange(degree + 1, dtype=float), model.n_free)
+    coef = res.x[: obj.n_free] * scale
+    cov = (s2 * Jp @ Jp.T)[: obj.n_free, : obj.n_free] * np.outer(scale, scale)
+    out = _series_dataset(model, coef, cov, c, c0, degree, dim)
+    rows = np.cumsum([0] + [len(p) for p in problems])
+    out["member_loss"] = ((dim,), [float(rho[a:b] @ rho[a:b]) for a, b in zip(rows[:-1], rows[1:], strict=True)])
+    out["loss"] = xr.DataArray([f for _, f, _ in res.history], dims=("iteration",),
+                               coords={"iteration": [i for i, _, _ in res.history]})
+    out.attrs.update(center=c0, scale=h, degree=degree, message=res.message, iterations=int(res.iterations),
+                     converged=int(bool(res.converged)), sigma2=s2, members=", ".join(p.name for p in problems),
+                     wall_time_s=float(time.perf_counter() - t_start), series_dim=dim,
+                     model=f"{model.crystal!r}, {model.n_free} constants")
+    if not math.isfinite(float(res.loss)):
+        raise RuntimeError("the joint fit ended at a non-finite loss")
+    return out
+
+
+def _check_members(problems, coords, degree) -> np.ndarray:
+    """The members' coordinates (N,), after checking the members (names, count, degree, kind)."""
     if len(problems) < 1:
         raise ValueError("give at least one Problem")
     names = [p.name for p in problems]
     if len(problems) > 1 and (len(set(names)) != len(names) or "" in names):
         raise ValueError(f"the members of a joint fit need distinct, non-empty names (Problem(name=...)), got {names}")
-    model = problems[0].model
     c = np.asarray(coords, dtype=float).reshape(-1)
     if len(c) != len(problems):
         raise ValueError(f"{len(c)} coordinates for {len(problems)} members")
@@ -142,26 +186,12 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     for p in problems:
         if p.observable.stochastic:
             raise ValueError("joint series fits take deterministic observables (not method='sampled')")
-    c0 = float(np.mean(c)) if center is None else float(center)
-    h = float(np.max(np.abs(c - c0))) or 1.0
-    k = np.concatenate([p.observable.stability_k() for p in problems])
-    obj = SeriesObjective(problems, model, k, t=(c - c0) / h, degree=degree)
-    phi0 = initial_vector(model, initial).cpu().numpy()
-    theta0 = np.concatenate([phi0, np.zeros(model.n_free * degree)])
-    x0 = np.concatenate([theta0] + [p.initial_nuisance(torch.as_tensor(phi0)) for p in problems])
-    obj.check_stable(theta0)
-    optimizer = LM() if optimizer is None else optimizer
-    res = optimizer.minimize(obj, x0, progress=progress)
-    J, rho = res.jacobian, obj.residuals(res.x)
-    dof = max(1, len(rho) - len(res.x))
-    s2 = 1.0 if all(p.loss == "chi2" for p in problems) else float(rho @ rho) / dof
-    Jp = np.linalg.pinv(J)
-    cov_x = s2 * Jp @ Jp.T
+    return c
+
+
+def _series_dataset(model, coef, cov, c, c0, degree, dim) -> xr.Dataset:
+    """The coefficients a_j with their errors, and φ at each member's coordinate with its error."""
     nf = model.n_free
-    # scaled coefficients θ_j (of t^j) → physical a_j = θ_j / h^j (of (c − c₀)^j)
-    scale = np.repeat(h ** -np.arange(degree + 1, dtype=float), nf)
-    coef = res.x[: obj.n_free] * scale
-    cov = cov_x[: obj.n_free, : obj.n_free] * np.outer(scale, scale)
     cnames = list(model.names)
     flat = [f"{n}|{j}" for j in range(degree + 1) for n in cnames]
     out = xr.Dataset()
@@ -181,14 +211,4 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     out["ifc"] = xr.DataArray(np.array(phis), dims=(dim, "constant"), coords={dim: c},
                               attrs={"units": "eV/Å^2"})
     out["ifc_stderr"] = xr.DataArray(np.array(errs), dims=(dim, "constant"), attrs={"units": "eV/Å^2"})
-    rows = np.cumsum([0] + [len(p) for p in problems])
-    out["member_loss"] = ((dim,), [float(rho[a:b] @ rho[a:b]) for a, b in zip(rows[:-1], rows[1:], strict=True)])
-    out["loss"] = xr.DataArray([f for _, f, _ in res.history], dims=("iteration",),
-                               coords={"iteration": [i for i, _, _ in res.history]})
-    out.attrs.update(center=c0, scale=h, degree=degree, message=res.message, iterations=int(res.iterations),
-                     converged=int(bool(res.converged)), sigma2=s2, members=", ".join(names),
-                     wall_time_s=float(time.perf_counter() - t_start), series_dim=dim,
-                     model=f"{model.crystal!r}, {model.n_free} constants")
-    if not math.isfinite(float(res.loss)):
-        raise RuntimeError("the joint fit ended at a non-finite loss")
     return out

@@ -8,19 +8,18 @@
 - ``"chi2"``: (I_target − s·I_fit − b)/σ with per-point σ (from the data's ``sigma``), s and the
   background fitted jointly: the noise-weighted alternative when the noise is known.
 - The eigenvalue penalty (Eq. 12–13): P = α Σ max(0, −λ_i) over the eigenvalues of H(k) on the
-  model's k-grid (rigid translations excluded); the paper switches the variance term off while
-  P > 0. The Adam loop uses it; Levenberg–Marquardt instead rejects any step with P > 0.
+  model's k-grid (rigid translations excluded; :func:`xtds.lattice.stability.min_eigenvalues`); the
+  paper switches the variance term off while P > 0. The Adam loop uses it; Levenberg–Marquardt
+  instead rejects any step with P > 0.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from xtds import dynamics
-from xtds.model.covariance import is_gamma
+from xtds.lattice.stability import min_eigenvalues
 
-__all__ = ["LOSSES", "residuals", "eigen_penalty", "min_eigenvalues"]
+__all__ = ["LOSSES", "residuals", "eigen_penalty"]
 
 LOSSES = ("var_log", "chi2")
 
@@ -45,20 +44,6 @@ def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = F
             raise ValueError("loss='chi2' needs per-voxel uncertainties: a 'sigma' variable in the data")
         return (I_target - I_model) / sigma
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-
-
-def min_eigenvalues(model, phi: torch.Tensor, k: np.ndarray) -> torch.Tensor:
-    """Eigenvalues of H(k) (eV/Å²) at the k-points, the three rigid translations at Γ dropped.
-
-    Shape (n_k, 3n) with the Γ translations replaced by +inf.
-    """
-    H = dynamics.force_constant_matrix(model, phi, k, cell=model.crystal)
-    lam = torch.linalg.eigvalsh(H)
-    g = torch.as_tensor(is_gamma(model.crystal, k), device=lam.device)
-    if torch.any(g):
-        lam = lam.clone()
-        lam[g, :3] = float("inf")  # the three smallest at Γ are the translations (≈ 0)
-    return lam
 
 
 def eigen_penalty(model, phi, k, alpha: float = 1.0) -> torch.Tensor:

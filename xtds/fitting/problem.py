@@ -1,6 +1,6 @@
 """A fitting problem: an observable, its data and how they are compared.
 
-A :class:`Problem` is one observable (:mod:`xtds.model.observable`) with the data it predicts,
+A :class:`Problem` is one observable (:class:`xtds.observables.base.Observable`) with the data it predicts,
 their weights or uncertainties, the loss, and the nuisance parameters of that comparison (an
 overall scale and a background). A fit is a sum of problems sharing one vector of force
 constants: several volumes, temperatures or kinds of data are a list of problems
@@ -9,8 +9,6 @@ constants: several volumes, temperatures or kinds of data are a list of problems
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +17,11 @@ import xarray as xr
 
 from xtds.fitting.background import Background, as_background
 from xtds.fitting.losses import LOSSES, residuals
-from xtds.ifc import IFCModel
+from xtds.lattice.ifc import IFCModel
+from xtds.observables.base import Observable
+from xtds.transforms import TRANSFORMS
 
-__all__ = ["Problem", "describe"]
+__all__ = ["Problem"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +31,7 @@ class Problem:
     Parameters
     ----------
     observable
-        An :class:`~xtds.model.observable.Observable` (e.g. :class:`~xtds.model.TDSIntensity`).
+        An :class:`~xtds.observables.tds.intensity.Observable` (e.g. :class:`~xtds.observables.TDSIntensity`).
     data
         Shape (P,): the measured values at the observable's points.
     weight
@@ -49,7 +49,7 @@ class Problem:
         for ``var_log`` (which is scale-free) and a constant for ``chi2``; False with ``chi2``
         compares the model unscaled.
     corrections
-        A :class:`~xtds.corrections.Corrections` (polarization, absorption): its factor at each
+        A :class:`~xtds.observables.tds.corrections.Corrections` (polarization, absorption): its factor at each
         point multiplies the observable (and the Compton term) before the scale; None: none.
     temperature_stderr
         Standard uncertainty of the observable's temperature (K): propagated into the covariance
@@ -68,7 +68,7 @@ class Problem:
         Why the observable's geometry was chosen (``geometry="auto"``), for the result's attrs.
     """
 
-    observable: object
+    observable: Observable
     data: np.ndarray
     weight: np.ndarray | None = None
     sigma: np.ndarray | None = None
@@ -85,6 +85,9 @@ class Problem:
 
     def __post_init__(self):
         set_ = object.__setattr__
+        if not isinstance(self.observable, Observable):
+            raise TypeError(f"Problem(observable=...) must be an xtds.observables.Observable (subclass it: implement "
+                            f"__len__, __call__ and stability_k), got {type(self.observable).__name__}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         data = np.asarray(self.data, dtype=float).reshape(-1)
@@ -99,6 +102,9 @@ class Problem:
                 raise ValueError(f"{what} has {len(v)} values for {n} data points")
         if n == 0:
             raise ValueError("the problem has no data points")
+        if len(self.observable) != n:
+            raise ValueError(f"{n} data points for an observable of {len(self.observable)} points "
+                             f"({type(self.observable).__name__}): give one value per point")
         if not np.all(np.isfinite(data)) or (self.loss == "var_log" and not np.all(data > 0)):
             raise ValueError("the data hold non-finite or non-positive values: mask them "
                              "(ds.tds.mask(invalid=True)) before making points")
@@ -112,21 +118,21 @@ class Problem:
         if self.noise_configurations is not None:
             if int(self.noise_configurations) < 1:
                 raise ValueError(f"noise_configurations must be a positive count, got {self.noise_configurations}")
-            if not hasattr(self.observable, "configuration_noise"):
+            if not self.observable.has_noise_model:
                 raise ValueError(f"{type(self.observable).__name__} has no noise model for noise_configurations")
         if not (np.isfinite(self.temperature_stderr) and self.temperature_stderr >= 0):
             raise ValueError(f"temperature_stderr must be a non-negative number of K, got {self.temperature_stderr!r}")
-        if self.temperature_stderr and not hasattr(self.observable, "temperature"):
+        if self.temperature_stderr and self.observable.temperature is None:
             raise ValueError(f"{type(self.observable).__name__} has no temperature to take temperature_stderr")
         bg = as_background(self.background, self.loss)
         set_(self, "_bg", bg)
         obs = self.observable
-        dt, dev = getattr(obs, "dtype", torch.float64), getattr(obs, "device", None)
+        dt, dev = obs.dtype, obs.device
         set_(self, "_target", torch.as_tensor(data, dtype=dt, device=dev))
         set_(self, "_weight", torch.as_tensor(self.weight, dtype=dt, device=dev))
         set_(self, "_sigma", None if self.sigma is None else torch.as_tensor(self.sigma, dtype=dt, device=dev))
         def points_q(what):
-            q = getattr(obs, "q", None)
+            q = obs.q
             if q is None or np.shape(q) != (n, 3):
                 raise ValueError(f"{what} needs the points' q: {type(obs).__name__} has none")
             return q
@@ -135,7 +141,7 @@ class Problem:
         if bg is not None and (bg.needs_q or bg.energy):
             energy = None
             if bg.energy:
-                energy = getattr(obs, "point_energy", None)
+                energy = obs.point_energy
                 if energy is None or np.shape(energy) != (n,):
                     raise ValueError(f"an energy background needs the points' energy transfers: "
                                      f"{type(obs).__name__} has no point_energy")
@@ -166,11 +172,11 @@ class Problem:
     def __len__(self) -> int:
         return len(self.data)
 
-    def _model(self, I: torch.Tensor, nu) -> torch.Tensor:
+    def _model(self, I: torch.Tensor, eta) -> torch.Tensor:
         """The observable's values with this problem's corrections, scale and background applied."""
         if self._corr is not None:
             I = I * self._corr
-        return I if self._bg is None else self._bg.apply(I, nu, self._C, self._A)
+        return I if self._bg is None else self._bg.apply(I, eta, self._C, self._A)
 
     def initial_nuisance(self, phi0: torch.Tensor) -> list[float]:
         """Starting nuisance parameters: the linear least-squares scale and background terms for the
@@ -203,7 +209,7 @@ class Problem:
             rest.insert(1 if self._bg.constant else 0, a_c)
         return [float(np.log(s0)), *map(float, rest)]
 
-    def residuals(self, phi: torch.Tensor, nu, epoch: int | None = None) -> torch.Tensor:
+    def residuals(self, phi: torch.Tensor, eta, epoch: int | None = None) -> torch.Tensor:
         """ρ, shape (P,), whose squared norm is this problem's loss: of the deterministic mean model
         (``epoch`` None) or of one stochastic evaluation."""
         if epoch is None and not phi.requires_grad:
@@ -218,20 +224,39 @@ class Problem:
                 object.__setattr__(self, "_memo", (key, I))
         else:
             I = self.observable.mean(phi) if epoch is None else self.observable(phi, epoch)
-        return self.residuals_of(I, nu)
+        return self.residuals_of(I, eta)
 
-    def residuals_of(self, I: torch.Tensor, nu) -> torch.Tensor:
-        """ρ (P,) from the observable's values ``I`` (P,) and the nuisance parameters ``nu``."""
-        return residuals(self._model(I, nu), self._target, self._weight, self.loss, self._bg is not None, self._sigma)
+    def residuals_of(self, I: torch.Tensor, eta) -> torch.Tensor:
+        """ρ (P,) from the observable's values ``I`` (P,) and the nuisance parameters ``eta``."""
+        return residuals(self._model(I, eta), self._target, self._weight, self.loss, self._bg is not None, self._sigma)
 
-    def noise_residuals(self, phi: torch.Tensor, nu, draws: int, seed: int) -> np.ndarray:
+    def residual_jacobian(self, I: torch.Tensor, dI: torch.Tensor, eta) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(∂ρ/∂φ (P, n_free), ∂ρ/∂η (P, n_nuisance) or None) at the observable's values ``I`` (P,)
+        with their Jacobian ``dI`` (P, n_free) and the nuisance parameters ``eta``: the chain rule
+        through the scale and background in forward mode (the observable's Jacobian is given)."""
+        with TRANSFORMS:
+            J_phi = torch.func.vmap(lambda t: torch.func.jvp(lambda v: self.residuals_of(v, eta), (I,), (t,))[1],
+                                    in_dims=1, out_dims=1)(dI)
+            J_eta = torch.func.jacfwd(lambda v: self.residuals_of(I, v))(eta) if self.n_nuisance else None
+        return J_phi, J_eta
+
+    def temperature_derivative(self, phi: torch.Tensor, eta) -> np.ndarray:
+        """∂ρ/∂T (P,) at fixed parameters: the observable's ∂I/∂T
+        (:meth:`~xtds.observables.base.Observable.temperature_derivative`) through the residuals."""
+        with torch.no_grad():
+            I = self.observable.mean(phi)
+            dI = self.observable.temperature_derivative(phi).to(I)
+        with TRANSFORMS:
+            return torch.func.jvp(lambda v: self.residuals_of(v, eta), (I,), (dI,))[1].detach().cpu().numpy()
+
+    def noise_residuals(self, phi: torch.Tensor, eta, draws: int, seed: int) -> np.ndarray:
         """Residual vectors (draws, P) of data drawn from the observable's noise model of
         ``noise_configurations`` single configurations, against the model at ``phi``."""
         eps = self.observable.configuration_noise(phi, draws, seed, multiplicity=self.weight)
         with torch.no_grad():
             Ie = self.observable.mean(phi)
-            model = self._model(Ie, nu).cpu()
-            Ie = (Ie if self._bg is None else torch.exp(nu[0]) * Ie).cpu()  # the TDS part, scaled
+            model = self._model(Ie, eta).cpu()
+            Ie = (Ie if self._bg is None else torch.exp(eta[0]) * Ie).cpu()  # the TDS part, scaled
         sig = None if self._sigma is None else self._sigma.cpu()
         w, scaled = self._weight.cpu(), self._bg is not None
         return np.stack([residuals(model, model + Ie * torch.as_tensor(row, dtype=Ie.dtype), w, self.loss, scaled,
@@ -241,7 +266,7 @@ class Problem:
         """The points in ``n_blocks`` contiguous groups for the robust covariance: shells of |q| with
         equal counts when the observable has q (residuals of a wrong model are smooth in q, hence
         correlated within a shell), else consecutive runs of points."""
-        q = getattr(self.observable, "q", None)
+        q = self.observable.q
         n = len(self)
         order = np.argsort(np.linalg.norm(np.asarray(q), axis=1), kind="stable") \
             if q is not None and np.shape(q) == (n, 3) else np.arange(n)
@@ -262,25 +287,25 @@ class Problem:
         dof = max(1, round(n - n_shared - self.n_nuisance - centring))
         return dof, float(rho @ rho) / dof
 
-    def model_values(self, phi: torch.Tensor, nu) -> torch.Tensor:
+    def model_values(self, phi: torch.Tensor, eta) -> torch.Tensor:
         """The mean model scaled as the loss scales it (for ``var_log`` without nuisance: by the
         weighted mean log ratio, the scale the loss leaves free)."""
         with torch.no_grad():
             I = self.observable.mean(phi)
             if self._bg is not None:
-                return self._model(I, nu)
-            I = self._model(I, nu)
+                return self._model(I, eta)
+            I = self._model(I, eta)
             shift = (self._weight * (torch.log(self._target) - torch.log(I))).sum() / self._weight.sum()
             return I * torch.exp(shift)
 
-    def result_variables(self, phi: torch.Tensor, nu) -> dict[str, xr.DataArray]:
+    def result_variables(self, phi: torch.Tensor, eta) -> dict[str, xr.DataArray]:
         """The data, the scaled model and the log residual on this problem's points."""
         dim = f"{self.name}_point" if self.name else "point"
         coords = {}
         for k, v in self.coords.items():
             arr, attrs = v if isinstance(v, tuple) else (v, {})
             coords[k] = (dim, np.asarray(arr), attrs)
-        model = self.model_values(phi, nu).cpu().numpy()
+        model = self.model_values(phi, eta).cpu().numpy()
         out = {
             self.data_name: xr.DataArray(self.data, dims=(dim,), coords=coords, attrs=dict(self.data_attrs)),
             f"model_{self.data_name}": xr.DataArray(model, dims=(dim,),
@@ -291,8 +316,8 @@ class Problem:
             out["residual"] = xr.DataArray(np.log(self.data) - np.log(model), dims=(dim,),
                                            attrs={"long_name": "log data − log model", "units": "1"})
         if self._bg is not None:
-            nu = nu.detach().cpu()
-            out["scale"] = xr.DataArray(float(torch.exp(nu[0])), attrs={"units": "1"})
+            eta = eta.detach().cpu()
+            out["scale"] = xr.DataArray(float(torch.exp(eta[0])), attrs={"units": "1"})
             attrs = {"background": {"long_name": "constant background", "units": "data units"},
                      "compton_amplitude": {"long_name": "amplitude of the Compton scattering (1: the tabulated one "
                                                         "on the model's scale)", "units": "1",
@@ -300,36 +325,13 @@ class Problem:
             attrs.update({f"background_E{k}": {"long_name": "Chebyshev coefficient of the background in the energy "
                                                             "transfer", "units": "data units"}
                           for k in range(1, int(self._bg.energy) + 1)})
-            for name, value in zip(self._bg.names, nu[1:].tolist(), strict=True):
+            for name, value in zip(self._bg.names, eta[1:].tolist(), strict=True):
                 out[name] = xr.DataArray(value, attrs=attrs.get(name, {"long_name": "Chebyshev coefficient of the "
                                                                                     "smooth background in |q|",
                                                                        "units": "data units"}))
             with torch.no_grad():
                 zero = torch.zeros(len(self), dtype=self._A.dtype, device=self._A.device)
-                bg_only = self._model(zero, nu.to(self._A)).cpu().numpy()
+                bg_only = self._model(zero, eta.to(self._A)).cpu().numpy()
             out["model_background"] = xr.DataArray(bg_only, dims=(dim,), attrs={
                 "long_name": "the fitted background (Compton and additive terms, scaled)", "units": "data units"})
         return {f"{self.name}_{k}" if self.name else k: v for k, v in out.items()}
-
-
-def describe(obj):
-    """A JSON-able description of a settings object: dataclass fields by name (private ones left
-    out), arrays and tensors by shape and digest. The checkpoint fingerprint and the result's
-    ``settings`` attribute are derived from it, so that no setting is listed by hand."""
-    if isinstance(obj, IFCModel):
-        return {"type": "IFCModel", "crystal": repr(obj.crystal), "cutoff_A": obj.cutoff, "constants": list(obj.names)}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        public = [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")]
-        return {"type": type(obj).__name__, **{name: describe(getattr(obj, name)) for name in public}}
-    if isinstance(obj, (np.ndarray, torch.Tensor)):
-        arr = np.ascontiguousarray(obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj)
-        return {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()[:16]}
-    if isinstance(obj, dict):
-        return {str(k): describe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [describe(v) for v in obj]
-    if isinstance(obj, (str, bool, int, float)) or obj is None:
-        return obj
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    return repr(obj)

@@ -20,12 +20,14 @@ import torch
 import xarray as xr
 
 from xtds._version import __version__
-from xtds.crystal import Crystal
 from xtds.errors import UnstableResultWarning
-from xtds.ifc import IFCModel
-from xtds.model.geometry import InfiniteCrystal
-from xtds.model.infinite import mesh_convergence
-from xtds.phonons import dispersion, dos, elastic_constants, stability
+from xtds.fitting.derived import derived_quantities
+from xtds.lattice.crystal import Crystal
+from xtds.lattice.ifc import IFCModel
+from xtds.lattice.phonons import dispersion, dos, elastic_constants
+from xtds.lattice.stability import stability
+from xtds.observables.tds.infinite import mesh_convergence
+from xtds.thermal.geometry import InfiniteCrystal
 
 log = logging.getLogger("xtds.fit")
 
@@ -51,99 +53,6 @@ def flag_stability(ds: xr.Dataset, model: IFCModel, phi: torch.Tensor) -> None:
             UnstableResultWarning,
             stacklevel=4,
         )
-
-
-def delta_method(f, phi: torch.Tensor, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(f(φ), its standard error √diag(J Σ Jᵀ)) with J = ∂f/∂φ by autograd: the delta method.
-
-    ``f`` maps φ (shape (p,)) to a tensor of any shape; ``cov`` is Σ, shape (p, p)."""
-    phi = phi.detach().to(torch.float64)
-    with torch.no_grad():
-        value = f(phi)
-    J = torch.autograd.functional.jacobian(f, phi, vectorize=True).reshape(-1, len(phi)).cpu().numpy()
-    var = np.einsum("ip,pq,iq->i", J, cov, J)
-    return value.cpu().numpy(), np.sqrt(np.clip(var, 0, None)).reshape(value.shape)
-
-
-def dos_values(model: IFCModel, phi: torch.Tensor, mesh, frequency: np.ndarray, sigma: float) -> np.ndarray:
-    """The Gaussian-broadened DOS of :func:`xtds.dos` (THz⁻¹ per primitive cell) at the given
-    frequencies (THz), as a function of φ (numpy out)."""
-    from xtds.dynamics import frequencies
-    from xtds.dynamics import mesh as k_mesh
-
-    k = k_mesh(model, mesh)
-    with torch.no_grad():
-        nu = frequencies(model, phi, k).cpu().numpy().reshape(-1)
-    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
-    return np.exp(-0.5 * ((frequency[:, None] - nu[None, :]) / sigma) ** 2).sum(axis=1) * norm
-
-
-def frequency_jacobian(model: IFCModel, phi: torch.Tensor, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ν (K, 3n) THz, ∂ν/∂φ (K, 3n, p) THz per eV/Å²) at wave vectors k (Cartesian Å⁻¹).
-
-    D(k) is affine in φ, so ∂λ_n/∂φ_j = e_nᴴ (∂D/∂φ_j) e_n (Hellmann–Feynman; within a degenerate
-    set that symmetry keeps degenerate, the projected ∂D/∂φ_j is a multiple of the identity and any
-    basis gives the same values) and ∂ν/∂λ = ν/2λ; the acoustic modes at Γ (λ = 0 for every φ)
-    get 0. One diagonalization, p + 1 cheap evaluations of D."""
-    from xtds.dynamics import dynamical_matrix, eigenvalues_to_thz
-
-    phi = phi.detach().to(torch.float64)
-    with torch.no_grad():
-        lam, vec = torch.linalg.eigh(dynamical_matrix(model, phi, k))
-        D0 = dynamical_matrix(model, torch.zeros_like(phi), k)
-        cols = []
-        for j in range(len(phi)):
-            e = torch.zeros_like(phi)
-            e[j] = 1.0
-            Dj = dynamical_matrix(model, e, k) - D0
-            cols.append(torch.einsum("kan,kab,kbn->kn", vec.conj(), Dj, vec).real)
-        dlam = torch.stack(cols, -1).cpu().numpy()  # (K, 3n, p)
-        nu = eigenvalues_to_thz(lam).cpu().numpy()
-    lam = lam.cpu().numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dnu_dlam = np.where(np.abs(lam) > 1e-12 * max(np.abs(lam).max(), 1e-300), nu / (2 * lam), 0.0)
-    return nu, dlam * dnu_dlam[..., None]
-
-
-def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.DataArray) -> np.ndarray:
-    """Standard error of a DOS (from :func:`xtds.dos`, THz) by the delta method, with the analytic
-    Jacobian of :func:`frequency_jacobian` and the derivative of the Gaussian broadening (summed
-    over degenerate branches, which the broadened DOS does). The delta method is linear: near the
-    tops of peaks and in their far tails the DOS is not, and the error there is only indicative."""
-    from xtds.dynamics import mesh as k_mesh
-
-    mesh = tuple(int(x) for x in str(dos.attrs["mesh"]).strip("()").split(","))
-    sigma = float(dos.attrs["sigma"])
-    f = np.asarray(dos["frequency"].values, dtype=float)
-    k = k_mesh(model, mesh)
-    nu, dnu = frequency_jacobian(model, phi, k)
-    nu, dnu = nu.reshape(-1), dnu.reshape(-1, dnu.shape[-1])
-    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
-    x = (f[:, None] - nu[None, :]) / sigma
-    J = (norm * np.exp(-0.5 * x * x) * x / sigma) @ dnu
-    return np.sqrt(np.clip(np.einsum("ip,pq,iq->i", J, cov, J), 0, None))
-
-
-def derived_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, disp: xr.DataArray,
-                   cij: xr.DataArray, dos: xr.DataArray | None = None) -> dict[str, xr.DataArray]:
-    """Standard errors of the dispersion (on ``disp``'s path), of the elastic constants and of the
-    DOS by the delta method. The acoustic frequencies at Γ are zero for every φ (the sum rule):
-    their error is zero (√λ has no derivative there)."""
-    from xtds.elastic import elastic_tensor
-
-    k = np.stack([disp[f"k_{c}"].values for c in ("qx", "qy", "qz")], 1)
-    nu, J = frequency_jacobian(model, phi, k)
-    se = np.sqrt(np.clip(np.einsum("knp,pq,knq->kn", J, cov, J), 0, None))
-    se = np.where(np.abs(nu) > 1e-6 * np.abs(nu).max(), se, 0.0)
-    _, se_c = delta_method(lambda p: elastic_tensor(model, p)[0], phi, cov)
-    kind = "delta method, from ifc_cov"
-    return {
-        "dispersion_stderr": disp.copy(data=se).assign_attrs(units=disp.attrs.get("units", "THz"),
-                                                             long_name=f"standard error ({kind})"),
-        "elastic_constants_stderr": cij.copy(data=se_c).assign_attrs(units="GPa", long_name=f"standard error ({kind})"),
-        **({} if dos is None else {"dos_stderr": dos.copy(data=dos_stderr(model, phi, cov, dos)).assign_attrs(
-            long_name=f"standard error ({kind})")}),
-    }
 
 
 def crystal_variables(crystal: Crystal) -> dict[str, xr.DataArray]:
@@ -226,51 +135,21 @@ def open_fit(path) -> FitResult:
 
 
 def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.Dataset:
-    """The labelled result of a fit (see :func:`xtds.fitting.fit_problems`), the crystal and the
+    """The labelled result of a fit (see :func:`xtds.fitting.fit.fit_problems`), the crystal and the
     model's cutoff included as data, so that :func:`open_fit` can rebuild the model from the file."""
     model, n_free = objective.model, objective.n_free
-    T = np.vstack([model.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
-
-    def on_constants(c):  # (n_x, n_x) → (n_constants, n_constants), a0 and the free constants
-        return T @ c[:n_free, :n_free] @ T.T
-
-    cov_optimizer = res.x_cov
-    kind = "Gauss–Newton" if cov_optimizer is None else "Gauss–Newton plus the Adam iterates' scatter"
-    cov_all = on_constants(cov if cov_optimizer is None else cov + cov_optimizer)
-    phi_hat = res.x[:n_free]
-    ifc = model.to_dataarray(phi_hat)
-    names = list(ifc["constant"].values)
-    ds = xr.Dataset({"ifc": ifc})
-    ds["ifc_stderr"] = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
-                                    attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
-    ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
-                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
-    if robust is not None:
-        rob = on_constants(robust if cov_optimizer is None else robust + cov_optimizer)
-        ds["ifc_stderr_robust"] = xr.DataArray(
-            np.sqrt(np.clip(np.diag(rob), 0, None)), dims=("constant",),
-            attrs={"units": "eV/Å^2", "long_name": "robust standard error (cluster sandwich over |q| shells)"})
-        ds["ifc_cov_robust"] = xr.DataArray(rob, dims=("constant", "constant_"), coords={"constant_": names},
-                                            attrs={"units": "(eV/Å^2)^2", "long_name": "robust covariance"})
-    if cov_optimizer is not None:
-        ds["ifc_optimizer_stderr"] = xr.DataArray(
-            np.sqrt(np.clip(np.diag(on_constants(cov_optimizer)), 0, None)), dims=("constant",),
-            attrs={"units": "eV/Å^2", "long_name": "scatter of the Adam iterates over the last 10% of epochs"})
-    phi_t = torch.as_tensor(phi_hat, dtype=torch.float64)
-    disp = dispersion(model, phi_t)
-    ds["dispersion"] = disp.rename({c: f"k_{c}" for c in ("H", "K", "L", "qx", "qy", "qz") if c in disp.coords})
-    ds["dos"] = dos(model, phi_t, mesh=16, sigma=0.1)
-    ds["elastic_constants"] = elastic_constants(model, phi_t)
-    cov_free = (cov if cov_optimizer is None else cov + cov_optimizer)[:n_free, :n_free]
-    ds = ds.assign(derived_stderr(model, phi_t, cov_free, ds["dispersion"], ds["elastic_constants"], ds["dos"]))
+    ds = _constants(model, res, cov, robust, n_free)
+    phi_t = torch.as_tensor(res.x[:n_free], dtype=torch.float64)
+    cov_free = (cov if res.x_cov is None else cov + res.x_cov)[:n_free, :n_free]
+    ds = ds.assign(derived_quantities(model, phi_t, cov_free))
     hist = np.array(res.history, dtype=float).reshape(-1, 3)
     losses = sorted({p.loss for p in objective.problems})
     ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
                               attrs={"long_name": f"loss ({' + '.join(losses)})", "units": "1"})
     ds["wall_time"] = xr.DataArray(hist[:, 2], dims=("iteration",), attrs={"units": "s"})
-    phi, nus = objective.split(res.x)
-    for p, nu in zip(objective.problems, nus, strict=True):
-        ds = ds.assign(p.result_variables(phi, nu))
+    phi, nuisances = objective.split(res.x)
+    for p, eta in zip(objective.problems, nuisances, strict=True):
+        ds = ds.assign(p.result_variables(phi, eta))
     ds.attrs.update(
         xtds_version=__version__,
         settings=json.dumps(settings, default=str),
@@ -289,22 +168,59 @@ def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.
     flag_stability(ds, model, phi_t)
     if res.start_condition is not None:
         ds.attrs["start_condition"] = res.start_condition
+    _record_geometry(ds, objective, res, phi_t)
+    return ds
+
+
+def _constants(model: IFCModel, res, cov, robust, n_free: int) -> xr.Dataset:
+    """``ifc`` with its standard errors and covariance (and the robust ones, and the optimizer's
+    own scatter where it has one), a0 included."""
+    T = np.vstack([model.derived_matrix, np.eye(n_free)])  # derived constants first, as to_dataarray
+
+    def on_constants(c):  # (n_x, n_x) → (n_constants, n_constants), a0 and the free constants
+        return T @ c[:n_free, :n_free] @ T.T
+
+    extra = res.x_cov
+    label = res.x_cov_label or "the optimizer's scatter"
+    kind = "Gauss–Newton" if extra is None else f"Gauss–Newton plus {label}"
+    cov_all = on_constants(cov if extra is None else cov + extra)
+    ifc = model.to_dataarray(res.x[:n_free])
+    names = list(ifc["constant"].values)
+    ds = xr.Dataset({"ifc": ifc})
+    ds["ifc_stderr"] = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
+                                    attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
+    ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
+                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
+    if robust is not None:
+        rob = on_constants(robust if extra is None else robust + extra)
+        ds["ifc_stderr_robust"] = xr.DataArray(
+            np.sqrt(np.clip(np.diag(rob), 0, None)), dims=("constant",),
+            attrs={"units": "eV/Å^2", "long_name": "robust standard error (cluster sandwich over |q| shells)"})
+        ds["ifc_cov_robust"] = xr.DataArray(rob, dims=("constant", "constant_"), coords={"constant_": names},
+                                            attrs={"units": "(eV/Å^2)^2", "long_name": "robust covariance"})
+    if extra is not None:
+        ds["ifc_optimizer_stderr"] = xr.DataArray(
+            np.sqrt(np.clip(np.diag(on_constants(extra)), 0, None)), dims=("constant",),
+            attrs={"units": "eV/Å^2", "long_name": label})
+    return ds
+
+
+def _record_geometry(ds: xr.Dataset, objective, res, phi_t) -> None:
+    """Identifiability, the problems' geometries (and why), and the infinite crystals' mesh
+    convergence at the fitted constants, in ``ds.attrs``."""
     ident = res.identifiability or {}
     ds.attrs.update(n_points=int(sum(len(p) for p in objective.problems)),
                     n_parameters=int(len(objective.parameter_names())),
                     jacobian_rank=int(ident.get("rank", -1)), jacobian_condition=float(ident.get("condition", np.nan)),
-                    geometry="; ".join(repr(getattr(p.observable, "geometry", None)) for p in objective.problems))
+                    geometry="; ".join(repr(p.observable.geometry) for p in objective.problems))
     reasons = [p.geometry_reason for p in objective.problems if p.geometry_reason]
     if reasons:
         ds.attrs["geometry_reason"] = "; ".join(reasons)
     conv = [mesh_convergence(p.observable, phi_t) for p in objective.problems
-            if isinstance(getattr(p.observable, "geometry", None), InfiniteCrystal)]
+            if isinstance(p.observable.geometry, InfiniteCrystal)]
     if conv:
         ds.attrs["mesh_convergence"] = json.dumps(conv)
         for c in conv:
             log.info("infinite crystal: mesh %s vs %s changes the model by %.2e (median) / %.2e (max, relative) "
                      "at the fitted constants", c["mesh"], c["finer_mesh"], c["median_rel_change"],
                      c["max_rel_change"])
-    return ds
-
-

@@ -1,6 +1,6 @@
 """A series of volumes (temperatures, pressures, samples), one fit each, as parallel tasks.
 
-:func:`fit_series` runs :func:`xtds.fitting.core.fit` once per volume as independent tasks: on a
+:func:`fit_series` runs :func:`xtds.fitting.tds.fit` once per volume as independent tasks: on a
 ``dask.distributed`` cluster (a ``LocalCluster`` of worker processes by default when
 ``distributed`` is installed, or any scheduler address or ``Client``), or on threads in this
 process (``client="threads"``, the default without ``distributed``), or one after the other
@@ -24,6 +24,7 @@ store, and the failures (``attrs["failed"]``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +34,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
+
+from xtds.fitting.optimizers import Optimizer
+from xtds.fitting.tds import fit
+from xtds.lattice.crystal import as_crystal
+from xtds.lattice.ifc import IFCModel
+from xtds.observables.base import describe
+from xtds.observables.tds.settings import as_tds_model
 
 log = logging.getLogger("xtds.fitting")
 
@@ -84,15 +92,21 @@ def _fit_one(volume, crystal, kwargs):
     Its dask computations (reading, masking, reducing the volume) run on dask's threads in the
     process that runs the task: inside a distributed task the default scheduler would be the
     cluster itself, and the task would wait for threads that the other fits hold (measured: the
-    81³ series took 3× the sequential time that way)."""
+    81³ series took 3× the sequential time that way). The fit runs without a progress bar."""
     import dask
 
-    from xtds.fitting.core import fit
     from xtds.io import open_volume
 
+    kwargs = dict(kwargs)
+    optimizer = kwargs.get("optimizer")
+    if optimizer is None:
+        stochastic = as_tds_model(kwargs.get("model")).method == "sampled"
+        kwargs["optimizer"] = Optimizer.default_for(stochastic, progress=False)
+    else:
+        kwargs["optimizer"] = dataclasses.replace(optimizer, progress=False)
     with dask.config.set(scheduler="threads"):
         ds = open_volume(volume) if isinstance(volume, str | os.PathLike) else volume
-        res = fit(ds, crystal, progress=False, **kwargs)
+        res = fit(ds, crystal, **kwargs)
         return res.load()
 
 
@@ -219,7 +233,7 @@ def fit_series(
         member of the series; or one Dataset with the series dimension ``dim`` (it is split along
         it, each member keeping its coordinate as ``attrs[dim]``, e.g. its temperature).
     crystal
-        As :func:`xtds.fit` (a Crystal, a preset name, a CIF path).
+        As :func:`xtds.fit` (a Crystal, a preset name, a CIF path, or an IFCModel).
     dim, coords
         The series dimension of the result and its coordinate values (default: the members'
         ``attrs[dim]`` where they all have one, else 0, 1, …).
@@ -229,10 +243,14 @@ def fit_series(
     client
         None (a LocalCluster with one single-threaded worker process per volume, at most the CPU
         count, when ``distributed`` is installed; else ``"threads"``), ``"threads"``,
-        ``"sequential"``, a scheduler address, or a ``distributed.Client``.
+        ``"sequential"``, a scheduler address, or a ``distributed.Client``. A LocalCluster starts
+        worker processes: a script that calls this at its top level must guard it with
+        ``if __name__ == "__main__":`` (or pass ``client="threads"``).
+    progress
+        A progress bar over the volumes (each fit runs without its own).
     fit_kwargs
-        Passed to :func:`xtds.fit` for every volume (``shells``, ``initial``, ``temperature``, …;
-        with ``temperature`` unset each volume's own is used).
+        Passed to :func:`xtds.fit` for every volume (``shells``, ``initial``, ``temperature``,
+        ``prepare``, ``model``, …; with ``temperature`` unset each volume's own is used).
 
     Returns
     -------
@@ -241,6 +259,57 @@ def fit_series(
     iterations of each fit, and ``attrs["failed"]`` (JSON: volume → error) and ``attrs["store"]``.
     Raises ``RuntimeError`` naming every failure when no volume could be fitted.
     """
+    volumes, coords = _members(volumes, dim, coords)
+    names = [_name_of(v, i) for i, v in enumerate(volumes)]
+    which = describe(crystal) if isinstance(crystal, IFCModel) else repr(as_crystal(crystal))
+    fingerprint = hashlib.sha256(json.dumps({"fit": describe(fit_kwargs), "crystal": which}, default=str,
+                                            sort_keys=True).encode()).hexdigest()[:16]
+    st = _Store(store, fingerprint) if store is not None else None
+    identities = [_identity(v) for v in volumes]
+    results: dict[int, xr.Dataset] = {}
+    loaded: set[int] = set()
+    if st is not None:
+        for i in range(len(volumes)):
+            got = st.load(i, identities[i])
+            if got is not None:
+                results[i] = got
+                loaded.add(i)
+    failed: dict[str, str] = {}
+    t0 = time.perf_counter()
+    todo = [i for i in range(len(volumes)) if i not in results]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(volumes), initial=len(loaded), desc=f"fits along {dim}", disable=not progress)
+
+    def finish(i, res=None, err=None):
+        if err is not None:
+            failed[names[i]] = f"{type(err).__name__}: {err}"
+            log.warning("fit_series: %s failed: %s", names[i], failed[names[i]])
+        else:
+            res.attrs["series_wall_time_s"] = float(time.perf_counter() - t0)
+            if st is not None:
+                st.save(i, identities[i], res)
+            results[i] = res
+        bar.update(1)
+
+    try:
+        kind = _run(todo, volumes, crystal, fit_kwargs, client, fingerprint, finish)
+    finally:
+        bar.close()
+    if not results:
+        raise RuntimeError("no volume of the series could be fitted: "
+                           + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    out = _concatenated(results, coords, names, loaded, dim)
+    out.attrs.update(failed=json.dumps(failed), store=str(store) if store is not None else "",
+                     scheduler=kind, n_fitted=len(results) - len(loaded & set(results)), n_loaded=len(loaded),
+                     wall_time_s=float(time.perf_counter() - t0))
+    if failed:
+        log.warning("fit_series: %d of %d volumes failed: %s", len(failed), len(volumes), ", ".join(failed))
+    return out
+
+
+def _members(volumes, dim: str, coords):
+    """(the members as a list, their coordinates): a Dataset with ``dim`` split along it."""
     if isinstance(volumes, xr.Dataset):
         if dim not in volumes.dims:
             raise ValueError(f"the Dataset has no series dimension {dim!r} (its dimensions: {list(volumes.dims)}); "
@@ -257,47 +326,18 @@ def fit_series(
     volumes = list(volumes)
     if not volumes:
         raise ValueError("give at least one volume")
-    names = [_name_of(v, i) for i, v in enumerate(volumes)]
     if coords is None:
         found = [_attr_of(v, dim) for v in volumes]
         coords = found if all(f is not None for f in found) else list(range(len(volumes)))
     if len(coords) != len(volumes):
         raise ValueError(f"{len(coords)} coordinate values for {len(volumes)} volumes")
-    from xtds.crystal import as_crystal
-    from xtds.fitting.problem import describe
+    return volumes, coords
 
-    fingerprint = hashlib.sha256(json.dumps({k: describe(v) if hasattr(v, "__dataclass_fields__") else v
-                                             for k, v in sorted(fit_kwargs.items())}, default=str,
-                                            sort_keys=True).encode()
-                                 + repr(as_crystal(crystal)).encode()).hexdigest()[:16]
-    st = _Store(store, fingerprint) if store is not None else None
-    identities = [_identity(v) for v in volumes]
-    results: dict[int, xr.Dataset] = {}
-    loaded: set[int] = set()
-    if st is not None:
-        for i in range(len(volumes)):
-            got = st.load(i, identities[i])
-            if got is not None:
-                results[i] = got
-                loaded.add(i)
-    todo = [i for i in range(len(volumes)) if i not in results]
-    failed: dict[str, str] = {}
-    t0 = time.perf_counter()
+
+def _run(todo, volumes, crystal, fit_kwargs, client, fingerprint, finish) -> str:
+    """Fit the volumes ``todo`` on the executor ``client`` names, calling ``finish(i, result)`` or
+    ``finish(i, err=error)`` for each as it ends; returns the executor's kind."""
     kind, cl, owned = _client_of(client, len(todo)) if todo else ("sequential", None, None)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(volumes), initial=len(loaded), desc=f"fits along {dim}", disable=not progress)
-
-    def finish(i, res=None, err=None):
-        if err is not None:
-            failed[names[i]] = f"{type(err).__name__}: {err}"
-            log.warning("fit_series: %s failed: %s", names[i], failed[names[i]])
-        else:
-            res.attrs["series_wall_time_s"] = float(time.perf_counter() - t0)
-            if st is not None:
-                st.save(i, identities[i], res)
-            results[i] = res
-        bar.update(1)
 
     def collect(done_iter, futures):  # each (future, volume index) as it finishes
         for fut in done_iter:
@@ -326,13 +366,14 @@ def fit_series(
                        for i in todo}
             collect(as_completed(list(futures)), futures)
     finally:
-        bar.close()
         if owned is not None:
             cl.close()
             owned.close()
-    if not results:
-        raise RuntimeError("no volume of the series could be fitted: "
-                           + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return kind
+
+
+def _concatenated(results: dict, coords, names, loaded: set, dim: str) -> xr.Dataset:
+    """:data:`SERIES_VARIABLES` of every finished fit along ``dim``, with the provenance."""
     done = sorted(results)
     parts = []
     for i in done:
@@ -345,9 +386,4 @@ def fit_series(
     out = out.assign_coords({dim: np.asarray([coords[i] for i in done])})
     out["volume"] = (dim, [names[i] for i in done])
     out["from_store"] = (dim, [i in loaded for i in done])
-    out.attrs.update(failed=json.dumps(failed), store=str(store) if store is not None else "",
-                     scheduler=kind, n_fitted=len(done) - len(loaded & set(done)), n_loaded=len(loaded),
-                     wall_time_s=float(time.perf_counter() - t0))
-    if failed:
-        log.warning("fit_series: %d of %d volumes failed: %s", len(failed), len(volumes), ", ".join(failed))
     return out

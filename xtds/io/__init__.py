@@ -37,7 +37,7 @@ def _is_zarr_store(p: str) -> bool:
     return os.path.isdir(p) and any(os.path.exists(os.path.join(p, n)) for n in ("zarr.json", ".zgroup", ".zarray"))
 
 
-def _format_of(path, writing: bool = False) -> str:
+def format_of(path, writing: bool = False) -> str:
     """'nexus', 'zarr' or 'netcdf' from the name and, for an existing file, its first bytes."""
     p = os.fspath(path).rstrip("/")
     ext = os.path.splitext(p)[1].lower()
@@ -161,7 +161,7 @@ def open_volume(
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or store: {path}")
-    fmt = format or _format_of(path)
+    fmt = format or format_of(path)
     if fmt not in ("nexus", "zarr", "netcdf", "netcdf3"):
         raise ValueError(f"format must be 'nexus', 'zarr' or 'netcdf', got {fmt!r}")
     _check_readable(path, fmt)
@@ -286,7 +286,7 @@ def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: boo
     not written: :func:`open_volume` sets it to the file it opens.
     """
     path = os.fspath(path)
-    fmt = format or _format_of(path, writing=True)
+    fmt = format or format_of(path, writing=True)
     if fmt not in ("nexus", "zarr", "netcdf"):
         raise ValueError(f"format must be 'nexus', 'zarr' or 'netcdf', got {fmt!r}")
     _check_target(ds, path, fmt, overwrite)

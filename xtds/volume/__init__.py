@@ -2,10 +2,10 @@
 
 Kernels (array in, array out; numpy, cupy or dask): :mod:`xtds.volume.laue_grid`,
 :mod:`xtds.volume.symmetrize`, :mod:`xtds.volume.masks`. The xarray layer:
-:mod:`xtds.volume.dataset`, also reachable as the ``ds.tds`` accessor.
+:mod:`xtds.volume.prepare`, also reachable as the ``ds.tds`` accessor.
 """
 
-from xtds.volume.dataset import (
+from xtds.volume.prepare import (
     add_q,
     as_backend,
     mask,

@@ -1,6 +1,6 @@
 """Laue-group operations as index arithmetic on H, K, L grids, and whether a grid maps onto itself.
 
-The group itself (integer matrices R on h = (H, K, L)) is :class:`xtds.laue.LaueGroup`. On a
+The group itself (integer matrices R on h = (H, K, L)) is :class:`xtds.lattice.laue.LaueGroup`. On a
 rectangular grid (one 1-D coordinate per axis) a signed permutation R (each axis goes to ± another
 axis; m-3m, m-3, 4/mmm, 4/m, mmm, 2/m, -1 in their standard settings) is a flip and a transpose of
 the array (:class:`GridOp`). An operation that mixes axes (the trigonal and hexagonal classes:
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xtds.laue import GRID_TOL
+from xtds.lattice.laue import GRID_TOL
 
 __all__ = ["GridOp", "GatherOp", "grid_operations"]
 

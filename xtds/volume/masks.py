@@ -10,12 +10,11 @@ import itertools
 
 import numpy as np
 
-from xtds.volume.backend import array_module as _xp
+from xtds.lattice.reflections import allowed_reflections
+from xtds.volume.arrays import array_module as _xp
 
 __all__ = [
     "invalid_mask",
-    "allowed_reflections",
-    "is_allowed",
     "bragg_mask",
     "q_range_mask",
     "wedge_mask",
@@ -30,26 +29,6 @@ def invalid_mask(intensity, weights=None):
     if weights is not None:
         bad = bad | ~np.isfinite(weights) | (weights <= 0)
     return bad
-
-
-def allowed_reflections(crystal, hkl_max: int) -> np.ndarray:
-    """Integer (h, k, l) with |h|,|k|,|l| ≤ ``hkl_max`` whose structure factor does not vanish.
-
-    F(hkl) = Σ_s Z_s exp(2πi hkl·x_s) with the atomic numbers Z_s as the forward form factors (the
-    extinction rules of the structure: FCC h, k, l unmixed; diamond also h+k+l ≠ 4n+2 for all-even).
-    Shape (n, 3) int.
-    """
-    r = np.arange(-hkl_max, hkl_max + 1)
-    hkl = np.array(list(itertools.product(r, r, r)))
-    return hkl[is_allowed(crystal, hkl)]
-
-
-def is_allowed(crystal, hkl) -> np.ndarray:
-    """True where integer (h, k, l) (shape (n, 3)) has a non-vanishing structure factor
-    F = Σ_s Z_s exp(2πi hkl·x_s) (atomic numbers as forward form factors): shape (n,)."""
-    z = np.asarray(crystal.numbers, dtype=float)
-    F = np.exp(2j * np.pi * np.asarray(hkl, dtype=float) @ np.asarray(crystal.positions).T) @ z
-    return np.abs(F) > 1e-6 * z.sum()
 
 
 def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=None):

@@ -3,7 +3,7 @@
 For a Laue group that holds every sign change of the axes (the mirrors of mmm: m-3m, m-3, 4/mmm,
 mmm in their standard settings), G = S ⋊ P with S the 8 sign changes and P a group of axis
 permutations, and the orbit of a voxel h is the P-orbit of |h| with every sign. So the reduction
-of :func:`xtds.volume.dataset.to_points` (weighted orbit means) splits in two stages:
+of :func:`xtds.volume.prepare.to_points` (weighted orbit means) splits in two stages:
 
 1. **Fold** (the one read of the file): block by block, in the order of the array's first axis
    (best the file's slowest: ``to_points`` puts it first), each block is read and masked by dask,

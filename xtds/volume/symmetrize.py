@@ -21,7 +21,7 @@ import operator
 
 import numpy as np
 
-from xtds.volume.backend import array_module as _xp
+from xtds.volume.arrays import array_module as _xp
 from xtds.volume.laue_grid import GatherOp, GridOp
 
 __all__ = ["symmetrize_array", "symmetric_chunks"]

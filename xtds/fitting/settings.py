@@ -1,0 +1,116 @@
+"""Grouped settings of a fit: how a volume is prepared (:class:`Preparation`) and how the errors are
+made (:class:`Errors`). With :class:`~xtds.observables.tds.settings.TDSModel` (the forward model)
+and an :class:`~xtds.fitting.optimizers.Optimizer` they are all a fit takes besides the crystal,
+its range, the start and the temperature:
+
+    ds.tds.fit(ni, shells=5, initial=start,
+               prepare=Preparation(bragg=0.1, q_max=8.0),
+               model=TDSModel(method="one_phonon"),
+               errors=Errors(temperature_stderr=2.0),
+               optimizer=LM(checkpoint="fit.ckpt"))
+
+Each may also be given as a dict of its fields. The result records them (``attrs['settings']``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+__all__ = ["Preparation", "Errors", "as_settings"]
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How a volume becomes fitting points (:func:`xtds.fit`).
+
+    Parameters
+    ----------
+    bragg
+        Radius (r.l.u.) of the masks about the allowed Bragg reflections; None: none.
+    q_min, q_max
+        |q| range kept (Å⁻¹); None: unbounded.
+    symmetrize
+        Average each Laue orbit's valid voxels into one point (default); False fits every voxel.
+    laue
+        A Laue class name instead of the crystal's (e.g. ``"4/mmm"`` for a distorted cubic).
+    max_points
+        Fit a random subset of at most this many irreducible points (drawn with ``seed``), for
+        volumes whose points hold far more information than a handful of constants needs; only the
+        drawn orbits are read. The errors are those of the subset (larger than the whole volume's).
+    seed
+        Of the random subset.
+
+    Masks and wedges beyond these are the accessor chain's: ``ds.tds.mask(...).tds.wedge(...)``.
+    """
+
+    bragg: float | None = None
+    q_min: float | None = None
+    q_max: float | None = None
+    symmetrize: bool = True
+    laue: str | None = None
+    max_points: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("bragg", "q_min", "q_max"):
+            v = getattr(self, name)
+            if v is not None and not _non_negative(v):
+                raise ValueError(f"Preparation({name}=...) must be a non-negative number or None, got {v!r}")
+        if self.max_points is not None and (isinstance(self.max_points, bool) or int(self.max_points) < 1):
+            raise ValueError(f"Preparation(max_points=...) must be a positive count or None, got {self.max_points!r}")
+
+
+@dataclass(frozen=True)
+class Errors:
+    """How the fit's uncertainties are made, beyond the Gauss–Newton covariance of the residuals.
+
+    Parameters
+    ----------
+    temperature_stderr
+        Standard uncertainty of the temperature (K), propagated into the errors (0: exact).
+    noise_configurations
+        The data are a mean over this many sampled configurations (the paper's synthetic target):
+        the covariance then comes from the observable's noise model instead of the residuals.
+    noise_draws
+        Single-configuration draws for that covariance.
+    """
+
+    temperature_stderr: float = 0.0
+    noise_configurations: int | None = None
+    noise_draws: int = 200
+
+    def __post_init__(self):
+        if not _non_negative(self.temperature_stderr):
+            raise ValueError(f"Errors(temperature_stderr=...) must be a non-negative number of K, "
+                             f"got {self.temperature_stderr!r}")
+        if int(self.noise_draws) < 2:
+            raise ValueError(f"Errors(noise_draws=...) must be at least 2, got {self.noise_draws!r}")
+
+
+def _non_negative(v) -> bool:
+    """Whether ``v`` is a finite number ≥ 0 (not a bool)."""
+    if isinstance(v, bool):
+        return False
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(f) and f >= 0
+
+
+def as_settings(cls, value, what: str):
+    """``value`` as a ``cls`` settings object: None → the defaults, a dict → its fields, an
+    instance → itself; a ``TypeError`` naming ``what`` and the fields otherwise."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    names = [f.name for f in dataclasses.fields(cls)]
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise TypeError(f"{what}: {cls.__name__} has no setting {unknown}; its settings are {names}")
+        return cls(**value)
+    raise TypeError(f"{what} must be a {cls.__name__} (or a dict of {names}), got {type(value).__name__}")

@@ -1,0 +1,125 @@
+"""The harmonic ensemble average of the scattered intensity, exact to all orders in the displacements.
+
+For atoms j at X_j + u_j with Gaussian u (harmonic crystal),
+
+    ⟨I(q)⟩ = Σ_{jj'} f_j f_j' exp(i q·(X_j − X_j')) exp(−½ qᵀ B_jj' q),   B_jj' = ⟨(u_j − u_j')(u_j − u_j')ᵀ⟩.
+
+By translation symmetry, per primitive cell and with W_c = ½ qᵀ C(c0, c0) q:
+
+    I(q) = Σ_s w_s Σ_{c'r} f_s f_c' exp(−W_s − W_c') cos(q·d) exp(qᵀ C(s0, c'r) q),
+
+where s runs over one atom per primitive site (weight w_s = its share of the cell), c'r over all
+atoms of the periodic supercell, and d = x_{c'r} − x_s. The covariances C come from
+:func:`~xtds.thermal.covariance.lattice_covariance` (block-circulant structure, FFT).
+
+The infinite crystal has its own module, :mod:`xtds.observables.tds.infinite`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xtds.lattice.ifc import IFCModel
+from xtds.observables.scattering import form_factors_at
+from xtds.thermal.covariance import covariance_k, lattice_covariance, q_products, symmetric_components
+from xtds.thermal.debye_waller import self_components, supercell_exponents
+
+__all__ = ["exact_supercell", "one_phonon", "Terms"]
+
+class Terms:
+    """The ingredients shared by the exact and one-phonon intensities of one geometry."""
+
+    def __init__(self, model: IFCModel, Cr: torch.Tensor):
+        cell = model.crystal
+        n = cell.n_atoms
+        L = np.asarray(Cr.shape[2:5])
+        table = model.pair_table(cell)
+        # one representative atom per primitive site, weighted by its share of the cell
+        reps, weights = [], []
+        for s in range(model.n_sites):
+            atoms = np.nonzero(table.site == s)[0]
+            reps.append(int(atoms[0]))
+            weights.append(len(atoms) / n * model.n_sites)  # per primitive cell
+        r = np.stack(np.meshgrid(*(np.arange(x) for x in L), indexing="ij"), -1).reshape(-1, 3)
+        tau = cell.positions
+        d_list, w_list, c_list, dst_list = [], [], [], []
+        for c, wgt in zip(reps, weights, strict=True):
+            frac = r[None, :, :] + tau[:, None, :] - tau[c]  # (n, N, 3) in cell fractions
+            frac = frac.reshape(-1, 3)
+            dst = np.repeat(np.arange(n), len(r))
+            cov_idx = np.arange(n * len(r))
+            wts = np.ones(len(frac))
+            d_list.append(frac @ cell.lattice)
+            w_list.append(wts * wgt)
+            c_list.append(c * n * len(r) + cov_idx)
+            dst_list.append(dst)
+        dev = Cr.device
+        self.src = np.concatenate([np.full(len(d), c) for d, c in zip(d_list, reps, strict=True)])
+        self.dst = np.concatenate(dst_list)
+        self.d = torch.as_tensor(np.concatenate(d_list), dtype=Cr.dtype, device=dev)
+        self.w = torch.as_tensor(np.concatenate(w_list), dtype=Cr.dtype, device=dev)
+        flat = Cr.reshape(n * n * len(r), 3, 3)
+        self.C6 = symmetric_components(flat[torch.as_tensor(np.concatenate(c_list), device=dev)])  # (M, 6)
+        self.C0 = self_components(Cr)  # (n, 6) self covariances
+        self.species = list(cell.species)
+        self.cell = cell
+
+
+def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int) -> torch.Tensor:
+    """Σ_M w f_s f_c' e^{−W_s−W_c'} cos(q·d) exp(x): the intensity to all orders (``order="all"``,
+    the only one)."""
+    if order != "all":
+        raise ValueError("only order='all' is summed here; the infinite crystal's multi-phonon part is in "
+                         "xtds.observables.tds.infinite")
+    out = []
+    src = torch.as_tensor(terms.src, device=q.device)
+    dst = torch.as_tensor(terms.dst, device=q.device)
+    for start in range(0, len(q), chunk):
+        qc = q[start : start + chunk]
+        qq = q_products(qc)  # (Q, 6)
+        W = 0.5 * qq @ terms.C0.T  # (Q, n)
+        f = form_factors_at(terms.species, qc, form_factor, start)  # (Q, n)
+        a = f * torch.exp(-W)  # (Q, n)
+        x = qq @ terms.C6.T  # (Q, M)
+        phase = torch.cos(qc @ terms.d.T)
+        g = torch.exp(x)
+        amp = a[:, src] * a[:, dst] * terms.w
+        out.append((amp * phase * g).sum(dim=1))
+    return torch.cat(out)
+
+
+def exact_supercell(model, phi, q, temperature, geometry, quantum=False, form_factor="cromer-mann", chunk=2048):
+    """⟨I(q)⟩ per primitive cell of an L1×L2×L3 periodic supercell, Bragg peaks included.
+
+    ``geometry``: a :class:`~xtds.thermal.geometry.PeriodicSupercell` (or its repeats). q: shape
+    (Q, 3) Å⁻¹ on the supercell's reciprocal grid. Returns shape (Q,), electrons².
+    """
+    Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
+    return _sum_pairs(Terms(model, Cr), q, form_factor, "all", chunk)
+
+
+def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096,
+               lattice_cov=None):
+    """First-order TDS per primitive cell at any q (Xu & Chiang), with the Debye–Waller factor.
+
+    I₁(q) = Σ_{cc'} a_c a_c' qᵀ C_{cc'}(q) q / N_cell-to-primitive, a_c = f_c e^{−W_c}, where
+    C(q) = k_BT H(q)⁺ (classical) or the Bose–Einstein covariance (quantum), in the phase
+    convention of :mod:`xtds.lattice.dynamics` for the crystal's cell. Equivalently
+    Σ_j |Σ_s f_s e^{−W_s} (q·e_js)/√M_s e^{iq·τ_s}|² (ħ/2ω_j) coth(ħω_j/2k_BT). ``mesh`` (a shape
+    or a geometry) sets the k-mesh for W only. At q ≡ G the acoustic (divergent) part is left out:
+    mask Bragg peaks.
+    """
+    cell = model.crystal
+    n = cell.n_atoms
+    W = supercell_exponents(model, phi, q, temperature, mesh, quantum=quantum, lattice_cov=lattice_cov)
+    out = []
+    for start in range(0, len(q), chunk):
+        qc = q[start : start + chunk]
+        Cq = covariance_k(model, phi, qc, temperature, quantum=quantum, cell=cell)  # (Q, 3n, 3n)
+        f = form_factors_at(cell.species, qc, form_factor, start)  # (Q, n)
+        a = f * torch.exp(-W[start : start + chunk])
+        v = (a[:, :, None] * qc[:, None, :]).reshape(len(qc), 3 * n).to(Cq.dtype)
+        val = torch.einsum("qi,qij,qj->q", v.conj(), Cq, v).real
+        out.append(val)
+    return torch.cat(out) * (model.n_sites / n)
