@@ -221,9 +221,11 @@ def main():
         print(f"{T:5.0f} K: predicted " + ", ".join(f"{v:+.4f}±{s:.4f}" for v, s in zip(pred[i], spread[i],
                                                                                        strict=True))
               + f"\n        refined {', '.join(f'{v:+.4f}' for v in pa)} in {a.attrs['iterations']} iterations "
-              f"({ta:.1f} s), loss {la:.4f} (raw prediction {raw:.4f}, {raw / la - 1:+.1%})"
+              f"(the user waits {ta:.1f} s, the minimization {a.attrs['minimize_time_s']:.1f} s), loss {la:.4f} "
+              f"(raw prediction {raw:.4f}, {raw / la - 1:+.1%})"
               f"\n        from the published constants {', '.join(f'{v:+.4f}' for v in pb)} in "
-              f"{b.attrs['iterations']} iterations ({tb:.1f} s), loss {lb:.4f}; largest relative difference "
+              f"{b.attrs['iterations']} iterations ({tb:.1f} s, the minimization {b.attrs['minimize_time_s']:.1f} s), "
+              f"loss {lb:.4f}; largest relative difference "
               f"{np.max(np.abs(pa / pb - 1)):.1e}"
               f"\n        starts from the optimum, in its standard errors: prediction "
               f"{a.attrs['amortized_distance']:.1f}, published constants {far:.1f}"

@@ -19,7 +19,6 @@ time, for
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -31,9 +30,9 @@ from xtds.datasets import paper_ni_ifcs, paper_ni_tables, paper_ni_volume
 def table(title, res, wall, paper_key=None, show_z=False):
     target, start = paper_ni_ifcs("target"), paper_ni_ifcs("starting")
     paper = paper_ni_tables()[paper_key]["converged"] if paper_key else None
-    steps = "Adam epochs" if json.loads(res.attrs["settings"])["optimizer"]["type"] == "Adam" else "LM iterations"
-    print(f"\n{title}: wall time {wall:.1f} s ({res.attrs['iterations']} {steps}, {res.sizes['point']} "
-          f"irreducible points)")
+    print(f"\n{title}: the user waits {wall:.1f} s (preparation, fit and result), the minimization "
+          f"{res.attrs['minimize_time_s']:.1f} s ({res.attrs['iterations']} {res.attrs['optimizer']} iterations, "
+          f"{res.sizes['point']} irreducible points)")
     head = f"{'name':<5}{'start':>11}{'target':>11}{'converged':>13}{'error':>11}{'stderr':>10}{'z':>7}"
     if paper:
         head += f"{'paper':>11}{'paper err':>11}"

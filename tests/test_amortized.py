@@ -110,6 +110,7 @@ def _toy(n, seed, sigma=0.05, P=20):
 
 @pytest.mark.parametrize(("n_components", "noise_in_training"),
                          [(None, False), (8, False), (None, True)])  # standardized; 8 whitened components; noise=σ
+@pytest.mark.heavy
 def test_gaussian_posterior_is_calibrated_on_a_linear_toy(n_components, noise_in_training):
     """Linear-Gaussian data: the exact posterior (away from the box edges) has the covariance
     σ² (AᵀA)⁻¹ in u; the learned one must match it and its 68 % intervals must hold ~68 %. With
@@ -131,6 +132,7 @@ def test_gaussian_posterior_is_calibrated_on_a_linear_toy(n_components, noise_in
         assert 0.60 <= inside[interior, j].mean() <= 0.76
 
 
+@pytest.mark.heavy
 def test_two_stage_learns_saves_and_resumes(tmp_path):
     from xtds.amortized.networks import LabelScale, TwoStage, load
 
@@ -217,6 +219,7 @@ def test_gaussian_posterior_resumes_saves_and_refuses_bad_input(tmp_path, monkey
         fresh().fit(x, phi, epochs=2, batch=50, lr=1e12, progress=False)
 
 
+@pytest.mark.heavy
 def test_posterior_ensemble_is_the_mixture_and_widens_off_the_simulations(tmp_path):
     """PosteriorEnsemble: its mean and covariance are the equal-weight mixture's (computed here
     member by member); members differ by seed and a refit with the same seed repeats them; save/load
@@ -312,6 +315,7 @@ def test_standardized_spectra_forget_scale_and_offset():
         post.fit(np.zeros((4, 31)), np.tile([-0.6, 0.1, -0.7], (4, 1)), epochs=1, restandardize=True, progress=False)
 
 
+@pytest.mark.heavy
 def test_single_crystal_points_with_temperature_draws():
     """A single-crystal observable (the frozen TDSIntensity, one phonon, at 20 q-points) with a
     temperature per draw: each simulated row equals the observable made at that draw's temperature
@@ -348,6 +352,7 @@ def test_single_crystal_points_with_temperature_draws():
         make_training_set(NoTemperature(), REF, 4, workers=0, temperatures=(100.0, 600.0), progress=False)
 
 
+@pytest.mark.heavy
 def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch):
     """``amortized_distance`` is the start's Mahalanobis distance from the refined constants. For a
     start this close the loss is quadratic in the constants, so the distance² must equal the rise

@@ -190,6 +190,22 @@ def test_the_package_follows_its_layers():
     assert not problems, "\n".join(problems)
 
 
+#: The longest a function of the fitting and observables packages may be (lines, docstring included).
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_long_functions_in_fitting_and_observables():
+    long = []
+    for sub in ("fitting", "observables"):
+        for path in sorted((PACKAGE / sub).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
 def test_every_unit_of_the_doc_exists():
     modules = modules_of(PACKAGE)
     for unit in (u for layer in LAYERS for u in layer):

@@ -50,6 +50,7 @@ def test_compton_is_xraylib_per_atom_with_the_breit_dirac_factor():
         compton(["Qq"], q)
 
 
+@pytest.mark.heavy
 def test_compton_background_recovers_every_constant_and_shows_when_missing(volume):
     C = compton(["Ni"], grid_q(volume).ravel()).reshape(volume["intensity"].shape)
     scale, amplitude, constant = 37.2, 0.8, 40.0
@@ -76,6 +77,7 @@ def test_compton_background_recovers_every_constant_and_shows_when_missing(volum
     assert bad["count_by_q"].sum() == bad.attrs["n_points"] == res.sizes["point"]
 
 
+@pytest.mark.heavy
 def test_measured_data_are_fitted_with_quantum_statistics(volume):
     quantum = volume.tds.simulate(NI, TARGET, shells=5, model=xtds.TDSModel(quantum=True))
     del quantum.attrs["quantum"]  # a "measured" volume: no record of how it was made
@@ -87,6 +89,7 @@ def test_measured_data_are_fitted_with_quantum_statistics(volume):
     assert np.abs(rel_errors(classical)).max() > 0.05  # the statistics matter (issue: 12 % in b0)
 
 
+@pytest.mark.heavy
 def test_temperature_uncertainty_widens_the_errors_as_expected(volume):
     pts = volume.tds.symmetrize(crystal=NI).tds.to_points(crystal=NI)
     sig = xtds.fit_points(pts, NI, 300.0, shells=5, initial=START, errors=xtds.Errors(temperature_stderr=5.0),
@@ -106,6 +109,7 @@ def test_temperature_uncertainty_widens_the_errors_as_expected(volume):
                         optimizer=xtds.LM(progress=False))
 
 
+@pytest.mark.heavy
 def test_corrections_and_a_smooth_background(volume):
     """Polarization and absorption multiply the model; a quadratic in |q| is added to the data."""
     from xtds.observables.tds.corrections import Corrections

@@ -86,6 +86,7 @@ def test_bad_cif_is_refused(tmp_path):
         xtds.Crystal.from_cif(junk)
 
 
+@pytest.mark.heavy
 def test_cli_fits_a_mg_volume_from_its_cif(tmp_path):
     mg = tmp_path / "Mg.cif"
     mg.write_text(MG_CIF.format(c=3.21 * 1.624, occ=1.0))

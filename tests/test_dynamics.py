@@ -24,6 +24,7 @@ def _path_and_random(model, n=12):
     return np.concatenate([standard_path(model.crystal, density=8).k, rng.normal(size=(n, 3))])
 
 
+@pytest.mark.heavy
 def test_ni_target_against_phonopy(ni_model, paper_tables):
     phi = ni_model.vector(paper_tables["target_EAM_U3"])
     ph = phonopy_io.to_phonopy(ni_model, phi, 4)  # 14.08 Å cube > 2 × 5.57 Å cutoff

@@ -74,6 +74,7 @@ def test_value_and_jacobian_equals_central_differences():
     assert np.all(np.abs(J - Jfd).max(0) <= 1e-6 * scale), np.abs(J - Jfd).max(0) / scale
 
 
+@pytest.mark.heavy
 def test_exact_lm_reaches_the_finite_difference_optimum_in_fewer_evaluations():
     """The misfitting powder problem (residuals far above the noise at the optimum, where
     Gauss–Newton alone converges linearly): the exact-Jacobian fit ends at the loss of the

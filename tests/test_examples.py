@@ -26,6 +26,7 @@ def assert_png(path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+@pytest.mark.heavy
 def test_demo_prints_table_and_writes_plot(tmp_path):
     out = run_example("ni_phonons.py", tmp_path)
     assert "b2            1  Ni-Ni" in out and "f3" in out
@@ -33,6 +34,7 @@ def test_demo_prints_table_and_writes_plot(tmp_path):
     assert_png(tmp_path / "ni_dispersion.png")
 
 
+@pytest.mark.heavy
 def test_fit_demo_fits_an_nxrefine_file(tmp_path):
     out = run_example("fit_ni.py", tmp_path)
     assert "ni_small.nxs" in out and "b2" in out
@@ -41,6 +43,8 @@ def test_fit_demo_fits_an_nxrefine_file(tmp_path):
     for name in ("ni_fit_dispersion.png", "ni_fit_convergence.png", "ni_fit_slice_HK0.png"):
         assert_png(tmp_path / name)
     assert (tmp_path / "ni_fit.nc").exists()
+    # the headline path uses exact (forward-mode) Jacobians: no fallback to finite differences
+    assert "exact Jacobians" in out and "finite differences" not in out, out
 
 
 def test_embedded_tables_equal_reference(paper_tables):

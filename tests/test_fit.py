@@ -31,6 +31,7 @@ def volume16():
     return paper_ni_volume(n_max=16)  # 33³ voxels of the paper's 5×5×5 supercell grid
 
 
+@pytest.mark.heavy
 def test_full_3d_converges_to_target(volume16):
     res = volume16.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
     # noise-free data from the same model: the optimum is the Target itself (issue goal 2e-4)
@@ -49,6 +50,7 @@ def test_full_3d_converges_to_target(volume16):
     assert res.attrs["xtds_version"] == xtds.__version__ and "exact" in res.attrs["settings"]
 
 
+@pytest.mark.heavy
 def test_wedge_converges(volume16):
     wedge = volume16.tds.wedge(normal=(0, 1, 0), half_angle=10, crystal=NI)
     res = fit(wedge, NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
@@ -56,6 +58,7 @@ def test_wedge_converges(volume16):
     assert "wedge" in res.attrs["preparation"]
 
 
+@pytest.mark.heavy
 def test_stderr_is_honest_for_sampled_noise():
     """A target with the Monte-Carlo noise of 10⁵ configurations: the fitted constants scatter
     about the Target as the reported errors say (|z| < 3 for ≥ 15 of 16), and the errors are
@@ -70,6 +73,7 @@ def test_stderr_is_honest_for_sampled_noise():
     assert np.abs(errors(res)).max() > 1e-7  # the noise does move the optimum
 
 
+@pytest.mark.heavy
 def test_chi2_with_scale_and_background(volume16):
     sub = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25))
     data = 3.0 * sub["intensity"] + 5.0
@@ -82,6 +86,7 @@ def test_chi2_with_scale_and_background(volume16):
     assert float(res["background"]) == pytest.approx(5.0, abs=1e-4)
 
 
+@pytest.mark.heavy
 def test_checkpoint_resume_after_a_kill(volume16, tmp_path):
     pts = volume16.isel(H=slice(8, 25), K=slice(8, 25), L=slice(8, 25)).tds.symmetrize().tds.to_points()
     full = fit_points(pts, NI, 300.0, shells=5, initial=START, optimizer=xtds.LM(progress=False))
@@ -102,6 +107,7 @@ def test_checkpoint_resume_after_a_kill(volume16, tmp_path):
         fit_points(pts, NI, 250.0, shells=5, initial=START, optimizer=xtds.LM(progress=False, checkpoint=ck))
 
 
+@pytest.mark.heavy
 def test_adam_sampled_resume_is_exact(tmp_path):
     model = xtds.IFCModel(NI, shells=2)
     start = {"b0": -0.9, "b1": 0.05, "b2": -0.9, "c0": 0.1, "c1": 0.0}
@@ -133,6 +139,7 @@ def test_adam_sampled_resume_is_exact(tmp_path):
     np.testing.assert_allclose(res["ifc"].values, full["ifc"].values, rtol=0, atol=1e-12)
 
 
+@pytest.mark.heavy
 def test_preconditioned_adam_reaches_the_target():
     """The sampled model and Adam from a distant start: in coordinates whitened by the Gauss–Newton
     metric, 100 epochs get within the Monte-Carlo noise of the target (measured: 0.016–0.021
@@ -172,6 +179,7 @@ def test_simulate_matches_the_model(volume16):
     np.testing.assert_allclose(sim["intensity"].values, volume16["intensity"].values, rtol=1e-12)
 
 
+@pytest.mark.heavy
 def test_cli_fit_on_an_nxrefine_file(tmp_path):
     pytest.importorskip("matplotlib")
     path = small_ni_nexus(tmp_path / "ni.nxs", n_max=8)
@@ -191,6 +199,7 @@ def test_cli_fit_on_an_nxrefine_file(tmp_path):
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy
 def test_initial_from_phonopy(volume16):
     pytest.importorskip("phonopy")
     from xtds.io import phonopy as phonopy_io
@@ -204,6 +213,7 @@ def test_initial_from_phonopy(volume16):
     assert np.abs(errors(res)).max() < 1e-8
 
 
+@pytest.mark.heavy
 def test_one_phonon_on_an_arbitrary_grid():
     """Data off any supercell grid: geometry 'auto' picks the infinite crystal; the one-phonon
     model (Debye–Waller included, which fixes the IFC scale) recovers the constants."""
@@ -242,6 +252,7 @@ def test_paper_benchmark_full_grid(wedge, tolerance):
     assert np.abs(errors(res)).max() < tolerance
 
 
+@pytest.mark.heavy
 def test_max_points_fits_a_reproducible_random_subset(volume16):
     """``max_points``: a random subset of the irreducible points (drawn with ``seed``), recorded in
     the preparation attrs; noise-free data still give the target (the subset loses no truth)."""

@@ -37,6 +37,7 @@ def brute_force(ds, group):
     return out
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("laue", ["6/mmm", "6/m", "-3m", "-3"])
 def test_hexagonal_symmetrization_is_the_explicit_average(laue):
     ds = hex_volume()

@@ -50,6 +50,7 @@ def _pair_lookup(model):
     return x, site_of, key
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset, shells", [("Ni", 5), ("Fe", 4), ("Si", 4), ("NaCl", 4)])
 def test_every_block_symmetric_and_sum_rule(preset, shells):
     """Φ(gR) = g Φ(R) gᵀ for every operation and every pair, index symmetry, and the sum rule."""
@@ -121,6 +122,7 @@ def _numerical_free_count(crystal, x_a, x_b):
 
 
 @pytest.mark.parametrize("preset, shells", [("Ni", 5), ("Fe", 5), ("Si", 5), ("NaCl", 5), ("MgO", 3)])
+@pytest.mark.heavy
 def test_free_counts_equal_numerical_null_space(preset, shells):
     model = IFCModel(Crystal.preset(preset), shells=shells)
     x = model.primitive.cartesian_positions

@@ -35,6 +35,7 @@ def _away_from_bragg(h, min_dist):
     return h[np.array(keep)]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("quantum", [False, True])
 def test_debye_waller_extrapolation(ni3, quantum):
     """The mesh mean of C(k) converges as 1/M (plain means at M = 32 and 64 differ from the limit by
@@ -50,6 +51,7 @@ def test_debye_waller_extrapolation(ni3, quantum):
     assert 1.9 < ratio < 2.1
 
 
+@pytest.mark.heavy
 def test_matches_periodic_supercell_as_it_grows(ni3):
     """The exact periodic-supercell intensity (an independent sum over a finite crystal) approaches
     the infinite-crystal model as L grows, at points ≥ 0.4 r.l.u. from Bragg peaks, down to the
@@ -88,6 +90,7 @@ def test_bad_mesh_is_refused(ni3):
         tds_intensity(m, phi, np.ones((1, 3)), 300.0, geometry=InfiniteCrystal(6))
 
 
+@pytest.mark.heavy
 def test_paper_grid_forward_backward_under_a_second():
     """Forward + backward on the paper's 81³ Ni grid (12,286 irreducible points, 5 shells, default
     mesh 32³) in under a second on the 2-core machine (median of 3; measured 0.66 s, median of 5)."""
@@ -137,6 +140,7 @@ def _infinite_volume(crystal, ifc, shells, step, h_max, T, sigma_rel, seed):
     return truth
 
 
+@pytest.mark.heavy
 def test_fit_of_an_infinite_crystal_grid_recovers_the_truth():
     """Ni (2 shells) on a 0.05 r.l.u. grid with 0.5 % noise: geometry='auto' picks the infinite
     crystal, says so, reports the mesh convergence, and every constant is within 3σ of the truth."""
@@ -153,6 +157,7 @@ def test_fit_of_an_infinite_crystal_grid_recovers_the_truth():
     assert np.abs(z).max() < 3
 
 
+@pytest.mark.heavy
 def test_auto_geometry_refines_an_unconverged_mesh(monkeypatch):
     """geometry='auto' gives the observable a mesh tolerance: before the fit (its ``refine``) the
     infinite crystal's mesh is checked at the starting constants and refined (×4/3) while the model
@@ -185,6 +190,7 @@ def test_auto_geometry_refines_an_unconverged_mesh(monkeypatch):
     assert given.observable.mesh_tolerance is None and given.observable.refine(phi0) == (given.observable, "")
 
 
+@pytest.mark.heavy
 def test_continuum_kelvin_solution_matches_the_lattice(ni3):
     """Far from an atom the lattice covariance C(r) (64³ mesh, FFT) approaches the elastic Kelvin
     solution A(r̂)/|r| that xtds.observables.tds.continuum builds from the long-wavelength limit of C(k)
@@ -214,6 +220,7 @@ def test_continuum_kelvin_solution_matches_the_lattice(ni3):
 @pytest.mark.parametrize(("n", "ell", "kappa"), [(2, 0, 0.3), (2, 4, 1.1), (3, 0, 0.5), (3, 2, 2.0), (2, 10, 0.7),
                                                 (4, 0, 0.4), (4, 2, 1.3), (4, 6, 0.9), (3, 1, 0.5), (3, 11, 0.9),
                                                 (4, 1, 0.4), (4, 1, 1.7), (4, 3, 0.8), (4, 9, 2.0)])
+@pytest.mark.heavy
 def test_continuum_radial_integrals(n, ell, kappa):
     """J⁽ⁿ⁾_ℓ(κ) = ∫₀^∞ d^{2−n} j_ℓ(κd) χ(d) dd against brute force: Abel-damped trapezoid sums
     (e^{−εd}, ε = 4e-4 and 2e-4 Å⁻¹, extrapolated linearly to ε = 0) on a fine grid."""
@@ -244,6 +251,7 @@ def _lattice_covariance_at_pairs(m, phi, mesh):
         return plan, _c6(Cp) - torch.as_tensor(plan.alias) @ coeffs, coeffs
 
 
+@pytest.mark.heavy
 def test_continuum_correction_and_images_match_the_lattice(ni3):
     """C(r) of the lattice (64³ mesh, its periodic images removed with the continuum's) against the
     continuum A(r̂)/r + B(r̂)/r³: the 1/r³ term B, from the k⁰ term of C(k), brings 8–14 Å from
@@ -262,6 +270,7 @@ def test_continuum_correction_and_images_match_the_lattice(ni3):
         assert rel_ab < 4e-3 and rel_ab < 0.5 * rel_a
 
 
+@pytest.mark.heavy
 def test_odd_term_between_sublattices_matches_the_lattice():
     """Si: between the two atoms of the cell C_01(d) has an odd W(d̂)/|d|² term (the 1/k term of
     C(k), internal strain) that the same-atom blocks lack. Against the lattice (48³ mesh), A/r + W/r²
@@ -289,6 +298,7 @@ def test_odd_term_between_sublattices_matches_the_lattice():
     assert rel(even + odd) < rel(even) / 2.5 and rel(even - odd) > rel(even)
 
 
+@pytest.mark.heavy
 def test_periodic_images_removed_from_the_mesh_covariance(ni3):
     """At one window radius (16 Å), meshes 32³ and 64³ differ only through the periodic images in
     C(r); removing the continuum's images brings 20 points within 0.25 r.l.u. of Bragg peaks from a
@@ -311,6 +321,7 @@ def test_periodic_images_removed_from_the_mesh_covariance(ni3):
     assert rel[True].max() < 8e-5 and rel[True].max() < 0.4 * rel[False].max()
 
 
+@pytest.mark.heavy
 def test_fused_pair_sum_matches_the_plain_expression():
     """_PairSum (forward and backward fused, block by block) against the plain torch expression
     Σ wc [g(x) − χ G_el(xe, we, ze)] per group, values and gradients (gradcheck)."""

@@ -62,6 +62,7 @@ def test_full_degree_equals_separate_fits():
         np.testing.assert_allclose(joint["ifc_stderr"].sel(temperature=T).values, sel["ifc_stderr"].values, rtol=1e-5)
 
 
+@pytest.mark.heavy
 def test_powder_spectra_with_their_own_scales():
     """Powder spectra at three temperatures (each with its own free scale and constant) fitted with
     a linear law: the rates come back to 1e-6."""

@@ -1,13 +1,13 @@
-"""Mesh sums from the irreducible k-points (xtds.thermal.kmesh) against the full Γ-centred mesh."""
+"""Mesh sums from the irreducible k-points (xtds.lattice.kmesh) against the full Γ-centred mesh."""
 
 import numpy as np
 import pytest
 import torch
 
 import xtds
+from xtds.lattice.kmesh import irreducible_mesh
 from xtds.thermal.covariance import covariance_k
 from xtds.thermal.debye_waller import debye_waller, richardson
-from xtds.thermal.kmesh import irreducible_mesh
 
 CRYSTALS = {
     "Al (Fm-3m, 1 atom)": lambda: xtds.Crystal.preset("Al"),

@@ -97,6 +97,7 @@ def _xu_chiang(m, phi, q, T, W):
     return (amp * g_cl).sum(1) * m.n_sites / n, (amp * g_qu).sum(1) * m.n_sites / n
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("which", ["ni", "si"])
 def test_one_phonon_equals_eigenvector_formula(which, ni3, si2):
     m, phi = ni3 if which == "ni" else si2
@@ -179,6 +180,7 @@ def test_rocksalt_exact_and_one_phonon():
 
 @pytest.mark.parametrize("method, geometry", [("exact", PeriodicSupercell(2)), ("exact", InfiniteCrystal(8)),
                                                ("one_phonon", InfiniteCrystal(8))])
+@pytest.mark.heavy
 @pytest.mark.parametrize("quantum", [False, True])
 def test_gradcheck(method, geometry, quantum, si2):
     m, phi0 = si2

@@ -129,6 +129,7 @@ def ni_pooled(ni):
     return {solver: _pooled(m, phi, L, solver, seed0) for solver, seed0 in (("dense", 100), ("kspace", 200))}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("solver", ["dense", "kspace"])
 def test_sampled_mean_agrees_with_exact(solver, ni_pooled):
     chi2, _, _ = ni_pooled[solver]
@@ -202,6 +203,7 @@ def test_silicon_sampled_matches_exact():
     assert 0.8 <= chi2 <= 1.2
 
 
+@pytest.mark.heavy
 def test_rocksalt_sampled_matches_exact():
     """Two species: the cross terms 2 f_Na f_Cl Re F_Na F_Cl* of the pair sums."""
     m = xtds.IFCModel(xtds.Crystal.preset("NaCl"), shells=2)

@@ -17,6 +17,7 @@ CASES = {  # rock salts, Born charges (e) and ε∞ of the order of the measured
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.heavy
 def test_lo_to_splitting_equals_phonopy(name):
     rocksalt, born, eps, springs = CASES[name]
     crystal = xtds.Crystal.rocksalt(*rocksalt).with_born(born, eps)

@@ -145,6 +145,7 @@ def _fibonacci_sphere(n, rng):
     return v @ Qm.T
 
 
+@pytest.mark.heavy
 def test_powder_average_equals_a_brute_force_average():
     """Al, 2 shells, 300 K, FWHM 1.5 meV, E = 8–42 meV: the Laue-reduced product-rule powder average
     (arc spacing 0.07 Å⁻¹, 16× fewer evaluations than directions) equals the average over 100,000
@@ -184,6 +185,7 @@ def test_al_arcs_dataset():
     assert "Apache-2.0" in ds.attrs["source"]
 
 
+@pytest.mark.heavy
 def test_powder_from_a_k_mesh_converges_to_the_quadrature():
     """powder_sqe_mesh (the modes of a k-mesh over all Q = k + G, binned in |Q|, one point per
     orbit of the Laue group, adaptive broadening 0.2) approaches the quadrature average over the
@@ -286,6 +288,7 @@ def test_arcs_coverage_from_the_incident_energy_and_the_angles():
     assert abs(NEUTRON_E_PER_K2 - 2.0721) < 1e-4
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["Al", "Mg"])
 def test_powder_spectrum_fit_recovers_the_constants(name):
     """A normalized powder χ''(|Q|, E) simulated from known constants (k-mesh 6³, coarse grid) is
@@ -313,6 +316,7 @@ def test_powder_spectrum_fit_recovers_the_constants(name):
     np.testing.assert_allclose(got, list(true.values()), rtol=0, atol=1e-6 * max(abs(v) for v in true.values()))
 
 
+@pytest.mark.heavy
 def test_multiphonon_sum_rule_and_moments():
     """Al at 640 K, |Q| = 8 Å⁻¹ (2W ≈ 0.8): the self spectral function has ∫T = tr C(0)/3 and
     ∫E T = ħ²/2m to 1e-12, and the coherent one-phonon S(Q, E) plus the n = 2…10 terms fulfil
@@ -354,6 +358,7 @@ def test_two_phonon_term_scales_as_temperature_squared():
     assert abs(float(Sq[4.0] / Sq[2.0]) - 1) < 1e-2 and float(Sq[2.0]) > 0
 
 
+@pytest.mark.heavy
 def test_multiphonon_sum_rule_for_anisotropic_sites():
     """Zn (P6_3/mmc: the sites are not cubic, ⟨u_z²⟩ ≈ 2.9 ⟨u_x²⟩ here) at 640 K, |Q| = 6 Å⁻¹: the
     powder average of the coherent one phonon (a Lebedev rule of 590 directions) plus the anisotropic

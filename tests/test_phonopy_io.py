@@ -10,6 +10,7 @@ from phonopy.file_IO import write_FORCE_CONSTANTS  # noqa: E402
 from xtds.io import phonopy as phonopy_io  # noqa: E402
 
 
+@pytest.mark.heavy
 def test_round_trip_ni(ni_model, paper_tables):
     phi = ni_model.vector(paper_tables["target_EAM_U3"])
     ph = phonopy_io.to_phonopy(ni_model, phi, 4)
@@ -40,6 +41,7 @@ def test_round_trip_si_compact_and_file(si_model, si_phi, tmp_path):
     assert res.residual < 1e-10
 
 
+@pytest.mark.heavy
 def test_out_of_basis_part_is_reported(ni_model, paper_tables):
     """Force constants beyond the cutoff, or breaking symmetry, show up in the residual."""
     phi = ni_model.vector(paper_tables["target_EAM_U3"])
@@ -56,6 +58,7 @@ def test_out_of_basis_part_is_reported(ni_model, paper_tables):
     assert np.abs(res.phi - phi.numpy()).max() < 1e-3  # the symmetric part survives the averaging
 
 
+@pytest.mark.heavy
 def test_smaller_model_projects_larger_one(ni_model, paper_tables):
     """Projecting 5-shell force constants onto a 2-shell model: the reported residual equals the
     misfit recomputed from the exported 2-shell force constants, and the constants stay close."""

@@ -81,6 +81,7 @@ def test_the_toy_is_an_observable_with_the_defaults(setting):
     assert "0x" not in json.dumps(d) and d["observable"]["temperature"] == 300.0
 
 
+@pytest.mark.heavy
 def test_the_description_is_the_same_in_another_process(setting):
     """The checkpoint fingerprint rests on ``describe``: a rerun in a new process must find its own
     checkpoint, so nothing in it may depend on the process (no memory addresses)."""
@@ -140,3 +141,27 @@ def test_joint_temperature_series_of_the_new_kind(setting):
     res = fit_joint_series(problems, temps, START, degree=1, center=400.0, optimizer=xtds.LM(progress=False))
     np.testing.assert_allclose(res["coefficient"].sel(power=0).values, base.numpy(), atol=1e-9)
     np.testing.assert_allclose(res["coefficient"].sel(power=1).values, rate.numpy(), atol=1e-12)
+
+
+def test_every_shipped_observable_describes_itself_and_moves_in_temperature():
+    """The shipped kinds of data go through the same protocol: a description without memory
+    addresses, a copy at another temperature (or a clear refusal), the same description for the
+    same settings."""
+    from xtds.observables import DispersionPoints, PowderIntensity, SQEPoints, TDSIntensity
+    from xtds.observables.neutron.powder import PowderSpectrum
+
+    model = xtds.IFCModel(NI, shells=1)
+    q = NI.rlu_to_cartesian(HKL[:3])
+    made = [SQEPoints(model, q, [5.0, 10.0, 15.0], 300.0), DispersionPoints(model, q, [0, 1, 2]),
+            TDSIntensity(model, q, 300.0, method="one_phonon"), PowderIntensity(model, [2.0, 3.1], 300.0, order=4),
+            PowderSpectrum(model, np.linspace(1.0, 4.0, 8), np.linspace(5.0, 30.0, 6), 300.0, mesh=4, multiphonon=())]
+    for obs in made:
+        d = json.dumps(describe(obs))
+        assert "0x" not in d and d == json.dumps(describe(obs)), type(obs).__name__
+        if obs.temperature is None:
+            with pytest.raises(TypeError, match="does not depend on temperature"):
+                obs.at_temperature(400.0)
+            continue
+        hot = obs.at_temperature(400.0)
+        assert type(hot) is type(obs) and hot.temperature == 400.0 and obs.temperature == 300.0
+        assert json.dumps(describe(hot)) != d

@@ -99,6 +99,7 @@ def test_each_block_is_read_once():
     assert pts["multiplicity"].sum() == n**3
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("scheduler", ["threads", "synchronous", "processes"])
 def test_same_points_whatever_the_scheduling(scheduler, monkeypatch):
     """The blocks in flight are capped by memory (IN_FLIGHT_BYTES), and the result does not depend on

@@ -96,6 +96,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("ext", FORMATS)
 def test_a_killed_overwrite_leaves_the_old_file(small, tmp_path, ext):
     path = written(small, tmp_path, ext)
@@ -252,6 +253,7 @@ def test_one_grid_tolerance_and_the_geometry_is_reported(small, caplog):
     assert res.attrs["jacobian_rank"] == res.attrs["n_parameters"] == 5
 
 
+@pytest.mark.heavy
 def test_cli_rejects_a_zero_wedge(small, tmp_path):
     path = written(small, tmp_path, "nxs")
     res = run_cli("fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--wedge", "0", "--quiet")
@@ -286,6 +288,7 @@ def test_to_points_reads_the_file_once(small, tmp_path):
         backend._NXVolumeArray._raw = original
 
 
+@pytest.mark.heavy
 def test_distributed_cluster_end_to_end(small, tmp_path):
     distributed = pytest.importorskip("distributed")
     src = written(small.chunk({"H": 3}), tmp_path, "nxs", name="source")
@@ -318,6 +321,7 @@ FITTER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_a_killed_fit_resumes_from_its_checkpoint(tmp_path):
     ck = tmp_path / "fit.ckpt"
     script = tmp_path / "fitter.py"
@@ -410,6 +414,7 @@ def test_checkpoints_that_cannot_be_used_are_named(small, tmp_path):
     assert iterations == []  # refused before the fit, not when saving after its first iteration
 
 
+@pytest.mark.heavy
 def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path, capsys):
     """The installed entry point (a new interpreter) for the first two calls; the rest in this
     process, through the same ``main``."""

@@ -41,6 +41,7 @@ def test_the_hcp_fit_recovers_the_truth(mg_fit):
     assert res["crystal_species"].values.tolist() == ["Mg", "Mg"] and res.attrs["ifc_cutoff_A"] == model.cutoff
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("ext", ["nc", "zarr"])
 def test_open_fit_rebuilds_the_model_in_a_new_process(mg_fit, tmp_path, ext):
     model, _, res = mg_fit
@@ -83,6 +84,7 @@ def test_an_unstable_result_is_flagged_and_a_stable_one_is_not(mg_fit):
     assert res.attrs["stable"] == 0 and "Γ" in res.attrs["stability"]
 
 
+@pytest.mark.heavy
 def test_delta_method_errors_agree_with_monte_carlo():
     """Errors of the dispersion and the elastic constants by the delta method (autograd Jacobians
     and ifc_cov) against 1,000 draws of the constants from N(φ̂, ifc_cov) pushed through the same

@@ -1,11 +1,13 @@
 """Robust errors under a deliberately wrong model: a 6-shell truth fitted with 5 shells."""
 
 import numpy as np
+import pytest
 
 import xtds
 from xtds.datasets import paper_ni_ifcs, six_shell_ni_volume
 
 
+@pytest.mark.heavy
 def test_robust_errors_cover_what_gauss_newton_misses():
     ds, truth = six_shell_ni_volume(16)  # g0 = −0.03, g1 = −0.015 eV/Å²: 3 % of b0, beyond a 5-shell fit
     res = ds.tds.fit("Ni", shells=5, initial=paper_ni_ifcs("starting"), optimizer=xtds.LM(progress=False))

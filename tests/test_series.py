@@ -32,6 +32,7 @@ def sequential(series_files):
     return xtds.fit_series(series_files, NI, client="sequential", progress=False, **FIT)
 
 
+@pytest.mark.heavy
 def test_each_member_equals_its_own_fit(series_files, sequential):
     """Sequential and threaded runs give, member by member, the constants of xtds.fit on that
     file, at each file's own temperature (the coordinate)."""
@@ -58,6 +59,7 @@ def test_a_corrupt_file_is_named_and_the_others_finish(series_files, tmp_path):
         xtds.fit_series([str(bad)], NI, client="sequential", progress=False, **FIT)
 
 
+@pytest.mark.heavy
 def test_a_rerun_fits_only_what_the_store_lacks(series_files, sequential, tmp_path):
     """A store with all three finished: a rerun loads them (no fit); with one entry gone (a run
     killed before it finished) or unfinished (killed while writing), only that one is refitted;
@@ -90,6 +92,7 @@ def test_a_dataset_with_a_series_dimension(series_files, sequential):
         stacked.tds.fit_series(NI, dim="pressure", client="sequential", progress=False, **FIT)
 
 
+@pytest.mark.heavy
 def test_on_a_local_cluster(series_files, sequential):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \

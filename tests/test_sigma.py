@@ -64,6 +64,7 @@ def test_invalid_sigma_masks_the_voxel():
     assert ds.tds.masked_fraction() == pytest.approx(2 / 7**3)
 
 
+@pytest.mark.heavy
 def test_chi2_fit_of_poisson_data_from_a_volume():
     """Counts drawn from the Target's intensity (100 counts per unit: ≥ 100 counts per voxel), σ =
     √counts: ds.tds.fit(loss="chi2") gives χ²/dof within 0.9–1.1 (951 degrees of freedom: ±0.046

@@ -162,6 +162,7 @@ def test_add_q_units():
     assert float(q["q"].sel(H=1.0, K=1.0, L=1.0)) == pytest.approx(2 * np.pi / 3.52 * np.sqrt(3))
 
 
+@pytest.mark.heavy
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), chunk=st.integers(2, 6), holes=st.floats(0.0, 0.6))
 def test_numpy_and_dask_agree(seed, chunk, holes):

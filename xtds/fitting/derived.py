@@ -12,6 +12,7 @@ from xtds.lattice.dynamics import dynamical_matrix, eigenvalues_to_thz, frequenc
 from xtds.lattice.dynamics import mesh as k_mesh
 from xtds.lattice.elastic import elastic_tensor
 from xtds.lattice.ifc import IFCModel
+from xtds.lattice.kmesh import irreducible_mesh
 from xtds.lattice.phonons import dispersion, dos, elastic_constants
 from xtds.transforms import TRANSFORMS
 
@@ -49,7 +50,8 @@ def delta_method(f, phi: torch.Tensor, cov: np.ndarray) -> tuple[np.ndarray, np.
 
 def dos_values(model: IFCModel, phi: torch.Tensor, mesh, frequency: np.ndarray, sigma: float) -> np.ndarray:
     """The Gaussian-broadened DOS of :func:`xtds.dos` (THz⁻¹ per primitive cell) at the given
-    frequencies (THz), as a function of φ (numpy out)."""
+    frequencies (THz), as a function of φ (numpy out), summed over the whole mesh (not its
+    irreducible points, as :func:`xtds.dos` does: an independent check of it)."""
     k = k_mesh(model, mesh)
     with torch.no_grad():
         nu = frequencies(model, phi, k).cpu().numpy().reshape(-1)
@@ -90,12 +92,12 @@ def dos_stderr(model: IFCModel, phi: torch.Tensor, cov: np.ndarray, dos: xr.Data
     mesh = tuple(int(x) for x in str(dos.attrs["mesh"]).strip("()").split(","))
     sigma = float(dos.attrs["sigma"])
     f = np.asarray(dos["frequency"].values, dtype=float)
-    k = k_mesh(model, mesh)
-    nu, dnu = frequency_jacobian(model, phi, k)
+    irr = irreducible_mesh(model.primitive, mesh)  # ν(Rk) = ν(k) for every φ: derivatives too
+    nu, dnu = frequency_jacobian(model, phi, irr.k)
+    w = np.repeat(irr.weight, nu.shape[1]) / (np.sqrt(2 * np.pi) * sigma * irr.n_total)
     nu, dnu = nu.reshape(-1), dnu.reshape(-1, dnu.shape[-1])
-    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
     x = (f[:, None] - nu[None, :]) / sigma
-    J = (norm * np.exp(-0.5 * x * x) * x / sigma) @ dnu
+    J = (np.exp(-0.5 * x * x) * x / sigma * w) @ dnu
     return np.sqrt(np.clip(np.einsum("ip,pq,iq->i", J, cov, J), 0, None))
 
 

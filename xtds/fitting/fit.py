@@ -141,7 +141,7 @@ def fit_problems(problems, initial, *, optimizer: Optimizer | None = None, error
     cov, robust, stats = covariances(objective, res, errors.noise_draws)
     out = result_dataset(objective, res, cov, stats, settings, x0, robust=robust)
     out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start),
-                     minimize_time_s=float(t_min))
+                     minimize_time_s=float(t_min), optimizer=optimizer.name)
     if starts > 1:
         out.attrs.update(starts=json.dumps(tried), best_start=int(best))
     return out

@@ -158,6 +158,15 @@ class _Store:
             return None
         return xr.open_zarr(self.path, group=self.group(i), consolidated=False).load()
 
+    def finished(self, identities: list[str]) -> dict[int, xr.Dataset]:
+        """The results the store holds for these settings and volumes, by volume index."""
+        out = {}
+        for i, identity in enumerate(identities):
+            got = self.load(i, identity)
+            if got is not None:
+                out[i] = got
+        return out
+
     def save(self, i: int, identity: str, res: xr.Dataset) -> None:
         import warnings
 
@@ -255,47 +264,22 @@ def fit_series(
     Returns
     -------
     ``xr.Dataset`` with :data:`SERIES_VARIABLES` concatenated along ``dim``, the volume of each
-    entry (``volume``), whether it was loaded from the store (``from_store``), the loss and
-    iterations of each fit, and ``attrs["failed"]`` (JSON: volume → error) and ``attrs["store"]``.
-    Raises ``RuntimeError`` naming every failure when no volume could be fitted.
+    entry (``volume``), whether it was loaded from the store (``from_store``), the loss,
+    iterations, time (``fit_time``, s) and minimization time (``minimize_time``, s) of each
+    fit, and ``attrs["failed"]`` (JSON: volume → error) and ``attrs["store"]``. Raises
+    ``RuntimeError`` naming every failure when no volume could be fitted.
     """
     volumes, coords = _members(volumes, dim, coords)
     names = [_name_of(v, i) for i, v in enumerate(volumes)]
-    which = describe(crystal) if isinstance(crystal, IFCModel) else repr(as_crystal(crystal))
-    fingerprint = hashlib.sha256(json.dumps({"fit": describe(fit_kwargs), "crystal": which}, default=str,
-                                            sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = _fingerprint(crystal, fit_kwargs)
     st = _Store(store, fingerprint) if store is not None else None
-    identities = [_identity(v) for v in volumes]
-    results: dict[int, xr.Dataset] = {}
-    loaded: set[int] = set()
-    if st is not None:
-        for i in range(len(volumes)):
-            got = st.load(i, identities[i])
-            if got is not None:
-                results[i] = got
-                loaded.add(i)
-    failed: dict[str, str] = {}
-    t0 = time.perf_counter()
+    got = _Results(names, [_identity(v) for v in volumes], st, progress, dim)
+    results, loaded, failed, t0 = got.results, set(got.results), got.failed, got.t0
     todo = [i for i in range(len(volumes)) if i not in results]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(volumes), initial=len(loaded), desc=f"fits along {dim}", disable=not progress)
-
-    def finish(i, res=None, err=None):
-        if err is not None:
-            failed[names[i]] = f"{type(err).__name__}: {err}"
-            log.warning("fit_series: %s failed: %s", names[i], failed[names[i]])
-        else:
-            res.attrs["series_wall_time_s"] = float(time.perf_counter() - t0)
-            if st is not None:
-                st.save(i, identities[i], res)
-            results[i] = res
-        bar.update(1)
-
     try:
-        kind = _run(todo, volumes, crystal, fit_kwargs, client, fingerprint, finish)
+        kind = _run(todo, volumes, crystal, fit_kwargs, client, fingerprint, got.finish)
     finally:
-        bar.close()
+        got.bar.close()
     if not results:
         raise RuntimeError("no volume of the series could be fitted: "
                            + "; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -306,6 +290,39 @@ def fit_series(
     if failed:
         log.warning("fit_series: %d of %d volumes failed: %s", len(failed), len(volumes), ", ".join(failed))
     return out
+
+
+class _Results:
+    """A series run's results as they come (by volume index; those the store holds first) and its
+    failures (by volume name), with the progress bar and the store's appends."""
+
+    def __init__(self, names, identities, store, progress: bool, dim: str):
+        from tqdm.auto import tqdm
+
+        self.names, self.identities, self.store = names, identities, store
+        self.results = {} if store is None else store.finished(identities)
+        self.failed: dict[str, str] = {}
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=len(names), initial=len(self.results), desc=f"fits along {dim}", disable=not progress)
+
+    def finish(self, i: int, res=None, err=None) -> None:
+        if err is not None:
+            self.failed[self.names[i]] = f"{type(err).__name__}: {err}"
+            log.warning("fit_series: %s failed: %s", self.names[i], self.failed[self.names[i]])
+        else:
+            res.attrs["series_wall_time_s"] = float(time.perf_counter() - self.t0)
+            if self.store is not None:
+                self.store.save(i, self.identities[i], res)
+            self.results[i] = res
+        self.bar.update(1)
+
+
+def _fingerprint(crystal, fit_kwargs: dict) -> str:
+    """What a store's entries must share with this run: the crystal (or IFC model) and every fit
+    setting (:func:`~xtds.observables.base.describe`)."""
+    which = describe(crystal) if isinstance(crystal, IFCModel) else repr(as_crystal(crystal))
+    return hashlib.sha256(json.dumps({"fit": describe(fit_kwargs), "crystal": which}, default=str,
+                                     sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _members(volumes, dim: str, coords):
@@ -379,7 +396,9 @@ def _concatenated(results: dict, coords, names, loaded: set, dim: str) -> xr.Dat
     for i in done:
         r = results[i]
         keep = r[[v for v in SERIES_VARIABLES if v in r]]
-        keep = keep.assign(loss=float(r["loss"].values[-1]), iterations=int(r.attrs.get("iterations", 0)))
+        keep = keep.assign(loss=float(r["loss"].values[-1]), iterations=int(r.attrs.get("iterations", 0)),
+                           fit_time=float(r.attrs.get("wall_time_s", np.nan)),
+                           minimize_time=float(r.attrs.get("minimize_time_s", np.nan)))
         keep.attrs = {}
         parts.append(keep)
     out = xr.concat(parts, dim=dim, join="outer", coords="minimal", compat="override")

@@ -1,8 +1,8 @@
 """The lattice-dynamics core: the crystal, its symmetry, the force-constant model and its phonons.
 
 - :mod:`~xtds.lattice.crystal`: lattice, basis, species, masses, space group, r.l.u. ↔ Å⁻¹;
-- :mod:`~xtds.lattice.symmetry`, :mod:`~xtds.lattice.laue`: space-group operations, the Laue group
-  and its orbits;
+- :mod:`~xtds.lattice.symmetry`, :mod:`~xtds.lattice.laue`, :mod:`~xtds.lattice.kmesh`: space-group
+  operations, the Laue group and its orbits, the one reduction of a k-mesh to its irreducible points;
 - :mod:`~xtds.lattice.ifc`: the symmetry-reduced force-constant model (sympy, once);
 - :mod:`~xtds.lattice.dynamics`: H(k), D(k) and frequencies (torch, differentiable);
   :mod:`~xtds.lattice.nac`: the dipole–dipole term of polar crystals;

@@ -15,6 +15,7 @@ from xtds.errors import triple
 from xtds.lattice import dynamics
 from xtds.lattice.elastic import VOIGT, elastic_tensor
 from xtds.lattice.ifc import IFCModel
+from xtds.lattice.kmesh import irreducible_mesh
 from xtds.lattice.kpath import KPath, standard_path
 from xtds.units import GPA_PER_EV_A3, THZ_PER_SQRT_EV_A2_AMU
 
@@ -86,7 +87,9 @@ def dos(
     Parameters
     ----------
     mesh
-        n or (n1, n2, n3): k-points along each primitive reciprocal vector.
+        n or (n1, n2, n3): k-points along each primitive reciprocal vector (Γ-centred; the
+        frequencies are computed at one k of each orbit of the crystal's symmetry, weighted by its
+        size: :mod:`xtds.lattice.kmesh`).
     sigma
         Gaussian standard deviation, in ``unit``.
     n_points, fmax
@@ -99,16 +102,17 @@ def dos(
     """
     if not sigma > 0:
         raise ValueError(f"sigma must be positive ({unit}), got {sigma}")
-    k = dynamics.mesh(model, mesh)
+    irr = irreducible_mesh(model.primitive, triple(mesh, "DOS mesh"))  # frequencies are the same on a k-orbit
     with torch.no_grad():
-        nu = dynamics.frequencies(model, phi_of(model, ifc), k, unit=unit).cpu().numpy().reshape(-1)
+        nu = dynamics.frequencies(model, phi_of(model, ifc), irr.k, unit=unit).cpu().numpy()  # (I, 3n)
     lo = min(0.0, float(nu.min())) - 4 * sigma
     hi = float(nu.max()) + 4 * sigma if fmax is None else float(fmax)
     f = np.linspace(lo, hi, n_points)
+    w = np.repeat(irr.weight, nu.shape[1]) / (np.sqrt(2 * np.pi) * sigma * irr.n_total)
+    nu = nu.reshape(-1)
     g = np.zeros_like(f)
-    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * len(k))
-    for chunk in np.array_split(nu, max(1, len(nu) // 20000)):
-        g += np.exp(-0.5 * ((f[:, None] - chunk[None, :]) / sigma) ** 2).sum(axis=1) * norm
+    for chunk in np.array_split(np.arange(len(nu)), max(1, len(nu) // 20000)):
+        g += np.exp(-0.5 * ((f[:, None] - nu[None, chunk]) / sigma) ** 2) @ w[chunk]
     return xr.DataArray(
         g,
         dims=("frequency",),

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xtds.errors import UnstableError
+from xtds.errors import UnstableError, triple
 from xtds.lattice import dynamics
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.elastic import elastic_tensor
 from xtds.lattice.ifc import IFCModel
+from xtds.lattice.kmesh import irreducible_mesh
 from xtds.lattice.kpath import standard_path
 from xtds.lattice.phonons import phi_of
 
@@ -102,7 +103,8 @@ class StabilityReport:
 
 
 def stability(model: IFCModel, ifc, mesh=8, tolerance: float = 1e-6) -> StabilityReport:
-    """Check for imaginary frequencies on a Γ-centred mesh and along the standard path.
+    """Check for imaginary frequencies on a Γ-centred mesh (one k of each orbit of the crystal's
+    symmetry: the frequencies are the same on an orbit) and along the standard path.
 
     ``tolerance`` (THz): frequencies above −tolerance count as stable (the acoustic zeros at Γ).
     Also the long-wavelength limit: the elastic tensor must be positive definite, else the report
@@ -110,7 +112,7 @@ def stability(model: IFCModel, ifc, mesh=8, tolerance: float = 1e-6) -> Stabilit
     """
     phi = phi_of(model, ifc)
     path = standard_path(model.crystal, density=20.0)
-    k = np.concatenate([dynamics.mesh(model, mesh), path.k])
+    k = np.concatenate([irreducible_mesh(model.primitive, triple(mesh, 'stability mesh')).k, path.k])
     labels = ("",) * (len(k) - len(path.k)) + path.labels
     with torch.no_grad():
         nu = dynamics.frequencies(model, phi, k).cpu().numpy()

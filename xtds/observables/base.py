@@ -201,7 +201,10 @@ def describe(obj, _depth: int = 0):
         raise ValueError("describe: settings nested more than 12 levels deep (a cycle?)")
     d = _depth + 1
     if isinstance(obj, IFCModel):
-        return {"type": "IFCModel", "crystal": repr(obj.crystal), "cutoff_A": obj.cutoff, "constants": list(obj.names)}
+        c = obj.crystal
+        return {"type": "IFCModel", "crystal": repr(c), "lattice": describe(np.asarray(c.lattice, dtype=float)),
+                "positions": describe(np.asarray(c.positions, dtype=float)), "masses": describe(np.asarray(c.masses)),
+                "cutoff_A": obj.cutoff, "constants": list(obj.names)}
     if isinstance(obj, (str, bool, int, float)) or obj is None:
         return obj
     if isinstance(obj, (np.integer, np.floating, np.bool_)):

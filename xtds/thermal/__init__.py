@@ -2,7 +2,6 @@
 spectral functions and the Debye–Waller factor.
 
 - :mod:`~xtds.thermal.geometry`: a periodic supercell or an infinite crystal (the k-grids);
-- :mod:`~xtds.thermal.kmesh`: the one reduction of a k-mesh to its irreducible points;
 - :mod:`~xtds.thermal.covariance`: C(k) = ⟨u u†⟩(k), classical and quantum, and on the lattice;
 - :mod:`~xtds.thermal.spectral`: spectral sums f(D) with derivatives finite at degeneracies;
 - :mod:`~xtds.thermal.debye_waller`: the one Debye–Waller factor, classical and quantum.

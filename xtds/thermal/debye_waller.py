@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from xtds.lattice.ifc import IFCModel
+from xtds.lattice.kmesh import irreducible_mesh
 from xtds.thermal.covariance import covariance_k, lattice_covariance, q_products, symmetric_components
-from xtds.thermal.kmesh import irreducible_mesh
 
 __all__ = ["debye_waller", "resolve_dw", "richardson", "self_components", "supercell_exponents", "exponents"]
 
@@ -50,7 +50,7 @@ def debye_waller(model: IFCModel, phi: torch.Tensor, temperature: float, mesh=16
         raise ValueError(f"mesh must be multiples of 4, at least 8 (got {tuple(M)}): the Debye–Waller factor is "
                          "extrapolated from the sub-meshes M/2 and M/4")
 
-    def mesh_mean(shape):  # over the orbits of the mesh only (xtds.thermal.kmesh)
+    def mesh_mean(shape):  # over the orbits of the mesh only (xtds.lattice.kmesh)
         irr = irreducible_mesh(P, shape)
         return irr.symmetrize(mean_over(irr.k, irr.weight / irr.n_total))
 

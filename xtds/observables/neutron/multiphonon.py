@@ -56,10 +56,10 @@ ANISOTROPIC_ORDER = 18
 def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum, tensor=False):
     """T_s on one Γ-centred mesh (Γ's zero modes left out): (n, G), or with ``tensor`` the real
     symmetric T_s^{αβ} (n, 3, 3, G), from one k of each orbit of the mesh
-    (:mod:`xtds.thermal.kmesh`: the orbit sums need only the exchange of atoms and, for the tensor,
+    (:mod:`xtds.lattice.kmesh`: the orbit sums need only the exchange of atoms and, for the tensor,
     the rotations). The tensor's six components come from the weights of six unit vectors per atom,
     e_α and (e_α + e_β)/√2: Re T^{αβ} = T[(e_α + e_β)/√2] − (T^{αα} + T^{ββ})/2."""
-    from xtds.thermal.kmesh import irreducible_mesh
+    from xtds.lattice.kmesh import irreducible_mesh
     from xtds.thermal.spectral import BinnedSpectral
 
     P = model.primitive
@@ -139,7 +139,7 @@ def isotropic_sites(model, tol: float = 1e-9) -> bool:
     """Whether every atom's site symmetry makes its symmetric rank-2 tensors (⟨u uᵀ⟩, T_s) multiples
     of the identity (a cubic site group): then one direction gives the powder average exactly.
     Checked on the six symmetric basis tensors, each averaged over the operations that keep the atom."""
-    from xtds.thermal.kmesh import irreducible_mesh
+    from xtds.lattice.kmesh import irreducible_mesh
 
     irr = irreducible_mesh(model.primitive, (4, 4, 4))
     e = np.eye(3)

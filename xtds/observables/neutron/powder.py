@@ -163,12 +163,30 @@ def powder_points(model, q_edges, mesh: int = 8, laue: str | None = None) -> Pow
     wave vector k is its k-orbit's representative (:func:`_canonical_k_images`), so that the points
     need the modes of one k per orbit (aluminium, 12 steps: 270 k-points instead of 6,910). A group
     that does not map the grid onto itself (a non-standard setting) falls back to the inversion
-    alone (``symmetry`` says which).
+    alone (``symmetry`` says which). The last few sets are kept (:data:`POINT_SETS`): the
+    observables of a temperature series on one grid share theirs.
     """
     edges = np.asarray(q_edges, dtype=float)
     M = int(mesh)
     if M < 1 or M != mesh:
         raise ValueError(f"mesh must be a positive number of steps per reciprocal axis, got {mesh!r}")
+    c = model.crystal
+    key = (np.asarray(c.lattice, float).tobytes(), np.asarray(c.positions, float).tobytes(), tuple(c.species),
+           edges.tobytes(), M, laue)
+    hit = _POINT_SETS.get(key)
+    if hit is None:
+        hit = _POINT_SETS[key] = _powder_points(model, edges, M, laue)
+        while len(_POINT_SETS) > POINT_SETS:
+            _POINT_SETS.pop(next(iter(_POINT_SETS)))
+    return hit
+
+
+#: How many powder point sets :func:`powder_points` keeps (the most recent).
+POINT_SETS = 4
+_POINT_SETS: dict = {}
+
+
+def _powder_points(model, edges: np.ndarray, M: int, laue: str | None) -> PowderPoints:
     crystal = model.crystal
     B = np.asarray(crystal.reciprocal)
     group_name, R, sigma, name = _grid_symmetry(crystal, laue)
@@ -428,7 +446,7 @@ class PowderSpectrum(Observable):
     def stability_k(self) -> np.ndarray:
         """Every k the spectrum sums over: the one-phonon average's, and the Debye–Waller and
         multiphonon meshes' (irreducible points): where an unstable mode would make it undefined."""
-        from xtds.thermal.kmesh import irreducible_mesh
+        from xtds.lattice.kmesh import irreducible_mesh
 
         P = self.model.primitive
         ks = [self.points.k_irreducible, irreducible_mesh(P, (self.dw_mesh,) * 3).k]

@@ -5,6 +5,7 @@ measure between the Bragg rings, as the orientation average of a single-crystal
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -70,6 +71,18 @@ class PowderIntensity(Observable):
 
     def stability_k(self) -> np.ndarray:
         return self._tds.stability_k()
+
+    def at_temperature(self, temperature: float) -> PowderIntensity:
+        """A copy at another temperature (K): the single-crystal observable inside it too."""
+        new = copy.copy(self)
+        new.temperature = check_temperature(temperature)
+        new._tds = self._tds.at_temperature(new.temperature)
+        return new
+
+    def describe(self) -> dict:
+        """The protocol's description, with the single-crystal observable it averages (its method,
+        geometry and options)."""
+        return {**super().describe(), "single_crystal": self._tds.describe()}
 
 
 def _bragg_norms(model, qmax: float) -> np.ndarray:
