@@ -268,3 +268,23 @@ def test_max_points_fits_a_reproducible_random_subset(volume16):
     with pytest.raises(ValueError, match="max_points"):
         volume16.tds.fit(NI, shells=5, initial=START, prepare=xtds.Preparation(max_points=0),
                          optimizer=xtds.LM(progress=False))
+
+
+def test_the_fit_takes_objects_and_says_what_it_takes():
+    """ds.tds.fit takes the crystal, its range, the start and the temperature, and grouped settings
+    (at most 12 parameters); a misplaced argument or a misspelled setting is a clear error."""
+    import inspect
+
+    assert len(inspect.signature(xr.Dataset().tds.fit).parameters) <= 12
+    ds = paper_ni_volume(n_max=3)
+    with pytest.raises(ValueError, match="temperature is a keyword"):
+        ds.tds.fit(NI, 300.0, START)  # the old order (crystal, temperature, shells)
+    with pytest.raises(TypeError, match=r"Preparation has no setting \['brag'\]"):
+        ds.tds.fit(NI, shells=5, initial=START, prepare={"brag": 0.1})
+    with pytest.raises(TypeError, match="model must be a TDSModel"):
+        ds.tds.fit(NI, shells=5, initial=START, model="exact")
+    with pytest.raises(ValueError, match="no optimizer named"):
+        xtds.Optimizer.named("bfgs")
+    with pytest.raises(ValueError, match="has no setting"):
+        xtds.Optimizer.named("lm", epochs=3)
+    assert isinstance(xtds.Optimizer.default_for(True, epochs=3), Adam)

@@ -94,14 +94,14 @@ class Background:
                 cols += list(np.polynomial.chebyshev.chebvander(y, int(order))[:, 1:].T)
         return C, np.stack(cols, 1) if cols else np.zeros((size, 0))
 
-    def apply(self, I: torch.Tensor, nu: torch.Tensor, C: torch.Tensor | None, A: torch.Tensor) -> torch.Tensor:
-        """s (I + a_C C) + b + Σ c_n T_n + Σ e_n T_n(E) for nu = (log s, [b], [a_C], c_1…c_N, e_1…);
+    def apply(self, I: torch.Tensor, eta: torch.Tensor, C: torch.Tensor | None, A: torch.Tensor) -> torch.Tensor:
+        """s (I + a_C C) + b + Σ c_n T_n + Σ e_n T_n(E) for eta = (log s, [b], [a_C], c_1…c_N, e_1…);
         ``C`` and ``A`` from :meth:`basis` (as tensors)."""
-        model = torch.exp(nu[0]) * (I if C is None else I + nu[1 + int(self.constant)] * C)
+        model = torch.exp(eta[0]) * (I if C is None else I + eta[1 + int(self.constant)] * C)
         if A.shape[1] == 0:
             return model
-        b = nu[1:2] if self.constant else nu[:0]
-        c = nu[1 + int(self.constant) + int(self.compton) :]
+        b = eta[1:2] if self.constant else eta[:0]
+        c = eta[1 + int(self.constant) + int(self.compton) :]
         return model + A @ torch.cat([b, c])
 
 

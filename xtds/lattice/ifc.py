@@ -202,8 +202,9 @@ class IFCModel:
     def __init__(self, crystal: Crystal, shells: int | None = None, cutoff: float | None = None):
         if (shells is None) == (cutoff is None):
             raise ValueError("give exactly one of shells=N (neighbour shells) or cutoff=r (Å)")
-        if shells is not None and (int(shells) != shells or shells < 1):
-            raise ValueError(f"shells must be a positive integer, got {shells!r}")
+        if shells is not None and (isinstance(shells, bool) or not isinstance(shells, (int, np.integer))
+                                   or shells < 1):
+            raise ValueError(f"shells must be a positive integer (a count of neighbour shells), got {shells!r}")
         if cutoff is not None and not cutoff > 0:
             raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff!r}")
         self.crystal = crystal

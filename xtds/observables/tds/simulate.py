@@ -21,6 +21,9 @@ def ifc_model(crystal, shells: int | None = None, cutoff: float | None = None) -
             raise ValueError("give the range once: an IFCModel already has its shells/cutoff (pass the crystal "
                              "with shells=..., or the IFCModel alone)")
         return crystal
+    if shells is not None and not isinstance(shells, (int, np.integer)):
+        raise ValueError(f"shells must be a positive integer (a count of neighbour shells), got {shells!r}; the "
+                         "arguments are (crystal, shells, initial), the temperature is a keyword: temperature=...")
     return IFCModel(as_crystal(crystal), shells=shells, cutoff=cutoff)
 
 
