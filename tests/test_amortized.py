@@ -402,3 +402,26 @@ def test_refine_reports_the_start_distance_in_standard_errors(small, monkeypatch
     kept = refine([problem], model, start, optimizer=LM(progress=False))
     assert np.isnan(kept.attrs["amortized_distance"]) and "singular" in kept.attrs["amortized_distance_note"]
     assert float(kept["loss"].values[-1]) == pytest.approx(float(res["loss"].values[-1]), rel=1e-9)
+
+
+def test_a_planted_training_checkpoint_runs_no_code(tmp_path):
+    """A checkpoint path holding a pickle that would run code on loading (any file an attacker can
+    plant there) is refused before training: only weights and plain data are read back."""
+    import pickle
+
+    from xtds.amortized.networks import GaussianPosterior, LabelScale
+
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    ck = str(tmp_path / "post")
+    with open(ck + ".posterior.pt", "wb") as f:
+        pickle.dump({"module": Payload()}, f)
+    x, phi, ref, _ = _toy(60, 2, sigma=0.1)
+    post = GaussianPosterior(20, LabelScale(tuple(ref)), hidden=(8,), n_components=4)
+    with pytest.raises(ValueError, match="not one xtds wrote"):
+        post.fit(x, phi, epochs=1, batch=30, checkpoint=ck, progress=False)
+    assert not ran.exists()

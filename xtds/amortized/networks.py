@@ -141,7 +141,12 @@ class _Trainer:
         self.gen = torch.Generator().manual_seed(seed)
         self.start, self.history = 0, []
         if checkpoint and os.path.exists(checkpoint):
-            state = torch.load(checkpoint, weights_only=False)
+            try:  # tensors and plain data only: a file planted at the path cannot run code
+                state = torch.load(checkpoint, weights_only=True)
+            except Exception as err:
+                raise ValueError(f"the training checkpoint {checkpoint} is not one xtds wrote (it holds more than "
+                                 f"weights and plain data, or is corrupt: {type(err).__name__}): delete it or pass "
+                                 "another checkpoint path") from err
             self.module.load_state_dict(state["module"])
             self.opt.load_state_dict(state["opt"])
             if self.sched is not None and state.get("sched") is not None:
