@@ -439,3 +439,10 @@ def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path, 
     assert res.returncode == 0, res.stderr
     assert xr.open_zarr(tmp_path / "fit.zarr").attrs["iterations"] == 2
     assert json.loads(xr.open_zarr(tmp_path / "fit.zarr").attrs["settings"])["optimizer"]["max_iter"] == 2
+    # the optimizer by name, through the optimizer interface; a setting it has not, refused before the fit
+    res = call_cli(capsys, "fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
+                   "--optimizer", "lm", "--epochs", "3")
+    assert res.returncode != 0 and "has no setting ['epochs']" in res.stderr and "iterations" not in res.stdout
+    res = call_cli(capsys, "fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
+                   "--optimizer", "bfgs")
+    assert res.returncode != 0 and "no optimizer named 'bfgs'" in res.stderr
