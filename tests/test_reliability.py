@@ -446,3 +446,33 @@ def test_cli_errors_are_one_line_and_outputs_are_checked_first(small, tmp_path, 
     res = call_cli(capsys, "fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet",
                    "--optimizer", "bfgs")
     assert res.returncode != 0 and "no optimizer named 'bfgs'" in res.stderr
+
+
+@pytest.mark.parametrize("fmt", ["nc", "zarr"])
+def test_the_cli_never_writes_over_its_own_input(small, tmp_path, capsys, fmt):
+    """``xtds fit v --out v --overwrite`` and ``xtds simulate --like v --out v --overwrite`` are
+    refused before any work, whatever name the output gives the input (a link, ./, a trailing /)."""
+    path = written(small, tmp_path, fmt)
+    before = xr.open_dataset(path, engine="h5netcdf").load() if fmt == "nc" else xr.open_zarr(path).load()
+    link = tmp_path / f"link.{fmt}"
+    link.symlink_to(path)
+    for out in (path, str(link), path + "/", os.path.relpath(path)):
+        res = call_cli(capsys, "fit", path, "--crystal", "Ni", "--shells", "2", "--initial", "starting", "--quiet",
+                       "--out", out, "--overwrite", "--plots", str(tmp_path / "p"))
+        assert res.returncode != 0 and "input volume" in res.stderr and "iterations" not in res.stdout, res.stderr
+        res = call_cli(capsys, "simulate", "--like", path, "--crystal", "Ni", "--shells", "2", "--ifc", "target",
+                       "--out", out, "--overwrite")
+        assert res.returncode != 0 and "input volume" in res.stderr, res.stderr
+    after = xr.open_dataset(path, engine="h5netcdf").load() if fmt == "nc" else xr.open_zarr(path).load()
+    xr.testing.assert_identical(before, after)
+
+
+def test_overwriting_a_zarr_store_keeps_files_that_are_not_zarr(small, tmp_path):
+    store = tmp_path / "store.zarr"
+    xtds.write_volume(small, str(store))
+    (store / "notes.txt").write_text("beamtime notes")
+    with pytest.raises(ValueError, match=r"no part of its zarr store \(notes.txt\)"):
+        xtds.write_volume(small, str(store), overwrite=True)
+    assert (store / "notes.txt").read_text() == "beamtime notes"
+    (store / "notes.txt").unlink()
+    xtds.write_volume(small, str(store), overwrite=True)  # a store of its own alone is replaced

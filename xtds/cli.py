@@ -53,7 +53,7 @@ def cmd_simulate(args) -> int:
     from xtds.io import open_volume, write_volume
     from xtds.observables import TDSModel, simulate
 
-    _check_out(args.out, args.overwrite, _FORMATS.get(args.format), results=False)
+    _check_out(args.out, args.overwrite, _FORMATS.get(args.format), results=False, inputs=[args.like])
     crystal = _crystal(args.crystal)
     like = open_volume(args.like)
     T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
@@ -72,8 +72,9 @@ def _print_result(res) -> None:
           f"({res.attrs['message']}); {res.attrs['wall_time_s']:.1f} s")
 
 
-def _check_out(path, overwrite: bool, fmt=None, results: bool = True) -> None:
-    """Validate an output path before the work, so that a finished fit is never lost to it."""
+def _check_out(path, overwrite: bool, fmt=None, results: bool = True, inputs=()) -> None:
+    """Validate an output path before the work, so that a finished fit is never lost to it, and never
+    one of the command's own ``inputs`` (replacing a measured volume by a result or a model)."""
     from xtds.io import format_of
 
     if path is None:
@@ -84,6 +85,12 @@ def _check_out(path, overwrite: bool, fmt=None, results: bool = True) -> None:
         raise SystemExit(f"--out {path}: give a name ending in .nc or .zarr (or --format nc|zarr)") from None
     if results and kind == "nexus":
         raise SystemExit(f"--out {path}: a fit result is written as netCDF (.nc) or zarr (.zarr), not NeXus")
+    out = os.fspath(path).rstrip("/") or "/"
+    same = [i for i in inputs if i is not None and os.path.exists(os.fspath(i).rstrip("/")) and os.path.exists(out)
+            and os.path.samefile(os.fspath(i).rstrip("/"), out)]  # the same file or folder, by any name or link
+    if same:
+        raise SystemExit(f"--out {path} is this command's input volume: it would be replaced by the output "
+                         "(--overwrite or not); give another --out")
     if os.path.lexists(path) and not overwrite:
         raise SystemExit(f"--out {path} exists: pass --overwrite to replace it, or another --out")
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -117,7 +124,7 @@ def cmd_fit(args) -> int:
     from xtds.io import open_volume, write_volume
     from xtds.observables import TDSModel
 
-    _check_out(args.out, args.overwrite, _FORMATS.get(args.format))
+    _check_out(args.out, args.overwrite, _FORMATS.get(args.format), inputs=[args.file])
     crystal = _crystal(args.crystal)
     optimizer = _optimizer(args)
     initial = _ifc_arg(args.initial)

@@ -37,6 +37,18 @@ def _is_zarr_store(p: str) -> bool:
     return os.path.isdir(p) and any(os.path.exists(os.path.join(p, n)) for n in ("zarr.json", ".zgroup", ".zarray"))
 
 
+def _foreign_entries(store: str) -> list[str]:
+    """The entries of a zarr store's folder that are no part of a zarr store (a user's notes, other
+    files put there): its metadata files and its arrays' or groups' folders are; anything else is."""
+    out = []
+    for name in sorted(os.listdir(store)):
+        full = os.path.join(store, name)
+        if name in _ZARR_META or (os.path.isdir(full) and not os.path.islink(full) and _is_zarr_store(full)):
+            continue
+        out.append(name)
+    return out
+
+
 def format_of(path, writing: bool = False) -> str:
     """'nexus', 'zarr' or 'netcdf' from the name and, for an existing file, its first bytes."""
     p = os.fspath(path).rstrip("/")
@@ -331,6 +343,12 @@ def _check_target(ds: xr.Dataset, path: str, fmt: str, overwrite: bool) -> None:
     if fmt == "zarr" and not _is_zarr_store(path):
         raise ValueError(
             f"{path} exists and is not a zarr store: xtds does not delete it to write one there; choose another path"
+        )
+    if fmt == "zarr" and (foreign := _foreign_entries(path)):
+        raise ValueError(
+            f"{path} holds files that are no part of its zarr store ({', '.join(foreign[:5])}"
+            f"{', …' if len(foreign) > 5 else ''}): replacing the store would delete them; move them out or choose "
+            "another path"
         )
     if fmt != "zarr" and os.path.isdir(path):
         raise ValueError(f"{path} is a folder: xtds does not delete a folder to write a {fmt} file; "
