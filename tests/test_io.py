@@ -187,3 +187,21 @@ def test_zarr_without_units_is_refused(tmp_path):
     ds.to_zarr(tmp_path / "x.zarr")
     with pytest.raises(ValueError, match="attrs\\['units'\\] = 'rlu'"):
         xtds.open_volume(tmp_path / "x.zarr")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("fmt", ["nxs", "nc", "zarr"])
+def test_a_non_finite_voxel_stays_invalid_through_a_file(tmp_path, bad, fmt):
+    """A voxel with I = ±inf or NaN is invalid after a write and a read in every format (NeXus
+    stores weighted sums: it was written as 1.8e308 with its weight, which the mask kept)."""
+    hh, kk, ll = np.meshgrid(H, K, L, indexing="ij")
+    I = truth(hh, kk, ll)
+    I[2, 3, 4] = bad
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), I), "weights": (("H", "K", "L"), np.ones_like(I))},
+                    coords={"H": ("H", H, {"units": "rlu"}), "K": ("K", K, {"units": "rlu"}),
+                            "L": ("L", L, {"units": "rlu"})}, attrs={"temperature": 300.0})
+    back = xtds.open_volume(xtds.write_volume(ds, str(tmp_path / f"v.{fmt}"))).tds.mask(invalid=True)
+    mask = back["mask"].values
+    assert mask[2, 3, 4] and mask.sum() == 1
+    valid = back["intensity"].values[~mask]
+    assert np.all(np.isfinite(valid)) and valid.max() < 2e3

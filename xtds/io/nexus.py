@@ -317,9 +317,11 @@ def write_nexus(ds, filename: str, chunks=(50, 50, 50), mode: str = "w-", group:
             g[name] = np.asarray(ds[dim].values, dtype=float)
             g[name].attrs["units"] = "rlu"
         has_w = "weights" in ds
-        if has_w:
-            w = ds["weights"].transpose("L", "K", "H").data
-            data = da.where(w > 0, da.nan_to_num(da.asarray(inten.data)) * w, 0.0)
+        if has_w:  # NXrefine stores the weighted sum: a non-finite voxel is an invalid one (weight 0), never
+            # a huge finite number (nan_to_num made +inf 1.8e308, which the invalid mask then kept)
+            ok = da.isfinite(da.asarray(inten.data))
+            w = da.where(ok, ds["weights"].transpose("L", "K", "H").data, 0.0)
+            data = da.where(w > 0, da.where(ok, da.asarray(inten.data), 0.0) * w, 0.0)
         else:
             data = inten.data
         for name, arr in (("data", data),) + ((("weights", w),) if has_w else ()):
