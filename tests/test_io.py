@@ -132,12 +132,13 @@ def _generic(folder, **change):
         g.attrs["NX_class"] = "NXdata"
         if change.get("signal", True):
             g.attrs["signal"] = "counts"
-        g.attrs["axes"] = change.get("axes", ["H", "K", "L"])
+        names = change.get("names", "HKL")
+        g.attrs["axes"] = change.get("axes", list(names))
         g["counts"] = np.ones((5, 7, 9))
-        for name, c in zip("HKL", (H, K, L), strict=True):
+        for name, c in zip(names, (H, K, L), strict=True):
             g[name] = c if name != change.get("short") else c[:-1]
             if change.get("units", True):
-                g[name].attrs["units"] = "rlu"
+                g[name].attrs["units"] = change.get("unit", "rlu")
     return p
 
 
@@ -148,6 +149,9 @@ def _generic(folder, **change):
         ({"short": "K"}, "has 6 values but dimension 1"),
         ({"axes": ["H", "K"]}, "does not name three axis fields"),
         ({"units": False}, "axis_units='rlu'"),
+        ({"names": ["Qh", "Qk", "Ql"], "unit": "1/angstrom"}, "does not relabel"),
+        ({"names": ["Qh", "Qk", "Ql"], "unit": "Å^-1"}, "does not relabel"),
+        ({"unit": "nm^-1"}, "does not relabel"),
     ],
 )
 def test_bad_nexus_inputs_name_the_fix(tmp_path, change, match):
@@ -158,6 +162,10 @@ def test_bad_nexus_inputs_name_the_fix(tmp_path, change, match):
 def test_generic_nxdata_with_units(tmp_path):
     ds = xtds.open_volume(_generic(tmp_path))
     assert ds["intensity"].shape == (5, 7, 9)
+    for units in ({"units": False}, {"unit": "rlu"}):  # NXrefine's Qh/Qk/Ql: r.l.u., with no units or 'rlu'
+        qs = xtds.open_volume(_generic(tmp_path / str(len(units)) / next(iter(units)), names=["Qh", "Qk", "Ql"],
+                                       **units))
+        assert qs["H"].attrs["units"] == "rlu" and qs["intensity"].shape == (5, 7, 9)
     ds2 = xtds.open_volume(_generic(tmp_path / "no_units", units=False), axis_units="rlu")
     assert ds2["intensity"].shape == (5, 7, 9)
 

@@ -184,8 +184,12 @@ def read_nxdata(filename: str, path: str, axis_units: str | None = None):
                     f"axis {a!r} is not one of Qh/Qk/Ql or H/K/L: xtds needs reciprocal-lattice axes; rename the "
                     "axes or write the volume with H, K, L coordinates"
                 )
-            if units and not is_rlu(units) and a.lower() not in ("qh", "qk", "ql"):
-                raise ValueError(f"axis {a!r} has units {units!r}; xtds reads H, K, L volumes in r.l.u.")
+            if units and not is_rlu(units):  # Qh/Qk/Ql too: NXrefine's are r.l.u., with no units or 'rlu'
+                raise ValueError(
+                    f"axis {a!r} of {path} in {filename} has units {units!r}: xtds reads H, K, L volumes in reciprocal "
+                    "lattice units, and does not relabel Å⁻¹ (or any other unit) as r.l.u.; convert the axes to r.l.u. "
+                    "(H = q·a/2π along each axis for an orthogonal cell) or write @units='rlu' if they are r.l.u."
+                )
             if not units and a.lower() not in ("qh", "qk", "ql") and not is_rlu(axis_units):
                 raise ValueError(
                     f"axis {a!r} has no units attribute: say that it is in reciprocal lattice units with "
