@@ -120,6 +120,31 @@ def test_crystal_is_checked_against_the_file(nxfile):
         xtds.open_volume(path, crystal=xtds.Crystal.fcc("Al", a=4.05))
 
 
+@pytest.mark.parametrize(("symbol", "ok"), [("Fm-3m", True), ("Fm-3m (225)", True), ("F m -3 m", True), ("225", True),
+                                            ("P6_3/mmc", False), ("P63/mmc", False), ("Im-3m", False),
+                                            ("Im-3m (229)", False), ("229", False), ("", True)])
+def test_space_group_symbols_are_compared_in_any_notation(symbol, ok):
+    """A volume's space group as a bare symbol (short or full, with or without spaces and
+    underscores), a number, or 'symbol (number)' is compared with the crystal's; blank is no claim."""
+    from xtds.volume.schema import check_crystal
+
+    ni = xtds.Crystal.preset("Ni")
+    ds = xr.Dataset(attrs={"unit_cell": list(ni.parameters), "space_group": symbol})
+    if ok:
+        check_crystal(ds, ni)
+    else:
+        with pytest.raises(ValueError, match="is not the crystal's"):
+            check_crystal(ds, ni)
+
+
+def test_an_unknown_space_group_symbol_says_so():
+    from xtds.volume.schema import check_crystal
+
+    ds = xr.Dataset(attrs={"space_group": "Fm3m-X"})
+    with pytest.raises(ValueError, match=r"attrs\['space_group'\]: unknown space group 'Fm3m-X'"):
+        check_crystal(ds, xtds.Crystal.preset("Ni"))
+
+
 def _generic(folder, **change):
     import h5py
 

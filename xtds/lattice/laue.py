@@ -18,6 +18,7 @@ the orbits are returned in the order of those keys.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,30 +63,61 @@ def _hall_numbers_of(number: int) -> list[int]:
     return [h for h in range(1, 531) if spglib.get_spacegroup_type(h).number == number]
 
 
+def _symbol_key(text: str) -> str:
+    return str(text).replace(" ", "").replace("_", "")
+
+
+@functools.lru_cache(maxsize=1)
+def _space_group_table() -> tuple[dict, dict]:
+    """(symbol key → number, number → point group) over spglib's 530 Hall settings: the short and full
+    international symbols, spaces and underscores removed ('P6_3/mmc', 'P 63/m m c' → 'P63/mmc')."""
+    import spglib
+
+    numbers, points = {}, {}
+    for h in range(1, 531):
+        t = spglib.get_spacegroup_type(h)
+        for s in (t.international_short, t.international_full, t.international):
+            numbers.setdefault(_symbol_key(s), t.number)
+        points.setdefault(t.number, t.pointgroup_international)
+    return numbers, points
+
+
+def space_group_number(space_group) -> int:
+    """The number (1–230) of a space group given as 'Fm-3m (225)' (as :class:`~xtds.Crystal` writes
+    it), a number ('225', 225), or an international symbol, short or full, with or without spaces
+    and underscores ('Fm-3m', 'P6_3/mmc', 'P 63/m m c'). Raises ``ValueError`` for anything else."""
+    text = str(space_group).strip()
+    if "(" in text and text.endswith(")"):
+        inner = text.rsplit("(", 1)[1].rstrip(") ").strip()
+        if inner.isdigit():
+            number = int(inner)
+            symbol = _symbol_key(text.rsplit("(", 1)[0])
+            known = _space_group_table()[0].get(symbol)
+            if symbol and known is not None and known != number:
+                raise ValueError(f"the space group {space_group!r} names two groups ({symbol} is {known})")
+            if 1 <= number <= 230:
+                return number
+    if text.isdigit() and 1 <= int(text) <= 230:
+        return int(text)
+    number = _space_group_table()[0].get(_symbol_key(text))
+    if number is None:
+        raise ValueError(
+            f"unknown space group {space_group!r}: give an international symbol such as 'Fm-3m' or 'P6_3/mmc', "
+            "or a number 1–230"
+        )
+    return number
+
+
 def laue_class_of(space_group: str) -> str:
     """The Laue class of a space group given by symbol ('Fm-3m', 'P 4/m m m') or number ('225').
 
     Raises ``ValueError`` for a symbol spglib's database does not know.
     """
-    import spglib
-
-    text = str(space_group).strip()
-    key = text.split("(")[0].replace(" ", "").replace("_", "")
-    number = None
-    if "(" in text:  # 'Fm-3m (225)', as Crystal.space_group writes it
-        number = int(text.split("(")[1].rstrip(") "))
-    elif key.isdigit():
-        number = int(key)
-    for h in range(1, 531):
-        t = spglib.get_spacegroup_type(h)
-        if (number is not None and t.number == number) or (
-            number is None and key in (t.international_short.replace(" ", ""), t.international_full.replace(" ", ""))
-        ):
-            return _POINT_TO_LAUE[t.pointgroup_international]
-    raise ValueError(
-        f"unknown space group {space_group!r}: give an international symbol such as 'Fm-3m' or a "
-        "number 1–230, or name the Laue class directly (laue='m-3m')"
-    )
+    try:
+        number = space_group_number(space_group)
+    except ValueError as err:
+        raise ValueError(f"{err}; or name the Laue class directly (laue='m-3m')") from None
+    return _POINT_TO_LAUE[_space_group_table()[1][number]]
 
 
 def _with_inversion(W: np.ndarray) -> np.ndarray:

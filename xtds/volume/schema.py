@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from xtds.lattice.laue import space_group_number
+
 __all__ = ["RLU_UNITS", "INV_ANGSTROM", "CELL_RTOL", "is_rlu", "check_volume", "crystal_attrs", "check_crystal"]
 
 #: How far (relative) a crystal's cell may differ from a volume's ``unit_cell`` attribute.
@@ -69,18 +71,13 @@ def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL) -> None:
                 f"{np.round(mine['unit_cell'], 4).tolist()} by more than {rtol:.0%}: pass a Crystal with the "
                 "measured lattice (e.g. Crystal.fcc('Ni', a=...)), or check the file"
             )
-    if "space_group" in ds.attrs:
-        theirs, ours = _sg_number(ds.attrs["space_group"]), _sg_number(mine["space_group"])
-        if theirs is not None and ours is not None and theirs != ours:
+    if str(ds.attrs.get("space_group", "")).strip():
+        try:
+            theirs = space_group_number(ds.attrs["space_group"])
+        except ValueError as err:
+            raise ValueError(f"the volume's attrs['space_group']: {err}; correct it (or delete it)") from None
+        if theirs != space_group_number(mine["space_group"]):
             raise ValueError(
                 f"the volume's space group {ds.attrs['space_group']!r} is not the crystal's {mine['space_group']!r}: "
                 "pass the crystal that was measured, or correct ds.attrs['space_group']"
             )
-
-
-def _sg_number(text) -> int | None:
-    """The number of a space group written 'Fm-3m (225)' or '225'; None for a bare symbol."""
-    t = str(text).strip()
-    if "(" in t:
-        t = t.split("(")[1].rstrip(") ")
-    return int(t) if t.isdigit() else None
