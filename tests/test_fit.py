@@ -230,6 +230,9 @@ def test_one_phonon_on_an_arbitrary_grid():
                           geometry=InfiniteCrystal())
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"}, attrs={"temperature": 300.0})
+    with pytest.raises(ValueError, match=r"records no unit cell .* ds.attrs\['unit_cell'\]"):
+        ds.tds.fit(xtds.Crystal.preset("Al"), shells=2, initial=start)  # nothing would show Al is wrong
+    ds.attrs["unit_cell"] = list(NI.parameters)
     res = ds.tds.fit(NI, shells=2, initial=start, model=xtds.TDSModel(method="one_phonon"),
                      optimizer=xtds.LM(progress=False))
     got = np.array([float(res["ifc"].sel(constant=n)) for n in true])

@@ -206,7 +206,8 @@ def test_underdetermined_fits_are_refused(small):
     c = np.arange(-4, 5) / 2.0  # the 2×2×2 supercell's grid: 7.04 Å across
     coarse = xr.Dataset({"intensity": (("H", "K", "L"), np.ones((9, 9, 9)))},
                         coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                        attrs={"temperature": 300.0, "geometry": "PeriodicSupercell(repeats=(2, 2, 2))"})
+                        attrs={"temperature": 300.0, "geometry": "PeriodicSupercell(repeats=(2, 2, 2))",
+                               "unit_cell": list(NI.parameters)})
     with pytest.raises(ValueError, match=r"reach 5.566 Å, beyond half the \(2, 2, 2\) supercell \(3.520 Å\)"):
         coarse.tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
 

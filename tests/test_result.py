@@ -27,7 +27,8 @@ def mg_fit():
         I = tds_intensity(model, truth, MG.rlu_to_cartesian(hkl), 300.0, geometry=PeriodicSupercell(4))
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(4))})
+                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(4)),
+                           "unit_cell": list(MG.parameters)})
     start = truth * (1 + 0.05 * np.cos(np.arange(model.n_free)))
     res = ds.tds.fit(MG, shells=2, initial=start, prepare=xtds.Preparation(symmetrize=False),
                      optimizer=xtds.LM(progress=False))
@@ -78,7 +79,8 @@ def test_an_unstable_result_is_flagged_and_a_stable_one_is_not(mg_fit):
         I = tds_intensity(model, bad, model.crystal.rlu_to_cartesian(hkl), 300.0, geometry=PeriodicSupercell(2))
     ds = xr.Dataset({"intensity": (("H", "K", "L"), I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2))})
+                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2)),
+                           "unit_cell": list(model.crystal.parameters)})
     with pytest.warns(UnstableResultWarning, match="elastic tensor not positive definite"):
         res = ds.tds.fit("Ni", shells=2, initial=bad, optimizer=xtds.LM(progress=False))
     assert res.attrs["stable"] == 0 and "Γ" in res.attrs["stability"]
@@ -104,7 +106,8 @@ def test_delta_method_errors_agree_with_monte_carlo():
     ds = xr.Dataset({"intensity": (("H", "K", "L"), data.reshape(9, 9, 9)),
                      "sigma": (("H", "K", "L"), 0.05 * I.numpy().reshape(9, 9, 9))},
                     coords={d: (d, c, {"units": "rlu"}) for d in "HKL"},
-                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2))})
+                    attrs={"temperature": 300.0, "geometry": repr(PeriodicSupercell(2)),
+                           "unit_cell": list(model.crystal.parameters)})
     res = ds.tds.fit("Ni", shells=2, initial=truth, loss="chi2", optimizer=xtds.LM(progress=False))
     names = list(model.names)
     cov = res["ifc_cov"].sel(constant=names, constant_=names).values

@@ -135,7 +135,7 @@ def fit(ds: xr.Dataset, crystal, shells: int | None = None, initial=None, *, tem
     check_temperature(temperature)
     prep = as_settings(Preparation, prepare, "prepare")
     m = ifc_model(crystal, shells)
-    check_crystal(ds, m.crystal)
+    check_crystal(ds, m.crystal, require_cell=True)
     prepared = vol.mask(ds, bragg=prep.bragg, q_min=prep.q_min, q_max=prep.q_max, crystal=m.crystal)
     group = dict(laue=prep.laue, crystal=m.crystal) if prep.laue else dict(crystal=m.crystal)
     points = vol.to_points(prepared, irreducible=bool(prep.symmetrize), max_points=prep.max_points, seed=prep.seed,

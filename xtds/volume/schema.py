@@ -57,12 +57,20 @@ def crystal_attrs(crystal) -> dict:
     return {"unit_cell": [float(x) for x in crystal.parameters], "space_group": crystal.space_group}
 
 
-def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL) -> None:
+def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL, require_cell: bool = False) -> None:
     """A ``ValueError`` when ``crystal`` does not describe the volume: its cell differs from
-    ``attrs['unit_cell']`` by more than ``rtol``, or its space group from ``attrs['space_group']``."""
+    ``attrs['unit_cell']`` by more than ``rtol``, or its space group from ``attrs['space_group']``;
+    with ``require_cell``, also when the volume records no cell (nothing to check the crystal by)."""
     if not hasattr(crystal, "parameters"):
         raise TypeError(f"crystal must be an xtds.Crystal (e.g. xtds.Crystal.preset('Ni')), got {crystal!r}")
     mine = crystal_attrs(crystal)
+    if require_cell and "unit_cell" not in ds.attrs:
+        raise ValueError(
+            f"the volume records no unit cell (attrs['unit_cell']), so nothing shows that {crystal!r} is the crystal "
+            "measured (a wrong crystal fits without a word): say so with ds.attrs['unit_cell'] = "
+            "list(crystal.parameters) (a, b, c in Å, α, β, γ in degrees), or open the volume with "
+            "xtds.open_volume(path, crystal=...)"
+        )
     if "unit_cell" in ds.attrs:
         theirs = np.asarray(ds.attrs["unit_cell"], dtype=float)
         if theirs.shape != (6,) or not np.allclose(theirs, mine["unit_cell"], rtol=rtol):
