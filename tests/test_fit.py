@@ -291,3 +291,24 @@ def test_the_fit_takes_objects_and_says_what_it_takes():
     with pytest.raises(ValueError, match="has no setting"):
         xtds.Optimizer.named("lm", epochs=3)
     assert isinstance(xtds.Optimizer.default_for(True, epochs=3), Adam)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1e-5, 1e-3, -4e-3])
+def test_points_at_reciprocal_lattice_points_are_refused_even_jittered(jitter):
+    """An infinite crystal has no diffuse intensity at an allowed Bragg reflection; a point a
+    written coordinate's jitter away from one is the Bragg peak all the same (b0 −1.83 instead of
+    −1.36 in the hostile run): refused, with the fix."""
+    model = xtds.IFCModel(NI, shells=1)
+    hkl = np.array([[0.5, 0.25, 0.0], [2.0 + jitter, 0.0 + jitter, 0.0 - jitter]])
+    with pytest.raises(ValueError, match=r"within 0.005 r.l.u. of\) reciprocal-lattice points .*bragg=0.1"):
+        xtds.TDSModel().observable(model, NI.rlu_to_cartesian(hkl), 300.0, hkl=hkl)
+    fine = np.array([[0.5, 0.25, 0.0], [2.01, 0.0, 0.0], [1.0, 0.0, 0.0]])  # 100 is forbidden for fcc: fine
+    xtds.TDSModel().observable(model, NI.rlu_to_cartesian(fine), 300.0, hkl=fine)
+
+
+@pytest.mark.parametrize("bad", [True, False, "300 K", float("nan"), -300.0, 0.0])
+def test_a_temperature_is_a_positive_number_of_kelvin(bad):
+    from xtds.errors import check_temperature
+
+    with pytest.raises(ValueError, match="temperature must be"):
+        check_temperature(bad)

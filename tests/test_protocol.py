@@ -165,3 +165,19 @@ def test_every_shipped_observable_describes_itself_and_moves_in_temperature():
         hot = obs.at_temperature(400.0)
         assert type(hot) is type(obs) and hot.temperature == 400.0 and obs.temperature == 300.0
         assert json.dumps(describe(hot)) != d
+
+
+def test_a_fit_needs_a_degree_of_freedom_for_its_errors(setting):
+    """As many χ² points as constants fit exactly (loss 0) and leave the errors undefined: refused;
+    one more point is a fit."""
+    model, _, _, _ = setting
+    for n, ok in ((model.n_free, False), (model.n_free + 1, True)):
+        toy = LongWaveTDS(model, HKL[:n], 300.0)
+        with torch.no_grad():
+            data = toy(model.vector(TRUTH)).numpy()
+        prob = Problem(toy, data, sigma=1e-3 * data, loss="chi2", background=False)
+        if ok:
+            fit_problems(prob, START, optimizer=xtds.LM(progress=False))
+        else:
+            with pytest.raises(ValueError, match="leave a degree of freedom"):
+                fit_problems(prob, START, optimizer=xtds.LM(progress=False))

@@ -25,6 +25,8 @@ def check_temperature(temperature) -> float:
     """
     if temperature is None:
         raise ValueError("temperature (K) is required: the TDS scale depends on k_B T")
+    if isinstance(temperature, (bool, np.bool_)):
+        raise ValueError(f"temperature must be a number in K, got {temperature!r}")
     try:
         T = float(temperature)
     except (TypeError, ValueError):

@@ -72,12 +72,13 @@ def _check_counts(problems, model) -> None:
     n_points = sum(len(p) for p in problems)
     n_params = model.n_free + sum(p.n_nuisance for p in problems)
     n_centring = sum(1 for p in problems if p.loss == "var_log" and not p.n_nuisance)
-    if n_points < n_params + n_centring:
+    if n_points <= n_params + n_centring:  # at least one degree of freedom, or the errors are undefined
         raise ValueError(
             f"{n_points} data points cannot determine {n_params} parameters ({model.n_free} force constants"
             f"{' and nuisance parameters' if n_params > model.n_free else ''}"
-            f"{', and the var_log loss spends one on the scale' if n_centring else ''}): add data (a larger volume, "
-            "no wedge, fewer masks) or fit fewer constants (fewer shells or a smaller cutoff)"
+            f"{', and the var_log loss spends one on the scale' if n_centring else ''}) and leave a degree of "
+            "freedom for their errors: add data (a larger volume, no wedge, fewer masks) or fit fewer constants "
+            "(fewer shells or a smaller cutoff)"
         )
 
 

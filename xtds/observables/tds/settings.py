@@ -25,9 +25,14 @@ from xtds.observables.tds.infinite import MESH_TOLERANCE
 from xtds.observables.tds.intensity import METHODS, TDSIntensity, statistics_of
 from xtds.thermal.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry
 
-__all__ = ["TDSModel", "as_tds_model", "check_range", "check_bragg_free"]
+__all__ = ["TDSModel", "as_tds_model", "check_range", "check_bragg_free", "BRAGG_FREE_RLU"]
 
 log = logging.getLogger("xtds.observables")
+
+#: Points of an infinite crystal closer than this (r.l.u., in every component) to an allowed
+#: reciprocal-lattice point are refused: there measured data are Bragg peaks (a jittered coordinate
+#: does not make them diffuse). Half the finest step of a measured volume (0.01 r.l.u.).
+BRAGG_FREE_RLU = 5e-3
 
 
 @dataclass(frozen=True)
@@ -134,12 +139,13 @@ def check_bragg_free(model: IFCModel, geometry, hkl: np.ndarray) -> None:
     if not isinstance(geometry, InfiniteCrystal):
         return
     hkl = np.asarray(hkl, dtype=float)
-    on = np.all(np.abs(hkl - np.round(hkl)) < 1e-6, axis=1)
+    on = np.all(np.abs(hkl - np.round(hkl)) < BRAGG_FREE_RLU, axis=1)
     if np.any(on):
         on[np.flatnonzero(on)] = is_allowed(model.crystal, np.round(hkl[on]))
     if np.any(on):
         raise ValueError(
-            f"{int(on.sum())} points lie on reciprocal-lattice points (e.g. H K L = {hkl[on][0].round(4)}), where an "
+            f"{int(on.sum())} points lie on (within {BRAGG_FREE_RLU} r.l.u. of) reciprocal-lattice points (e.g. H K L "
+            f"= {hkl[on][0].round(6)}), where an "
             "infinite crystal has Bragg peaks and no defined diffuse intensity: mask them (e.g. ds.tds.mask(bragg=0.1) "
             "or fit(..., prepare=Preparation(bragg=0.1))), or, for a volume simulated on a periodic supercell, pass "
             "TDSModel(geometry=PeriodicSupercell(L)) (or keep its attrs['geometry'])"
