@@ -54,7 +54,12 @@ def test_a_corrupt_file_is_named_and_the_others_finish(series_files, tmp_path):
     res = xtds.fit_series(files, NI, client="threads", progress=False, coords=[200.0, 250.0, 400.0], **FIT)
     failed = json.loads(res.attrs["failed"])
     assert list(failed) == [str(bad)] and failed[str(bad)]
-    assert list(res["temperature"].values) == [200.0, 400.0]
+    assert list(res["temperature"].values) == [200.0, 250.0, 400.0]  # the failed one keeps its place
+    assert list(res["fitted"].values) == [True, False, True] and np.isnan(res["ifc"].sel(temperature=250.0)).all()
+    # without coords, each readable volume's own temperature labels it, not its index
+    own = xtds.fit_series(files, NI, client="sequential", progress=False, **FIT)
+    np.testing.assert_array_equal(own["temperature"].values, [200.0, np.nan, 400.0])
+    np.testing.assert_array_equal(own["ifc"].isel(temperature=[0, 2]).values, res["ifc"].isel(temperature=[0, 2]))
     with pytest.raises(RuntimeError, match="no volume of the series could be fitted"):
         xtds.fit_series([str(bad)], NI, client="sequential", progress=False, **FIT)
 

@@ -73,15 +73,20 @@ def _identity(volume) -> str:
                       sort_keys=True)
 
 
+#: What :func:`_attr_of` returns for a volume that cannot be read (its fit then fails, by name).
+_UNREADABLE = object()
+
+
 def _attr_of(volume, name: str):
-    """``attrs[name]`` of a Dataset, or of a file's metadata (opened lazily; None if unreadable)."""
+    """``attrs[name]`` of a Dataset, or of a file's metadata (opened lazily): None where it has no
+    such attribute, :data:`_UNREADABLE` where the file cannot be opened."""
     if isinstance(volume, str | os.PathLike):
         from xtds.io import open_volume
 
         try:
             volume = open_volume(volume)
         except Exception:  # noqa: BLE001 - the task reports the file's error
-            return None
+            return _UNREADABLE
     v = volume.attrs.get(name)
     return v.item() if isinstance(v, np.generic) else v
 
@@ -264,7 +269,8 @@ def fit_series(
     Returns
     -------
     ``xr.Dataset`` with :data:`SERIES_VARIABLES` concatenated along ``dim``, the volume of each
-    entry (``volume``), whether it was loaded from the store (``from_store``), the loss,
+    entry (``volume``), whether it was fitted (``fitted``: a member whose fit failed keeps its place,
+    with NaN constants, named in ``attrs["failed"]``) or loaded from the store (``from_store``), the loss,
     iterations, time (``fit_time``, s) and minimization time (``minimize_time``, s) of each
     fit, and ``attrs["failed"]`` (JSON: volume → error) and ``attrs["store"]``. Raises
     ``RuntimeError`` naming every failure when no volume could be fitted.
@@ -343,9 +349,13 @@ def _members(volumes, dim: str, coords):
     volumes = list(volumes)
     if not volumes:
         raise ValueError("give at least one volume")
-    if coords is None:
+    if coords is None:  # each readable member's own value; an unreadable one keeps its place (NaN)
         found = [_attr_of(v, dim) for v in volumes]
-        coords = found if all(f is not None for f in found) else list(range(len(volumes)))
+        readable = [f for f in found if f is not _UNREADABLE]
+        if readable and all(f is not None for f in readable):
+            coords = [np.nan if f is _UNREADABLE else f for f in found]
+        else:
+            coords = list(range(len(volumes)))
     if len(coords) != len(volumes):
         raise ValueError(f"{len(coords)} coordinate values for {len(volumes)} volumes")
     return volumes, coords
@@ -390,19 +400,23 @@ def _run(todo, volumes, crystal, fit_kwargs, client, fingerprint, finish) -> str
 
 
 def _concatenated(results: dict, coords, names, loaded: set, dim: str) -> xr.Dataset:
-    """:data:`SERIES_VARIABLES` of every finished fit along ``dim``, with the provenance."""
-    done = sorted(results)
-    parts = []
-    for i in done:
-        r = results[i]
+    """:data:`SERIES_VARIABLES` of every member along ``dim`` in the series' order, with the
+    provenance; a member whose fit failed keeps its place with NaN (``fitted`` False)."""
+    parts = {}
+    for i, r in results.items():
         keep = r[[v for v in SERIES_VARIABLES if v in r]]
         keep = keep.assign(loss=float(r["loss"].values[-1]), iterations=int(r.attrs.get("iterations", 0)),
                            fit_time=float(r.attrs.get("wall_time_s", np.nan)),
                            minimize_time=float(r.attrs.get("minimize_time_s", np.nan)))
         keep.attrs = {}
-        parts.append(keep)
-    out = xr.concat(parts, dim=dim, join="outer", coords="minimal", compat="override")
-    out = out.assign_coords({dim: np.asarray([coords[i] for i in done])})
-    out["volume"] = (dim, [names[i] for i in done])
-    out["from_store"] = (dim, [i in loaded for i in done])
+        parts[i] = keep
+    blank = next(iter(parts.values())).astype(float) * np.nan
+    blank["iterations"] = blank["iterations"].fillna(-1).astype(int)
+    every = range(len(names))
+    out = xr.concat([parts.get(i, blank) for i in every], dim=dim, join="outer", coords="minimal",
+                    compat="override")
+    out = out.assign_coords({dim: np.asarray([coords[i] for i in every])})
+    out["volume"] = (dim, list(names))
+    out["fitted"] = (dim, [i in results for i in every])
+    out["from_store"] = (dim, [i in loaded for i in every])
     return out
