@@ -2,6 +2,7 @@
 zarr store as they finish, a rerun fitting only what is missing."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -105,3 +106,28 @@ def test_on_a_local_cluster(series_files, sequential):
         res = xtds.fit_series(series_files[:2], NI, client=client, progress=False, **FIT)
     assert res.attrs["scheduler"] == "distributed"
     np.testing.assert_allclose(res["ifc"].values, sequential["ifc"].values[:2], rtol=1e-12)
+
+
+def test_a_store_entry_is_not_reused_for_changed_data(series_files, tmp_path):
+    """The store reuses a finished fit only for the same data: an in-memory Dataset whose values
+    changed (sizes and attributes alike), and a zarr volume edited in place (one chunk rewritten:
+    the folder's own size and time do not change), are fitted again."""
+    store = str(tmp_path / "s.zarr")
+    members = [xtds.open_volume(p).load() for p in series_files[:2]]
+    xtds.fit_series(members, NI, client="sequential", store=store, progress=False, **FIT)
+    again = xtds.fit_series(members, NI, client="sequential", store=store, progress=False, **FIT)
+    assert again.attrs["n_fitted"] == 0
+    edited = [members[0], members[1].copy(deep=True)]
+    edited[1]["intensity"].values[3, 4, 5] *= 2
+    redo = xtds.fit_series(edited, NI, client="sequential", store=store, progress=False, **FIT)
+    assert redo.attrs["n_fitted"] == 1 and list(redo["from_store"].values) == [True, False]
+    vol = str(tmp_path / "v.zarr")
+    xtds.write_volume(members[0], vol)
+    store2 = str(tmp_path / "s2.zarr")
+    xtds.fit_series([vol], NI, client="sequential", store=store2, progress=False, **FIT)
+    folder_time = os.stat(vol).st_mtime_ns
+    z = zarr.open_group(vol, mode="r+")
+    z["intensity"][3, 4, 5] = 2 * z["intensity"][3, 4, 5]
+    os.utime(vol, ns=(folder_time, folder_time))  # the folder itself looks untouched
+    redo = xtds.fit_series([vol], NI, client="sequential", store=store2, progress=False, **FIT)
+    assert redo.attrs["n_fitted"] == 1

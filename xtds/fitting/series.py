@@ -59,18 +59,45 @@ def _name_of(volume, i: int) -> str:
     return f"volume {i}" + (f" ({src})" if src else "")
 
 
-def _identity(volume) -> str:
-    """What makes a finished entry reusable: the file (path, size, modification time) or, for an
-    in-memory Dataset, its sizes and attributes."""
-    if isinstance(volume, str | os.PathLike):
-        path = os.fspath(volume)
-        try:
+def _file_identity(path: str) -> str:
+    """A file's path, size and modification time; for a folder (a zarr store), those of every file
+    in it (an edited chunk changes its own time and size, not the folder's)."""
+    path = os.path.abspath(path)
+    try:
+        if not os.path.isdir(path):
             st = os.stat(path)
-            return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
-        except OSError:
-            return os.path.abspath(path)
-    return json.dumps({"sizes": dict(volume.sizes), "attrs": {k: str(v) for k, v in volume.attrs.items()}},
-                      sort_keys=True)
+            return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        h = hashlib.sha256(path.encode())
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                st = os.stat(os.path.join(folder, name))
+                h.update(f"{os.path.relpath(os.path.join(folder, name), path)}|{st.st_size}|{st.st_mtime_ns};".encode())
+        return f"{path}|{h.hexdigest()[:16]}"
+    except OSError:
+        return path
+
+
+def _identity(volume) -> str:
+    """What makes a finished entry reusable: the file (:func:`_file_identity`), or, for a Dataset,
+    its sizes, attributes and content (in-memory arrays by a digest of their values, lazy ones by
+    dask's token and the identity of the files they read)."""
+    if isinstance(volume, str | os.PathLike):
+        return _file_identity(os.fspath(volume))
+    import dask
+
+    from xtds.volume.sources import lazy_sources
+
+    content = {}
+    for name, var in volume.variables.items():
+        data = var.data
+        if isinstance(data, np.ndarray):
+            content[str(name)] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()[:16]
+        else:
+            content[str(name)] = dask.base.tokenize(data)
+    files = sorted(_file_identity(p) for p in lazy_sources(volume))
+    return json.dumps({"sizes": dict(volume.sizes), "attrs": {k: str(v) for k, v in volume.attrs.items()},
+                       "content": content, "files": files}, sort_keys=True)
 
 
 #: What :func:`_attr_of` returns for a volume that cannot be read (its fit then fails, by name).
