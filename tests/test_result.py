@@ -1,5 +1,6 @@
 """A fit result is complete: saved to a file, it rebuilds its model and phonons in a new process."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -63,6 +64,50 @@ def test_open_fit_refuses_a_volume(tmp_path):
     xtds.write_volume(paper_ni_volume(n_max=2), path)
     with pytest.raises(ValueError, match="not an xtds fit result"):
         xtds.open_fit(path)
+
+
+def test_open_fit_refuses_damaged_and_edited_results(mg_fit, tmp_path):
+    """A result with a chunk file deleted, a constant edited by hand, an edited cutoff (empty or
+    absurd), a truncated, empty or text file, or a netCDF3 copy: each a clear error that names the
+    file (or, for netCDF3, read)."""
+    import shutil
+
+    import h5netcdf
+
+    _, _, res = mg_fit
+    good = str(tmp_path / "good.nc")
+    xtds.write_volume(res, good)
+    store = str(tmp_path / "r.zarr")
+    xtds.write_volume(res, store)
+    chunk = next(p for p in (tmp_path / "r.zarr" / "ifc").rglob("*") if p.is_file() and p.name not in
+                 ("zarr.json", ".zarray", ".zattrs"))
+    chunk.unlink()
+    with pytest.raises(ValueError, match=r"r.zarr: variable 'ifc' has 0 of its 1 chunk files"):
+        xtds.open_fit(store)
+    edited = str(tmp_path / "edited.nc")
+    shutil.copy(good, edited)
+    i = list(res["constant"].values).index(mg_fit[0].names[0])  # a free constant (the derived ones come first)
+    with h5netcdf.File(edited, "r+") as f:
+        f.variables["ifc"][i] = 2 * f.variables["ifc"][i]
+    with pytest.raises(ValueError, match="edited.nc: the stored constants give a dispersion .* THz away"):
+        xtds.open_fit(edited)
+    for value, match in ((1.0, "do not make a force-constant model"), (1e6, "not a cutoff a fit wrote"),
+                         ("abc", "not a cutoff a fit wrote")):
+        cut = str(tmp_path / "cut.nc")
+        shutil.copy(good, cut)
+        with h5netcdf.File(cut, "r+") as f:
+            f.attrs["ifc_cutoff_A"] = value
+        with pytest.raises(ValueError, match=match):
+            xtds.open_fit(cut)
+    data = pathlib.Path(good).read_bytes()
+    for name, content, match in (("trunc.nc", data[: len(data) // 2], "trunc.nc"), ("empty.nc", b"", "empty"),
+                                 ("text.nc", b"hello, not netCDF", "not an HDF5 file")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises((ValueError, OSError), match=match):
+            xtds.open_fit(str(tmp_path / name))
+    classic = str(tmp_path / "classic.nc")
+    xr.open_dataset(good, engine="h5netcdf").load().to_netcdf(classic, format="NETCDF3_64BIT", engine="scipy")
+    np.testing.assert_allclose(xtds.open_fit(classic).phi.numpy(), xtds.open_fit(good).phi.numpy())
 
 
 def test_an_unstable_result_is_flagged_and_a_stable_one_is_not(mg_fit):

@@ -173,9 +173,8 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
 
 
 def cmd_plot(args) -> int:
-    import xarray as xr
 
-    from xtds.io import format_of
+    from xtds.io import format_of, open_dataset_file
 
     if not os.path.exists(args.file):
         raise SystemExit(f"no such file or store: {args.file}")
@@ -183,7 +182,7 @@ def cmd_plot(args) -> int:
     if kind == "nexus":
         raise SystemExit(f"{args.file} is a NeXus volume, not a fit result: plot a result of 'xtds fit --out' "
                          "(.nc or .zarr); for a volume use 'xtds info'")
-    res = xr.open_zarr(args.file) if kind == "zarr" else xr.open_dataset(args.file, engine="h5netcdf")
+    res = open_dataset_file(args.file)
     if "dispersion" not in res:
         raise SystemExit(f"{args.file} is not a fit result (no 'dispersion'); for a volume use 'xtds info'")
     _plots(res, args.out)
@@ -196,7 +195,6 @@ _FORMATS = {None: None, "nc": "netcdf", "netcdf": "netcdf", "zarr": "zarr", "nxs
 def _powder_data(name: str):
     """A powder INS data set in the layout of :func:`xtds.datasets.al_arcs` (chi (temperature, E,
     Q), valid (E, Q)): ``al_arcs`` or a netCDF/zarr path."""
-    import xarray as xr
 
     if name == "al_arcs":
         from xtds.datasets import al_arcs
@@ -204,7 +202,9 @@ def _powder_data(name: str):
         return al_arcs()
     if not os.path.exists(name):
         raise FileNotFoundError(f"no data set {name!r}: give 'al_arcs' or a netCDF/zarr file")
-    ds = xr.open_zarr(name) if os.path.isdir(name) else xr.open_dataset(name)
+    from xtds.io import open_dataset_file
+
+    ds = open_dataset_file(name)
     missing = [v for v in ("chi", "valid", "Q", "E", "temperature") if v not in ds.variables]
     if missing:
         raise ValueError(f"{name} lacks {missing}: a powder data set needs chi (temperature, E, Q), valid (E, Q)")

@@ -22,6 +22,7 @@ import xarray as xr
 from xtds._version import __version__
 from xtds.errors import UnstableResultWarning
 from xtds.fitting.derived import derived_quantities
+from xtds.io import open_dataset_file
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.ifc import IFCModel
 from xtds.lattice.phonons import dispersion, dos, elastic_constants
@@ -122,16 +123,57 @@ def open_fit(path) -> FitResult:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such fit result: {path}")
-    ds = xr.open_zarr(path) if os.path.isdir(path) else xr.open_dataset(path, engine="h5netcdf")
+    ds = open_dataset_file(path)
     if "ifc" not in ds or "ifc_cutoff_A" not in ds.attrs:
         raise ValueError(f"{path} is not an xtds fit result (no 'ifc' or no 'ifc_cutoff_A'); for a volume use "
                          "xtds.open_volume")
-    model = IFCModel(crystal_from(ds), cutoff=float(ds.attrs["ifc_cutoff_A"]))
+    try:
+        cutoff = float(ds.attrs["ifc_cutoff_A"])
+    except (TypeError, ValueError):
+        cutoff = float("nan")
+    if not 0 < cutoff <= MAX_CUTOFF_A:
+        raise ValueError(f"{path}: attrs['ifc_cutoff_A'] = {ds.attrs['ifc_cutoff_A']!r} is not a cutoff a fit wrote "
+                         f"(0–{MAX_CUTOFF_A:g} Å): the file was edited or is corrupt")
+    try:
+        model = IFCModel(crystal_from(ds), cutoff=cutoff)
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{path}: its crystal and cutoff do not make a force-constant model ({err}): the file was "
+                         "edited or is corrupt") from err
     stored = [str(c) for c in ds["constant"].values if not bool(ds["derived"].sel(constant=c))] \
         if "derived" in ds.coords else None
     if stored is not None and tuple(stored) != tuple(model.names):
         raise ValueError(f"{path}: the rebuilt model has constants {model.names}, the file {tuple(stored)}")
-    return FitResult(ds.load(), model)
+    out = FitResult(ds.load(), model)
+    _check_consistent(path, out)
+    return out
+
+
+#: The largest cutoff (Å) :func:`open_fit` builds a model for: far beyond any fit's, below the sizes
+#: whose pair tables would not fit in memory (an edited file).
+MAX_CUTOFF_A = 50.0
+
+
+def _check_consistent(path: str, result: FitResult) -> None:
+    """The file's constants must give the dispersion stored beside them (an edited or corrupt file
+    would pair constants with phonons they do not have)."""
+    ds = result.dataset
+    if not np.all(np.isfinite(ds["ifc"].values)):
+        raise ValueError(f"{path}: the fitted constants hold NaN or inf (a chunk lost, or the file edited)")
+    if "dispersion" not in ds:
+        return
+    disp = ds["dispersion"]
+    k = np.stack([disp[f"k_{c}"].values for c in ("qx", "qy", "qz")], 1)
+    from xtds.lattice.dynamics import frequencies
+
+    with torch.no_grad():
+        nu = frequencies(result.model, result.phi, k).cpu().numpy()
+    scale = max(float(np.nanmax(np.abs(disp.values))), 1e-12)
+    if not np.allclose(nu, disp.values, rtol=0, atol=1e-6 * scale):
+        raise ValueError(
+            f"{path}: the stored constants give a dispersion up to {np.nanmax(np.abs(nu - disp.values)):.3g} THz away "
+            "from the one stored beside them: the file was edited or is corrupt; refit, or recompute what you need "
+            "from the constants you trust"
+        )
 
 
 def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.Dataset:

@@ -21,7 +21,7 @@ from xtds.volume.schema import check_crystal, check_volume, crystal_attrs
 from xtds.volume.sources import lazy_sources, reading
 from xtds.volume.symmetrize import symmetric_chunks
 
-__all__ = ["open_volume", "write_volume", "check_volume", "crystal_attrs"]
+__all__ = ["open_volume", "write_volume", "open_dataset_file", "check_volume", "crystal_attrs", "format_of"]
 
 
 
@@ -101,6 +101,29 @@ def _check_readable(path: str, fmt: str) -> None:
             f"{path} is not an HDF5 file (it starts with {head!r}), so not {fmt}: check that the file is complete "
             "and of the format its name says (NeXus .nxs/.h5, netCDF4 .nc)"
         )
+
+
+def open_dataset_file(path) -> xr.Dataset:
+    """A netCDF (4 or classic) or zarr file as a Dataset, lazily, with the checks of
+    :func:`open_volume` (existence, an empty or truncated file, a file that is not of its format, a
+    zarr store written by xtds with chunk files missing) and errors that name the file: for
+    Datasets that are not volumes, such as fit results (:func:`xtds.open_fit`)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or store: {path}")
+    fmt = format_of(path)
+    if fmt == "nexus":
+        raise ValueError(f"{path} is a NeXus file: open volumes with xtds.open_volume; results are .nc or .zarr")
+    _check_readable(path, "netcdf" if fmt == "netcdf" else fmt)
+    try:
+        if fmt == "zarr":
+            ds = xr.open_zarr(path)
+            _check_zarr_complete(path, ds.attrs)
+            return ds
+        return xr.open_dataset(path, engine="scipy" if fmt == "netcdf3" else "h5netcdf")
+    except (OSError, RuntimeError, KeyError) as err:
+        raise OSError(f"cannot read {path} as {fmt}: {type(err).__name__}: {err}; the file is truncated, corrupt "
+                      "or of another format") from err
 
 
 def _check_zarr_complete(path: str, attrs: dict) -> None:
