@@ -249,3 +249,20 @@ def test_to_points_max_points_samples_orbits_exactly():
     assert full.attrs["n_points_available"] == full.sizes["point"]
     voxels = vol.to_points(ds, crystal=ni, irreducible=False, max_points=100, seed=1)  # the uniform subset
     assert voxels.sizes["point"] == 100 and voxels.attrs["n_points_available"] == voxels.attrs["n_valid_voxels"]
+
+
+@pytest.mark.parametrize(("radius", "units"), [(10, "rlu"), (0.87, "rlu"), (-0.1, "rlu"), (float("nan"), "rlu"),
+                                               (1.6, "1/angstrom"), (0.1, "r.l.u"), ("0.1", "rlu")])
+def test_a_bragg_radius_that_leaves_nothing_between_the_peaks_is_refused_at_once(radius, units):
+    """bragg=10 (a typo for 0.1) ran for minutes before 'no valid voxel': radii of half the spacing
+    of the nearest reflections or more (0.866 r.l.u., 1.546 Å⁻¹ for Ni) are refused before any work."""
+    import time
+
+    ds = volume(n=11)
+    t = time.perf_counter()
+    if radius == "0.1":  # a number given as text is read as one
+        ds.tds.mask(bragg=radius, crystal=NI)
+        return
+    with pytest.raises(ValueError, match="bragg"):
+        ds.tds.mask(bragg=radius, bragg_units=units, crystal=NI)
+    assert time.perf_counter() - t < 5

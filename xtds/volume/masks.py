@@ -20,6 +20,7 @@ __all__ = [
     "wedge_mask",
     "angle_to_plane",
     "bragg_reach",
+    "check_bragg_radius",
 ]
 
 
@@ -67,6 +68,29 @@ def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=
         hit = (dist2 <= radius**2) & _is_allowed(h0, k0, l0, allowed)
         near = hit if near is None else near | hit
     return near
+
+
+def check_bragg_radius(crystal, radius: float, units: str = "rlu") -> float:
+    """The radius as a float; a ``ValueError`` unless ``radius`` is a positive number below half the distance between the
+    nearest allowed reflections (in ``units``: "rlu" or "1/angstrom"): spheres as large as that
+    leave no diffuse scattering between the peaks (``bragg=10`` is a typo for 0.1, and the mask of
+    so many overlapping spheres took minutes before "no valid voxel")."""
+    if units not in ("rlu", "1/angstrom"):
+        raise ValueError(f"bragg_units must be 'rlu' or '1/angstrom', got {units!r}")
+    try:
+        r = float(radius)
+    except (TypeError, ValueError):
+        raise ValueError(f"the Bragg mask radius must be a number ({units}), got {radius!r}") from None
+    refl = allowed_reflections(crystal, 2).astype(float)
+    refl = refl[np.any(refl != 0, axis=1)]
+    dist = np.linalg.norm(refl if units == "rlu" else refl @ np.asarray(crystal.reciprocal), axis=1).min()
+    if not (np.isfinite(r) and 0 < r < dist / 2):
+        raise ValueError(
+            f"bragg={radius!r} {units}: the radius must be positive and below half the distance between neighbouring "
+            f"reflections of {crystal.name or crystal.formula} ({dist / 2:.3g} {units}); typical masks are 0.05–0.2 "
+            "r.l.u."
+        )
+    return r
 
 
 def bragg_reach(crystal, radius: float, units: str = "rlu") -> int:

@@ -221,6 +221,7 @@ def mask(
     if bragg is not None:
         if crystal is None:
             raise ValueError("a Bragg mask needs the structure: pass crystal=xtds.Crystal.preset(...)")
+        bragg = _masks.check_bragg_radius(crystal, bragg, bragg_units)
         extent = int(max(np.abs(ds[d].values).max() for d in "HKL"))
         refl = allowed_reflections(crystal, extent + _masks.bragg_reach(crystal, bragg, bragg_units) + 1)
         add(_map_hkl(ds, lambda h, k, l: _masks.bragg_mask(h, k, l, crystal, bragg, bragg_units, reflections=refl)),
