@@ -238,3 +238,34 @@ def test_a_non_finite_voxel_stays_invalid_through_a_file(tmp_path, bad, fmt):
     assert mask[2, 3, 4] and mask.sum() == 1
     valid = back["intensity"].values[~mask]
     assert np.all(np.isfinite(valid)) and valid.max() < 2e3
+
+
+def test_zarr_volumes_of_tiny_huge_or_absurd_chunks(tmp_path):
+    """A store of (1, 1, 1) chunks opens in blocks of many chunks (it took minutes as a task per
+    voxel); one declaring 1e15 voxels or chunks of 931 GiB is refused at once, naming the store."""
+    import time
+
+    import zarr
+
+    hh, kk, ll = np.meshgrid(H, K, L, indexing="ij")
+    ds = xr.Dataset({"intensity": (("H", "K", "L"), truth(hh, kk, ll))},
+                    coords={"H": ("H", H, {"units": "rlu"}), "K": ("K", K, {"units": "rlu"}),
+                            "L": ("L", L, {"units": "rlu"})}, attrs={"temperature": 300.0})
+    tiny = str(tmp_path / "tiny.zarr")
+    ds.to_zarr(tiny, encoding={"intensity": {"chunks": (1, 1, 1)}}, consolidated=False)
+    t = time.perf_counter()
+    opened = xtds.open_volume(tiny)
+    assert opened["intensity"].data.npartitions == 1  # 5 × 7 × 9 voxels in one block
+    np.testing.assert_array_equal(opened["intensity"].values, ds["intensity"].values)
+    assert time.perf_counter() - t < 10
+    for name, shape, chunks, match in (("absurd.zarr", (100_000,) * 3, (100, 100, 100), "declares an intensity"),
+                                       ("huge.zarr", (10_000,) * 3, (10_000,) * 3, "GiB each")):
+        root = zarr.open_group(str(tmp_path / name), mode="w")
+        root.create_array("intensity", shape=shape, chunks=chunks, dtype="float64", dimension_names=("H", "K", "L"))
+        for d, n in zip("HKL", shape, strict=True):
+            root.create_array(d, shape=(n,), chunks=(n,), dtype="float64", dimension_names=(d,))
+            root[d].attrs["units"] = "rlu"
+        t = time.perf_counter()
+        with pytest.raises(ValueError, match=match):
+            xtds.open_volume(str(tmp_path / name))
+        assert time.perf_counter() - t < 5

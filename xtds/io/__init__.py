@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import uuid
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -205,7 +206,9 @@ def open_volume(
         if fmt == "nexus":
             ds = xr.open_dataset(path, engine="xtds", chunks=ck, group=group, axis_units=axis_units)
         elif fmt == "zarr":
-            ds = xr.open_zarr(path, chunks=ck)
+            with warnings.catch_warnings():  # a store without consolidated metadata is read without: fine
+                warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+                ds = xr.open_zarr(path, chunks=_zarr_chunks(path, ck) if chunks in ("auto", "symmetric") else ck)
             _check_zarr_complete(path, ds.attrs)
         elif fmt == "netcdf3":  # classic netCDF: scipy reads it (not HDF5)
             ds = xr.open_dataset(path, engine="scipy", chunks=ck)
@@ -236,6 +239,58 @@ def open_volume(
         ds["mask"] = ds["mask"].astype(bool)
     ds.attrs["source"] = os.path.abspath(path)  # where this Dataset comes from, whatever the file says
     return _attach_crystal(ds, crystal)
+
+
+#: The most voxels a volume may declare (a few TB of float32: beyond any detector's volume; a larger
+#: declaration is an error in the file, which would otherwise end in a MemoryError minutes later).
+MAX_VOXELS = 10**12
+
+#: The largest chunk (bytes) xtds reads at once: a store whose chunks are larger cannot be read
+#: block by block (a single 1e4³ chunk asked for 931 GiB).
+MAX_CHUNK_BYTES = 2 * 2**30
+
+
+def _zarr_chunks(path: str, requested):
+    """The dask chunks to open a zarr volume with: the store's own, merged into blocks of about
+    :data:`AUTO_BLOCK_VOXELS` when they are small (a store of (1, 1, 1) chunks took minutes as one
+    task each); a ``ValueError`` naming the store when it declares more than :data:`MAX_VOXELS`
+    voxels or chunks over :data:`MAX_CHUNK_BYTES`, before any task graph is built."""
+    import zarr
+
+    try:
+        arr = zarr.open_group(path, mode="r")["intensity"]
+        shape, store_chunks, itemsize = tuple(arr.shape), tuple(arr.chunks), np.dtype(arr.dtype).itemsize
+    except Exception:  # noqa: BLE001 - the reader below reports what is wrong with the store
+        return requested
+    if len(shape) != 3 or len(store_chunks) != 3:
+        return requested
+    if np.prod(shape, dtype=float) > MAX_VOXELS:
+        raise ValueError(f"{path} declares an intensity of {shape} = {np.prod(shape, dtype=float):.3g} voxels, more "
+                         f"than any volume ({MAX_VOXELS:.0e}): the store's metadata is wrong; write it again")
+    chunk_bytes = np.prod(store_chunks, dtype=float) * itemsize
+    if chunk_bytes > MAX_CHUNK_BYTES:
+        raise ValueError(f"{path} stores its intensity in chunks of {store_chunks} ({chunk_bytes / 2**30:.3g} GiB "
+                         f"each), more than xtds reads at once ({MAX_CHUNK_BYTES / 2**30:g} GiB): rechunk the store "
+                         "(e.g. with zarr or xarray, chunks of about 100³)")
+    dims = zarr_dims = ("H", "K", "L")
+    attrs = dict(arr.attrs)
+    named = attrs.get("_ARRAY_DIMENSIONS") or getattr(arr.metadata, "dimension_names", None)
+    if named and len(named) == 3:
+        zarr_dims = tuple(str(d) for d in named)
+    if set(zarr_dims) != set(dims):
+        return requested
+    block = dict(zip(zarr_dims, store_chunks, strict=True))
+    while np.prod(list(block.values())) * 8 <= AUTO_BLOCK_VOXELS:  # double the smallest axes (whole chunks)
+        grown = False
+        for d in sorted(block, key=block.get):
+            size = dict(zip(zarr_dims, shape, strict=True))[d]
+            if block[d] < size:
+                block[d] = min(size, 2 * block[d])
+                grown = True
+                break
+        if not grown:
+            break
+    return block
 
 
 #: Voxels per dask block that :func:`open_volume` aims at (``chunks="auto"``, NeXus): the file's

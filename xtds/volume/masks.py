@@ -71,9 +71,9 @@ def bragg_mask(H, K, L, crystal, radius: float, units: str = "rlu", reflections=
 
 
 def check_bragg_radius(crystal, radius: float, units: str = "rlu") -> float:
-    """The radius as a float; a ``ValueError`` unless ``radius`` is a positive number below half the distance between the
-    nearest allowed reflections (in ``units``: "rlu" or "1/angstrom"): spheres as large as that
-    leave no diffuse scattering between the peaks (``bragg=10`` is a typo for 0.1, and the mask of
+    """The radius as a float; a ``ValueError`` unless ``radius`` is a positive number below half the
+    distance between the nearest allowed reflections (in ``units``: "rlu" or "1/angstrom"): spheres
+    as large as that leave no diffuse scattering between the peaks (``bragg=10`` is a typo for 0.1, and the mask of
     so many overlapping spheres took minutes before "no valid voxel")."""
     if units not in ("rlu", "1/angstrom"):
         raise ValueError(f"bragg_units must be 'rlu' or '1/angstrom', got {units!r}")
