@@ -269,3 +269,44 @@ def test_zarr_volumes_of_tiny_huge_or_absurd_chunks(tmp_path):
         with pytest.raises(ValueError, match=match):
             xtds.open_volume(str(tmp_path / name))
         assert time.perf_counter() - t < 5
+
+
+@pytest.mark.parametrize("how", ["external_raw", "external_link", "virtual"])
+def test_nexus_data_from_outside_the_files_folder_is_refused(tmp_path, how):
+    """A NeXus signal whose bytes come from outside the file's folder (HDF5 external raw storage,
+    an external link, a virtual dataset) would read any file, a system file's bytes too, as
+    intensities: refused, naming the field; the same storage inside the folder is read."""
+    import h5py
+
+    outside, inside = tmp_path / "elsewhere", tmp_path / "beamtime"
+    outside.mkdir()
+    inside.mkdir()
+    values = np.arange(5 * 7 * 9, dtype=float).reshape(5, 7, 9) + 1.0
+    for folder in (outside, inside):
+        values.tofile(folder / "raw.bin")
+        with h5py.File(folder / "scan.h5", "w") as f:
+            f["data"] = values
+    for where, ok in ((outside, False), (inside, True)):
+        p = inside / f"v_{how}_{ok}.nxs"
+        with h5py.File(p, "w") as f:
+            e = f.create_group("entry")
+            e.attrs["NX_class"] = "NXentry"
+            g = e.create_group("vol")
+            g.attrs.update(NX_class="NXdata", signal="counts", axes=["H", "K", "L"])
+            if how == "external_raw":
+                g.create_dataset("counts", shape=values.shape, dtype=float,
+                                 external=[(str(where / "raw.bin"), 0, values.nbytes)])
+            elif how == "external_link":
+                g["counts"] = h5py.ExternalLink(str(where / "scan.h5"), "/data")
+            else:
+                layout = h5py.VirtualLayout(shape=values.shape, dtype=float)
+                layout[:] = h5py.VirtualSource(str(where / "scan.h5"), "data", shape=values.shape)
+                g.create_virtual_dataset("counts", layout)
+            for name, c in zip("HKL", (H, K, L), strict=True):
+                g[name] = c
+                g[name].attrs["units"] = "rlu"
+        if ok:
+            np.testing.assert_array_equal(xtds.open_volume(str(p))["intensity"].values, values)
+        else:
+            with pytest.raises(ValueError, match="outside the file's folder"):
+                xtds.open_volume(str(p))

@@ -118,9 +118,39 @@ def _signal_ndim(g) -> int:
         return 0
 
 
+def _inside(folder: str, target: str) -> bool:
+    """Whether ``target`` (a path, relative to ``folder`` if not absolute) lies in ``folder`` or below."""
+    full = os.path.realpath(os.path.join(folder, target))
+    return os.path.commonpath([full, os.path.realpath(folder)]) == os.path.realpath(folder)
+
+
+def _check_storage(g, name: str, dset, filename: str) -> None:
+    """A ``ValueError`` when a field's bytes come from outside the NeXus file's folder: an external
+    link, HDF5 external raw storage or a virtual dataset's sources pointing elsewhere (such a file
+    reads any file's bytes, a system file's too, as intensities)."""
+    folder = os.path.dirname(os.path.abspath(filename))
+    link = g.get(name, getlink=True)
+    outside = []
+    target = getattr(link, "filename", None)
+    if target is not None and not _inside(folder, target):
+        outside.append(f"an external link to {target!r}")
+    for entry in dset.external or ():
+        if not _inside(folder, entry[0].decode() if isinstance(entry[0], bytes) else str(entry[0])):
+            outside.append(f"external raw storage in {entry[0]!r}")
+    if dset.is_virtual:
+        for src in dset.virtual_sources():
+            if src.file_name not in (".", "") and not _inside(folder, src.file_name):
+                outside.append(f"a virtual source in {src.file_name!r}")
+    if outside:
+        raise ValueError(
+            f"{g.name}/{name} in {filename} reads its data from outside the file's folder ({'; '.join(outside)}): "
+            "xtds reads a volume's data only from its own folder; copy the data files beside it"
+        )
+
+
 def _open_link(g, name: str, filename: str):
     try:
-        return g[name]
+        dset = g[name]
     except KeyError as err:
         link = g.get(name, getlink=True)
         target = getattr(link, "filename", None)
@@ -132,6 +162,8 @@ def _open_link(g, name: str, filename: str):
                 "or set HDF5_EXT_PREFIX to their folder"
             ) from err
         raise
+    _check_storage(g, name, dset, filename)
+    return dset
 
 
 def read_nxdata(filename: str, path: str, axis_units: str | None = None):
