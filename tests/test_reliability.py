@@ -78,6 +78,16 @@ def test_overwriting_the_file_being_read_is_refused(small, tmp_path, ext):
     again = xtds.open_volume(path)
     keep = ~lazy["mask"].values
     np.testing.assert_allclose(again["intensity"].values[keep], small["intensity"].values[keep])
+
+
+def test_a_netcdf3_file_being_read_is_not_overwritten(small, tmp_path):
+    """netCDF3 (classic) files are read lazily by scipy: protected like the others."""
+    path = str(tmp_path / "classic.nc")
+    small.to_netcdf(path, format="NETCDF3_64BIT", engine="scipy")
+    lazy = xtds.open_volume(path)
+    with pytest.raises(ValueError, match="still reading from"):
+        xtds.write_volume(lazy, path, overwrite=True)
+    np.testing.assert_allclose(xtds.open_volume(path)["intensity"].values, small["intensity"].values)
     assert again.tds.masked_fraction() == pytest.approx(1 - keep.mean())
 
 

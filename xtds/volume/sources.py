@@ -41,6 +41,11 @@ def _paths_in(obj, found: set, seen: set, depth: int = 0) -> None:
         if isinstance(value, (str, os.PathLike)) and os.path.isabs(os.fspath(value)) and \
                 os.path.exists(os.fspath(value)):
             found.add(os.path.realpath(os.fspath(value)))
+    args = _attr(obj, "_args")  # xarray's CachingFileManager (the scipy netCDF3 reader's) holds its path here
+    if type(obj).__name__.endswith("FileManager") and isinstance(args, tuple):
+        for value in args:
+            if isinstance(value, (str, os.PathLike)) and os.path.exists(os.fspath(value)):
+                found.add(os.path.realpath(os.fspath(value)))
     for name in _WRAPS:
         inner = _attr(obj, name)
         if inner is not None and not isinstance(inner, (str, os.PathLike)):
