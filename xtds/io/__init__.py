@@ -264,6 +264,9 @@ def _zarr_chunks(path: str, requested):
         return requested
     if len(shape) != 3 or len(store_chunks) != 3:
         return requested
+    if any(int(c) < 1 for c in store_chunks):
+        raise ValueError(f"{path} declares chunks of {store_chunks} for its intensity: every chunk side must be at "
+                         "least 1; the store's metadata is wrong, write it again")
     if np.prod(shape, dtype=float) > MAX_VOXELS:
         raise ValueError(f"{path} declares an intensity of {shape} = {np.prod(shape, dtype=float):.3g} voxels, more "
                          f"than any volume ({MAX_VOXELS:.0e}): the store's metadata is wrong; write it again")
@@ -334,7 +337,18 @@ def _serializable_attrs(attrs: dict) -> dict:
         elif isinstance(v, (str, int, float, np.integer, np.floating)):
             out[k] = v
         elif isinstance(v, (list, tuple, np.ndarray)):
-            out[k] = np.asarray(v).tolist() if np.asarray(v).dtype.kind in "biuf" else [str(x) for x in v]
+            try:
+                arr = np.asarray(v)
+            except ValueError:  # ragged: not an array
+                arr = None
+            if arr is not None and arr.ndim <= 1 and arr.dtype.kind in "biuf":
+                out[k] = arr.tolist()
+            elif arr is not None and arr.ndim == 1 and arr.dtype.kind in "US":
+                out[k] = [str(x) for x in v]
+            else:  # nested or ragged: as JSON text (what the formats' attributes can hold)
+                import json
+
+                out[k] = json.dumps(np.asarray(v).tolist() if arr is not None else v, default=str)
         elif isinstance(v, dict):
             import json
 
