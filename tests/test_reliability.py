@@ -487,3 +487,24 @@ def test_overwriting_a_zarr_store_keeps_files_that_are_not_zarr(small, tmp_path)
     assert (store / "notes.txt").read_text() == "beamtime notes"
     (store / "notes.txt").unlink()
     xtds.write_volume(small, str(store), overwrite=True)  # a store of its own alone is replaced
+
+
+@pytest.mark.parametrize("ext", ["nc", "nxs"])
+def test_a_write_past_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, ext):
+    """A full disk or a file-size limit (here RLIMIT_FSIZE in a child process): an OSError that
+    names the target and says why; no file, no temporary sibling left."""
+    target = tmp_path / f"big.{ext}"
+    code = textwrap.dedent(f"""
+        import resource, signal, xtds
+        from xtds.datasets import paper_ni_volume
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        ds = paper_ni_volume(n_max=14)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+        try:
+            xtds.write_volume(ds, {str(target)!r})
+        except OSError as err:
+            print("caught:", err)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert f"caught: writing {target} failed: the disk is full or a file-size limit" in res.stdout, res.stderr
+    assert not target.exists() and not list(tmp_path.glob(".big*"))

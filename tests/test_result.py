@@ -84,6 +84,13 @@ def test_open_fit_refuses_damaged_and_edited_results(mg_fit, tmp_path):
     chunk.unlink()
     with pytest.raises(ValueError, match=r"r.zarr: variable 'ifc' has 0 of its 1 chunk files"):
         xtds.open_fit(store)
+    corrupt = str(tmp_path / "corrupt.zarr")
+    xtds.write_volume(res, corrupt)
+    chunk = next(p for p in (tmp_path / "corrupt.zarr" / "dispersion").rglob("*") if p.is_file() and p.name not in
+                 ("zarr.json", ".zarray", ".zattrs"))
+    chunk.write_bytes(b"not a compressed chunk" * 4)
+    with pytest.raises(OSError, match=r"corrupt.zarr failed while loading the fit result .*dispersion chunk"):
+        xtds.open_fit(corrupt)
     edited = str(tmp_path / "edited.nc")
     shutil.copy(good, edited)
     i = list(res["constant"].values).index(mg_fit[0].names[0])  # a free constant (the derived ones come first)

@@ -29,6 +29,7 @@ from xtds.lattice.phonons import dispersion, dos, elastic_constants
 from xtds.lattice.stability import stability
 from xtds.observables.tds.infinite import mesh_convergence
 from xtds.thermal.geometry import InfiniteCrystal
+from xtds.volume.sources import reading
 
 log = logging.getLogger("xtds.fit")
 
@@ -143,7 +144,9 @@ def open_fit(path) -> FitResult:
         if "derived" in ds.coords else None
     if stored is not None and tuple(stored) != tuple(model.names):
         raise ValueError(f"{path}: the rebuilt model has constants {model.names}, the file {tuple(stored)}")
-    out = FitResult(ds.load(), model)
+    with reading(ds, f"loading the fit result {path}"):  # a corrupt chunk: an error that names the file
+        ds = ds.load()
+    out = FitResult(ds, model)
     _check_consistent(path, out)
     return out
 

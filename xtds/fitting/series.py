@@ -41,6 +41,7 @@ from xtds.lattice.crystal import as_crystal
 from xtds.lattice.ifc import IFCModel
 from xtds.observables.base import describe
 from xtds.observables.tds.settings import as_tds_model
+from xtds.volume.sources import reading
 
 log = logging.getLogger("xtds.fitting")
 
@@ -188,7 +189,9 @@ class _Store:
             return None
         if not attrs.get("series_complete"):
             return None
-        return xr.open_zarr(self.path, group=self.group(i), consolidated=False).load()
+        ds = xr.open_zarr(self.path, group=self.group(i), consolidated=False)
+        with reading(ds, f"loading the finished fit {self.group(i)} of the series store {self.path}"):
+            return ds.load()
 
     def finished(self, identities: list[str]) -> dict[int, xr.Dataset]:
         """The results the store holds for these settings and volumes, by volume index."""

@@ -410,16 +410,34 @@ def write_volume(ds: xr.Dataset, path, format: str | None = None, overwrite: boo
             out["weights"] = w.where(~out["mask"].astype(bool), 0.0)
     elif "mask" in out:
         out["mask"] = out["mask"].astype("u1")
-    with _atomic(path, fmt) as tmp, reading(ds, f"writing {path}"):
-        if fmt == "zarr":
-            _write_zarr(_regular_chunks(out), tmp)
-        elif fmt == "netcdf":
-            out.to_netcdf(tmp, engine="h5netcdf", mode="w")
-        else:
-            from xtds.io.nexus import write_nexus
+    try:
+        with _atomic(path, fmt) as tmp, reading(ds, f"writing {path}"):
+            if fmt == "zarr":
+                _write_zarr(_regular_chunks(out), tmp)
+            elif fmt == "netcdf":
+                out.to_netcdf(tmp, engine="h5netcdf", mode="w")
+            else:
+                from xtds.io.nexus import write_nexus
 
-            write_nexus(out, tmp, mode="w")
+                write_nexus(out, tmp, mode="w")
+    except Exception as err:  # the HDF5 library may raise at close, the full disk's error as its context
+        if _full(err):
+            raise OSError(f"writing {path} failed: the disk is full or a file-size limit was reached; {path} is as "
+                          "it was (nothing written there). Free space, or write elsewhere") from err
+        raise
     return path
+
+
+def _full(err: BaseException) -> bool:
+    """Whether an error (or one it was raised from) says the disk or a size limit is full."""
+    import errno
+
+    while err is not None:
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+                w in str(err).lower() for w in ("no space left", "file too large", "disk quota")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _check_target(ds: xr.Dataset, path: str, fmt: str, overwrite: bool) -> None:
