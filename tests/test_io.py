@@ -310,3 +310,22 @@ def test_nexus_data_from_outside_the_files_folder_is_refused(tmp_path, how):
         else:
             with pytest.raises(ValueError, match="outside the file's folder"):
                 xtds.open_volume(str(p))
+
+
+@pytest.mark.parametrize(("value", "expect"), [("300", 300.0), ("300 K", 300.0), (b"300", 300.0),
+                                               ("warm", "holds 'warm', not a number of K"),
+                                               ("300 C", "holds '300 C', not a number of K")])
+def test_a_nexus_temperature_written_as_text(tmp_path, value, expect):
+    import h5py
+
+    from xtds.datasets import small_ni_nexus
+
+    path = small_ni_nexus(str(tmp_path / "ni.nxs"), n_max=2)
+    with h5py.File(path, "r+") as f:
+        del f["entry/sample/temperature"]
+        f["entry/sample/temperature"] = value
+    if isinstance(expect, float):
+        assert xtds.open_volume(path).attrs["temperature"] == expect
+    else:
+        with pytest.raises(ValueError, match=f"ni.nxs: entry/sample/temperature {expect}"):
+            xtds.open_volume(path)

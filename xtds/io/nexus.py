@@ -264,6 +264,26 @@ def _first(f, paths):
     return None
 
 
+def _numbers(value, field: str, unit: str = "") -> np.ndarray:
+    """The numbers of a NeXus field, read also when written as text ('300', b'300', '300 K' when
+    ``unit`` is 'K'); a ``ValueError`` naming the field otherwise."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "biuf":
+        return arr.astype(float).ravel()
+    texts = [x.decode() if isinstance(x, bytes) else str(x) for x in np.ravel(arr)]
+    out = []
+    for t in texts:
+        parts = t.strip().split()
+        try:
+            if not parts or len(parts) > 2 or (len(parts) == 2 and parts[1] != unit):
+                raise ValueError
+            out.append(float(parts[0]))
+        except ValueError:
+            raise ValueError(f"{field} holds {t!r}, not a number{f' of {unit}' if unit else ''}: write it as a number "
+                             "(or correct the file)") from None
+    return np.asarray(out)
+
+
 def sample_attrs(f, path: str) -> dict:
     """Unit cell, space group, temperature and wavelength from the entry of ``path`` (or 'entry'), and
     the statistics of a volume xtds simulated (``quantum``, from the NXdata's ``xtds_quantum``)."""
@@ -282,9 +302,9 @@ def sample_attrs(f, path: str) -> dict:
             names = ("a", "b", "c", "alpha", "beta", "gamma")
             parts = [_first(f, [f"{s}/unitcell_{x}", f"{s}/unit_cell_{x}"]) for x in names]
             if all(p is not None for p in parts):
-                cell = np.array([float(np.ravel(p)[0]) for p in parts])
+                cell = np.array([_numbers(p, f"{s}/unit_cell_{x}")[0] for p, x in zip(parts, names, strict=True)])
         if cell is not None and "unit_cell" not in out:
-            cell = np.asarray(cell, dtype=float).ravel()
+            cell = _numbers(cell, f"{s}/unit_cell")
             if len(cell) != 6:
                 raise ValueError(f"{s}/unit_cell must hold a, b, c (Å), alpha, beta, gamma (degrees); got {cell}")
             out["unit_cell"] = cell
@@ -293,10 +313,10 @@ def sample_attrs(f, path: str) -> dict:
             out["space_group"] = _text(sg)
         T = _first(f, [f"{s}/temperature"])
         if T is not None and "temperature" not in out:
-            out["temperature"] = float(np.mean(T))
+            out["temperature"] = float(np.mean(_numbers(T, f"{s}/temperature", "K")))
         wl = _first(f, [f"{r}/instrument/monochromator/wavelength"])
         if wl is not None and "wavelength" not in out:
-            out["wavelength"] = float(np.ravel(wl)[0])
+            out["wavelength"] = float(_numbers(wl, f"{r}/instrument/monochromator/wavelength")[0])
     if path in f and "xtds_quantum" in f[path].attrs:  # a volume xtds simulated: its statistics
         out["quantum"] = int(np.ravel(f[path].attrs["xtds_quantum"])[0])
     if path in f and "xtds_geometry" in f[path].attrs:  # ... and the geometry it was simulated on
