@@ -312,3 +312,18 @@ def test_a_temperature_is_a_positive_number_of_kelvin(bad):
 
     with pytest.raises(ValueError, match="temperature must be"):
         check_temperature(bad)
+
+
+@pytest.mark.parametrize("bad", [1e-300, 1e-4, 2e5, 1e300])
+def test_a_temperature_outside_a_solid_s_range_is_refused_by_name(bad):
+    """T = 1e-300 K gave constants of order 1e-8 (the displacements underflow) and was blamed on the
+    q-points: now the temperature is named, with the range and the units to give."""
+    from xtds.errors import T_MAX_K, T_MIN_K, check_temperature
+
+    with pytest.raises(ValueError, match=r"temperature .* K is outside 0.001–100000 K.*kelvin"):
+        check_temperature(bad)
+    assert check_temperature(T_MIN_K) == T_MIN_K and check_temperature(T_MAX_K) == T_MAX_K
+    model = xtds.IFCModel(NI, shells=1)
+    hkl = np.array([[0.5, 0.25, 0.0], [0.3, 0.1, 0.0]])
+    with pytest.raises(ValueError, match="is outside"):
+        xtds.TDSModel().observable(model, NI.rlu_to_cartesian(hkl), bad, hkl=hkl)

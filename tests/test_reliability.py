@@ -478,6 +478,34 @@ def test_the_cli_never_writes_over_its_own_input(small, tmp_path, capsys, fmt):
     xr.testing.assert_identical(before, after)
 
 
+def test_cli_argument_files_and_pairs_are_named_and_exit_2(small, tmp_path, capsys):
+    """A JSON file that is not named numbers, a chopper or temperature pair that is not two numbers:
+    one line naming the option and the file, exit status 2 (as docs/reliability.md says), no work."""
+    path = written(small, tmp_path, "nc")
+    cases = {"broken.json": '{"b0": -0.99,', "list.json": "[-0.99, 0.1]", "text.json": '{"b0": "-0.99 eV"}',
+             "nested.json": '{"b0": [-0.99]}'}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        for command in (["fit", path, "--initial"], ["simulate", "--like", path, "--out", str(tmp_path / "m.nc"),
+                                                    "--ifc"]):
+            res = call_cli(capsys, *command, str(tmp_path / name), "--crystal", "Ni", "--shells", "2")
+            assert res.returncode == 2, (name, res.stderr)
+            assert f"--ifc/--initial {tmp_path / name}" in res.stderr and "eV/Å²" in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "m.nc").exists()
+    ref = tmp_path / "ref.json"
+    ref.write_text('{"b0": -0.99}')
+    for option, value, message in [("--chopper", "1", "--chopper '1': give two numbers"),
+                                   ("--chopper", "40,inf", "timing widths must be non-negative"),
+                                   ("--temperatures", "300", "--temperatures '300': give two numbers")]:
+        res = call_cli(capsys, "amortize", "simulate", "--crystal", "Al", "--shells", "2", "--reference", str(ref),
+                       "--n", "4", "--store", str(tmp_path / "set.zarr"), option, value)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert not (tmp_path / "set.zarr").exists()
+    with pytest.raises(ValueError, match=r"force constants \['b0'\] are not single numbers"):
+        xtds.IFCModel(NI, shells=1).vector({"b0": "-0.99", "b1": 0.1, "b2": 0.0})
+
+
 def test_overwriting_a_zarr_store_keeps_files_that_are_not_zarr(small, tmp_path):
     store = tmp_path / "store.zarr"
     xtds.write_volume(small, str(store))

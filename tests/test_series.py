@@ -3,6 +3,8 @@ zarr store as they finish, a rerun fitting only what is missing."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +133,41 @@ def test_a_store_entry_is_not_reused_for_changed_data(series_files, tmp_path):
     os.utime(vol, ns=(folder_time, folder_time))  # the folder itself looks untouched
     redo = xtds.fit_series([vol], NI, client="sequential", store=store2, progress=False, **FIT)
     assert redo.attrs["n_fitted"] == 1
+
+
+def test_a_store_path_that_cannot_hold_the_series_is_refused_before_any_fit(series_files, tmp_path, monkeypatch):
+    """A file, or a folder of other files, as ``store=``: refused by name before the first fit
+    (it was found only when saving the first result, the fit lost)."""
+    import xtds.fitting.series as series
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a fit ran before the store was checked")
+
+    monkeypatch.setattr(series, "_run", no_fit)
+    a_file = tmp_path / "results.nc"
+    a_file.write_text("an earlier result")
+    with pytest.raises(ValueError, match=r"series store .*results.nc is a file, not a zarr folder"):
+        xtds.fit_series(series_files[:1], NI, client="sequential", store=str(a_file), progress=False, **FIT)
+    folder = tmp_path / "beamtime"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("notes")
+    with pytest.raises(ValueError, match=r"holds \['notes.txt'\] but no zarr store"):
+        xtds.fit_series(series_files[:1], NI, client="sequential", store=str(folder), progress=False, **FIT)
+    assert a_file.read_text() == "an earlier result" and (folder / "notes.txt").read_text() == "notes"
+    with pytest.raises(OSError, match="cannot create or open the series store"):
+        xtds.fit_series(series_files[:1], NI, client="sequential", store=str(a_file / "sub.zarr"), progress=False,
+                        **FIT)
+
+
+@pytest.mark.heavy
+def test_an_unguarded_script_is_told_to_guard_its_call(series_files, tmp_path):
+    """``fit_series`` with the default local cluster at a script's top level: the workers re-import
+    the script; the error says to guard the call (distributed alone says "Nanny failed to start")."""
+    pytest.importorskip("distributed")
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"import xtds\nxtds.fit_series({series_files[:2]!r}, 'Ni', shells=2, initial={START!r}, "
+                      "progress=False)\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: fit_series could not start") and '__name__ == "__main__"' in last, last

@@ -14,16 +14,42 @@ import os
 import sys
 
 
+def _constants_file(path: str, option: str) -> dict:
+    """Named force constants (eV/Å²) from a JSON file; a message naming the option and file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            ifc = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{option} {path}: not a readable JSON file ({err}); write the constants as "
+                         '{"b0": -0.99, "b1": ...} in eV/Å²') from None
+    if not isinstance(ifc, dict) or not ifc:
+        raise SystemExit(f"{option} {path}: holds a JSON {type(ifc).__name__}, not an object of "
+                         'named constants {"b0": -0.99, "b1": ...} in eV/Å²')
+    bad = {k: v for k, v in ifc.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+    if bad:
+        raise SystemExit(f"{option} {path}: the constants {sorted(bad)} are not numbers ({bad}); give each "
+                         "constant as a number in eV/Å²")
+    return ifc
+
+
 def _ifc_arg(text: str):
     from xtds.datasets import paper_ni_ifcs
 
     if text in ("target", "starting", "table1", "table2"):
         return paper_ni_ifcs(text)
     if os.path.exists(text):
-        with open(text, encoding="utf-8") as f:
-            return json.load(f)
+        return _constants_file(text, "--ifc/--initial")
     raise SystemExit(f"--ifc/--initial: give 'target', 'starting' (the paper's Ni) or a JSON file name → eV/Å², "
                      f"not {text!r}")
+
+
+def _pair(text: str, option: str, example: str) -> tuple[float, float]:
+    """Two numbers from 'A,B'; a message naming the option otherwise."""
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{option} {text!r}: give two numbers as 'A,B', e.g. {option} {example}") from None
+    return a, b
 
 
 def _crystal(name: str):
@@ -219,8 +245,11 @@ def _powder_observable(args, ds, temperature: float):
 
     model = IFCModel(as_crystal(args.crystal), shells=args.shells)
     if args.chopper:
-        tm, tc = (float(x) for x in args.chopper.split(","))
-        res = chopper_resolution(float(ds.attrs.get("incident_energy_meV", 50.0)), tm, tc)
+        tm, tc = _pair(args.chopper, "--chopper", "40,20 (the moderator and chopper times, μs)")
+        try:
+            res = chopper_resolution(float(ds.attrs.get("incident_energy_meV", 50.0)), tm, tc)
+        except ValueError as err:
+            raise SystemExit(f"--chopper {args.chopper!r}: {err}") from None
     else:
         res = args.fwhm
     return PowderSpectrum(model, ds["Q"].values, ds["E"].values, temperature, mask=ds["valid"].values,
@@ -230,10 +259,9 @@ def _powder_observable(args, ds, temperature: float):
 def cmd_amortize_simulate(args) -> int:
     from xtds.amortized import make_training_set
 
+    ref = _constants_file(args.reference, "--reference")
+    lo, hi = _pair(args.temperatures, "--temperatures", "100,300 (K)")
     ds = _powder_data(args.data)
-    with open(args.reference, encoding="utf-8") as f:
-        ref = json.load(f)
-    lo, hi = (float(t) for t in args.temperatures.split(","))
     obs = _powder_observable(args, ds, 0.5 * (lo + hi))
     out = make_training_set(obs, ref, args.n, box=(args.low, args.high), seed=args.seed, store=args.store,
                    workers=args.workers, temperatures=(lo, hi), progress=not args.quiet)
@@ -431,13 +459,18 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_plot)
     _amortize_parser(sub)
     args = ap.parse_args(argv)
+    command = args.command + (f" {args.amortize_command}" if args.command == "amortize" else "")
     try:
         return args.func(args)
+    except SystemExit as err:  # the commands' own argument checks: a message, exit status 2 as argparse's
+        if not isinstance(err.code, str):
+            raise
+        print(f"xtds {command}: {err.code}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
         if args.debug:
             raise
         message = str(err).replace("overwrite=True", "--overwrite").replace("format=", "--format ")
-        command = args.command + (f" {args.amortize_command}" if args.command == "amortize" else "")
         print(f"xtds {command}: {type(err).__name__}: {message} (--debug for the traceback)", file=sys.stderr)
         return 2
 

@@ -28,7 +28,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Sequence
 
@@ -170,7 +172,25 @@ class _Store:
     """The zarr store of a series: one group per volume (``v<index>``), written when its fit ends."""
 
     def __init__(self, path, fingerprint: str):
+        """Checks the path before any fit, and creates the store: a finished series is never lost to
+        a path it cannot be written to."""
+        import zarr
+
         self.path, self.fingerprint = os.fspath(path), fingerprint
+        where = f"the series store {self.path}"
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"{where} is a file, not a zarr folder: give store= a new folder name (e.g. "
+                             "'series.zarr'), or the folder of an earlier run of this series to resume it")
+        if os.path.isdir(self.path):
+            entries = sorted(os.listdir(self.path))
+            if entries and not {"zarr.json", ".zgroup"} & set(entries):
+                raise ValueError(f"{where} is a folder that holds {entries[:5]} but no zarr store: give store= a "
+                                 "new folder name, or the folder of an earlier run of this series to resume it")
+        try:
+            zarr.open_group(self.path, mode="a")
+        except Exception as err:  # noqa: BLE001 - zarr and the OS raise many kinds; each is named
+            raise OSError(f"cannot create or open {where} ({type(err).__name__}: {err}): give store= a folder "
+                          "you can write to") from err
 
     def group(self, i: int) -> str:
         return f"v{i:05d}"
@@ -238,6 +258,15 @@ def local_cluster(n_workers: int, **kwargs):
         return distributed.LocalCluster(n_workers=n_workers, **options)
 
 
+#: Why a LocalCluster fails when ``fit_series`` runs at a script's top level, and the two fixes.
+UNGUARDED = (
+    "fit_series could not start its local cluster's worker processes: each worker re-imports the "
+    "script that called it, and a call at the script's top level starts the cluster again inside "
+    "every worker. Put the call under `if __name__ == \"__main__\":` (docs/scale-out.md), or pass "
+    "client=\"threads\" to fit in this process"
+)
+
+
 def _client_of(client, n_tasks: int):
     """(executor kind, client or None, owned): ``client`` None → a LocalCluster when distributed is
     installed, else threads; "threads"/"sequential"; an address; or a Client."""
@@ -248,7 +277,13 @@ def _client_of(client, n_tasks: int):
             import distributed
         except ImportError:
             return "threads", None, None
-        cluster = local_cluster(max(1, min(n_tasks, os.cpu_count() or 1)))
+        try:
+            cluster = local_cluster(max(1, min(n_tasks, os.cpu_count() or 1)))
+        except Exception as err:  # noqa: BLE001 - distributed says only "Nanny failed to start"
+            main = sys.modules.get("__main__")
+            if getattr(main, "__file__", None) is None:  # not a script: no re-import to blame
+                raise
+            raise RuntimeError(f"{UNGUARDED} (distributed: {err})") from err
         return "distributed", distributed.Client(cluster), cluster
     if isinstance(client, str):
         import distributed
@@ -305,6 +340,9 @@ def fit_series(
     fit, and ``attrs["failed"]`` (JSON: volume → error) and ``attrs["store"]``. Raises
     ``RuntimeError`` naming every failure when no volume could be fitted.
     """
+    if client is None and getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a worker process re-running the script that started it (spawn imports __main__): stop at once
+        raise RuntimeError(UNGUARDED)
     volumes, coords = _members(volumes, dim, coords)
     names = [_name_of(v, i) for i, v in enumerate(volumes)]
     fingerprint = _fingerprint(crystal, fit_kwargs)

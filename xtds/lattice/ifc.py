@@ -521,6 +521,11 @@ class IFCModel:
             missing = [n for n in self.names if n not in ifc]
             if missing:
                 raise ValueError(f"missing IFC values for {missing} (all of {self.names} are needed)")
+            bad = {n: ifc[n] for n in self.names
+                   if isinstance(ifc[n], (bool, np.bool_, str, bytes)) or np.ndim(ifc[n]) != 0}
+            if bad:
+                raise ValueError(f"the force constants {sorted(bad)} are not single numbers ({bad}): give each "
+                                 "as a number in eV/Å²")
             phi = np.array([float(ifc[n]) for n in self.names])
             derived = self.derived_matrix @ phi
             for name, value in zip(self.derived_names, derived, strict=True):

@@ -282,7 +282,7 @@ def chopper_resolution(incident_energy: float, moderator_us: float, chopper_us: 
     L1, L2, L3 = (float(d) for d in distances)
     if not (Ei > 0 and L1 > 0 and L2 >= 0 and L3 > 0):
         raise ValueError(f"the incident energy (meV) and the distances (m) must be positive, got {Ei}, {distances}")
-    if not (moderator_us >= 0 and chopper_us >= 0 and moderator_us + chopper_us > 0):
+    if not (0 <= moderator_us < np.inf and 0 <= chopper_us < np.inf and moderator_us + chopper_us > 0):
         raise ValueError(f"the timing widths must be non-negative μs, not both 0: got {moderator_us}, {chopper_us}")
     return ChopperFWHM(Ei, float(moderator_us), float(chopper_us), L1, L2, L3)
 
