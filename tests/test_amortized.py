@@ -272,9 +272,15 @@ def test_cli_simulate_train_predict(tmp_path, capsys):
                  "--noise", "0.25"]) == 0
     meta = json.loads((tmp_path / "net.json").read_text())["metadata"]
     assert meta["input"] == "standardized" and meta["restandardize"] and meta["noise"][0] == 0.25
-    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--noise", "0.25"]) == 2
+    capsys.readouterr()
+    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--posterior"]) == 2
+    assert "net.pt exists: pass --overwrite" in capsys.readouterr().err  # a trained network is never replaced
+    saved = (tmp_path / "net.json").read_text()
+    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--noise", "0.25",
+                 "--overwrite"]) == 2
     assert "--posterior" in capsys.readouterr().err
-    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--members", "3"]) == 2
+    assert main(["amortize", "train", "--store", store, "--out", net, "--epochs", "2", "--members", "3",
+                 "--overwrite"]) == 2
     assert "--posterior" in capsys.readouterr().err
     ens = str(tmp_path / "ens")
     assert main(["amortize", "train", "--store", store, "--out", ens, "--epochs", "2", "--quiet", "--posterior",
@@ -285,6 +291,12 @@ def test_cli_simulate_train_predict(tmp_path, capsys):
     assert main(["amortize", "predict", "--net", net, "--temperature", "150,280", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["temperature"] for r in rows] == [150.0, 280.0] and set(rows[0]["constants"]) == set(REF)
+    assert main(["amortize", "predict", "--net", net, "--temperature", "150", "--out", str(out)]) == 2
+    assert "p.json exists: pass --overwrite" in capsys.readouterr().err
+    for own in (net + ".json", net + ".pt"):  # the network it reads: never, with --overwrite or not
+        assert main(["amortize", "predict", "--net", net, "--out", own, "--overwrite"]) == 2
+        assert "the network or the data this command reads" in capsys.readouterr().err
+    assert (tmp_path / "net.json").read_text() == saved
     assert main(["amortize", "predict", "--net", str(tmp_path / "missing")]) == 2
     assert "no saved network" in capsys.readouterr().err
 

@@ -8,6 +8,7 @@ and of a fitting subprocess, and a distributed LocalCluster (processes) run end 
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -504,6 +505,33 @@ def test_cli_argument_files_and_pairs_are_named_and_exit_2(small, tmp_path, caps
         assert not (tmp_path / "set.zarr").exists()
     with pytest.raises(ValueError, match=r"force constants \['b0'\] are not single numbers"):
         xtds.IFCModel(NI, shells=1).vector({"b0": "-0.99", "b1": 0.1, "b2": 0.0})
+
+
+def test_cli_checkpoint_and_plots_never_take_the_input_or_the_output(small, tmp_path, capsys):
+    """``--checkpoint r.nc --out r.nc`` left the checkpoint where the result was then refused (the
+    fit lost); ``--plots`` on the input store or a file, ``plot --out`` on the result: all refused
+    before any work, the files untouched."""
+    path = written(small, tmp_path, "zarr")
+    fit = ["fit", path, "--crystal", "Ni", "--shells", "5", "--initial", "starting", "--quiet"]
+    result = str(tmp_path / "r.nc")
+    note = tmp_path / "note.txt"
+    note.write_text("keep")
+    for extra, message in [(["--checkpoint", result, "--out", result], "--checkpoint .*r.nc is also --out"),
+                           (["--checkpoint", path + "/"], "is also the input volume"),
+                           (["--plots", path], "--plots .* is also the input volume"),
+                           (["--plots", result, "--out", result], "--plots .* is also --out"),
+                           (["--plots", str(note)], "note.txt is a file: give a folder"),
+                           (["--plots", str(tmp_path / "p"), "--checkpoint", str(tmp_path / "p")], "also --plots")]:
+        res = call_cli(capsys, *fit, *extra)
+        assert res.returncode == 2 and re.search(message, res.stderr), (extra, res.stderr)
+        assert "iterations" not in res.stdout
+    assert not os.path.exists(result) and note.read_text() == "keep"
+    (tmp_path / "again").mkdir()
+    assert sorted(os.listdir(path)) == sorted(os.listdir(written(small, tmp_path / "again", "zarr")))
+    for out, message in [(path, "is the file to plot"), (str(note), "is a file")]:
+        res = call_cli(capsys, "plot", path, "--out", out)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert note.read_text() == "keep"
 
 
 def test_overwriting_a_zarr_store_keeps_files_that_are_not_zarr(small, tmp_path):

@@ -123,6 +123,30 @@ def _check_out(path, overwrite: bool, fmt=None, results: bool = True, inputs=())
         raise SystemExit(f"--out {path}: its folder does not exist")
 
 
+def _same_path(a, b) -> bool:
+    """Whether two paths name one file or folder (by any name or link; either may not exist yet)."""
+    if a is None or b is None:
+        return False
+    a, b = (os.fspath(x).rstrip("/") or "/" for x in (a, b))
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_side_paths(args) -> None:
+    """``--checkpoint`` and ``--plots`` before the fit: neither may be the input or the output (the
+    result would then be refused, or written into the wrong place, after the fit)."""
+    named = {"the input volume": args.file, "--out": args.out}
+    for option, path in (("--checkpoint", args.checkpoint), ("--plots", args.plots)):
+        for what, other in named.items():
+            if _same_path(path, other):
+                raise SystemExit(f"{option} {path} is also {what}: give {option} a path of its own")
+    if args.plots is not None and os.path.exists(args.plots) and not os.path.isdir(args.plots):
+        raise SystemExit(f"--plots {args.plots} is a file: give a folder for the plots")
+    if _same_path(args.checkpoint, args.plots):
+        raise SystemExit(f"--checkpoint {args.checkpoint} is also --plots: give each a path of its own")
+
+
 def _background_arg(text):
     return {None: False, "none": False, "constant": "constant", "compton": "compton",
             "polynomial": "polynomial"}[text]
@@ -151,6 +175,7 @@ def cmd_fit(args) -> int:
     from xtds.observables import TDSModel
 
     _check_out(args.out, args.overwrite, _FORMATS.get(args.format), inputs=[args.file])
+    _check_side_paths(args)
     crystal = _crystal(args.crystal)
     optimizer = _optimizer(args)
     initial = _ifc_arg(args.initial)
@@ -204,6 +229,9 @@ def cmd_plot(args) -> int:
 
     if not os.path.exists(args.file):
         raise SystemExit(f"no such file or store: {args.file}")
+    if _same_path(args.out, args.file) or (os.path.exists(args.out) and not os.path.isdir(args.out)):
+        raise SystemExit(f"--out {args.out} is {'the file to plot' if _same_path(args.out, args.file) else 'a file'}: "
+                         "give a folder for the plots")
     kind = format_of(args.file)
     if kind == "nexus":
         raise SystemExit(f"{args.file} is a NeXus volume, not a fit result: plot a result of 'xtds fit --out' "
@@ -288,6 +316,12 @@ def cmd_amortize_train(args) -> int:
         with_temperature,
     )
 
+    for suffix in (".pt", ".json"):
+        if os.path.lexists(args.out + suffix) and not args.overwrite:
+            raise SystemExit(f"--out {args.out}: {args.out + suffix} exists: pass --overwrite to replace the network, "
+                             "or another --out")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise SystemExit(f"--out {args.out}: its folder does not exist")
     root = zarr.open_group(args.store, mode="r")
     if not bool(np.all(root["done"][:])):
         raise ValueError(f"the training set {args.store} is not complete: rerun `xtds amortize simulate` on it")
@@ -329,6 +363,14 @@ def cmd_amortize_predict(args) -> int:
 
     from xtds.amortized import load, standardized, with_temperature
 
+    if args.out is not None:
+        own = [args.net + ".pt", args.net + ".json", args.net, args.data]
+        if any(_same_path(args.out, o) for o in own):
+            raise SystemExit(f"--out {args.out} is the network or the data this command reads: give another --out")
+        if os.path.lexists(args.out) and not args.overwrite:
+            raise SystemExit(f"--out {args.out} exists: pass --overwrite to replace it, or another --out")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise SystemExit(f"--out {args.out}: its folder does not exist")
     net = load(args.net)
     meta = net.metadata.get("cli", {})
     ds = _powder_data(args.data)
@@ -388,6 +430,7 @@ def _amortize_parser(sub):
     t.add_argument("--members", type=int, default=1,
                    help="with --posterior: an ensemble of this many posteriors from different seeds (their "
                         "mixture; its spread shows where a measured spectrum lies off the simulations)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing network at --out")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_amortize_train)
     r = asub.add_parser("predict", help="constants of measured spectra from a trained network")
@@ -396,6 +439,7 @@ def _amortize_parser(sub):
     r.add_argument("--temperature", default=None, help="comma-separated K (default: every one in the data)")
     r.add_argument("--draws", type=int, default=10_000, help="latent draws (two-stage network)")
     r.add_argument("--out", default=None, help="write the predictions (JSON)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     r.set_defaults(func=cmd_amortize_predict)
 
 
