@@ -154,6 +154,12 @@ def test_a_store_path_that_cannot_hold_the_series_is_refused_before_any_fit(seri
     with pytest.raises(ValueError, match=r"holds \['notes.txt'\] but no zarr store"):
         xtds.fit_series(series_files[:1], NI, client="sequential", store=str(folder), progress=False, **FIT)
     assert a_file.read_text() == "an earlier result" and (folder / "notes.txt").read_text() == "notes"
+    volume = str(tmp_path / "v.zarr")  # a zarr store of something else: the results would go into it
+    xtds.write_volume(xtds.open_volume(series_files[0]), volume)
+    before = sorted(os.listdir(volume))
+    with pytest.raises(ValueError, match=r"v.zarr is a zarr store of something else \(it holds \['H'"):
+        xtds.fit_series(series_files[:1], NI, client="sequential", store=volume, progress=False, **FIT)
+    assert sorted(os.listdir(volume)) == before
     with pytest.raises(OSError, match="cannot create or open the series store"):
         xtds.fit_series(series_files[:1], NI, client="sequential", store=str(a_file / "sub.zarr"), progress=False,
                         **FIT)

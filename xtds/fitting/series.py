@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -168,6 +169,10 @@ def _json_attrs(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+#: The root attribute ``xtds`` of a series store.
+STORE_MARK = "fit_series store"
+
+
 class _Store:
     """The zarr store of a series: one group per volume (``v<index>``), written when its fit ends."""
 
@@ -187,10 +192,19 @@ class _Store:
                 raise ValueError(f"{where} is a folder that holds {entries[:5]} but no zarr store: give store= a "
                                  "new folder name, or the folder of an earlier run of this series to resume it")
         try:
-            zarr.open_group(self.path, mode="a")
+            root = zarr.open_group(self.path, mode="a")
+            keys = list(root.keys())
         except Exception as err:  # noqa: BLE001 - zarr and the OS raise many kinds; each is named
             raise OSError(f"cannot create or open {where} ({type(err).__name__}: {err}): give store= a folder "
                           "you can write to") from err
+        # a zarr store of something else (a volume, a fit result): its own data would be written into
+        foreign = [k for k in keys if not re.fullmatch(r"v\d{5}", k)]
+        if foreign or (keys and root.attrs.get("xtds") != STORE_MARK and not all(
+                "series_fingerprint" in root[k].attrs for k in keys)):
+            raise ValueError(f"{where} is a zarr store of something else (it holds {sorted(keys)[:5]}): give store= "
+                             "a new folder name, or the folder of an earlier run of this series to resume it")
+        if root.attrs.get("xtds") != STORE_MARK:
+            root.attrs["xtds"] = STORE_MARK
 
     def group(self, i: int) -> str:
         return f"v{i:05d}"
