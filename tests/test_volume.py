@@ -84,6 +84,13 @@ def test_grid_that_does_not_map_onto_itself():
         ds.tds.symmetrize(laue="mmm")
     with pytest.raises(ValueError, match="not a symmetry of this crystal"):
         volume(n=9).tds.symmetrize(laue="6/mmm")  # the file says Fm-3m
+    # a descending axis was reported as "axes H and K differ"; the sorted volume symmetrizes alike
+    full = volume(n=9)
+    for messy in (full.isel(H=slice(None, None, -1)), full.isel(K=[0, 2, 1, 3, 4, 5, 6, 7, 8])):
+        with pytest.raises(ValueError, match=r"not in increasing order .*ds.sortby\(\['H', 'K', 'L'\]\)"):
+            messy.tds.symmetrize(laue="m-3m")
+        xr.testing.assert_allclose(messy.sortby(["H", "K", "L"]).tds.symmetrize(laue="m-3m"),
+                                   full.tds.symmetrize(laue="m-3m"))
 
 
 def test_mask_combination_and_fraction():

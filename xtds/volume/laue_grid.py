@@ -106,6 +106,10 @@ def grid_operations(matrices: np.ndarray, coords) -> list[GridOp | GatherOp]:
     does not map onto itself (axes not symmetric about 0, or permuted axes that differ).
     """
     coords = [np.asarray(c, dtype=float) for c in coords]
+    for name, c in zip("HKL", coords, strict=True):
+        if len(c) > 1 and not np.all(np.diff(c) > 0):
+            raise ValueError(f"axis {name} is not in increasing order (descending, shuffled or repeated values): "
+                             "sort the volume first, ds.sortby(['H', 'K', 'L'])")
     step = min(float(np.min(np.abs(np.diff(c)))) if len(c) > 1 else 1.0 for c in coords)
     tol = GRID_TOL * max(step, 1e-12)
     ops = []
