@@ -199,6 +199,15 @@ def test_fit_checks_the_crystal_against_the_volume(small, wrong):
         small.tds.fit(wrong, shells=5, initial=START, optimizer=xtds.LM(progress=False))
 
 
+@pytest.mark.parametrize("cell", [[3.52, 3.52, 3.52], "abc", [float("nan")] * 6, [3.52, 3.52, 3.52, 90, 90, 180]])
+def test_a_unit_cell_that_is_not_six_numbers_is_named(small, cell):
+    from xtds.volume.schema import unit_cell_of
+
+    with pytest.raises(ValueError, match=r"attrs\['unit_cell'\] = .*(six finite numbers|between 0 and 180)"):
+        small.assign_attrs(unit_cell=cell).tds.fit(NI, shells=5, initial=START, optimizer=xtds.LM(progress=False))
+    np.testing.assert_array_equal(unit_cell_of("3.52, 3.52 3.52 90 90 90"), [3.52] * 3 + [90.0] * 3)  # as text
+
+
 def test_fit_checks_the_space_group(small):
     bcc = xtds.Crystal.preset("Fe")
     ds = small.assign_attrs(unit_cell=list(bcc.parameters))

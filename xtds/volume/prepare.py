@@ -21,7 +21,7 @@ from xtds.volume.arrays import array_module as _xp
 from xtds.volume.laue_grid import grid_operations
 from xtds.volume.reduce import fold_points, sign_folding_group
 from xtds.volume.schema import INV_ANGSTROM as _INV_A
-from xtds.volume.schema import check_volume
+from xtds.volume.schema import check_volume, unit_cell_of
 from xtds.volume.sources import reading
 from xtds.volume.symmetrize import symmetrize_array
 
@@ -57,7 +57,7 @@ def reciprocal_of(ds: xr.Dataset, crystal=None) -> np.ndarray:
         )
     from xtds.lattice.crystal import Crystal
 
-    a, b, c, al, be, ga = (float(x) for x in ds.attrs["unit_cell"])
+    a, b, c, al, be, ga = (float(x) for x in unit_cell_of(ds.attrs["unit_cell"]))
     lattice_only = Crystal.from_parameters(a, b, c, al, be, ga, [[0, 0, 0]], ["H"])
     return np.asarray(lattice_only.reciprocal)
 

@@ -57,6 +57,24 @@ def crystal_attrs(crystal) -> dict:
     return {"unit_cell": [float(x) for x in crystal.parameters], "space_group": crystal.space_group}
 
 
+def unit_cell_of(value) -> np.ndarray:
+    """``attrs['unit_cell']`` as six finite numbers (a, b, c in Å; α, β, γ in degrees), from a
+    sequence or a text of six numbers; a ``ValueError`` that says what it holds otherwise."""
+    if isinstance(value, (str, bytes)):
+        value = (value.decode() if isinstance(value, bytes) else value).replace(",", " ").strip("[]() ").split()
+    try:
+        cell = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        cell = None
+    if cell is None or cell.shape != (6,) or not np.all(np.isfinite(cell)):
+        raise ValueError(f"the volume's attrs['unit_cell'] = {value!r} is not six finite numbers a, b, c (Å), "
+                         "α, β, γ (degrees): correct it, e.g. ds.attrs['unit_cell'] = list(crystal.parameters)")
+    if np.any(cell[:3] <= 0) or np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
+        raise ValueError(f"the volume's attrs['unit_cell'] = {cell.tolist()}: lengths must be positive (Å) and "
+                         "angles between 0 and 180 degrees (not radians)")
+    return cell
+
+
 def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL, require_cell: bool = False) -> None:
     """A ``ValueError`` when ``crystal`` does not describe the volume: its cell differs from
     ``attrs['unit_cell']`` by more than ``rtol``, or its space group from ``attrs['space_group']``;
@@ -72,8 +90,8 @@ def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL, require_cell
             "xtds.open_volume(path, crystal=...)"
         )
     if "unit_cell" in ds.attrs:
-        theirs = np.asarray(ds.attrs["unit_cell"], dtype=float)
-        if theirs.shape != (6,) or not np.allclose(theirs, mine["unit_cell"], rtol=rtol):
+        theirs = unit_cell_of(ds.attrs["unit_cell"])
+        if not np.allclose(theirs, mine["unit_cell"], rtol=rtol):
             raise ValueError(
                 f"the volume's unit cell {np.round(theirs, 4).tolist()} differs from the crystal's "
                 f"{np.round(mine['unit_cell'], 4).tolist()} by more than {rtol:.0%}: pass a Crystal with the "
