@@ -111,16 +111,19 @@ def _check_out(path, overwrite: bool, fmt=None, results: bool = True, inputs=())
         raise SystemExit(f"--out {path}: give a name ending in .nc or .zarr (or --format nc|zarr)") from None
     if results and kind == "nexus":
         raise SystemExit(f"--out {path}: a fit result is written as netCDF (.nc) or zarr (.zarr), not NeXus")
-    out = os.fspath(path).rstrip("/") or "/"
-    same = [i for i in inputs if i is not None and os.path.exists(os.fspath(i).rstrip("/")) and os.path.exists(out)
-            and os.path.samefile(os.fspath(i).rstrip("/"), out)]  # the same file or folder, by any name or link
-    if same:
+    if any(_same_path(path, i) for i in inputs):
         raise SystemExit(f"--out {path} is this command's input volume: it would be replaced by the output "
                          "(--overwrite or not); give another --out")
+    _check_new(path, overwrite)
+
+
+def _check_new(path, overwrite: bool, option: str = "--out") -> None:
+    """An output file the command will write: refused when it exists (without ``--overwrite``) or
+    its folder does not, before the work."""
     if os.path.lexists(path) and not overwrite:
-        raise SystemExit(f"--out {path} exists: pass --overwrite to replace it, or another --out")
+        raise SystemExit(f"{option} {path} exists: pass --overwrite to replace it, or another {option}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise SystemExit(f"--out {path}: its folder does not exist")
+        raise SystemExit(f"{option} {path}: its folder does not exist")
 
 
 def _same_path(a, b) -> bool:
@@ -224,7 +227,6 @@ def _plots(res, folder, ds=None, crystal=None, shells=None) -> None:
 
 
 def cmd_plot(args) -> int:
-
     from xtds.io import format_of, open_dataset_file
 
     if not os.path.exists(args.file):
@@ -249,7 +251,6 @@ _FORMATS = {None: None, "nc": "netcdf", "netcdf": "netcdf", "zarr": "zarr", "nxs
 def _powder_data(name: str):
     """A powder INS data set in the layout of :func:`xtds.datasets.al_arcs` (chi (temperature, E,
     Q), valid (E, Q)): ``al_arcs`` or a netCDF/zarr path."""
-
     if name == "al_arcs":
         from xtds.datasets import al_arcs
 
@@ -316,12 +317,8 @@ def cmd_amortize_train(args) -> int:
         with_temperature,
     )
 
-    for suffix in (".pt", ".json"):
-        if os.path.lexists(args.out + suffix) and not args.overwrite:
-            raise SystemExit(f"--out {args.out}: {args.out + suffix} exists: pass --overwrite to replace the network, "
-                             "or another --out")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise SystemExit(f"--out {args.out}: its folder does not exist")
+    for suffix in (".pt", ".json"):  # the network's two files
+        _check_new(args.out + suffix, args.overwrite)
     root = zarr.open_group(args.store, mode="r")
     if not bool(np.all(root["done"][:])):
         raise ValueError(f"the training set {args.store} is not complete: rerun `xtds amortize simulate` on it")
@@ -367,10 +364,7 @@ def cmd_amortize_predict(args) -> int:
         own = [args.net + ".pt", args.net + ".json", args.net, args.data]
         if any(_same_path(args.out, o) for o in own):
             raise SystemExit(f"--out {args.out} is the network or the data this command reads: give another --out")
-        if os.path.lexists(args.out) and not args.overwrite:
-            raise SystemExit(f"--out {args.out} exists: pass --overwrite to replace it, or another --out")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise SystemExit(f"--out {args.out}: its folder does not exist")
+        _check_new(args.out, args.overwrite)
     net = load(args.net)
     meta = net.metadata.get("cli", {})
     ds = _powder_data(args.data)

@@ -18,8 +18,10 @@ class UnstableResultWarning(UserWarning):
     itself checks): the result is returned, flagged in ``attrs['stable']``, and should not be used."""
 
 
-T_MIN_K = 1e-3  # a dilution refrigerator's base; below it classical k_B T H⁺ ends in underflow
-T_MAX_K = 1e5  # far above every melting point, where a harmonic model means nothing (exp(−2W) underflows near 1e7 K)
+#: The temperatures (K) xtds accepts: from a dilution refrigerator's base to far above every melting
+#: point. Outside lie unit mistakes (1e-300 K underflowed the displacements into constants of 1e-8).
+T_MIN_K = 1e-3
+T_MAX_K = 1e5
 
 
 def check_temperature(temperature) -> float:
@@ -39,8 +41,7 @@ def check_temperature(temperature) -> float:
         raise ValueError(f"temperature must be positive and finite (K), got {temperature!r}")
     if not T_MIN_K <= T <= T_MAX_K:
         raise ValueError(
-            f"temperature {T:g} K is outside {T_MIN_K:g}–{T_MAX_K:g} K, the range where a harmonic model of a solid "
-            "is computable and meaningful (the displacements underflow below it; above it lies no solid): "
+            f"temperature {T:g} K is outside {T_MIN_K:g}–{T_MAX_K:g} K, the temperatures of a solid xtds accepts: "
             "give the sample temperature in kelvin (not eV, °C or a scale factor)")
     return T
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -115,7 +116,7 @@ def open_dataset_file(path) -> xr.Dataset:
     fmt = format_of(path)
     if fmt == "nexus":
         raise ValueError(f"{path} is a NeXus file: open volumes with xtds.open_volume; results are .nc or .zarr")
-    _check_readable(path, "netcdf" if fmt == "netcdf" else fmt)
+    _check_readable(path, fmt)
     try:
         if fmt == "zarr":
             ds = xr.open_zarr(path)
@@ -133,8 +134,6 @@ def _check_zarr_complete(path: str, attrs: dict) -> None:
         return
     if ZARR_COMPLETE_ATTR not in attrs:
         raise ValueError(f"{path} was not completely written (no completion record): write it again")
-    import json
-
     expected = json.loads(attrs[ZARR_COMPLETE_ATTR])
     for name, n in expected.items():
         have = _chunk_files(os.path.join(path, name))
@@ -275,24 +274,17 @@ def _zarr_chunks(path: str, requested):
         raise ValueError(f"{path} stores its intensity in chunks of {store_chunks} ({chunk_bytes / 2**30:.3g} GiB "
                          f"each), more than xtds reads at once ({MAX_CHUNK_BYTES / 2**30:g} GiB): rechunk the store "
                          "(e.g. with zarr or xarray, chunks of about 100³)")
-    dims = zarr_dims = ("H", "K", "L")
-    attrs = dict(arr.attrs)
-    named = attrs.get("_ARRAY_DIMENSIONS") or getattr(arr.metadata, "dimension_names", None)
-    if named and len(named) == 3:
-        zarr_dims = tuple(str(d) for d in named)
-    if set(zarr_dims) != set(dims):
+    named = dict(arr.attrs).get("_ARRAY_DIMENSIONS") or getattr(arr.metadata, "dimension_names", None)
+    dims = tuple(str(d) for d in named) if named and len(named) == 3 else ("H", "K", "L")
+    if set(dims) != {"H", "K", "L"}:
         return requested
-    block = dict(zip(zarr_dims, store_chunks, strict=True))
-    while np.prod(list(block.values())) * 8 <= AUTO_BLOCK_VOXELS:  # double the smallest axes (whole chunks)
-        grown = False
-        for d in sorted(block, key=block.get):
-            size = dict(zip(zarr_dims, shape, strict=True))[d]
-            if block[d] < size:
-                block[d] = min(size, 2 * block[d])
-                grown = True
-                break
-        if not grown:
+    block = dict(zip(dims, store_chunks, strict=True))
+    sizes = dict(zip(dims, shape, strict=True))
+    while np.prod(list(block.values())) * 8 <= AUTO_BLOCK_VOXELS:  # double the smallest axis (whole chunks)
+        small = [d for d in sorted(block, key=block.get) if block[d] < sizes[d]]
+        if not small:
             break
+        block[small[0]] = min(sizes[small[0]], 2 * block[small[0]])
     return block
 
 
@@ -346,12 +338,8 @@ def _serializable_attrs(attrs: dict) -> dict:
             elif arr is not None and arr.ndim == 1 and arr.dtype.kind in "US":
                 out[k] = [str(x) for x in v]
             else:  # nested or ragged: as JSON text (what the formats' attributes can hold)
-                import json
-
-                out[k] = json.dumps(np.asarray(v).tolist() if arr is not None else v, default=str)
+                out[k] = json.dumps(arr.tolist() if arr is not None else v, default=str)
         elif isinstance(v, dict):
-            import json
-
             out[k] = json.dumps(v, default=str)
         elif v is not None:
             out[k] = str(v)
@@ -499,8 +487,6 @@ def _remove(p: str) -> None:
 
 def _write_zarr(out: xr.Dataset, tmp: str) -> None:
     """The store, then (last) the record of its chunk files that :func:`open_volume` checks."""
-    import json
-
     import zarr
 
     out.attrs[ZARR_WRITER_ATTR] = f"xtds {__version__}"

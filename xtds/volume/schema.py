@@ -71,7 +71,7 @@ def unit_cell_of(value) -> np.ndarray:
                          "α, β, γ (degrees): correct it, e.g. ds.attrs['unit_cell'] = list(crystal.parameters)")
     if np.any(cell[:3] <= 0) or np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
         raise ValueError(f"the volume's attrs['unit_cell'] = {cell.tolist()}: lengths must be positive (Å) and "
-                         "angles between 0 and 180 degrees (not radians)")
+                         "angles between 0 and 180 degrees")
     return cell
 
 
