@@ -73,7 +73,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=5)
+    model = xtds.IFCModel(xtds.datasets.paper_ni_crystal(), shells=5)
     target = paper_ni_ifcs("target")
     L, n_max = args.cells, args.n_max
     side = 2 * n_max + 1

@@ -105,7 +105,7 @@ def models(n_max: int, r: int) -> None:
     from xtds.observables import TDSIntensity
     from xtds.thermal.geometry import InfiniteCrystal, PeriodicSupercell, supercell_q_grid
 
-    model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=5)
+    model = xtds.IFCModel(xtds.datasets.paper_ni_crystal(), shells=5)
     target = paper_ni_ifcs("target")
     q = supercell_q_grid(model.crystal, 5, n_max)
     irr = TDSIntensity(model, q, 300.0, geometry=PeriodicSupercell(5), quantum=False).orbits
@@ -187,7 +187,7 @@ def volumes(r: int) -> None:
 def fit(n_max: int, cpu: bool) -> None:
     from xtds.datasets import paper_ni_volume
 
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     vol = paper_ni_volume(n_max=n_max)
     start = paper_ni_ifcs("starting")
     for dev in (("cuda", "cpu") if cpu else ("cuda",)):

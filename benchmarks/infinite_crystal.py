@@ -45,7 +45,7 @@ from xtds.thermal.covariance import is_gamma
 
 
 def paper_grid_timing(repeats):
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     m = xtds.IFCModel(ni, shells=5)
     q = supercell_q_grid(ni, 5, 40)
     t = time.perf_counter()
@@ -71,7 +71,7 @@ def paper_grid_timing(repeats):
 def convergence(meshes=(32, 40, 48, 64, 128)):
     """The model at each mesh against the finest, on 400 random Ni points with |H|,|K|,|L| ≤ 8 that
     are ≥ 0.15 r.l.u. from Bragg peaks (5 shells, 300 K), by distance from the nearest peak."""
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     m = xtds.IFCModel(ni, shells=5)
     phi = m.vector(paper_ni_ifcs("target"))
     h = np.random.default_rng(0).uniform(-8, 8, size=(400, 3))
@@ -126,7 +126,7 @@ def fit_case(name, crystal, true, start, h_max):
 
 
 def sigma_check(seeds):
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     true = {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01}
     start = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
     c = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.05), 6)
@@ -209,7 +209,7 @@ def main():
         return
     if args.full_range:
         which = {c.strip() for c in args.crystals.split(",")}
-        ni = xtds.Crystal.preset("Ni")
+        ni = xtds.datasets.paper_ni_crystal()
         if "Ni" in which:
             full_range_case("Ni", ni, {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01},
                             {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}, args.range, args.truth_mesh,
@@ -225,7 +225,7 @@ def main():
     torch.set_num_threads(max(1, torch.get_num_threads()))
     paper_grid_timing(args.repeats)
     convergence()
-    fit_case("Ni", xtds.Crystal.preset("Ni"), {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01},
+    fit_case("Ni", xtds.datasets.paper_ni_crystal(), {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01},
              {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}, args.h_max)
     si = xtds.Crystal.preset("Si")
     msi = xtds.IFCModel(si, shells=2)

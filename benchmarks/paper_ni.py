@@ -68,7 +68,7 @@ def main():
                     help="also fit Table 1's target with the paper's method, the sampled model (15 configurations "
                          "per epoch) and Adam, for EPOCHS epochs, in three variants")
     args = ap.parse_args()
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     start = paper_ni_ifcs("starting")
     t = time.perf_counter()
     ds = paper_ni_volume(n_max=args.n_max)

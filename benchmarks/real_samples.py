@@ -17,7 +17,7 @@ import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume, six_shell_ni_volume
 from xtds.observables.scattering import compton
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 TARGET = paper_ni_ifcs("target")
 START = paper_ni_ifcs("starting")
 FREE = [n for n in TARGET if n != "a0"]

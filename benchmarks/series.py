@@ -33,7 +33,7 @@ import numpy as np
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 T0 = 450.0
 
 

@@ -27,7 +27,7 @@ def main() -> None:
     path = small_ni_nexus(out / "ni_small.nxs", overwrite=True)
     ds = xtds.open_volume(path)  # lazy: nothing read yet
     print(f"opened {path}: {dict(ds.sizes)} voxels, T = {ds.attrs['temperature']} K, {ds.attrs['space_group']}")
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     fit = ds.tds.fit(crystal=ni, shells=5, initial=paper_ni_ifcs("starting"), optimizer=xtds.LM(progress=False))
 
     target = paper_ni_ifcs("target")

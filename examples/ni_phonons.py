@@ -22,7 +22,7 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    crystal = xtds.Crystal.preset("Ni")
+    crystal = xtds.datasets.paper_ni_crystal()
     model = xtds.IFCModel(crystal, shells=5)
     print(crystal)
     print(model)

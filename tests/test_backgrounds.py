@@ -11,7 +11,7 @@ from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 from xtds.fitting import Background, diagnostics
 from xtds.observables.scattering import compton
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 TARGET = paper_ni_ifcs("target")
 START = paper_ni_ifcs("starting")
 ALL = [n for n in TARGET if n != "a0"]  # the 16 free constants (a0, from the sum rule, is rounded in the table)

@@ -14,8 +14,8 @@ from xtds.observables import PeriodicSupercell, tds_intensity
 pytest.importorskip("gemmi")
 
 MG_CIF = """data_Mg
-_cell_length_a 3.21
-_cell_length_b 3.21
+_cell_length_a 3.2093
+_cell_length_b 3.2093
 _cell_length_c {c}
 _cell_angle_alpha 90
 _cell_angle_beta 90
@@ -60,7 +60,7 @@ def same_structure(a, b):
 
 def test_cif_reproduces_the_presets(tmp_path):
     mg = tmp_path / "Mg.cif"
-    mg.write_text(MG_CIF.format(c=3.21 * 1.624, occ=1.0))
+    mg.write_text(MG_CIF.format(c=5.2103, occ=1.0))  # the preset: Wyckoff (1963), 298 K
     got = xtds.Crystal.from_cif(mg)
     same_structure(got, xtds.Crystal.preset("Mg"))
     assert got.space_group == "P6_3/mmc (194)" and xtds.lattice.crystal.as_crystal(str(mg)).n_atoms == 2
@@ -89,7 +89,7 @@ def test_bad_cif_is_refused(tmp_path):
 @pytest.mark.heavy
 def test_cli_fits_a_mg_volume_from_its_cif(tmp_path):
     mg = tmp_path / "Mg.cif"
-    mg.write_text(MG_CIF.format(c=3.21 * 1.624, occ=1.0))
+    mg.write_text(MG_CIF.format(c=5.2103, occ=1.0))  # the preset: Wyckoff (1963), 298 K
     crystal = xtds.Crystal.from_cif(mg)
     model = xtds.IFCModel(crystal, shells=2)
     truth = model.central_force({1: 1.2, 2: 1.0})

@@ -42,7 +42,7 @@ def test_polarization_average_and_attenuation():
     np.testing.assert_allclose(polarization_factor(tt, 0.93), avg, rtol=1e-12)
     np.testing.assert_allclose(polarization_factor(tt, 0.93), (1 + np.cos(tt) ** 2) / 2, rtol=1e-12)
     assert polarization_factor(math.pi / 2, 1.0, azimuth=0.0) == pytest.approx(0.0, abs=1e-15)  # along E: none
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     import xraylib
 
     density = 4 * 58.6934 / 6.02214076e23 / (ni.lattice[0, 0] * 1e-8) ** 3  # g/cm³

@@ -16,7 +16,7 @@ from xtds.errors import UnstableError
 from xtds.fitting import Adam, fit, fit_points
 from xtds.observables import PeriodicSupercell, tds_intensity
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 TARGET = paper_ni_ifcs("target")
 START = paper_ni_ifcs("starting")
 NAMES = [n for n in TARGET if n != "a0"]

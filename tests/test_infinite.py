@@ -94,7 +94,7 @@ def test_bad_mesh_is_refused(ni3):
 def test_paper_grid_forward_backward_under_a_second():
     """Forward + backward on the paper's 81³ Ni grid (12,286 irreducible points, 5 shells, default
     mesh 32³) in under a second on the 2-core machine (median of 3; measured 0.66 s, median of 5)."""
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     m = xtds.IFCModel(ni, shells=5)
     q = supercell_q_grid(ni, 5, 40)
     obs = TDSIntensity(m, q[~is_gamma(m.primitive, q)], 300.0, geometry=InfiniteCrystal())
@@ -144,7 +144,7 @@ def _infinite_volume(crystal, ifc, shells, step, h_max, T, sigma_rel, seed):
 def test_fit_of_an_infinite_crystal_grid_recovers_the_truth():
     """Ni (2 shells) on a 0.05 r.l.u. grid with 0.5 % noise: geometry='auto' picks the infinite
     crystal, says so, reports the mesh convergence, and every constant is within 3σ of the truth."""
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     true = {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01}
     start = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
     ds = _infinite_volume(ni, true, 2, 0.05, 1.0, 300.0, 0.005, 0)
@@ -168,7 +168,7 @@ def test_auto_geometry_refines_an_unconverged_mesh(monkeypatch):
     from xtds.fitting.fit import objective_of
     from xtds.fitting.tds import points_problem
 
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     true = {"b0": -1.0, "b1": 0.06, "b2": -1.05, "c0": 0.13, "c1": -0.01}
     ds = _infinite_volume(ni, true, 2, 0.1, 1.0, 300.0, 0.005, 0)
     pts = ds.tds.mask(bragg=0.15, crystal=ni).tds.to_points(crystal=ni)

@@ -128,7 +128,7 @@ def test_space_group_symbols_are_compared_in_any_notation(symbol, ok):
     underscores), a number, or 'symbol (number)' is compared with the crystal's; blank is no claim."""
     from xtds.volume.schema import check_crystal
 
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     ds = xr.Dataset(attrs={"unit_cell": list(ni.parameters), "space_group": symbol})
     if ok:
         check_crystal(ds, ni)
@@ -142,7 +142,7 @@ def test_an_unknown_space_group_symbol_says_so():
 
     ds = xr.Dataset(attrs={"space_group": "Fm3m-X"})
     with pytest.raises(ValueError, match=r"attrs\['space_group'\]: unknown space group 'Fm3m-X'"):
-        check_crystal(ds, xtds.Crystal.preset("Ni"))
+        check_crystal(ds, xtds.datasets.paper_ni_crystal())
 
 
 def _generic(folder, **change):

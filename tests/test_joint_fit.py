@@ -15,7 +15,7 @@ from xtds.datasets import paper_ni_ifcs
 from xtds.fitting import LM, Problem, fit_problems, points_problem
 from xtds.observables import DispersionPoints, Observable, PeriodicSupercell, supercell_q_grid, tds_intensity
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 TRUTH = {"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01}
 START = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
 

@@ -37,10 +37,10 @@ def test_lo_to_splitting_equals_phonopy(name):
     np.testing.assert_allclose(dynamics.frequencies(model, phi, np.zeros((1, 3))).numpy()[0][3:],
                                ph.qpoints.frequencies[0][3:], atol=1e-3)
     # the round trip: phonopy's full force constants back onto the polar model
-    back = from_phonopy(xtds.IFCModel(polar_crystal(xtds.Crystal.rocksalt(*rocksalt), ph), shells=2), ph)
+    back = from_phonopy(ph, xtds.IFCModel(polar_crystal(xtds.Crystal.rocksalt(*rocksalt), ph), shells=2))
     np.testing.assert_allclose(back.phi, phi.numpy(), atol=1e-9)
     with pytest.raises(ValueError, match="Born charges"):
-        from_phonopy(xtds.IFCModel(xtds.Crystal.rocksalt(*rocksalt), shells=2), ph)
+        from_phonopy(ph, xtds.IFCModel(xtds.Crystal.rocksalt(*rocksalt), shells=2))
 
 
 def test_dipole_term_keeps_translations_and_hermiticity():

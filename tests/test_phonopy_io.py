@@ -15,7 +15,7 @@ def test_round_trip_ni(ni_model, paper_tables):
     phi = ni_model.vector(paper_tables["target_EAM_U3"])
     ph = phonopy_io.to_phonopy(ni_model, phi, 4)
     fc0 = ph.force_constants.copy()
-    res = phonopy_io.from_phonopy(ni_model, ph)
+    res = phonopy_io.from_phonopy(ph, ni_model)
     assert np.abs(res.phi - phi.numpy()).max() < 1e-12
     assert res.residual < 1e-12 and res.beyond_cutoff == 0.0
     ph2 = phonopy_io.to_phonopy(ni_model, res.phi, 4)
@@ -67,7 +67,7 @@ def test_smaller_model_projects_larger_one(ni_model, paper_tables):
     small = IFCModel(Crystal.fcc("Ni", a=3.52), shells=2)
     tab = paper_tables["target_EAM_U3"]
     ph = phonopy_io.to_phonopy(ni_model, ni_model.vector(tab), 4)
-    res = phonopy_io.from_phonopy(small, ph)
+    res = phonopy_io.from_phonopy(ph, small)
     refit = phonopy_io.to_phonopy(small, res.phi, 4).force_constants
     fc = ph.force_constants
     assert res.residual == pytest.approx(np.linalg.norm(fc - refit) / np.linalg.norm(fc), rel=1e-10)

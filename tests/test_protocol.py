@@ -21,7 +21,7 @@ from xtds.lattice import dynamics
 from xtds.observables import PeriodicSupercell, describe, supercell_q_grid, tds_intensity
 from xtds.units import KB_EV_PER_K
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 TRUTH = {"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01}
 START = {"b0": -0.9, "b1": 0.0, "b2": -0.9, "c0": 0.1, "c1": 0.0}
 HKL = np.array([[0.2, 0.1, 0.0], [0.5, 0.0, 0.1], [0.3, 0.3, 0.3], [0.1, 0.6, 0.2], [0.7, 0.2, 0.4],

@@ -25,7 +25,7 @@ import xarray as xr
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 START = paper_ni_ifcs("starting")
 FORMATS = ("nxs", "zarr", "nc")
 
@@ -334,7 +334,7 @@ def test_distributed_cluster_end_to_end(small, tmp_path):
 FITTER = textwrap.dedent("""
     import sys, time, xtds
     from xtds.datasets import paper_ni_ifcs, paper_ni_volume
-    pts = paper_ni_volume(n_max=6).tds.symmetrize(crystal=xtds.Crystal.preset("Ni")).tds.to_points()
+    pts = paper_ni_volume(n_max=6).tds.symmetrize(crystal=xtds.datasets.paper_ni_crystal()).tds.to_points()
     xtds.fit_points(pts, "Ni", 300.0, shells=5, initial=paper_ni_ifcs("starting"),
                     optimizer=xtds.LM(checkpoint=sys.argv[1], callback=lambda it, x, loss: time.sleep(2.0),
                                       progress=False))

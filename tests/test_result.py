@@ -123,7 +123,7 @@ def test_an_unstable_result_is_flagged_and_a_stable_one_is_not(mg_fit):
     from xtds.errors import UnstableResultWarning
 
     assert mg_fit[2].attrs["stable"] == 1
-    model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=2)
+    model = xtds.IFCModel(xtds.datasets.paper_ni_crystal(), shells=2)
     bad = np.array([-0.786, -0.665, -1.043, 0.534, -0.783])
     c = np.arange(-4, 5) / 2.0
     hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
@@ -147,7 +147,7 @@ def test_delta_method_errors_agree_with_monte_carlo():
     from xtds.lattice import dynamics
     from xtds.lattice.elastic import elastic_tensor
 
-    model = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=2)
+    model = xtds.IFCModel(xtds.datasets.paper_ni_crystal(), shells=2)
     truth = model.vector({"b0": -1.0, "b1": 0.06, "b2": -1.04, "c0": 0.14, "c1": -0.01})
     c = np.arange(-4, 5) / 2.0
     hkl = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)

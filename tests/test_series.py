@@ -14,7 +14,7 @@ import zarr
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 START = {k: v for k, v in paper_ni_ifcs("starting").items() if k in ("b0", "b1", "b2", "c0", "c1")}
 FIT = {"shells": 2, "initial": START, "optimizer": xtds.LM(max_iter=3, progress=False)}
 

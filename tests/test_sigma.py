@@ -10,7 +10,7 @@ import xarray as xr
 import xtds
 from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 
-NI = xtds.Crystal.preset("Ni")
+NI = xtds.datasets.paper_ni_crystal()
 
 
 def noisy_volume(n=7, seed=0):

@@ -231,7 +231,7 @@ def test_to_points_max_points_samples_orbits_exactly():
     import xtds
     from xtds.volume import prepare as vol
 
-    ni = xtds.Crystal.preset("Ni")
+    ni = xtds.datasets.paper_ni_crystal()
     c = np.round(np.arange(-2, 2 + 1e-9, 0.1), 6)
     rng = np.random.default_rng(0)
     I = rng.random((41,) * 3) + 1

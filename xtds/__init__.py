@@ -8,6 +8,7 @@ constants, phonons), :mod:`xtds.thermal` (displacement covariances, Debye–Wall
 """
 
 from xtds import accessor as _accessor  # registers ds.tds  # noqa: F401
+from xtds import datasets  # noqa: F401 - xtds.datasets.paper_ni_crystal() and the shipped data sets
 from xtds._version import __version__
 from xtds.errors import UnstableError
 from xtds.fitting import (

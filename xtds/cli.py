@@ -52,13 +52,24 @@ def _pair(text: str, option: str, example: str) -> tuple[float, float]:
     return a, b
 
 
-def _crystal(name: str):
-    from xtds.lattice.crystal import as_crystal
+def _crystal(name: str, ds=None, quiet: bool = False):
+    """The crystal of ``--crystal``: a CIF file as it is; a preset's structure with the volume's own
+    cell where the volume records one close to the preset's (a preset is a room-temperature cell,
+    the file's is the one measured)."""
+    from xtds.lattice.crystal import as_crystal, measured_cell
 
+    cell = None if ds is None else measured_cell(ds.attrs)
     try:
-        return as_crystal(name)  # a preset name or a CIF file
+        crystal = as_crystal(name, cell)  # a preset name or a CIF file
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(str(err)) from None
+    if cell is not None and not quiet and isinstance(name, str) and not name.lower().endswith(".cif"):
+        preset = as_crystal(name)
+        if preset.parameters != crystal.parameters:
+            theirs, mine = (", ".join(f"{x:.5g}" for x in c.parameters[:3]) for c in (crystal, preset))
+            print(f"--crystal {name}: the preset's structure with the volume's cell a, b, c = {theirs} Å (the "
+                  f"preset's, at room temperature, is {mine} Å)")
+    return crystal
 
 
 def cmd_info(args) -> int:
@@ -80,8 +91,8 @@ def cmd_simulate(args) -> int:
     from xtds.observables import TDSModel, simulate
 
     _check_out(args.out, args.overwrite, _FORMATS.get(args.format), results=False, inputs=[args.like])
-    crystal = _crystal(args.crystal)
     like = open_volume(args.like)
+    crystal = _crystal(args.crystal, like)
     T = args.temperature if args.temperature is not None else like.attrs.get("temperature")
     sim = simulate(like, crystal, _ifc_arg(args.ifc), temperature=T, shells=args.shells,
                    model=TDSModel(method=args.method, quantum=False if args.classical else None))
@@ -183,6 +194,7 @@ def cmd_fit(args) -> int:
     optimizer = _optimizer(args)
     initial = _ifc_arg(args.initial)
     ds = open_volume(args.file, group=args.group)
+    crystal = _crystal(args.crystal, ds, quiet=args.quiet)
     if args.wedge is not None:
         ds = ds.tds.wedge(normal=(0, 1, 0), half_angle=args.wedge, crystal=crystal)
     if args.method == "sampled" and not args.classical and "quantum" not in ds.attrs:

@@ -37,7 +37,7 @@ def initial_vector(model: IFCModel, initial) -> torch.Tensor:
     if hasattr(initial, "force_constants") and hasattr(initial, "supercell"):
         from xtds.io.phonopy import from_phonopy
 
-        return model.vector(from_phonopy(model, initial).phi)
+        return model.vector(from_phonopy(initial, model, check_points=0).phi)
     phi = model.vector(initial)
     if not torch.all(torch.isfinite(phi)):
         given = dict(zip(model.names, phi.tolist(), strict=True))

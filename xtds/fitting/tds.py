@@ -22,6 +22,7 @@ from xtds.fitting.fit import fit_problems
 from xtds.fitting.optimizers import Optimizer
 from xtds.fitting.problem import Problem
 from xtds.fitting.settings import Errors, Preparation, as_settings
+from xtds.lattice.crystal import measured_cell
 from xtds.observables.tds.settings import TDSModel, as_tds_model
 from xtds.observables.tds.simulate import ifc_model
 from xtds.volume import prepare as vol
@@ -48,7 +49,8 @@ def points_problem(points: xr.Dataset, crystal, temperature: float, shells: int 
         raise ValueError("points['q'] must carry units '1/angstrom' (Cartesian, 2π included)")
     errors = as_settings(Errors, errors, "errors")
     hkl = np.stack([points[d].values for d in "HKL"], 1)
-    observable, why = as_tds_model(model).observable(ifc_model(crystal, shells), points["q"].values, temperature,
+    observable, why = as_tds_model(model).observable(ifc_model(crystal, shells, cell=measured_cell(points.attrs)),
+                                                     points["q"].values, temperature,
                                                      hkl=hkl, attrs=points.attrs)
     mult = points["multiplicity"].values if "multiplicity" in points else None
     coords = {"point": points["point"].values} if "point" in points.coords else {}
@@ -107,7 +109,7 @@ def fit_points(points: xr.Dataset, crystal, temperature: float, shells: int | No
     ``model_intensity`` and ``residual`` on dim ``point``.
     """
     check_temperature(temperature)
-    m = ifc_model(crystal, shells)
+    m = ifc_model(crystal, shells, cell=measured_cell(points.attrs))
     problem = points_problem(points, m, temperature, model=model, loss=loss, background=background,
                              corrections=corrections, errors=errors)
     return fit_problems([problem], initial, optimizer=optimizer, errors=errors, source=source)
@@ -134,7 +136,7 @@ def fit(ds: xr.Dataset, crystal, shells: int | None = None, initial=None, *, tem
             raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
     check_temperature(temperature)
     prep = as_settings(Preparation, prepare, "prepare")
-    m = ifc_model(crystal, shells)
+    m = ifc_model(crystal, shells, cell=measured_cell(ds.attrs))
     check_crystal(ds, m.crystal, require_cell=True)
     prepared = vol.mask(ds, bragg=prep.bragg, q_min=prep.q_min, q_max=prep.q_max, crystal=m.crystal)
     group = dict(laue=prep.laue, crystal=m.crystal) if prep.laue else dict(crystal=m.crystal)

@@ -87,7 +87,7 @@ def force_constant_matrix(
     if atoms.polar:  # the long-range dipole–dipole term (LO–TO), independent of φ
         from xtds.lattice.nac import dipole_dipole_tensor
 
-        H = H + dipole_dipole_tensor(atoms, kt).to(H.dtype)
+        H = H + dipole_dipole_tensor(atoms, kt, model.nac_lambda, model.nac_factor).to(H.dtype)
     return H.reshape(*lead, 3 * n, 3 * n)
 
 

@@ -34,6 +34,7 @@ import sympy
 import torch
 
 from xtds.lattice.crystal import Crystal
+from xtds.lattice.nac import COULOMB_EV_A, NAC_LAMBDA
 from xtds.lattice.symmetry import SpaceGroupOperations, space_group_operations
 
 __all__ = ["IFCModel", "IFCInfo", "ELEMENT_ORDER", "shell_letter"]
@@ -186,6 +187,9 @@ class IFCModel:
     ----------
     names
         The free constants, in order (for FCC with 5 shells: b0 … f3).
+    nac_lambda, nac_factor
+        For a polar crystal: the Ewald parameter Λ (Å⁻¹) and e²/(4πε₀) (eV·Å) of the dipole–dipole
+        term (:mod:`xtds.lattice.nac`); an import sets those of the code it reproduces.
     derived_names
         The constants the acoustic sum rule fixes (a0 …).
     basis
@@ -199,6 +203,9 @@ class IFCModel:
     (('b0', 'b1', 'b2', 'c0'), 16, ('a0',))
     """
 
+    nac_lambda: float = NAC_LAMBDA
+    nac_factor: float = COULOMB_EV_A
+
     def __init__(self, crystal: Crystal, shells: int | None = None, cutoff: float | None = None):
         if (shells is None) == (cutoff is None):
             raise ValueError("give exactly one of shells=N (neighbour shells) or cutoff=r (Å)")
@@ -211,12 +218,21 @@ class IFCModel:
         self.primitive = crystal.primitive()
         self._ops = space_group_operations(self.primitive)
         self._enumerate_pairs(shells, cutoff)
+        if not np.any(self.pair_shell > 0):
+            raise ValueError(f"cutoff={cutoff!r} Å holds no pair of atoms: the nearest neighbours are "
+                             f"{self._nearest():.4f} Å apart; give a larger cutoff or shells=N")
         self._build_orbits()
         self._build_basis()
         self._torch_cache: dict = {}
         self._tables: dict = {}
 
     # ------------------------------------------------------------------ construction
+    def _nearest(self) -> float:
+        """The nearest-neighbour distance, Å."""
+        _, _, _, vecs = self._pairs_within(float(np.max(np.linalg.norm(self.primitive.lattice, axis=1))))
+        d = np.linalg.norm(vecs, axis=1)
+        return float(d[d > DIST_TOL].min())
+
     def _pairs_within(self, radius: float):
         prim = self.primitive
         A = prim.lattice
@@ -245,7 +261,7 @@ class IFCModel:
             while True:
                 src, dst, cells, vecs = self._pairs_within(radius)
                 dist = np.linalg.norm(vecs, axis=1)
-                levels = _distinct(dist[dist > DIST_TOL])
+                levels = distinct_distances(dist[dist > DIST_TOL])
                 if len(levels) > shells:
                     cutoff = float(levels[shells - 1])
                     break
@@ -254,7 +270,7 @@ class IFCModel:
         dist = np.linalg.norm(vecs, axis=1)
         keep = dist <= cutoff + DIST_TOL
         src, dst, cells, vecs, dist = src[keep], dst[keep], cells[keep], vecs[keep], dist[keep]
-        levels = np.concatenate([[0.0], _distinct(dist[dist > DIST_TOL])])
+        levels = np.concatenate([[0.0], distinct_distances(dist[dist > DIST_TOL])])
         shell = np.abs(dist[:, None] - levels[None, :]).argmin(axis=1)
         order = np.lexsort((-vecs[:, 2], -vecs[:, 1], -vecs[:, 0], dst, src, shell))
         self.pair_src = src[order]
@@ -667,7 +683,7 @@ class IFCModel:
         return phi
 
 
-def _distinct(values: np.ndarray) -> np.ndarray:
+def distinct_distances(values: np.ndarray) -> np.ndarray:
     """Sorted distinct values, merging those closer than DIST_TOL."""
     v = np.sort(values)
     if len(v) == 0:

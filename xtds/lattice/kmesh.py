@@ -23,7 +23,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import torch
 
-__all__ = ["IrreducibleMesh", "irreducible_mesh"]
+__all__ = ["IrreducibleMesh", "irreducible_mesh", "commensurate_k"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,3 +119,22 @@ def _irreducible(cell, shape) -> IrreducibleMesh:
     # with its own exchange of atoms: the sum over the whole group is still the orbit sum)
     return IrreducibleMesh(k=frac @ np.asarray(cell.reciprocal), weight=counts.astype(float), rotations=R,
                            perm=perm, shape=L, n_total=int(np.prod(L)))
+
+
+def commensurate_k(lattice, supercell_lattice) -> np.ndarray:
+    """The wave vectors of a cell's Brillouin zone commensurate with a supercell of it: shape
+    (n_cells, 3), Cartesian Å⁻¹ (2π included), one per class modulo the cell's reciprocal lattice."""
+    lattice = np.asarray(lattice, dtype=float)
+    M = np.asarray(supercell_lattice, dtype=float) @ np.linalg.inv(lattice)
+    n_cells = round(abs(np.linalg.det(M)))
+    minv = np.linalg.inv(M)
+    L = next(L for L in range(1, n_cells + 1) if np.allclose(L * minv, np.round(L * minv), atol=1e-6))
+    r = np.arange(L)
+    m = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    frac = np.round(np.mod(m @ minv.T, 1.0), 8) % 1.0
+    _, first = np.unique(frac, axis=0, return_index=True)
+    frac = frac[np.sort(first)]
+    if len(frac) != n_cells:
+        raise ValueError(f"found {len(frac)} commensurate wave vectors for {n_cells} cells: is the supercell a "
+                         "multiple of the cell?")
+    return frac @ (2 * np.pi * np.linalg.inv(lattice).T)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xtds.lattice.crystal import spglib_call
+
 __all__ = ["LAUE_CLASSES", "GRID_TOL", "laue_class_of", "LaueGroup", "Orbits"]
 
 #: A representative space-group number for each Laue class (its point group's holohedral setting).
@@ -57,10 +59,9 @@ GRID_TOL = 1e-3
 Q_RESOLUTION_RLU = 1e-4
 
 
+@functools.cache
 def _hall_numbers_of(number: int) -> list[int]:
-    import spglib
-
-    return [h for h in range(1, 531) if spglib.get_spacegroup_type(h).number == number]
+    return [h for h in range(1, 531) if spglib_call("get_spacegroup_type", h).number == number]
 
 
 def _symbol_key(text: str) -> str:
@@ -71,11 +72,9 @@ def _symbol_key(text: str) -> str:
 def _space_group_table() -> tuple[dict, dict]:
     """(symbol key → number, number → point group) over spglib's 530 Hall settings: the short and full
     international symbols, spaces and underscores removed ('P6_3/mmc', 'P 63/m m c' → 'P63/mmc')."""
-    import spglib
-
     numbers, points = {}, {}
     for h in range(1, 531):
-        t = spglib.get_spacegroup_type(h)
+        t = spglib_call("get_spacegroup_type", h)
         for s in (t.international_short, t.international_full, t.international):
             numbers.setdefault(_symbol_key(s), t.number)
         points.setdefault(t.number, t.pointgroup_international)
@@ -185,8 +184,6 @@ class LaueGroup:
         """The Laue group from exactly one source: ``crystal`` (its own space group in its own
         setting, with inversion), ``laue`` (a class in :data:`LAUE_CLASSES`, standard setting) or
         ``space_group`` (a symbol or number)."""
-        import spglib
-
         if sum(x is not None for x in (laue, crystal, space_group)) != 1:
             raise ValueError("give exactly one of laue='m-3m', crystal=... or space_group='Fm-3m'")
         if crystal is not None:
@@ -196,7 +193,7 @@ class LaueGroup:
             laue = laue_class_of(space_group)
         if laue not in LAUE_CLASSES:
             raise ValueError(f"unknown Laue class {laue!r}; choose one of {sorted(LAUE_CLASSES)}")
-        W = spglib.get_symmetry_from_database(_hall_numbers_of(LAUE_CLASSES[laue])[0])["rotations"]
+        W = spglib_call("get_symmetry_from_database", _hall_numbers_of(LAUE_CLASSES[laue])[0])["rotations"]
         return cls(laue, _with_inversion(np.asarray(W)))
 
     def __len__(self) -> int:

@@ -30,6 +30,8 @@ import math
 import numpy as np
 import torch
 
+from xtds.lattice.kmesh import commensurate_k
+
 __all__ = ["dipole_dipole", "supercell_force_constants", "COULOMB_EV_A", "NAC_LAMBDA"]
 
 #: e²/(4πε₀) in eV·Å (CODATA 2018).
@@ -53,14 +55,14 @@ def _g_vectors(cell, k_max: float) -> np.ndarray:
     return G[np.linalg.norm(G, axis=1) <= k_max + np.linalg.norm(B, axis=1).max()]
 
 
-def _sum(cell, k: np.ndarray, lam: float) -> np.ndarray:
+def _sum(cell, k: np.ndarray, lam: float, factor: float) -> np.ndarray:
     """The damped reciprocal sum (no ASR term), (K, 3n, 3n) complex, eV/Å²; K = 0 terms left out."""
     Z, eps = np.asarray(cell.born), np.asarray(cell.epsilon)
     n = cell.n_atoms
     tau = cell.cartesian_positions
     k_cut = 2 * lam * math.sqrt(_EXPONENT_CUT / float(np.linalg.eigvalsh(eps).min()))
     G = _g_vectors(cell, k_cut)
-    pref = 4 * math.pi * COULOMB_EV_A / cell.volume
+    pref = 4 * math.pi * factor / cell.volume
     out = np.zeros((len(k), 3 * n, 3 * n), dtype=complex)
     frac = k @ cell.lattice.T / (2 * math.pi)
     k_red = k - np.round(frac) @ cell.reciprocal  # the same K = k + G set, centred on the first zone
@@ -78,21 +80,23 @@ def _sum(cell, k: np.ndarray, lam: float) -> np.ndarray:
     return out
 
 
-def dipole_dipole(cell, k, lam: float = NAC_LAMBDA) -> np.ndarray:
+def dipole_dipole(cell, k, lam: float = NAC_LAMBDA, factor: float = COULOMB_EV_A) -> np.ndarray:
     """H_dd(k) of a polar ``cell`` (a :class:`~xtds.Crystal` with ``born`` and ``epsilon``): shape
     (..., 3n, 3n) complex Hermitian, eV/Å², k Cartesian Å⁻¹ (2π included). See the module docstring.
+    ``lam``: the Ewald parameter Λ, Å⁻¹; ``factor``: e²/(4πε₀) in eV·Å (an imported calculation's
+    own value, e.g. phonopy's 14.4 of a BORN file, reproduces it exactly).
 
     Results are cached per (cell, k-set): fits evaluate the same k many times."""
     if not cell.polar:
         raise ValueError("the crystal has no Born charges and ε∞ (Crystal(..., born=..., epsilon=...))")
     k = np.asarray(k, dtype=float)
     lead, kf = k.shape[:-1], k.reshape(-1, 3)
-    key = (hash(cell), float(lam), kf.shape, hash(kf.tobytes()))
+    key = (hash(cell), float(lam), float(factor), kf.shape, hash(kf.tobytes()))
     if key in _CACHE:
         return _CACHE[key].reshape(*lead, *_CACHE[key].shape[1:])
     n = cell.n_atoms
-    H = _sum(cell, kf, lam)
-    H0 = _sum(cell, np.zeros((1, 3)), lam)[0].reshape(n, 3, n, 3)
+    H = _sum(cell, kf, lam, factor)
+    H0 = _sum(cell, np.zeros((1, 3)), lam, factor)[0].reshape(n, 3, n, 3)
     asr = H0.sum(axis=2)  # (n, 3, 3): Σ_u of the k = 0 sum
     for s in range(n):
         H[:, 3 * s : 3 * s + 3, 3 * s : 3 * s + 3] -= asr[s]
@@ -102,40 +106,31 @@ def dipole_dipole(cell, k, lam: float = NAC_LAMBDA) -> np.ndarray:
     return H.reshape(*lead, 3 * n, 3 * n)
 
 
-def dipole_dipole_tensor(cell, k: torch.Tensor) -> torch.Tensor:
+def dipole_dipole_tensor(cell, k: torch.Tensor, lam: float = NAC_LAMBDA,
+                         factor: float = COULOMB_EV_A) -> torch.Tensor:
     """:func:`dipole_dipole` as a tensor of ``k``'s dtype (complex) and device, no gradient
     (the term does not depend on the force constants)."""
-    H = dipole_dipole(cell, k.detach().cpu().numpy())
+    H = dipole_dipole(cell, k.detach().cpu().numpy(), lam, factor)
     cdtype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
     return torch.as_tensor(H, dtype=cdtype, device=k.device)
 
 
-def supercell_force_constants(primitive, supercell, site: np.ndarray, lam: float = NAC_LAMBDA) -> np.ndarray:
+def supercell_force_constants(primitive, supercell, site: np.ndarray, lam: float = NAC_LAMBDA,
+                              rows=None, factor: float = COULOMB_EV_A) -> np.ndarray:
     """The damped dipole–dipole term as supercell force constants, (N, N, 3, 3) eV/Å² (phonopy's
     layout): the Fourier interpolation of :func:`dipole_dipole` at the supercell's commensurate
     wave vectors. Subtracted from a supercell calculation's force constants, it leaves their
     short-range part (Gonze & Lee; phonopy's default NAC method).
 
     ``supercell``: lattice (3, 3) rows and Cartesian positions (N, 3) as a pair; ``site``: (N,) the
-    primitive-cell atom of each supercell atom."""
+    primitive-cell atom of each supercell atom; ``rows``: only these supercell atoms' rows, shape
+    (len(rows), N, 3, 3) (compact force constants; memory n_rows · N instead of N²)."""
     lat, pos = (np.asarray(a, dtype=float) for a in supercell)
-    n_cells = round(abs(np.linalg.det(lat)) / primitive.volume)
-    # commensurate k: integer combinations m of the supercell's reciprocal vectors, modulo the
-    # primitive's; in primitive reciprocal coordinates f = m M⁻ᵀ with M = lattice_sc · lattice_prim⁻¹,
-    # so m needs to run over [0, L)³ only, L the smallest integer with L M⁻¹ integral
-    minv = np.linalg.inv(lat @ np.linalg.inv(primitive.lattice))
-    L = next(L for L in range(1, n_cells + 1) if np.allclose(L * minv, np.round(L * minv), atol=1e-6))
-    r = np.arange(L)
-    m = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    frac = np.round(np.mod(m @ minv.T, 1.0), 8) % 1.0
-    _, first = np.unique(frac, axis=0, return_index=True)
-    k = frac[np.sort(first)] @ primitive.reciprocal
-    if len(k) != n_cells:
-        raise ValueError(f"found {len(k)} commensurate wave vectors for {n_cells} cells: is the supercell a "
-                         "multiple of the primitive cell?")
-    H = dipole_dipole(primitive, k, lam).reshape(len(k), primitive.n_atoms, 3, primitive.n_atoms, 3)
-    d = pos[None, :, :] - pos[:, None, :]  # x_j − x_i
-    phase = np.exp(-1j * np.einsum("ka,ija->kij", k, d))  # (K, N, N)
-    blocks = H[:, site][:, :, :, site]  # (K, N, 3, N, 3)
-    fc = np.einsum("kij,kiajb->ijab", phase, blocks).real / n_cells
+    k = commensurate_k(primitive.lattice, lat)
+    H = dipole_dipole(primitive, k, lam, factor).reshape(len(k), primitive.n_atoms, 3, primitive.n_atoms, 3)
+    rows = np.arange(len(pos)) if rows is None else np.asarray(rows, dtype=int)
+    d = pos[None, :, :] - pos[rows, None, :]  # x_j − x_i
+    phase = np.exp(-1j * np.einsum("ka,ija->kij", k, d))  # (K, n_rows, N)
+    blocks = H[:, site[rows]][:, :, :, site]  # (K, n_rows, 3, N, 3)
+    fc = np.einsum("kij,kiajb->ijab", phase, blocks).real / len(k)
     return fc

@@ -141,7 +141,7 @@ def auto_geometry(hkl, attrs=None, max_repeats: int = 40,
 def supercell_q_grid(crystal: Crystal, repeats, n_max) -> np.ndarray:
     """The centred grid n ∈ [−n_max, n_max]³ of a supercell: shape ((2n_max+1)³, 3), Å⁻¹.
 
-    For the paper: ``supercell_q_grid(Crystal.preset("Ni"), 5, 40)`` is its 81³ grid.
+    For the paper: ``supercell_q_grid(xtds.datasets.paper_ni_crystal(), 5, 40)`` is its 81³ grid.
     """
     L = np.asarray(triple(repeats, "supercell repeats"))
     nm = np.asarray(triple(np.asarray(n_max) + 1, "n_max + 1")) - 1

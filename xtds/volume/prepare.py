@@ -74,6 +74,37 @@ def check_subgroup(group: LaueGroup, of: LaueGroup) -> None:
             f"(the crystal's own class is used) or give a subgroup of {of.name}")
 
 
+#: Relative tolerance of the metric check: cell parameters in files are rounded (about 1e-4).
+METRIC_TOL = 2e-3
+
+
+def check_metric(group: LaueGroup, reciprocal) -> None:
+    """A ``ValueError`` unless every operation of ``group`` keeps |Q| of every (H, K, L) for this cell
+    (rows of ``reciprocal``, Å⁻¹): Mᵀ G* M = G*, G* = B Bᵀ. A class the cell cannot have (m-3m on a
+    hexagonal cell) would average inequivalent points."""
+    B = np.asarray(reciprocal, dtype=float)
+    G = B @ B.T
+    scale = np.abs(G).max()
+    bad = [M for M in group.matrices if np.abs(np.asarray(M).T @ G @ np.asarray(M) - G).max() > METRIC_TOL * scale]
+    if bad:
+        a, b, c, al, be, ga = _cell_text(B)
+        raise ValueError(
+            f"laue={group.name!r} does not fit this volume's unit cell (a={a:.4g} b={b:.4g} c={c:.4g} Å, α={al:.4g} "
+            f"β={be:.4g} γ={ga:.4g}°): {len(bad)} of its {len(group)} operations, e.g. {np.asarray(bad[0]).tolist()}, "
+            "change |Q| and would average inequivalent points. Give the crystal's own Laue class, or crystal=..., "
+            "or set ds.attrs['space_group']")
+
+
+def _cell_text(B: np.ndarray):
+    A = 2 * np.pi * np.linalg.inv(B).T  # real-space rows
+    la = np.linalg.norm(A, axis=1)
+
+    def ang(i, j):
+        return float(np.degrees(np.arccos(A[i] @ A[j] / la[i] / la[j])))
+
+    return la[0], la[1], la[2], ang(1, 2), ang(0, 2), ang(0, 1)
+
+
 def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> LaueGroup:
     """The Laue group: ``laue`` (a class name), else the crystal's, else ``attrs['space_group']``."""
     if laue is not None:
@@ -82,6 +113,8 @@ def laue_of(ds: xr.Dataset, laue: str | None = None, crystal=None) -> LaueGroup:
             check_subgroup(group, LaueGroup.of(crystal=crystal))
         elif "space_group" in ds.attrs:  # the file's space group, in its standard setting
             check_subgroup(group, LaueGroup.of(space_group=ds.attrs["space_group"]))
+        elif "unit_cell" in ds.attrs:  # no space group: the cell's metric must at least allow the group
+            check_metric(group, reciprocal_of(ds))
         return group
     if crystal is not None:
         return LaueGroup.of(crystal=crystal)

@@ -15,6 +15,9 @@ __all__ = ["RLU_UNITS", "INV_ANGSTROM", "CELL_RTOL", "is_rlu", "check_volume", "
 
 #: How far (relative) a crystal's cell may differ from a volume's ``unit_cell`` attribute.
 CELL_RTOL = 0.02
+#: A crystal whose cell lengths differ from the volume's by more than this is warned of (0.1 % in |Q|
+#: moves fitted constants by more than typical statistical errors).
+CELL_WARN = 1e-3
 
 #: Spellings of reciprocal lattice units accepted on H, K, L (compared in lower case).
 RLU_UNITS = frozenset({"rlu", "r.l.u.", "r.l.u", "reciprocal lattice units"})
@@ -97,6 +100,15 @@ def check_crystal(ds: xr.Dataset, crystal, rtol: float = CELL_RTOL, require_cell
                 f"{np.round(mine['unit_cell'], 4).tolist()} by more than {rtol:.0%}: pass a Crystal with the "
                 "measured lattice (e.g. Crystal.fcc('Ni', a=...)), or check the file"
             )
+        off = float(np.max(np.abs(np.asarray(theirs[:3]) / np.asarray(mine["unit_cell"][:3]) - 1)))
+        if off > CELL_WARN:
+            import warnings
+
+            warnings.warn(
+                f"the crystal's cell {np.round(mine['unit_cell'][:3], 5).tolist()} Å differs from the volume's "
+                f"{np.round(theirs[:3], 5).tolist()} Å by {off:.2%}: every |Q| and so every constant follows the "
+                "crystal's. Pass the crystal at the measured cell (a preset name, 'Ni', takes the volume's)",
+                UserWarning, stacklevel=3)
     if str(ds.attrs.get("space_group", "")).strip():
         try:
             theirs = space_group_number(ds.attrs["space_group"])

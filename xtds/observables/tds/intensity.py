@@ -343,7 +343,7 @@ class TDSModule(torch.nn.Module):
     --------
     >>> import xtds, torch
     >>> from xtds.observables import TDSModule, PeriodicSupercell, supercell_q_grid
-    >>> m = xtds.IFCModel(xtds.Crystal.preset("Ni"), shells=2)
+    >>> m = xtds.IFCModel(xtds.datasets.paper_ni_crystal(), shells=2)
     >>> q = supercell_q_grid(m.crystal, 2, 2)
     >>> tds = TDSModule(m, q, 300.0, ifc={"b0": -1.0, "b1": 0.05, "b2": -1.0, "c0": 0.1, "c1": 0.0},
     ...                geometry=PeriodicSupercell(2))

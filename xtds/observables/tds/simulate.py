@@ -6,16 +6,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xtds.lattice.crystal import as_crystal
+from xtds.lattice.crystal import as_crystal, measured_cell
 from xtds.lattice.ifc import IFCModel
 from xtds.observables.tds.settings import as_tds_model
 
 __all__ = ["simulate", "ifc_model"]
 
 
-def ifc_model(crystal, shells: int | None = None, cutoff: float | None = None) -> IFCModel:
+def ifc_model(crystal, shells: int | None = None, cutoff: float | None = None, cell=None) -> IFCModel:
     """The :class:`~xtds.IFCModel` of a crystal argument: an IFCModel as it is (then ``shells`` and
-    ``cutoff`` must be None), or a Crystal, preset name or CIF path with ``shells`` or ``cutoff``."""
+    ``cutoff`` must be None), or a Crystal, preset name or CIF path with ``shells`` or ``cutoff``;
+    ``cell``: the data's measured cell, which a preset name takes (:func:`~xtds.lattice.crystal.as_crystal`)."""
     if isinstance(crystal, IFCModel):
         if shells is not None or cutoff is not None:
             raise ValueError("give the range once: an IFCModel already has its shells/cutoff (pass the crystal "
@@ -24,7 +25,7 @@ def ifc_model(crystal, shells: int | None = None, cutoff: float | None = None) -
     if shells is not None and not isinstance(shells, (int, np.integer)):
         raise ValueError(f"shells must be a positive integer (a count of neighbour shells), got {shells!r}; the "
                          "arguments are (crystal, shells, initial), the temperature is a keyword: temperature=...")
-    return IFCModel(as_crystal(crystal), shells=shells, cutoff=cutoff)
+    return IFCModel(as_crystal(crystal, cell), shells=shells, cutoff=cutoff)
 
 
 def simulate(ds: xr.Dataset, crystal, ifc, temperature: float | None = None, shells: int | None = None,
@@ -47,7 +48,7 @@ def simulate(ds: xr.Dataset, crystal, ifc, temperature: float | None = None, she
         if temperature is None:
             raise ValueError("temperature (K) is required: pass temperature=..., or set ds.attrs['temperature']")
     settings = as_tds_model(model)
-    ifc_m = ifc_model(crystal, shells)
+    ifc_m = ifc_model(crystal, shells, cell=measured_cell(ds.attrs))
     cryst = ifc_m.crystal
     hkl = np.stack(np.meshgrid(*(ds[d].values for d in "HKL"), indexing="ij"), -1).reshape(-1, 3)
     obs, _ = settings.observable(ifc_m, cryst.rlu_to_cartesian(hkl), temperature, hkl=hkl, attrs=ds.attrs,
