@@ -265,8 +265,9 @@ def _imported(crystal, lat, pos, fc, rows, model, nac, check_points, code):
 def _minimum_image(crystal, lat, pos, fc, rows, nac=None, subtract_dipole=True):
     """A MinimumImageIFC of total force constants (the dipole part subtracted for a polar crystal,
     with ``nac`` = (Λ, factor), to be added back at each k)."""
-    from xtds.lattice.minimum_image import MinimumImageIFC, supercell_sites
+    from xtds.lattice.minimum_image import MinimumImageIFC
     from xtds.lattice.nac import COULOMB_EV_A, NAC_LAMBDA, supercell_force_constants
+    from xtds.lattice.supercell import supercell_sites
 
     lam, factor = (NAC_LAMBDA, COULOMB_EV_A) if nac is None else nac
     if crystal.polar and subtract_dipole:

@@ -27,8 +27,9 @@ import torch
 from xtds.lattice.crystal import Crystal, spglib_call
 from xtds.lattice.ifc import DIST_TOL, IFCModel, distinct_distances
 from xtds.lattice.nac import COULOMB_EV_A, NAC_LAMBDA
+from xtds.lattice.supercell import supercell_sites
 
-__all__ = ["MinimumImageIFC", "IMAGE_TOL", "supercell_sites"]
+__all__ = ["MinimumImageIFC", "IMAGE_TOL"]
 
 #: Two periodic images of a pair count as equally near when their lengths differ by less than
 #: this, Å (phonopy's default symprec is 1e-5 Å as well).
@@ -199,22 +200,3 @@ class MinimumImageIFC(IFCModel):
         out = np.zeros((self.primitive.n_atoms, len(self.supercell_site), 3, 3))
         np.add.at(out, (self.pair_src, self.pair_atom), self._blocks)
         return out
-
-
-def supercell_sites(prim: Crystal, lattice: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """The primitive site of every supercell atom; errors name an atom off the crystal's sites."""
-    fr = lattice @ np.linalg.inv(prim.lattice)
-    if np.abs(fr - np.round(fr)).max() > 1e-4:
-        raise ValueError("the supercell vectors are not lattice translations of the crystal (same cell, orientation "
-                         "and lattice constant needed)")
-    f = positions @ np.linalg.inv(prim.lattice)
-    d = f[:, None, :] - prim.positions[None, :, :]
-    err = np.linalg.norm((d - np.round(d)) @ prim.lattice, axis=-1)
-    if err.min(axis=1).max() > 1e-3:
-        bad = int(err.min(axis=1).argmax())
-        raise ValueError(f"supercell atom {bad} at {positions[bad].round(4)} Å is not on a site of the crystal")
-    expected = round(abs(np.linalg.det(lattice)) / prim.volume) * prim.n_atoms
-    if len(positions) != expected:
-        raise ValueError(f"the supercell holds {len(positions)} atoms, its volume needs {expected}")
-    return err.argmin(axis=1)
-

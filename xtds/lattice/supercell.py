@@ -17,7 +17,7 @@ from xtds.errors import triple
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.ifc import IFCModel
 
-__all__ = ["Supercell", "supercell_hessian"]
+__all__ = ["Supercell", "supercell_hessian", "supercell_sites"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,26 +65,7 @@ class Supercell:
         """
         lattice = np.asarray(lattice, float)
         positions = np.asarray(positions, float)
-        prim = model.primitive
-        fr = lattice @ np.linalg.inv(prim.lattice)
-        if np.abs(fr - np.round(fr)).max() > 1e-4:
-            raise ValueError(
-                "the supercell vectors are not lattice translations of the crystal (same orientation "
-                "and lattice constant needed)"
-            )
-        f = positions @ np.linalg.inv(prim.lattice)
-        d = f[:, None, :] - prim.positions[None, :, :]
-        err = np.linalg.norm((d - np.round(d)) @ prim.lattice, axis=-1)
-        site = err.argmin(axis=1)
-        if err.min(axis=1).max() > 1e-3:
-            bad = int(err.min(axis=1).argmax())
-            raise ValueError(
-                f"supercell atom {bad} at {positions[bad].round(4)} Å is not on a site of the crystal; "
-                "the supercell must be the same structure in the same orientation"
-            )
-        expected = round(abs(np.linalg.det(lattice)) / prim.volume) * prim.n_atoms
-        if len(positions) != expected:
-            raise ValueError(f"the supercell holds {len(positions)} atoms, its volume needs {expected}")
+        site = supercell_sites(model.primitive, lattice, positions)
         pos = positions.copy()
         for a in (lattice, pos, site):
             a.setflags(write=False)
@@ -127,3 +108,23 @@ def supercell_hessian(model: IFCModel, phi: torch.Tensor, supercell: Supercell) 
     idx = torch.as_tensor(j * N + t, device=phi.device)
     H = H.index_add(0, idx, blocks[torch.as_tensor(p, device=phi.device)])
     return H.reshape(N, N, 3, 3).permute(0, 2, 1, 3).reshape(3 * N, 3 * N)
+
+
+def supercell_sites(prim: Crystal, lattice: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The primitive site of every supercell atom; errors name an atom off the crystal's sites."""
+    fr = lattice @ np.linalg.inv(prim.lattice)
+    if np.abs(fr - np.round(fr)).max() > 1e-4:
+        raise ValueError("the supercell vectors are not lattice translations of the crystal (same orientation "
+                         "and lattice constant needed)")
+    f = positions @ np.linalg.inv(prim.lattice)
+    d = f[:, None, :] - prim.positions[None, :, :]
+    err = np.linalg.norm((d - np.round(d)) @ prim.lattice, axis=-1)
+    if err.min(axis=1).max() > 1e-3:
+        bad = int(err.min(axis=1).argmax())
+        raise ValueError(f"supercell atom {bad} at {positions[bad].round(4)} Å is not on a site of the crystal; "
+                         "the supercell must be the same structure in the same orientation")
+    expected = round(abs(np.linalg.det(lattice)) / prim.volume) * prim.n_atoms
+    if len(positions) != expected:
+        raise ValueError(f"the supercell holds {len(positions)} atoms, its volume needs {expected}")
+    return err.argmin(axis=1)
+
