@@ -146,7 +146,8 @@ def test_euphonic_import_equals_euphonic(name, tmp_path):
     from xtds.thermal.debye_waller import debye_waller
 
     fc = euphonic_fc(name, tmp_path)
-    mi = pio.from_euphonic(fc)
+    with pytest.warns(UserWarning, match="break the acoustic sum rule"):  # CASTEP keeps it to ~1e-5 relative
+        mi = pio.from_euphonic(fc)
     assert mi.primitive.n_atoms == mi.crystal.n_atoms  # these cells are primitive: one order of atoms
     cell = mi.crystal
     k = random_k(cell)
@@ -161,7 +162,7 @@ def test_euphonic_import_equals_euphonic(name, tmp_path):
     assert sorted(order) == list(range(cell.n_atoms))
     C0, dw = False, None
     if name == "graphite":  # Si2-sc-skew has imaginary acoustic modes near Γ (its sum rule holds only
-        # roughly): no Debye–Waller factor exists; its structure factors are compared without one
+        # roughly, asr=None as euphonic): no Debye–Waller factor; its structure factors are compared without one
         mesh = np.stack(np.meshgrid(*[(np.arange(6) + 0.5) / 6] * 3, indexing="ij"), -1).reshape(-1, 3)
         C0 = debye_waller(mi, mi.vector(None), 300.0, kpoints=mesh @ cell.reciprocal)
         dw = fc.calculate_qpoint_phonon_modes(mesh, asr=None).calculate_debye_waller(300 * ureg("K"),
@@ -315,3 +316,26 @@ def test_imported_constants_are_not_fitted_by_accident():
     with pytest.raises(ValueError, match="no free constants"):
         mi.vector({"b0": 1.0})
     assert json.dumps(repr(mi))
+
+
+def test_asr_restores_the_sum_rule_and_the_tds(tmp_path):
+    """graphite's CASTEP constants break the acoustic sum rule (row sums 1.2e-3 eV/Å²): the import says
+    so, and with asr=True the row sums vanish (to rounding), frequencies move by 1e-4 of the largest
+    (euphonic's own realspace correction differs from this one by 7e-5) and the infinite-crystal TDS,
+    undefined before (imaginary acoustic modes at small k), is finite and positive."""
+    from xtds.observables import InfiniteCrystal, tds_intensity
+
+    fc = euphonic_fc("graphite", tmp_path)
+    with pytest.warns(UserWarning, match=r"row sums up to 0\.00115 eV/Å².*asr=True"):
+        raw = pio.from_euphonic(fc)
+    fixed = pio.from_euphonic(fc, asr=True)
+    assert raw.asr_violation == pytest.approx(1.1545e-3, rel=1e-3) and fixed.asr_violation < 1e-12
+    k = random_k(fixed.crystal, n=100, seed=0)
+    a, b = (frequencies(m, m.vector(None), k).numpy() for m in (fixed, raw))
+    assert 1e-5 < np.abs(a - b).max() / b.max() < 1e-3
+    q = np.array([[1.0, 0.5, 0.3], [2.0, -1.0, 0.7]])
+    with torch.no_grad():
+        I = np.asarray(tds_intensity(fixed, fixed.vector(None), q, 300.0, geometry=InfiniteCrystal(mesh=8)))
+        assert np.all(np.isfinite(I)) and np.all(I > 0)
+        with pytest.raises(xtds.UnstableError):
+            tds_intensity(raw, raw.vector(None), q, 300.0, geometry=InfiniteCrystal(mesh=8))

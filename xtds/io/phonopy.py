@@ -208,7 +208,7 @@ def crystal_of(phonon) -> Crystal:
     return polar_crystal(crystal, phonon) if phonon.nac_params is not None else crystal
 
 
-def from_phonopy(phonon, model: IFCModel | None = None, *, check_points: int = 64):
+def from_phonopy(phonon, model: IFCModel | None = None, *, check_points: int = 64, asr: bool = False):
     """Import the force constants of a ``phonopy.Phonopy`` object.
 
     Parameters
@@ -221,6 +221,10 @@ def from_phonopy(phonon, model: IFCModel | None = None, *, check_points: int = 6
         method). An :class:`~xtds.IFCModel` (same structure and orientation): the least-squares
         projection onto its constants (:class:`ProjectedIFC`), whose ``frequency_error`` compares
         the two at ``check_points`` random wave vectors.
+    asr
+        Restore the acoustic sum rule on the self terms before anything else (see
+        :class:`~xtds.lattice.minimum_image.MinimumImageIFC`); without it, constants that break the
+        rule are imported as they are, with a warning.
 
     Returns
     -------
@@ -236,12 +240,15 @@ def from_phonopy(phonon, model: IFCModel | None = None, *, check_points: int = 6
     pos = np.asarray(sc.scaled_positions) @ lat
     crystal = crystal_of(phonon)
     return _imported(crystal, lat, pos, fc, rows, model, phonopy_nac(phonon) if crystal.polar else None,
-                     check_points, "phonopy")
+                     check_points, "phonopy", asr)
 
 
-def _imported(crystal, lat, pos, fc, rows, model, nac, check_points, code):
+def _imported(crystal, lat, pos, fc, rows, model, nac, check_points, code, asr=False):
     """The minimum-image model of total force constants (model None), or their projection onto
     ``model`` with its frequency error against that model."""
+    if asr:  # the sum rule on the self blocks of the rows (total constants: the dipole part keeps it too)
+        fc = np.array(fc, dtype=float)
+        fc[np.arange(len(rows)), rows] -= fc.sum(axis=1)
     if model is None:
         return _minimum_image(crystal, lat, pos, fc, rows, nac=nac)
     if crystal.polar and not model.crystal.polar:
@@ -257,14 +264,22 @@ def _imported(crystal, lat, pos, fc, rows, model, nac, check_points, code):
     proj = from_force_constants(model, fc, supercell, p2s_map=rows)
     if check_points:
         reference = _minimum_image(model.crystal, lat, pos, fc, rows, nac=(model.nac_lambda, model.nac_factor),
-                                   subtract_dipole=False)
+                                   subtract_dipole=False, warn=False)
         proj = _with_frequency_error(proj, model, reference, check_points)
     return proj
 
 
-def _minimum_image(crystal, lat, pos, fc, rows, nac=None, subtract_dipole=True):
+#: Row sums Σ_j Φ(i, j) above this fraction of the largest constant break the acoustic sum rule
+#: visibly (phonopy's symmetrized constants keep it to rounding, 1e-15).
+ASR_RTOL = 1e-9
+
+
+def _minimum_image(crystal, lat, pos, fc, rows, nac=None, subtract_dipole=True, warn=True):
     """A MinimumImageIFC of total force constants (the dipole part subtracted for a polar crystal,
-    with ``nac`` = (Λ, factor), to be added back at each k)."""
+    with ``nac`` = (Λ, factor), to be added back at each k); with ``warn``, a warning when they break
+    the acoustic sum rule."""
+    import warnings
+
     from xtds.lattice.minimum_image import MinimumImageIFC
     from xtds.lattice.nac import COULOMB_EV_A, NAC_LAMBDA, supercell_force_constants
     from xtds.lattice.supercell import supercell_sites
@@ -274,7 +289,14 @@ def _minimum_image(crystal, lat, pos, fc, rows, nac=None, subtract_dipole=True):
         prim = crystal.primitive()
         fc = fc - supercell_force_constants(prim, (lat, pos), supercell_sites(prim, lat, pos), lam=lam, rows=rows,
                                             factor=factor)
-    return MinimumImageIFC(crystal, lat, pos, fc, rows, nac_lambda=lam, nac_factor=factor)
+    model = MinimumImageIFC(crystal, lat, pos, fc, rows, nac_lambda=lam, nac_factor=factor)
+    scale = float(np.abs(model.blocks(torch.zeros(0, dtype=torch.float64))).max())
+    if warn and model.asr_violation > ASR_RTOL * scale:
+        warnings.warn(f"the imported force constants break the acoustic sum rule (row sums up to "
+                      f"{model.asr_violation:.3g} eV/Å², {model.asr_violation / scale:.2g} of the largest): acoustic "
+                      "modes near Γ may be imaginary and the Debye–Waller factor and TDS undefined. Import with "
+                      "asr=True to restore it on the self terms", UserWarning, stacklevel=3)
+    return model
 
 
 def phonopy_nac(phonon) -> tuple[float, float]:
@@ -305,7 +327,7 @@ def _with_frequency_error(proj: ProjectedIFC, model: IFCModel, reference, n: int
     return replace(proj, frequency_error=float((a - b).abs().max()))
 
 
-def from_euphonic(force_constants, model: IFCModel | None = None, *, check_points: int = 64):
+def from_euphonic(force_constants, model: IFCModel | None = None, *, check_points: int = 64, asr: bool = False):
     """Import a ``euphonic.ForceConstants`` (e.g. ``ForceConstants.from_castep(...)`` or
     ``from_json_file``): the same two forms as :func:`from_phonopy`.
 
@@ -338,7 +360,7 @@ def from_euphonic(force_constants, model: IFCModel | None = None, *, check_point
         born = np.asarray(fcobj.born.to("e").magnitude).transpose(0, 2, 1)
         crystal = crystal.with_born(born, np.asarray(fcobj.dielectric.magnitude))
         fc = _euphonic_total(fcobj, crystal, lat, pos, rows)
-    return _imported(crystal, lat, pos, fc, rows, model, None, check_points, "euphonic")
+    return _imported(crystal, lat, pos, fc, rows, model, None, check_points, "euphonic", asr)
 
 
 def _euphonic_total(fcobj, crystal, lat, pos, rows):

@@ -60,9 +60,16 @@ class MinimumImageIFC(IFCModel):
     nac_lambda, nac_factor
         For a polar crystal: Λ (Å⁻¹) and e²/(4πε₀) (eV·Å) of the dipole–dipole term that was
         subtracted from the constants and is added back at every k (:mod:`xtds.lattice.nac`).
+    asr
+        Restore the acoustic sum rule Σ_j Φ(i, j) = 0 on the self blocks (a DFT calculation keeps it
+        only to its precision; then the acoustic modes near Γ are imaginary and the Debye–Waller
+        factor and TDS undefined). False (default): the constants as given, as phonopy and euphonic
+        use them with ``asr=None``.
 
     Attributes
     ----------
+    asr_violation
+        eV/Å²: the largest element of the row sums Σ_j Φ(i, j) as given (before ``asr``).
     weight
         Shape (n_pairs,): 1/m, the share of the supercell block each image carries.
     pair_atom
@@ -90,7 +97,8 @@ class MinimumImageIFC(IFCModel):
     """
 
     def __init__(self, crystal: Crystal, supercell_lattice, supercell_positions, force_constants, rows,
-                 image_tol: float = IMAGE_TOL, nac_lambda: float = NAC_LAMBDA, nac_factor: float = COULOMB_EV_A):
+                 image_tol: float = IMAGE_TOL, nac_lambda: float = NAC_LAMBDA, nac_factor: float = COULOMB_EV_A,
+                 asr: bool = False):
         lattice = np.asarray(supercell_lattice, dtype=float)
         positions = np.asarray(supercell_positions, dtype=float)
         rows = np.asarray(rows, dtype=int).reshape(-1)
@@ -120,7 +128,11 @@ class MinimumImageIFC(IFCModel):
                                  f"({self.primitive.species[s]}); give at least one row per site")
             chosen.append(int(hit[0]))
         self.rows = rows[chosen]
-        blocks = np.asarray(fc[chosen], dtype=float)  # (n_prim, N, 3, 3): one copy, the compact rows
+        blocks = np.array(fc[chosen], dtype=float)  # (n_prim, N, 3, 3): one copy, the compact rows
+        row_sums = blocks.sum(axis=1)  # (n_prim, 3, 3): zero for constants that keep the sum rule
+        self.asr_violation = float(np.abs(row_sums).max())
+        if asr:
+            blocks[np.arange(len(chosen)), self.rows] -= row_sums
         self._set_pairs(lattice, positions, site, blocks)
         self.names, self.info, self.derived_names, self.derived_info = (), (), (), ()
         self.derived_matrix = np.zeros((0, 0))
