@@ -43,6 +43,27 @@ def _ifc_arg(text: str):
                      f"not {text!r}")
 
 
+def _constraints(fix: list[str] | None, prior: list[str] | None):
+    """``--fix NAME=VALUE`` (or NAME: its starting value) and ``--prior NAME=MEAN,SIGMA`` as Constraints."""
+    from xtds.fitting import Constraints
+
+    fixed, priors = {}, {}
+    for text in fix or []:
+        name, _, value = text.partition("=")
+        try:
+            fixed[name.strip()] = float(value) if value.strip() else None
+        except ValueError:
+            raise SystemExit(f"--fix {text!r}: give NAME=VALUE (eV/Å²), e.g. --fix f3=0, or NAME alone to hold "
+                             "its starting value") from None
+    for text in prior or []:
+        name, _, value = text.partition("=")
+        priors[name.strip()] = _pair(value, f"--prior {name.strip()}=", "0,0.05 (mean and σ, eV/Å²)")
+    try:
+        return Constraints(fixed=fixed, priors=priors)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
 def _pair(text: str, option: str, example: str) -> tuple[float, float]:
     """Two numbers from 'A,B'; a message naming the option otherwise."""
     try:
@@ -204,7 +225,8 @@ def cmd_fit(args) -> int:
                                   symmetrize=not args.no_symmetrize),
               model=TDSModel(method=args.method, quantum=False if args.classical else None),
               background=_background_arg(args.background), optimizer=optimizer,
-              errors=Errors(temperature_stderr=args.temperature_stderr))
+              errors=Errors(temperature_stderr=args.temperature_stderr),
+              constraints=_constraints(args.fix, args.prior))
     _print_result(res)
     if args.out:
         write_volume(res, args.out, format=_FORMATS.get(args.format), overwrite=args.overwrite)
@@ -485,6 +507,10 @@ def main(argv=None) -> int:
     p.add_argument("--background", default=None, choices=["none", "constant", "compton", "polynomial"],
                    help="nuisance terms fitted with a scale (default none: the scale-free loss)")
     p.add_argument("--temperature-stderr", type=float, default=0.0, help="uncertainty of the temperature, K")
+    p.add_argument("--fix", action="append", metavar="NAME[=VALUE]",
+                   help="hold a constant at VALUE (eV/Å²) or at its starting value; repeatable")
+    p.add_argument("--prior", action="append", metavar="NAME=MEAN,SIGMA",
+                   help="a Gaussian prior on a constant (eV/Å²); repeatable")
     p.add_argument("--group", default=None)
     p.add_argument("--no-symmetrize", action="store_true", help="fit without Laue symmetrization first")
     p.add_argument("--bragg", type=float, default=None, help="Bragg mask radius, r.l.u.")

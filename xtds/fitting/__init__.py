@@ -24,7 +24,7 @@ from xtds.fitting.optimizers import Optimizer
 from xtds.fitting.problem import Problem
 from xtds.fitting.result import FitResult, open_fit
 from xtds.fitting.series import fit_series
-from xtds.fitting.settings import Errors, Preparation
+from xtds.fitting.settings import Constraints, Errors, Preparation
 from xtds.fitting.tds import fit, fit_points, points_problem
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Adam",
     "Preparation",
     "Errors",
+    "Constraints",
     "open_fit",
     "FitResult",
     "Background",

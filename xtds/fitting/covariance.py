@@ -6,7 +6,8 @@ covariance: σ̂_p² per problem p from its residuals (for ``var_log``: Σρ² /
 points counting as independent observations; for ``chi2``: 1, the residuals being in units of σ),
 or, for data that are a mean over N sampled configurations, the covariance of single-configuration
 draws through the linearized fit, divided by N. For one problem J⁺ σ̂² J⁺ᵀ = σ̂² (JᵀJ)⁻¹.
-A problem's temperature uncertainty σ_T adds σ_T² g gᵀ, g = ∂x̂/∂T = −J⁺ ∂ρ/∂T (the shift of the
+A Gaussian prior on a constant is one more residual (φ_i − mean)/σ of unit variance (it pins what the
+data leave free). A problem's temperature uncertainty σ_T adds σ_T² g gᵀ, g = ∂x̂/∂T = −J⁺ ∂ρ/∂T (the shift of the
 optimum when the temperature moves; in classical statistics every force constant scales with T).
 """
 
@@ -40,7 +41,7 @@ def covariances(objective: Objective, res, noise_draws: int):
     robust = np.zeros_like(cov)
     stats = []
     for p, rows, eta in zip(objective.problems, objective.rows(), nuisances, strict=True):
-        dof, unit = p.dof_and_variance(rho[rows], objective.n_free * len(p) / n_total)
+        dof, unit = p.dof_and_variance(rho[rows], objective.n_fit * len(p) / n_total)
         Jr = Jp[:, rows]
         if p.noise_configurations:
             seed = int(p.observable.seed or 0) + 7919
@@ -60,4 +61,8 @@ def covariances(objective: Objective, res, noise_draws: int):
             robust += p.temperature_stderr**2 * np.outer(g, g)
         stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2,
                       "temperature_stderr_K": float(p.temperature_stderr)})
+    if objective.n_prior:  # the priors' rows: residuals in units of their σ
+        Jr = Jp[:, n_total - objective.n_prior:]
+        cov += Jr @ Jr.T
+        robust += Jr @ Jr.T
     return cov, robust, stats

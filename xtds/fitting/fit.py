@@ -23,7 +23,7 @@ from xtds.fitting.objective import Objective, initial_vector
 from xtds.fitting.optimizers import Checkpoint, Optimizer
 from xtds.fitting.problem import Problem
 from xtds.fitting.result import result_dataset
-from xtds.fitting.settings import Errors, as_settings
+from xtds.fitting.settings import Constraints, Errors, as_settings
 from xtds.observables.base import describe
 
 __all__ = ["fit_problems", "objective_of"]
@@ -31,10 +31,11 @@ __all__ = ["fit_problems", "objective_of"]
 log = logging.getLogger("xtds.fitting")
 
 
-def objective_of(problems, initial) -> tuple[Objective, torch.Tensor]:
+def objective_of(problems, initial, constraints: Constraints | dict | None = None) -> tuple[Objective, torch.Tensor]:
     """The :class:`Objective` of ``problems`` (checked: one IFC model, distinct names, enough
     points; each observable refined at the start, :meth:`~xtds.observables.base.Observable.refine`)
-    and the starting φ, checked for stability."""
+    with ``constraints`` (:class:`~xtds.fitting.settings.Constraints`), and the starting φ (fixed
+    constants at their values), checked for stability."""
     problems = (problems,) if isinstance(problems, Problem) else tuple(problems)
     if not problems:
         raise ValueError("give at least one Problem to fit")
@@ -46,10 +47,20 @@ def objective_of(problems, initial) -> tuple[Objective, torch.Tensor]:
     if len(problems) > 1 and (len(set(names)) != len(names) or "" in names):
         raise ValueError(f"the problems of a joint fit need distinct, non-empty names, got {names}")
     phi0 = initial_vector(model, initial)
+    constraints = as_settings(Constraints, constraints, "constraints")
+    constraints.check(model.names, model.derived_names)
+    index = {n: i for i, n in enumerate(model.names)}
+    fixed = {index[n]: float(phi0[index[n]]) if v is None else float(v) for n, v in constraints.fixed.items()}
+    if len(fixed) == model.n_free:
+        raise ValueError("every force constant is fixed: nothing is left to fit")
+    phi0 = phi0.clone()
+    for i, v in fixed.items():
+        phi0[i] = v
     problems = tuple(_refined(p, phi0) for p in problems)
-    _check_counts(problems, model)
+    _check_counts(problems, model, len(fixed), len(constraints.priors))
     k = np.unique(np.concatenate([p.observable.stability_k() for p in problems]).round(12), axis=0)
-    objective = Objective(problems, model, k)
+    objective = Objective(problems, model, k, fixed=fixed,
+                          priors={index[n]: mv for n, mv in constraints.priors.items()})
     phi0 = phi0.to(dtype=objective.dtype, device=objective.device)
     try:
         objective.check_stable(phi0)
@@ -68,9 +79,9 @@ def _refined(p: Problem, phi0: torch.Tensor) -> Problem:
     return dataclasses.replace(p, observable=obs, geometry_reason="; ".join(x for x in (p.geometry_reason, note) if x))
 
 
-def _check_counts(problems, model) -> None:
-    n_points = sum(len(p) for p in problems)
-    n_params = model.n_free + sum(p.n_nuisance for p in problems)
+def _check_counts(problems, model, n_fixed: int = 0, n_priors: int = 0) -> None:
+    n_points = sum(len(p) for p in problems) + n_priors
+    n_params = model.n_free - n_fixed + sum(p.n_nuisance for p in problems)
     n_centring = sum(1 for p in problems if p.loss == "var_log" and not p.n_nuisance)
     if n_points <= n_params + n_centring:  # at least one degree of freedom, or the errors are undefined
         raise ValueError(
@@ -83,8 +94,8 @@ def _check_counts(problems, model) -> None:
 
 
 def fit_problems(problems, initial, *, optimizer: Optimizer | None = None, errors: Errors | dict | None = None,
-                 source: str | None = None, starts: int = 1, start_spread: float = 0.2, seed: int = 0
-                 ) -> xr.Dataset:
+                 constraints: Constraints | dict | None = None, source: str | None = None, starts: int = 1,
+                 start_spread: float = 0.2, seed: int = 0) -> xr.Dataset:
     """Fit one vector of force constants to a sum of problems.
 
     Parameters
@@ -102,6 +113,9 @@ def fit_problems(problems, initial, *, optimizer: Optimizer | None = None, error
     errors
         :class:`~xtds.fitting.settings.Errors`; here its ``noise_draws`` (single-configuration
         draws for the covariance of problems with ``noise_configurations``).
+    constraints
+        :class:`~xtds.fitting.settings.Constraints` (or a dict of its fields): constants held fixed
+        and Gaussian priors. ``attrs["constraints"]`` records them (JSON).
     starts, start_spread, seed
         With ``starts`` > 1, the fit also runs from ``starts`` − 1 other stable starting points,
         each constant multiplied by 1 + ``start_spread``·u, u uniform in [−1, 1] (``seed``), and
@@ -118,15 +132,19 @@ def fit_problems(problems, initial, *, optimizer: Optimizer | None = None, error
     """
     t_start = time.perf_counter()
     errors = as_settings(Errors, errors, "errors")
-    objective, phi0 = objective_of(problems, initial)
+    objective, phi0 = objective_of(problems, initial, constraints)
     optimizer = Optimizer.default_for(objective.stochastic) if optimizer is None else optimizer
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an xtds Optimizer (e.g. xtds.LM() or xtds.Adam()), got {optimizer!r}")
     optimizer.check(objective)
     if int(starts) < 1 or (int(starts) > 1 and optimizer.checkpoint is not None):
         raise ValueError(f"starts must be at least 1 (got {starts}), and 1 with a checkpoint")
-    x0 = np.concatenate([phi0.cpu().numpy()] + [p.initial_nuisance(phi0) for p in objective.problems])
+    x0 = objective.x_of(phi0, [p.initial_nuisance(phi0) for p in objective.problems])
+    constraints = as_settings(Constraints, constraints, "constraints")
     settings = {"problems": [describe(p) for p in objective.problems], "optimizer": describe(optimizer)}
+    if constraints:
+        settings["constraints"] = {"fixed": {objective.model.names[i]: v for i, v in objective.fixed.items()},
+                                   "priors": constraints.priors}
     ckpt = None
     if optimizer.checkpoint is not None:
         ckpt = Checkpoint(optimizer.checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
@@ -140,7 +158,13 @@ def fit_problems(problems, initial, *, optimizer: Optimizer | None = None, error
             res, best = other, len(tried) - 1
     t_min = time.perf_counter() - t_min
     cov, robust, stats = covariances(objective, res, errors.noise_draws)
-    out = result_dataset(objective, res, cov, stats, settings, x0, robust=robust)
+    if objective.fixed:  # the result in the model's layout: fixed constants with zero variance
+        res = dataclasses.replace(res, x=objective.full_x(res.x),
+                                  x_cov=None if res.x_cov is None else objective.expand(res.x_cov))
+        cov, robust = objective.expand(cov), objective.expand(robust)
+    out = result_dataset(objective, res, cov, stats, settings, objective.full_x(x0), robust=robust)
+    if constraints:
+        out.attrs["constraints"] = json.dumps(settings["constraints"])
     out.attrs.update(source=str(source), wall_time_s=float(time.perf_counter() - t_start),
                      minimize_time_s=float(t_min), optimizer=optimizer.name)
     if starts > 1:
@@ -158,11 +182,13 @@ def _other_starts(objective: Objective, phi0: torch.Tensor, n: int, spread: floa
             return
         phi = phi0 * torch.as_tensor(1 + spread * rng.uniform(-1, 1, len(phi0)), dtype=phi0.dtype,
                                      device=phi0.device)
+        for i, v in objective.fixed.items():
+            phi[i] = v
         try:
             objective.check_stable(phi)
         except UnstableError:
             continue
         made += 1
-        yield np.concatenate([phi.cpu().numpy()] + [p.initial_nuisance(phi) for p in objective.problems])
+        yield objective.x_of(phi, [p.initial_nuisance(phi) for p in objective.problems])
     if made < n:
         log.warning("only %d of %d extra starting points were stable", made, n)

@@ -192,7 +192,7 @@ def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.
     ds["loss"] = xr.DataArray(hist[:, 1], dims=("iteration",), coords={"iteration": hist[:, 0].astype(int)},
                               attrs={"long_name": f"loss ({' + '.join(losses)})", "units": "1"})
     ds["wall_time"] = xr.DataArray(hist[:, 2], dims=("iteration",), attrs={"units": "s"})
-    phi, nuisances = objective.split(res.x)
+    phi, nuisances = objective.split_full(res.x)
     for p, eta in zip(objective.problems, nuisances, strict=True):
         ds = ds.assign(p.result_variables(phi, eta))
     ds.attrs.update(

@@ -18,7 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["Preparation", "Errors", "as_settings"]
+__all__ = ["Preparation", "Errors", "Constraints", "as_settings"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,66 @@ class Errors:
                              f"got {self.temperature_stderr!r}")
         if int(self.noise_draws) < 2:
             raise ValueError(f"Errors(noise_draws=...) must be at least 2, got {self.noise_draws!r}")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Prior knowledge of the force constants, for any fit.
+
+    Parameters
+    ----------
+    fixed
+        Constants held at a value (eV/Å²) and not fitted: a mapping name → value, or a list of names
+        (held at their starting values). Their standard errors are 0.
+    priors
+        Gaussian priors: a mapping name → (mean, σ) in eV/Å². Each adds the residual (φ − mean)/σ to
+        the fit (a measurement of that constant): it pins combinations the data leave free and
+        enters the covariance as such.
+
+    Only free constants may be named (the sum rule's a0 … follow from them). Example:
+    ``Constraints(fixed={"f3": 0.0}, priors={"e0": (0.0, 0.05)})``.
+    """
+
+    fixed: dict | tuple = ()
+    priors: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        fixed = self.fixed
+        if isinstance(fixed, str):
+            fixed = (fixed,)
+        if not isinstance(fixed, dict):
+            fixed = {str(n): None for n in fixed}
+        for n, v in fixed.items():
+            if v is not None and (isinstance(v, bool) or not math.isfinite(float(v))):
+                raise ValueError(f"Constraints(fixed=...): {n} = {v!r} is not a finite value in eV/Å²")
+        priors = {}
+        for n, mv in dict(self.priors).items():
+            try:
+                mean, sigma = (float(x) for x in mv)
+            except (TypeError, ValueError):
+                raise ValueError(f"Constraints(priors=...): give each prior as (mean, sigma) in eV/Å², got {n}: {mv!r}"
+                                 ) from None
+            if not (math.isfinite(mean) and math.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"Constraints(priors=...): {n} needs a finite mean and a positive σ, got {mv!r}")
+            priors[str(n)] = (mean, sigma)
+        both = sorted(set(fixed) & set(priors))
+        if both:
+            raise ValueError(f"Constraints: {both} are both fixed and given a prior; choose one")
+        object.__setattr__(self, "fixed", fixed)
+        object.__setattr__(self, "priors", priors)
+
+    def __bool__(self) -> bool:
+        return bool(self.fixed) or bool(self.priors)
+
+    def check(self, names, derived=()) -> None:
+        """A ``ValueError`` naming any constant that is not one of ``names`` (the model's free ones)."""
+        for what, given in (("fixed", self.fixed), ("priors", self.priors)):
+            bad = [n for n in given if n not in names]
+            if bad:
+                note = " (derived from the sum rule: constrain the constants it follows from)" if set(bad) & set(
+                    derived) else ""
+                raise ValueError(f"Constraints({what}=...): {bad} are not free constants of this model{note}; "
+                                 f"its constants are {list(names)}")
 
 
 def _non_negative(v) -> bool:

@@ -21,7 +21,7 @@ from xtds.errors import check_temperature
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.optimizers import Optimizer
 from xtds.fitting.problem import Problem
-from xtds.fitting.settings import Errors, Preparation, as_settings
+from xtds.fitting.settings import Constraints, Errors, Preparation, as_settings
 from xtds.lattice.crystal import measured_cell
 from xtds.observables.tds.settings import TDSModel, as_tds_model
 from xtds.observables.tds.simulate import ifc_model
@@ -66,7 +66,7 @@ def points_problem(points: xr.Dataset, crystal, temperature: float, shells: int 
 def fit_points(points: xr.Dataset, crystal, temperature: float, shells: int | None = None, initial=None, *,
                model: TDSModel | dict | None = None, loss: str = "var_log", background=False, corrections=None,
                optimizer: Optimizer | None = None, errors: Errors | dict | None = None,
-               source: str | None = None) -> xr.Dataset:
+               constraints: Constraints | dict | None = None, source: str | None = None) -> xr.Dataset:
     """Fit force constants to fitting points (from :func:`xtds.volume.prepare.to_points`).
 
     Parameters
@@ -102,6 +102,8 @@ def fit_points(points: xr.Dataset, crystal, temperature: float, shells: int | No
     errors
         :class:`~xtds.fitting.settings.Errors` (``temperature_stderr`` K; ``noise_configurations``
         and ``noise_draws`` for data that are a mean over N sampled configurations).
+    constraints
+        :class:`~xtds.fitting.settings.Constraints`: constants held fixed and Gaussian priors.
 
     Returns
     -------
@@ -112,13 +114,14 @@ def fit_points(points: xr.Dataset, crystal, temperature: float, shells: int | No
     m = ifc_model(crystal, shells, cell=measured_cell(points.attrs))
     problem = points_problem(points, m, temperature, model=model, loss=loss, background=background,
                              corrections=corrections, errors=errors)
-    return fit_problems([problem], initial, optimizer=optimizer, errors=errors, source=source)
+    return fit_problems([problem], initial, optimizer=optimizer, errors=errors, constraints=constraints,
+                        source=source)
 
 
 def fit(ds: xr.Dataset, crystal, shells: int | None = None, initial=None, *, temperature: float | None = None,
         prepare: Preparation | dict | None = None, model: TDSModel | dict | None = None, loss: str = "var_log",
         background=False, corrections=None, optimizer: Optimizer | None = None,
-        errors: Errors | dict | None = None) -> xr.Dataset:
+        errors: Errors | dict | None = None, constraints: Constraints | dict | None = None) -> xr.Dataset:
     """Fit a volume: mask, symmetrize, reduce to irreducible points, and :func:`fit_points`.
 
     ``crystal`` and ``shells`` (or an :class:`~xtds.IFCModel` alone), ``initial`` (the starting
@@ -150,7 +153,8 @@ def fit(ds: xr.Dataset, crystal, shells: int | None = None, initial=None, *, tem
         log.info("fitting %d of %s points (max_points, seed %d; %s)", points.sizes["point"],
                  "the" if n_all is None else f"the {n_all}", prep.seed, subset["drawn"])
     out = fit_points(points, m, temperature, initial=initial, model=model, loss=loss, background=background,
-                     corrections=corrections, optimizer=optimizer, errors=errors, source=ds.attrs.get("source"))
+                     corrections=corrections, optimizer=optimizer, errors=errors, constraints=constraints,
+                     source=ds.attrs.get("source"))
     out.attrs["preparation"] = json.dumps(
         {"masks": prepared.attrs.get("masks"), "symmetrized": symmetrized,
          "n_valid_voxels": points.attrs.get("n_valid_voxels"), "n_points_available": n_all,
