@@ -1,4 +1,5 @@
-"""Fixed constants and Gaussian priors (xtds.Constraints) in any fit: a 5-shell Born–von Kármán fit
+"""Fixed constants and Gaussian priors (xtds.Constraints) in any fit, and χ² errors that widen with
+the reduced χ² (Errors(chi2_scale=...)): a 5-shell Born–von Kármán fit
 to dispersion points on the symmetry lines only (the situation of the measured Cu dispersion,
 Nicklow 1967) is rank-deficient alone and fits with a constant fixed or given a prior; the
 covariance with a prior is the Gauss–Newton algebra's."""
@@ -146,3 +147,31 @@ def test_the_command_line_fixes_and_priors(tmp_path, capsys):
     else:
         message = capsys.readouterr().err
     assert code == 2 and "--fix 'f3=x': give NAME=VALUE" in message
+
+
+def test_chi2_errors_widen_when_the_residuals_exceed_the_sigma(model, truth):
+    """χ² with σ three times too small (noise of 0.15 THz, σ = 0.05 THz stated): by default
+    (``chi2_scale="auto"``) the variances take the reduced χ² (about 9), so the errors are its
+    square root times those of the stated σ ("never"), exactly; on data whose σ are right the
+    default leaves them as the σ give (the factor is 1 when χ²ᵣ ≤ 1)."""
+    prob = dispersion_problem(model, truth, SYMMETRY_LINES, general=40)
+    with torch.no_grad():
+        clean = prob.observable(model.vector(truth)).numpy()
+    rng = np.random.default_rng(5)
+    noisy = Problem(prob.observable, clean + rng.normal(0, 0.15, len(prob)),
+                    sigma=np.full(len(prob), 0.05), loss="chi2", background=False)
+    opts = dict(optimizer=xtds.LM(progress=False))
+    auto = fit_problems([noisy], start_of(truth), **opts)
+    never = fit_problems([noisy], start_of(truth), errors={"chi2_scale": "never"}, **opts)
+    stat = json.loads(auto.attrs["problems"])[0]
+    assert 6 < stat["chi2_reduced"] < 12 and stat["error_scale"] == pytest.approx(np.sqrt(stat["chi2_reduced"]))
+    np.testing.assert_allclose(auto["ifc_stderr"].values, stat["error_scale"] * never["ifc_stderr"].values,
+                               rtol=1e-9)
+    honest = Problem(prob.observable, clean + rng.normal(0, 0.05, len(prob)) * 0.5,
+                     sigma=np.full(len(prob), 0.05), loss="chi2", background=False)  # χ²ᵣ about 0.25
+    a = fit_problems([honest], start_of(truth), **opts)
+    n = fit_problems([honest], start_of(truth), errors={"chi2_scale": "never"}, **opts)
+    assert json.loads(a.attrs["problems"])[0]["error_scale"] == 1.0
+    np.testing.assert_allclose(a["ifc_stderr"].values, n["ifc_stderr"].values, rtol=1e-12)
+    with pytest.raises(ValueError, match="chi2_scale"):
+        xtds.Errors(chi2_scale="sometimes")

@@ -3,7 +3,8 @@ the temperature's share.
 
 cov = J⁺ Σ J⁺ᵀ, with J the Jacobian of the stacked residuals at the optimum and Σ the residual
 covariance: σ̂_p² per problem p from its residuals (for ``var_log``: Σρ² / dof, the irreducible
-points counting as independent observations; for ``chi2``: 1, the residuals being in units of σ),
+points counting as independent observations; for ``chi2``: 1, the residuals being in units of σ, or the
+reduced χ² where that is larger, ``Errors(chi2_scale=...)``),
 or, for data that are a mean over N sampled configurations, the covariance of single-configuration
 draws through the linearized fit, divided by N. For one problem J⁺ σ̂² J⁺ᵀ = σ̂² (JᵀJ)⁻¹.
 A Gaussian prior on a constant is one more residual (φ_i − mean)/σ of unit variance (it pins what the
@@ -23,7 +24,7 @@ __all__ = ["covariances", "ROBUST_BLOCKS"]
 ROBUST_BLOCKS = 12
 
 
-def covariances(objective: Objective, res, noise_draws: int):
+def covariances(objective: Objective, res, noise_draws: int, chi2_scale: str = "auto"):
     """(cov, robust covariance, per-problem statistics) at the optimum ``res.x`` (module docstring).
 
     Robust: the cluster sandwich J⁺ Ω J⁺ᵀ with Ω block-diagonal, Ω_b = ρ_b ρ_bᵀ over
@@ -41,7 +42,7 @@ def covariances(objective: Objective, res, noise_draws: int):
     robust = np.zeros_like(cov)
     stats = []
     for p, rows, eta in zip(objective.problems, objective.rows(), nuisances, strict=True):
-        dof, unit = p.dof_and_variance(rho[rows], objective.n_fit * len(p) / n_total)
+        dof, unit = p.dof_and_variance(rho[rows], objective.n_fit * len(p) / n_total, chi2_scale)
         Jr = Jp[:, rows]
         if p.noise_configurations:
             seed = int(p.observable.seed or 0) + 7919
@@ -54,13 +55,16 @@ def covariances(objective: Objective, res, noise_draws: int):
             blocks = p.blocks(ROBUST_BLOCKS)
             shifts = np.stack([Jr[:, b] @ rho[rows][b] for b in blocks])
             robust += shifts.T @ shifts * (len(blocks) / max(len(blocks) - 1, 1))
-            s2 = unit * float(p.weight.sum()) if p.loss == "var_log" else 1.0  # per voxel: Var of one log I
+            s2 = unit * float(p.weight.sum()) if p.loss == "var_log" else unit  # var_log: Var of one log I
         if p.temperature_stderr:
             g = -Jr @ p.temperature_derivative(phi, eta)
             cov += p.temperature_stderr**2 * np.outer(g, g)
             robust += p.temperature_stderr**2 * np.outer(g, g)
-        stats.append({"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2,
-                      "temperature_stderr_K": float(p.temperature_stderr)})
+        stat = {"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2,
+                "temperature_stderr_K": float(p.temperature_stderr)}
+        if p.loss == "chi2":  # the reduced χ², and the factor the variances took from it
+            stat.update(chi2_reduced=float(rho[rows] @ rho[rows]) / int(dof), error_scale=float(np.sqrt(unit)))
+        stats.append(stat)
     if objective.n_prior:  # the priors' rows: residuals in units of their σ
         Jr = Jp[:, n_total - objective.n_prior:]
         cov += Jr @ Jr.T

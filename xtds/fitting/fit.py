@@ -157,7 +157,7 @@ def fit_problems(problems, initial, *, optimizer: Optimizer | None = None, error
         if other.loss < res.loss:
             res, best = other, len(tried) - 1
     t_min = time.perf_counter() - t_min
-    cov, robust, stats = covariances(objective, res, errors.noise_draws)
+    cov, robust, stats = covariances(objective, res, errors.noise_draws, errors.chi2_scale)
     if objective.fixed:  # the result in the model's layout: fixed constants with zero variance
         res = dataclasses.replace(res, x=objective.full_x(res.x),
                                   x_cov=None if res.x_cov is None else objective.expand(res.x_cov))

@@ -19,6 +19,7 @@ with fewer coefficients it is the least-squares compromise the smoothness asks f
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -98,7 +99,8 @@ class SeriesObjective(Objective):
 
 
 def fit_joint_series(problems, coords, initial, degree: int = 1, center: float | None = None,
-                     optimizer: Optimizer | None = None, dim: str = "temperature") -> xr.Dataset:
+                     optimizer: Optimizer | None = None, dim: str = "temperature", chi2_scale: str = "auto"
+                     ) -> xr.Dataset:
     """Fit the members of a series at once with force constants polynomial in the series variable.
 
     Parameters
@@ -125,8 +127,12 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     ``coefficient_stderr`` and ``coefficient_cov``; ``ifc`` and ``ifc_stderr`` (``dim``,
     constant): φ at each member's coordinate with its propagated error; ``loss`` per member
     (``member_loss``) and by iteration; attrs: center, scale, optimizer message.
-    Errors: J⁺ Σ J⁺ᵀ with σ̂² = 1 when every member's loss is ``chi2``, else Σρ²/dof.
+    Errors: J⁺ Σ J⁺ᵀ with each member's σ̂² as :func:`xtds.fit_problems` makes it (``chi2``: 1, or the
+    reduced χ² where larger, ``chi2_scale`` as in :class:`~xtds.fitting.settings.Errors`; otherwise
+    from the residuals), each member taking its share of the coefficients.
     """
+    if chi2_scale not in ("auto", "always", "never"):
+        raise ValueError(f"chi2_scale must be 'auto', 'always' or 'never', got {chi2_scale!r}")
     t_start = time.perf_counter()
     problems = tuple(problems)
     c = _check_members(problems, coords, degree)
@@ -148,15 +154,19 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
         ckpt = Checkpoint(optimizer.checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
     res = optimizer.minimize(obj, x0, checkpoint=ckpt)
     rho = obj.residuals(res.x)
-    dof = max(1, len(rho) - len(res.x))
-    s2 = 1.0 if all(p.loss == "chi2" for p in problems) else float(rho @ rho) / dof
     Jp = np.linalg.pinv(res.jacobian)
+    rows = np.cumsum([0] + [len(p) for p in problems])
+    full, units = np.zeros((Jp.shape[0], Jp.shape[0])), []
+    for p, a, b in zip(problems, rows[:-1], rows[1:], strict=True):  # each member's σ̂², as fit_problems
+        unit = p.dof_and_variance(rho[a:b], obj.n_free * (b - a) / len(rho), chi2_scale)[1]
+        full += unit * Jp[:, a:b] @ Jp[:, a:b].T
+        units.append(unit)
     # scaled coefficients θ_j (of t^j) → physical a_j = θ_j / h^j (of (c − c₀)^j)
     scale = np.repeat(h ** -np.arange(degree + 1, dtype=float), model.n_free)
     coef = res.x[: obj.n_free] * scale
-    cov = (s2 * Jp @ Jp.T)[: obj.n_free, : obj.n_free] * np.outer(scale, scale)
+    cov = full[: obj.n_free, : obj.n_free] * np.outer(scale, scale)
+    s2 = units[0] if len(set(units)) == 1 else json.dumps(units)
     out = _series_dataset(model, coef, cov, c, c0, degree, dim)
-    rows = np.cumsum([0] + [len(p) for p in problems])
     out["member_loss"] = ((dim,), [float(rho[a:b] @ rho[a:b]) for a, b in zip(rows[:-1], rows[1:], strict=True)])
     out["loss"] = xr.DataArray([f for _, f, _ in res.history], dims=("iteration",),
                                coords={"iteration": [i for i, _, _ in res.history]})

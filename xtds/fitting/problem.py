@@ -272,17 +272,21 @@ class Problem:
             if q is not None and np.shape(q) == (n, 3) else np.arange(n)
         return [b for b in np.array_split(order, max(1, min(int(n_blocks), n))) if len(b)]
 
-    def dof_and_variance(self, rho: np.ndarray, n_shared: float) -> tuple[int, float]:
+    def dof_and_variance(self, rho: np.ndarray, n_shared: float, chi2_scale: str = "auto") -> tuple[int, float]:
         """(degrees of freedom, σ̂²) of this problem's residuals, in the units of ρ.
 
         ``n_shared``: this problem's share of the shared parameters (the force constants, split
         between problems in proportion to their points). ``var_log`` without nuisance parameters
         spends one more degree of freedom on the centring (the free log-scale); ``chi2`` residuals
-        are in units of σ, so σ̂² = 1.
+        are in units of σ: σ̂² = 1 (``chi2_scale="never"``), the reduced χ² (``"always"``) or the
+        larger of the two (``"auto"``, :class:`~xtds.fitting.settings.Errors`).
         """
         n = len(rho)
         if self.loss == "chi2":
-            return max(1, round(n - n_shared - self.n_nuisance)), 1.0
+            dof = max(1, round(n - n_shared - self.n_nuisance))
+            chi2_red = float(rho @ rho) / dof
+            unit = {"never": 1.0, "always": chi2_red, "auto": max(1.0, chi2_red)}[chi2_scale]
+            return dof, unit
         centring = 0 if self.n_nuisance else 1
         dof = max(1, round(n - n_shared - self.n_nuisance - centring))
         return dof, float(rho @ rho) / dof

@@ -75,11 +75,17 @@ class Errors:
         the covariance then comes from the observable's noise model instead of the residuals.
     noise_draws
         Single-configuration draws for that covariance.
+    chi2_scale
+        For ``loss="chi2"`` problems: ``"auto"`` (default) multiplies their variance by the reduced
+        χ² when it exceeds 1 (the Birge ratio: the residuals say the σ or the model fall short,
+        so the errors widen; they never shrink below what the σ give), ``"always"`` by the reduced
+        χ² whatever it is (errors from the residuals alone), ``"never"``: the σ as absolute.
     """
 
     temperature_stderr: float = 0.0
     noise_configurations: int | None = None
     noise_draws: int = 200
+    chi2_scale: str = "auto"
 
     def __post_init__(self):
         if not _non_negative(self.temperature_stderr):
@@ -87,6 +93,8 @@ class Errors:
                              f"got {self.temperature_stderr!r}")
         if int(self.noise_draws) < 2:
             raise ValueError(f"Errors(noise_draws=...) must be at least 2, got {self.noise_draws!r}")
+        if self.chi2_scale not in ("auto", "always", "never"):
+            raise ValueError(f"Errors(chi2_scale=...) must be 'auto', 'always' or 'never', got {self.chi2_scale!r}")
 
 
 @dataclass(frozen=True)
