@@ -20,6 +20,7 @@ from xtds.fitting import (
     Optimizer,
     Preparation,
     Problem,
+    compare_fits,
     diagnostics,
     fit,
     fit_points,
@@ -54,6 +55,7 @@ from xtds.observables import (
     simulate,
     tds_intensity,
 )
+from xtds.observables.tds.anharmonic import Anharmonic, AnharmonicIFC
 
 __all__ = [
     "__version__",
@@ -81,6 +83,8 @@ __all__ = [
     "tds_intensity",
     "TDSIntensity",
     "TDSModel",
+    "Anharmonic",
+    "AnharmonicIFC",
     "PeriodicSupercell",
     "InfiniteCrystal",
     "simulate",
@@ -88,6 +92,7 @@ __all__ = [
     "fit_points",
     "fit_series",
     "fit_problems",
+    "compare_fits",
     "open_fit",
     "Problem",
     "Preparation",

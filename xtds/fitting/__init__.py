@@ -15,6 +15,7 @@
 
 from xtds.fitting.adam import Adam
 from xtds.fitting.background import Background
+from xtds.fitting.compare import compare_fits
 from xtds.fitting.diagnostics import diagnostics
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.joint import fit_joint_series
@@ -28,6 +29,7 @@ from xtds.fitting.settings import Constraints, Errors, Preparation
 from xtds.fitting.tds import fit, fit_points, points_problem
 
 __all__ = [
+    "compare_fits",
     "fit",
     "fit_series",
     "fit_joint_series",

@@ -232,21 +232,23 @@ def _constants(model: IFCModel, res, cov, robust, n_free: int) -> xr.Dataset:
     ifc = model.to_dataarray(res.x[:n_free])
     names = list(ifc["constant"].values)
     ds = xr.Dataset({"ifc": ifc})
+    unit = ifc.attrs["units"]  # one unit, or (anharmonic models) per constant in the coordinate 'units'
+    cov_unit = f"({unit})^2" if "units" not in ifc.coords else "the products of the two constants' units"
     ds["ifc_stderr"] = xr.DataArray(np.sqrt(np.clip(np.diag(cov_all), 0, None)), dims=("constant",),
-                                    attrs={"units": "eV/Å^2", "long_name": f"standard error ({kind})"})
+                                    attrs={"units": unit, "long_name": f"standard error ({kind})"})
     ds["ifc_cov"] = xr.DataArray(cov_all, dims=("constant", "constant_"), coords={"constant_": names},
-                                 attrs={"units": "(eV/Å^2)^2", "long_name": f"covariance ({kind})"})
+                                 attrs={"units": cov_unit, "long_name": f"covariance ({kind})"})
     if robust is not None:
         rob = on_constants(robust if extra is None else robust + extra)
         ds["ifc_stderr_robust"] = xr.DataArray(
             np.sqrt(np.clip(np.diag(rob), 0, None)), dims=("constant",),
-            attrs={"units": "eV/Å^2", "long_name": "robust standard error (cluster sandwich over |q| shells)"})
+            attrs={"units": unit, "long_name": "robust standard error (cluster sandwich over |q| shells)"})
         ds["ifc_cov_robust"] = xr.DataArray(rob, dims=("constant", "constant_"), coords={"constant_": names},
-                                            attrs={"units": "(eV/Å^2)^2", "long_name": "robust covariance"})
+                                            attrs={"units": cov_unit, "long_name": "robust covariance"})
     if extra is not None:
         ds["ifc_optimizer_stderr"] = xr.DataArray(
             np.sqrt(np.clip(np.diag(on_constants(extra)), 0, None)), dims=("constant",),
-            attrs={"units": "eV/Å^2", "long_name": label})
+            attrs={"units": unit, "long_name": label})
     return ds
 
 

@@ -22,6 +22,7 @@ import torch
 
 from xtds.lattice.ifc import IFCModel
 from xtds.observables.scattering import form_factors_at
+from xtds.observables.tds.anharmonic import apply_cumulants
 from xtds.thermal.covariance import covariance_k, lattice_covariance, q_products, symmetric_components
 from xtds.thermal.debye_waller import self_components, supercell_exponents
 
@@ -64,11 +65,16 @@ class Terms:
         self.C0 = self_components(Cr)  # (n, 6) self covariances
         self.species = list(cell.species)
         self.cell = cell
+        self.design = None  # the cumulant terms of an anharmonic model (xtds.observables.tds.anharmonic)
+        if getattr(model, "cumulant_ranks", None):
+            self.design = model.design(cell, L, self.src, self.dst, np.concatenate(d_list))
 
 
-def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int) -> torch.Tensor:
+def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int,
+               theta: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_M w f_s f_c' e^{−W_s−W_c'} cos(q·d) exp(x): the intensity to all orders (``order="all"``,
-    the only one)."""
+    the only one). With an anharmonic model's cumulant parameters ``theta``, its terms become
+    cos(q·d − κ₃/6) exp(x + κ₄/24) (:mod:`xtds.observables.tds.anharmonic`)."""
     if order != "all":
         raise ValueError("only order='all' is summed here; the infinite crystal's multi-phonon part is in "
                          "xtds.observables.tds.infinite")
@@ -82,7 +88,10 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
         f = form_factors_at(terms.species, qc, form_factor, start)  # (Q, n)
         a = f * torch.exp(-W)  # (Q, n)
         x = qq @ terms.C6.T  # (Q, M)
-        phase = torch.cos(qc @ terms.d.T)
+        arg = qc @ terms.d.T
+        if terms.design is not None and theta is not None:
+            a, arg, x = apply_cumulants(terms.design, theta, qc, a, arg, x, src, dst)
+        phase = torch.cos(arg)
         g = torch.exp(x)
         amp = a[:, src] * a[:, dst] * terms.w
         out.append((amp * phase * g).sum(dim=1))
@@ -96,7 +105,8 @@ def exact_supercell(model, phi, q, temperature, geometry, quantum=False, form_fa
     (Q, 3) Å⁻¹ on the supercell's reciprocal grid. Returns shape (Q,), electrons².
     """
     Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
-    return _sum_pairs(Terms(model, Cr), q, form_factor, "all", chunk)
+    theta = phi[model.n_harmonic :] if getattr(model, "cumulant_ranks", None) else None
+    return _sum_pairs(Terms(model, Cr), q, form_factor, "all", chunk, theta=theta)
 
 
 def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096,

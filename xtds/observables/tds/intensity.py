@@ -116,6 +116,12 @@ class TDSIntensity(Observable):
         if isinstance(geometry, InfiniteCrystal):
             geometry = geometry.resolve(self.model.crystal)
         set_(self, "geometry", geometry)
+        if getattr(self.model, "cumulant_ranks", None) and (
+                self.method != "exact" or not isinstance(geometry, PeriodicSupercell)):
+            raise NotImplementedError(
+                f"the anharmonic (cumulant) terms are summed in the exact model on a periodic supercell only; got "
+                f"method={self.method!r} on {geometry!r}. Use TDSModel(method='exact', "
+                "geometry=PeriodicSupercell(L)) (data simulated on a supercell, e.g. MD), or a harmonic model")
         qt = as_q(self.q, self.dtype, self.device)
         if isinstance(geometry, PeriodicSupercell):  # validated on the grid; jittered points moved onto it
             crystal, L = self.model.crystal, np.asarray(geometry.repeats)

@@ -21,6 +21,7 @@ import torch
 from xtds.lattice.ifc import IFCModel
 from xtds.lattice.reflections import is_allowed
 from xtds.observables.scattering import check_form_factor
+from xtds.observables.tds.anharmonic import Anharmonic, as_anharmonic_model
 from xtds.observables.tds.infinite import MESH_TOLERANCE
 from xtds.observables.tds.intensity import METHODS, TDSIntensity, statistics_of
 from xtds.thermal.geometry import InfiniteCrystal, PeriodicSupercell, auto_geometry
@@ -59,6 +60,11 @@ class TDSModel:
         same mean with less noise), and the seed of the noise (``seed + epoch`` per epoch).
     dtype, device
         Of the computation (``device="cuda"``: the GPU path).
+    anharmonic
+        None (default): the Gaussian (harmonic) pair average. An
+        :class:`~xtds.observables.tds.anharmonic.Anharmonic`: add the third and fourth cumulants of
+        the pair displacements, fitted with the constants (``method="exact"`` on a periodic
+        supercell; the fit's constants then include them, e.g. ``k4a0`` in Å⁴).
     """
 
     method: str = "exact"
@@ -71,6 +77,7 @@ class TDSModel:
     seed: int = 0
     dtype: torch.dtype = torch.float64
     device: str | torch.device | None = None
+    anharmonic: Anharmonic | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -85,6 +92,9 @@ class TDSModel:
         if self.quantum is not None and not isinstance(self.quantum, (bool, np.bool_)):
             raise TypeError(f"TDSModel(quantum=...) must be True, False or None, got {self.quantum!r}")
         check_form_factor(self.form_factor)
+        if self.anharmonic is not None and not isinstance(self.anharmonic, Anharmonic):
+            raise TypeError(f"TDSModel(anharmonic=...) must be None or an xtds.Anharmonic(...), "
+                            f"got {self.anharmonic!r}")
 
     def geometry_for(self, hkl, attrs=None) -> tuple[PeriodicSupercell | InfiniteCrystal, str]:
         """The geometry for points at ``hkl`` (N, 3) r.l.u. of a volume with ``attrs``, and why."""
@@ -101,6 +111,7 @@ class TDSModel:
         geometry resolved from ``attrs``, and the reason for the geometry. Raises where the model is
         not defined: force constants reaching beyond half a periodic supercell, or points of an
         infinite crystal on allowed Bragg reflections."""
+        model = as_anharmonic_model(model, self.anharmonic)
         q = np.asarray(q, dtype=float)
         hkl = model.crystal.cartesian_to_rlu(q) if hkl is None else np.asarray(hkl, dtype=float)
         attrs = attrs or {}
