@@ -109,7 +109,7 @@ class AnharmonicIFC(IFCModel):
     >>> from xtds import Crystal
     >>> m = AnharmonicIFC(Crystal.fcc("Ni", a=3.52), shells=3, anharmonic=Anharmonic(shells=1))
     >>> m.names[m.n_harmonic:]
-    ('k4a0', 'k4a1', 'k3b0', 'k3b1', 'k3b2', 'k4b0', 'k4b1', 'k4b2', 'k4b3', 'k4b4')
+    ('k4a0', 'k4a1', 'k3b0', 'k3b1', 'k3b2', 'k4b0', 'k4b1', 'k4b2', 'k4b3', 'k4b4', 'k4b5')
     """
 
     def __init__(self, crystal: Crystal, shells: int | None = None, cutoff: float | None = None,
