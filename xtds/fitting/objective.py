@@ -224,8 +224,18 @@ class Objective:
             out = tuple(p.observable.mean(p_) for p in self.problems)
             return out, tuple(o.detach() for o in out)
 
-        with TRANSFORMS:  # torch's transforms are not thread-safe (xtds.transforms)
-            dI, I = torch.func.jacfwd(values, has_aux=True)(phi)  # each (P_i, n_free)
+        n_h = getattr(self.model, "n_harmonic", None)
+        if n_h is not None and all(hasattr(p.observable, "cumulant_jacobian") for p in self.problems):
+            # an anharmonic model: forward mode in the force constants only; the cumulant columns come
+            # from the observables' own cheap Jacobian (θ enters far pairs through site factors only)
+            theta = phi[n_h:].detach()
+            with TRANSFORMS:
+                dI, I = torch.func.jacfwd(lambda ph: values(torch.cat([ph, theta])), has_aux=True)(phi[:n_h])
+            dI = tuple(torch.cat([Ji, p.observable.cumulant_jacobian(phi.detach()).to(Ji)], 1)
+                       for Ji, p in zip(dI, self.problems, strict=True))
+        else:
+            with TRANSFORMS:  # torch's transforms are not thread-safe (xtds.transforms)
+                dI, I = torch.func.jacfwd(values, has_aux=True)(phi)  # each (P_i, n_free)
         rows, blocks = [], []
         for p, eta, Ii, Ji in zip(self.problems, nuisances, I, dI, strict=True):
             rows.append(p.residuals_of(Ii, eta))

@@ -332,7 +332,7 @@ class CumulantDesign:
     self_atom: np.ndarray
 
 
-def _kappa(M: np.ndarray, theta: torch.Tensor, q: torch.Tensor, rank: int) -> torch.Tensor:
+def kappa(M: np.ndarray, theta: torch.Tensor, q: torch.Tensor, rank: int) -> torch.Tensor:
     """κ_rank(q) (Q, m) of the m tensors whose components are M (m, n_sym, n_par) @ θ."""
     comps = torch.einsum("msp,p->ms", torch.as_tensor(M, dtype=theta.dtype, device=theta.device), theta)
     return q_monomials(q, rank) @ comps.T
@@ -345,17 +345,17 @@ def apply_cumulants(design: CumulantDesign, theta: torch.Tensor, q: torch.Tensor
     exp(κ₄/24) of each atom's amplitude (taken back in the self terms), site K₃ as the phase
     −(κ₃(dst) − κ₃(src))/6, pair tensors as −κ₃/6 and κ₄/24 on their terms. Returns (a, arg, x)."""
     if 4 in design.atom_site:
-        s4 = _kappa(design.atom_site[4], theta, q, 4) / 24  # (Q, n)
+        s4 = kappa(design.atom_site[4], theta, q, 4) / 24  # (Q, n)
         a = a * torch.exp(s4)
         self_idx = torch.as_tensor(design.self_index, device=q.device)
         x = x.index_add(1, self_idx, -2 * s4[:, torch.as_tensor(design.self_atom, device=q.device)])
     if 3 in design.atom_site:
-        s3 = _kappa(design.atom_site[3], theta, q, 3) / 6
+        s3 = kappa(design.atom_site[3], theta, q, 3) / 6
         arg = arg - (s3[:, dst] - s3[:, src])
     if len(design.pair_index):
         idx = torch.as_tensor(design.pair_index, device=q.device)
         if 3 in design.pair:
-            arg = arg.index_add(1, idx, -_kappa(design.pair[3], theta, q, 3) / 6)
+            arg = arg.index_add(1, idx, -kappa(design.pair[3], theta, q, 3) / 6)
         if 4 in design.pair:
-            x = x.index_add(1, idx, _kappa(design.pair[4], theta, q, 4) / 24)
+            x = x.index_add(1, idx, kappa(design.pair[4], theta, q, 4) / 24)
     return a, arg, x

@@ -22,11 +22,12 @@ import torch
 
 from xtds.lattice.ifc import IFCModel
 from xtds.observables.scattering import form_factors_at
-from xtds.observables.tds.anharmonic import apply_cumulants
+from xtds.observables.tds.anharmonic import CumulantDesign, apply_cumulants, kappa
 from xtds.thermal.covariance import covariance_k, lattice_covariance, q_products, symmetric_components
 from xtds.thermal.debye_waller import self_components, supercell_exponents
+from xtds.transforms import TRANSFORMS
 
-__all__ = ["exact_supercell", "one_phonon", "Terms"]
+__all__ = ["exact_supercell", "one_phonon", "Terms", "cumulant_jacobian"]
 
 class Terms:
     """The ingredients shared by the exact and one-phonon intensities of one geometry."""
@@ -133,3 +134,66 @@ def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="
         val = torch.einsum("qi,qij,qj->q", v.conj(), Cq, v).real
         out.append(val)
     return torch.cat(out) * (model.n_sites / n)
+
+
+def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_factor="cromer-mann",
+                      chunk=2048) -> torch.Tensor:
+    """∂I/∂θ (Q, n_θ) of an anharmonic model's intensity in its cumulant parameters θ at ``phi``.
+
+    Cheap by the structure of the sum: θ reaches a pair term beyond the cumulant shells only
+    through the site factors of its two atoms (site K₄ in the amplitudes, site K₃ as a phase
+    δ(src, dst)), so those terms are summed once per atom pair of the cell (Σ w e^x cos(q·d) and
+    Σ w e^x sin(q·d)) without derivatives, and only the shells' terms and the self terms are
+    differentiated, in forward mode. Equal to the full forward-mode Jacobian (tests).
+    """
+    with torch.no_grad():
+        Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
+        terms = Terms(model, Cr)
+    design = terms.design
+    theta0 = phi[model.n_harmonic :].detach()
+    n = len(terms.species)
+    src = torch.as_tensor(terms.src, device=q.device)
+    dst = torch.as_tensor(terms.dst, device=q.device)
+    near = np.union1d(design.pair_index, design.self_index)
+    far = np.setdiff1d(np.arange(len(terms.src)), near)
+    pos = {int(e): i for i, e in enumerate(near)}
+    sub = CumulantDesign(pair_index=np.array([pos[int(e)] for e in design.pair_index], dtype=int), pair=design.pair,
+                         atom_site=design.atom_site,
+                         self_index=np.array([pos[int(e)] for e in design.self_index], dtype=int),
+                         self_atom=design.self_atom)
+    near_t, far_t = torch.as_tensor(near, device=q.device), torch.as_tensor(far, device=q.device)
+    key = src[far_t] * n + dst[far_t]  # the (src, dst) atom pair of each far term
+    out = []
+    for start in range(0, len(q), chunk):
+        qc = q[start : start + chunk]
+        with torch.no_grad():
+            qq = q_products(qc)
+            W = 0.5 * qq @ terms.C0.T
+            f = form_factors_at(terms.species, qc, form_factor, start)
+            a0 = f * torch.exp(-W)
+            x = qq @ terms.C6.T
+            arg = qc @ terms.d.T
+            ew = torch.exp(x[:, far_t]) * terms.w[far_t]
+            Sc = torch.zeros(len(qc), n * n, dtype=q.dtype, device=q.device).index_add(
+                1, key, ew * torch.cos(arg[:, far_t]))
+            Ss = torch.zeros(len(qc), n * n, dtype=q.dtype, device=q.device).index_add(
+                1, key, ew * torch.sin(arg[:, far_t]))
+            x_n, arg_n, w_n = x[:, near_t], arg[:, near_t], terms.w[near_t]
+        s_n, d_n = src[near_t], dst[near_t]
+        ci, di = torch.arange(n, device=q.device).repeat_interleave(n), torch.arange(n, device=q.device).repeat(n)
+
+        def intensity(theta, qc=qc, a0=a0, Sc=Sc, Ss=Ss, x_n=x_n, arg_n=arg_n, w_n=w_n, s_n=s_n, d_n=d_n):
+            a, arg2, x2 = apply_cumulants(sub, theta, qc, a0, arg_n, x_n, s_n, d_n)
+            near_sum = (a[:, s_n] * a[:, d_n] * w_n * torch.cos(arg2) * torch.exp(x2)).sum(1)
+            amp = a[:, ci] * a[:, di]
+            if 3 in design.atom_site:  # the site K₃ phase of each atom pair: cos(φ−δ) = cos φ cos δ + sin φ sin δ
+                s3 = kappa(design.atom_site[3], theta, qc, 3) / 6
+                delta = s3[:, di] - s3[:, ci]
+                far_sum = (amp * (Sc * torch.cos(delta) + Ss * torch.sin(delta))).sum(1)
+            else:
+                far_sum = (amp * Sc).sum(1)
+            return near_sum + far_sum
+
+        with TRANSFORMS:
+            out.append(torch.func.jacfwd(intensity)(theta0))
+    return torch.cat(out)

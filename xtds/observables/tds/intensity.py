@@ -21,7 +21,7 @@ from xtds.lattice.ifc import IFCModel
 from xtds.lattice.laue import LaueGroup, Orbits
 from xtds.observables.base import Observable, as_q
 from xtds.observables.scattering import check_form_factor, form_factor_table
-from xtds.observables.tds.exact import exact_supercell, one_phonon
+from xtds.observables.tds.exact import cumulant_jacobian, exact_supercell, one_phonon
 from xtds.observables.tds.infinite import InfinitePlan, converge_mesh, infinite_intensity, plan_of
 from xtds.observables.tds.sampled import configuration_intensities, sampled_intensity
 from xtds.thermal.geometry import InfiniteCrystal, PeriodicSupercell
@@ -193,6 +193,19 @@ class TDSIntensity(Observable):
             ff = self._form_factors(self.model.crystal.species)
             out = exact_supercell(self.model, phi, q, T, self.geometry, quantum=self.quantum, form_factor=ff)
         return out if orb is None else out[torch.as_tensor(orb.inverse, device=out.device)]
+
+    def cumulant_jacobian(self, phi: torch.Tensor) -> torch.Tensor:
+        """∂I/∂θ (Q, n_θ) in an anharmonic model's cumulant parameters at ``phi``
+        (:func:`~xtds.observables.tds.exact.cumulant_jacobian`: the fit's Jacobian takes these columns
+        from here and differentiates the rest of the model in the force constants only)."""
+        phi = self.model.vector(phi, dtype=self.dtype, device=self.device).detach()
+        orb, q = self._orbits, self._qt
+        if orb is not None:
+            q = q[torch.as_tensor(orb.index, device=q.device)]
+        ff = self._form_factors(self.model.crystal.species)
+        J = cumulant_jacobian(self.model, phi, q, self.temperature, self.geometry, quantum=self.quantum,
+                              form_factor=ff)
+        return J if orb is None else J[torch.as_tensor(orb.inverse, device=J.device)]
 
     def _form_factors(self, species) -> torch.Tensor:
         """(Q', n) form factors of ``species`` at the evaluated q (the irreducible ones under a Laue
