@@ -163,6 +163,7 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
                          self_atom=design.self_atom)
     near_t, far_t = torch.as_tensor(near, device=q.device), torch.as_tensor(far, device=q.device)
     key = src[far_t] * n + dst[far_t]  # the (src, dst) atom pair of each far term
+    ci, di = torch.arange(n, device=q.device).repeat_interleave(n), torch.arange(n, device=q.device).repeat(n)
     out = []
     for start in range(0, len(q), chunk):
         qc = q[start : start + chunk]
@@ -180,7 +181,6 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
                 1, key, ew * torch.sin(arg[:, far_t]))
             x_n, arg_n, w_n = x[:, near_t], arg[:, near_t], terms.w[near_t]
         s_n, d_n = src[near_t], dst[near_t]
-        ci, di = torch.arange(n, device=q.device).repeat_interleave(n), torch.arange(n, device=q.device).repeat(n)
 
         def intensity(theta, qc=qc, a0=a0, Sc=Sc, Ss=Ss, x_n=x_n, arg_n=arg_n, w_n=w_n, s_n=s_n, d_n=d_n):
             a, arg2, x2 = apply_cumulants(sub, theta, qc, a0, arg_n, x_n, s_n, d_n)
