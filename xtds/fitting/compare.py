@@ -35,6 +35,8 @@ def compare_fits(simple, extended, alpha: float = 1e-3) -> dict:
     ``delta_parameters``, ``aic`` and ``bic`` of both (lower is better), ``delta_aic``, ``delta_bic``
     (extended − simple), ``p_value`` of the likelihood-ratio test (on Δχ²/χ²ᵣ where the extended
     model's χ²ᵣ exceeds 1), ``supported`` (p < ``alpha`` and a lower BIC) and a one-line ``verdict``.
+    Where the simple fit's loss is at round-off (noise-free data it describes exactly), nothing is
+    supported whatever the round-off of the extended fit.
     """
     a, n_a, k_a, loss_a = _stat(simple)
     b, n_b, k_b, loss_b = _stat(extended)
@@ -45,6 +47,13 @@ def compare_fits(simple, extended, alpha: float = 1e-3) -> dict:
     if dk <= 0:
         raise ValueError(f"the extended fit has {k_b} parameters, the simple one {k_a}: pass (simple, extended)")
     d = a - b
+    rss_simple = float(simple.attrs["final_loss"])
+    if rss_simple <= 1e-20 * n_a:  # the simple model fits to round-off: nothing is left to explain
+        return {"delta_chi2": 0.0, "delta_parameters": dk, "quasi_scale": 1.0, "p_value": 1.0,
+                "aic": (np.nan, np.nan), "bic": (np.nan, np.nan), "delta_aic": 0.0, "delta_bic": 0.0,
+                "supported": False, "loss": loss_b,
+                "verdict": f"the simple model already fits the data to round-off (loss {rss_simple:.3g}): the {dk} "
+                           "extra parameters have nothing to explain"}
     scale = 1.0
     if loss_b == "chi2":
         scale = max(1.0, float(extended.attrs["final_loss"]) / max(1, n_b - k_b))
