@@ -322,14 +322,21 @@ class PowderSpectrum(Observable):
     ``q_resolution``: FWHM (Å⁻¹) of a Gaussian |Q| resolution applied to the one-phonon term (the
     shell average weighted by Q² over neighbouring bins; bins outside the data's |Q| range are not
     computed, so the kernel is renormalized at the ends), None for none; ``dw_mesh`` the k-mesh of
-    the Debye–Waller factor (:func:`xtds.thermal.debye_waller.debye_waller`)."""
+    the Debye–Waller factor (:func:`xtds.thermal.debye_waller.debye_waller`).
+
+    ``incoherent``: the incoherent scattering of each species (:mod:`xtds.observables.neutron.incoherent`,
+    σ_inc from periodictable; a mapping element → barn or an array per atom overrides it; False
+    leaves it out): its one-phonon term (:func:`~xtds.observables.neutron.incoherent.incoherent_sqe`:
+    every mode of the ``incoherent_mesh`` for every |Q|, adaptive broadening) is added, and the
+    multiphonon orders carry b_c² + σ_inc/4π. ``coherent_fraction``: how much of the sample's
+    scattering is coherent; without the incoherent terms a mostly incoherent sample warns."""
 
     stochastic = False
 
     def __init__(self, model, q_centers, energies, temperature: float, mask=None, resolution=2.0, mesh=12,
                  kind: str = "chi", normalize: bool = True, multiphonon=(2, 3, 4, 5, 6), multiphonon_mesh=8,
                  adaptive: float | None = ADAPTIVE, reference=None, q_resolution: float | None = None,
-                 dw_mesh: int = 16, dtype=torch.float64, device=None):
+                 dw_mesh: int = 16, incoherent=True, incoherent_mesh: int = 16, dtype=torch.float64, device=None):
         from xtds.errors import check_temperature
 
         self.model, self.temperature = model, check_temperature(temperature)
@@ -376,6 +383,20 @@ class PowderSpectrum(Observable):
             width = np.diff(self.q_edges)[lo_e : hi_e + 1]
             K = np.exp(-0.5 * ((qc[lo : hi + 1, None] - src[None]) / sig) ** 2) * (src**2 * width)[None]
             self._q_kernel = torch.as_tensor(K / K.sum(1, keepdims=True), dtype=dtype, device=device)
+        from xtds.observables.neutron.incoherent import coherent_fraction, incoherent_weights
+
+        species = model.primitive.species
+        self.incoherent = incoherent
+        self._w_inc = None if incoherent is False or incoherent is None else incoherent_weights(species, incoherent)
+        self._w_inc_barn = None if self._w_inc is None else self._w_inc * 4 * np.pi / 100  # σ_inc per atom, barn
+        self.incoherent_mesh = int(incoherent_mesh)
+        self.coherent_fraction = coherent_fraction(species)
+        if self._w_inc is None and self.coherent_fraction < 0.5:
+            import warnings
+
+            warnings.warn(f"{'/'.join(sorted(set(species)))} scatters mostly incoherently (coherent fraction "
+                          f"{self.coherent_fraction:.3g}); incoherent=False leaves that out of the model",
+                          stacklevel=2)
         self.dtype, self.device = dtype, device
 
     def __len__(self) -> int:
@@ -392,12 +413,24 @@ class PowderSpectrum(Observable):
         C0 = debye_waller(self.model, phi, self.temperature, mesh=self.dw_mesh)
         S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], self.energies, self.temperature,
                             resolution=self.resolution, dw=C0, points=self.points, widths=self.widths(phi))
+        if self._w_inc is not None:  # on the same |Q| bins as the coherent term (the span of the |Q| kernel)
+            from xtds.observables.neutron.incoherent import incoherent_sqe
+
+            S = S + incoherent_sqe(self.model, phi, self.q_centers[a : b + 1], self.energies, self.temperature,
+                                   orders=(1,), resolution=self.resolution, mesh=self.incoherent_mesh,
+                                   incoherent=self._w_inc_barn, dw=C0, adaptive=self.incoherent_widths(phi))
         if self.q_resolution is not None:
             S = self._q_kernel.to(S) @ S
+        qc = self.q_centers[lo : hi + 1]
         if self.multiphonon:
-            S = S + multiphonon_sqe(self.model, phi, self.q_centers[lo : hi + 1], self.energies, self.temperature,
+            w = None
+            if self._w_inc is not None:
+                from xtds.observables.scattering import scattering_lengths
+
+                w = scattering_lengths(self.model.primitive.species) ** 2 + self._w_inc
+            S = S + multiphonon_sqe(self.model, phi, qc, self.energies, self.temperature,
                                     orders=self.multiphonon, resolution=self.resolution, mesh=self.multiphonon_mesh,
-                                    step=0.25, smearing=1.0, dw=C0)
+                                    step=0.25, smearing=1.0, dw=C0, weights=w)
         if self.kind == "chi":
             S = chi_from_sqe(S, self.energies, self.temperature)
         full = torch.full((len(self.q_centers), len(self.energies)), float("nan"), dtype=S.dtype, device=S.device)
@@ -418,6 +451,7 @@ class PowderSpectrum(Observable):
         constants. A training set (:func:`xtds.amortized.simulate`) calls it before every draw."""
         self.reference = None
         self._widths = None
+        self._inc_widths = None
 
     def widths(self, phi: torch.Tensor):
         """The adaptive widths (K, 3n) meV, made once at ``reference`` or else at the constants of the
@@ -434,6 +468,24 @@ class PowderSpectrum(Observable):
                                    "observable once (or pass reference=constants) before torch.func "
                                    "transforms") from err
         return self._widths
+
+    def incoherent_widths(self, phi: torch.Tensor):
+        """The adaptive widths of the incoherent term's mesh (made once, at ``reference`` or the first
+        evaluation's constants, like :meth:`widths`); None without adaptive broadening."""
+        from xtds.observables.neutron.incoherent import ADAPTIVE_INCOHERENT
+        from xtds.observables.neutron.multiphonon import mesh_widths
+
+        if not self.adaptive:
+            return 0.0
+        if getattr(self, "_inc_widths", None) is None:
+            at = phi if self.reference is None else self.reference.to(phi)
+            try:
+                self._inc_widths = mesh_widths(self.model, at, self.incoherent_mesh, ADAPTIVE_INCOHERENT)
+            except RuntimeError as err:
+                raise RuntimeError("the adaptive widths are made at the first plain evaluation: evaluate the "
+                                   "observable once (or pass reference=constants) before torch.func "
+                                   "transforms") from err
+        return self._inc_widths
 
     @property
     def points(self) -> PowderPoints:
@@ -452,4 +504,6 @@ class PowderSpectrum(Observable):
         ks = [self.points.k_irreducible, irreducible_mesh(P, (self.dw_mesh,) * 3).k]
         if self.multiphonon:
             ks.append(irreducible_mesh(P, (self.multiphonon_mesh,) * 3).k)
+        if self._w_inc is not None:
+            ks.append(irreducible_mesh(P, (self.incoherent_mesh,) * 3).k)
         return np.concatenate(ks)
