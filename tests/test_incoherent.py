@@ -32,8 +32,8 @@ def _brute_incoherent(model, phi, qnorm, E, T, sigma_barn, mesh, fwhm):
     def g(x):
         return np.exp(-0.5 * (x / sig) ** 2) / (sig * np.sqrt(2 * np.pi))
 
-    shape = ((nb + 1)[..., None] * g(E[None, None] - eps[..., None]) + nb[..., None] * g(E[None, None] + eps[..., None])) \
-        / eps[..., None]  # (K, m, E)
+    e = eps[..., None]
+    shape = ((nb + 1)[..., None] * g(E[None, None] - e) + nb[..., None] * g(E[None, None] + e)) / e  # (K, m, E)
     C = debye_waller(model, phi, T, mesh=16).numpy()
     out = np.zeros(len(E))
     for s in range(n):
