@@ -58,7 +58,13 @@ def start_constants() -> dict:
 
 
 def resolution_of(args):
-    """The energy resolution of ``--resolution``: a constant FWHM or the chopper model."""
+    """The energy resolution of ``--resolution``: a constant FWHM, the chopper model, or PyChop's
+    model through resins (``resins:PACKAGE:FREQUENCY``)."""
+    if args.resolution.startswith("resins:"):
+        from xtds.observables.neutron.resolution import resolution_from_attrs
+
+        package, freq = args.resolution.split(":", 1)[1].rsplit(":", 1)
+        return resolution_from_attrs(al_arcs().attrs, chopper_package=package, chopper_frequency=int(freq))
     if args.resolution.startswith("chopper:"):
         tm, tc = (float(x) for x in args.resolution.split(":", 1)[1].split(","))
         return chopper_resolution(float(al_arcs().attrs.get("incident_energy_meV", 50.0)), tm, tc)
@@ -80,7 +86,11 @@ def main():
     ap.add_argument("--resolution", default="chopper:40,20",
                     help="energy resolution: a constant FWHM in meV, or 'chopper:TM,TC' (moderator and chopper timing "
                          "widths in μs of xtds.observables.neutron.sqe.chopper_resolution at Ei = 50 meV, ARCS "
-                         "flight paths)")
+                         "flight paths), or 'resins:PACKAGE:HZ' (PyChop's ARCS model through resins, e.g. "
+                         "resins:ARCS-100-1.5-AST:600)")
+    ap.add_argument("--linewidths", action="store_true",
+                    help="fit phonon linewidths Γ = γ₁ (ε/10 meV)(T/300 K) with the constants (LinewidthIFC)")
+    ap.add_argument("--no-incoherent", action="store_true", help="leave out the incoherent scattering")
     ap.add_argument("--q-resolution", type=float, default=None, help="|Q| resolution FWHM, 1/Å (default none)")
     ap.add_argument("--energy-background", type=int, default=0,
                     help="order of the background polynomial in the energy transfer (with the scale and constant)")
@@ -109,6 +119,11 @@ def main():
     valid = ds["valid"].values
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     start = start_constants()
+    if args.linewidths:
+        from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
+
+        model = LinewidthIFC.of(model, Linewidths())
+        start = {**start, "gamma1": 0.1}
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
         data = ds["chi"].sel(temperature=T).values[valid]
@@ -118,7 +133,8 @@ def main():
         t = time.perf_counter()
         obs = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
                              mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,
-                             multiphonon=() if args.no_multiphonon else (2, 3, 4, 5, 6))
+                             multiphonon=() if args.no_multiphonon else (2, 3, 4, 5, 6),
+                             incoherent=not args.no_incoherent)
         prob = Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2",
                        background=False if args.normalize else Background(energy=args.energy_background))
 

@@ -55,6 +55,7 @@ from xtds.observables import (
     simulate,
     tds_intensity,
 )
+from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
 from xtds.observables.tds.anharmonic import Anharmonic, AnharmonicIFC
 
 __all__ = [
@@ -85,6 +86,8 @@ __all__ = [
     "TDSModel",
     "Anharmonic",
     "AnharmonicIFC",
+    "Linewidths",
+    "LinewidthIFC",
     "PeriodicSupercell",
     "InfiniteCrystal",
     "simulate",

@@ -193,8 +193,24 @@ def result_dataset(objective, res, cov, stats, settings, x0, robust=None) -> xr.
                               attrs={"long_name": f"loss ({' + '.join(losses)})", "units": "1"})
     ds["wall_time"] = xr.DataArray(hist[:, 2], dims=("iteration",), attrs={"units": "s"})
     phi, nuisances = objective.split_full(res.x)
+    cov_x = cov if res.x_cov is None else cov + res.x_cov
+    start = n_free
     for p, eta in zip(objective.problems, nuisances, strict=True):
         ds = ds.assign(p.result_variables(phi, eta))
+        # the nuisance parameters' standard errors (Gauss–Newton, as the constants'): the scale's from
+        # its logarithm's, σ_s = s σ_log s
+        sd = np.sqrt(np.clip(np.diag(cov_x)[start : start + p.n_nuisance], 0, None)) if cov_x.shape[0] >= \
+            start + p.n_nuisance else np.full(p.n_nuisance, np.nan)
+        prefix = f"{p.name}_" if p.name else ""
+        for name, err in zip(p.nuisance_names, sd, strict=True):
+            if name == "log_scale" and f"{prefix}scale" in ds:
+                ds[f"{prefix}scale_stderr"] = xr.DataArray(
+                    float(ds[f"{prefix}scale"]) * float(err),
+                    attrs={"units": "1", "long_name": "standard error of the scale"})
+            elif f"{prefix}{name}" in ds:
+                ds[f"{prefix}{name}_stderr"] = xr.DataArray(float(err), attrs={
+                    "units": ds[f"{prefix}{name}"].attrs.get("units", ""), "long_name": f"standard error of {name}"})
+        start += p.n_nuisance
     ds.attrs.update(
         xtds_version=__version__,
         settings=json.dumps(settings, default=str),

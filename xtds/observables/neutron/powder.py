@@ -329,7 +329,11 @@ class PowderSpectrum(Observable):
     leaves it out): its one-phonon term (:func:`~xtds.observables.neutron.incoherent.incoherent_sqe`:
     every mode of the ``incoherent_mesh`` for every |Q|, adaptive broadening) is added, and the
     multiphonon orders carry b_c² + σ_inc/4π. ``coherent_fraction``: how much of the sample's
-    scattering is coherent; without the incoherent terms a mostly incoherent sample warns."""
+    scattering is coherent; without the incoherent terms a mostly incoherent sample warns.
+
+    Linewidths: with a :class:`~xtds.observables.neutron.linewidth.LinewidthIFC` model the spectrum is
+    computed on a fine energy grid around the data's energies and each energy's Lorentzian of
+    FWHM Γ(|E|) (its parameters in φ) is applied (:mod:`xtds.observables.neutron.linewidth`)."""
 
     stochastic = False
 
@@ -397,6 +401,12 @@ class PowderSpectrum(Observable):
             warnings.warn(f"{'/'.join(sorted(set(species)))} scatters mostly incoherently (coherent fraction "
                           f"{self.coherent_fraction:.3g}); incoherent=False leaves that out of the model",
                           stacklevel=2)
+        from xtds.observables.neutron.linewidth import LinewidthIFC, fine_energies
+
+        self._fine = None  # with linewidths: the fine grid of the undamped spectrum, and the data's places in it
+        if isinstance(model, LinewidthIFC):
+            lw = model.linewidths
+            self._fine = fine_energies(self.energies, lw.step, lw.margin)
         self.dtype, self.device = dtype, device
 
     def __len__(self) -> int:
@@ -410,13 +420,14 @@ class PowderSpectrum(Observable):
 
         lo, hi = self._cols.min(), self._cols.max()
         a, b = self._span
+        energies = self.energies if self._fine is None else self._fine[0]
         C0 = debye_waller(self.model, phi, self.temperature, mesh=self.dw_mesh)
-        S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], self.energies, self.temperature,
+        S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], energies, self.temperature,
                             resolution=self.resolution, dw=C0, points=self.points, widths=self.widths(phi))
         if self._w_inc is not None:  # on the same |Q| bins as the coherent term (the span of the |Q| kernel)
             from xtds.observables.neutron.incoherent import incoherent_sqe
 
-            S = S + incoherent_sqe(self.model, phi, self.q_centers[a : b + 1], self.energies, self.temperature,
+            S = S + incoherent_sqe(self.model, phi, self.q_centers[a : b + 1], energies, self.temperature,
                                    orders=(1,), resolution=self.resolution, mesh=self.incoherent_mesh,
                                    incoherent=self._w_inc_barn, dw=C0, adaptive=self.incoherent_widths(phi))
         if self.q_resolution is not None:
@@ -428,9 +439,15 @@ class PowderSpectrum(Observable):
                 from xtds.observables.scattering import scattering_lengths
 
                 w = scattering_lengths(self.model.primitive.species) ** 2 + self._w_inc
-            S = S + multiphonon_sqe(self.model, phi, qc, self.energies, self.temperature,
+            S = S + multiphonon_sqe(self.model, phi, qc, energies, self.temperature,
                                     orders=self.multiphonon, resolution=self.resolution, mesh=self.multiphonon_mesh,
                                     step=0.25, smearing=1.0, dw=C0, weights=w)
+        if self._fine is not None:  # the damping: each energy's Lorentzian of Γ(|E'|), on the fine grid
+            from xtds.observables.neutron.linewidth import lorentzian_kernel
+
+            grid = torch.as_tensor(energies, dtype=S.dtype, device=S.device)
+            out = torch.as_tensor(self.energies, dtype=S.dtype, device=S.device)
+            S = S @ lorentzian_kernel(out, grid, self.model.width(phi, grid, self.temperature)).T
         if self.kind == "chi":
             S = chi_from_sqe(S, self.energies, self.temperature)
         full = torch.full((len(self.q_centers), len(self.energies)), float("nan"), dtype=S.dtype, device=S.device)

@@ -1,0 +1,191 @@
+"""Phonon linewidths: anharmonic damping of the modes in neutron spectra, fitted with the constants.
+
+A harmonic mode is a line at ±ε; anharmonicity (the decay of a phonon into two, the scattering of
+phonons by phonons) damps it. The damped harmonic oscillator (DHO) of damping Γ replaces each
+mode's δ(E ∓ ε) by
+
+    (1/π) 2εEΓ / [(E² − ε²)² + E²Γ²]  →  two Lorentzians of FWHM Γ at ±ε  (Γ ≪ ε),
+
+with the harmonic weights [n(ε) + 1] and n(ε). xtds uses that Γ ≪ ε form (the DHO's asymmetry and
+its shift of the peak to √(ε² − Γ²/4) are of order (Γ/ε)²: 10⁻³ for Al at 640 K, where Γ/ε ≈ 0.03),
+applied to the spectrum already broadened by the instrument: a Lorentzian of FWHM Γ(|E'|) convolved
+with a Gaussian of the resolution is the Voigt line of each mode, and because Γ depends on the
+mode's energy only, the convolution acts on the spectrum's energy axis,
+
+    S(Q, E) = ∫ S₀(Q, E') L(E − E'; Γ(|E'|)) dE',
+
+with S₀ the spectrum without damping (coherent, incoherent and multiphonon terms) on a fine energy
+grid (:func:`fine_energies`) and L integrated exactly over each cell of it (arctan differences), so
+that Γ → 0 gives S₀ back exactly.
+
+The damping is parameterized by few physical parameters (:class:`Linewidths`):
+
+    Γ(ε, T) = (T / T_ref) Σ_p γ_p (ε / ε_s)^p          (meV, FWHM),
+
+γ_p in meV; the default p = 1 is Γ ∝ ε T, the high-temperature three-phonon law of acoustic modes
+(Γ ∝ T from the occupation of the decay products, ∝ ε from the phase space at small ε). The γ_p
+join the force constants as parameters of :class:`LinewidthIFC` (names ``gamma1`` …, unit meV), so a
+fit returns them with errors, constraints and priors apply to them, and a joint fit of several
+temperatures shares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xtds.lattice.crystal import Crystal
+from xtds.lattice.ifc import IFCInfo, IFCModel
+
+__all__ = ["Linewidths", "LinewidthIFC", "fine_energies", "lorentzian_kernel", "as_linewidth_model"]
+
+
+@dataclass(frozen=True)
+class Linewidths:
+    """Γ(ε, T) = (T/T_ref) Σ_p γ_p (ε/ε_s)^p (meV FWHM): the ``powers`` p (default (1,): Γ ∝ εT),
+    ``reference_temperature`` T_ref (K), ``energy_scale`` ε_s (meV); ``margin`` (meV) how far
+    beyond the data's energies the undamped spectrum is computed (the sources of the Lorentzian
+    tails that reach the data) and ``step`` (meV) the fine grid's largest spacing."""
+
+    powers: tuple = (1,)
+    reference_temperature: float = 300.0
+    energy_scale: float = 10.0
+    margin: float = 10.0
+    step: float = 0.25
+
+    def __post_init__(self):
+        powers = tuple(int(p) for p in np.atleast_1d(self.powers))
+        if not powers or len(set(powers)) != len(powers) or min(powers) < 0:
+            raise ValueError(f"Linewidths(powers=...) must be distinct non-negative integers, got {self.powers!r}")
+        object.__setattr__(self, "powers", powers)
+        for name in ("reference_temperature", "energy_scale", "step"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"Linewidths({name}=...) must be positive, got {getattr(self, name)!r}")
+        if not float(self.margin) >= 0:
+            raise ValueError(f"Linewidths(margin=...) must be non-negative meV, got {self.margin!r}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"gamma{p}" for p in self.powers)
+
+    def width(self, gamma: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Γ (meV FWHM) at mode energies ``eps`` (meV, any shape) for parameters ``gamma`` (n_p,) meV."""
+        x = eps.abs() / self.energy_scale
+        out = torch.zeros_like(x)
+        for g, p in zip(gamma, self.powers, strict=True):
+            out = out + g * x**p
+        return out * (float(temperature) / self.reference_temperature)
+
+
+class LinewidthIFC(IFCModel):
+    """Harmonic force constants plus the linewidth parameters γ_p of :class:`Linewidths`.
+
+    ``names``: the constants (eV/Å²), then ``gamma1`` … (meV); ``n_harmonic`` how many are force
+    constants; ``units`` per name. The γ do not enter the dynamical matrix (zero columns of the
+    basis); neutron observables (:class:`xtds.observables.neutron.powder.PowderSpectrum`) read them.
+
+    >>> from xtds import Crystal
+    >>> m = LinewidthIFC(Crystal.fcc("Al", a=4.05), shells=2, linewidths=Linewidths())
+    >>> m.names, m.units[-1]
+    (('b0', 'b1', 'b2', 'c0', 'c1', 'gamma1'), 'meV')
+    """
+
+    def __init__(self, crystal: Crystal, shells: int | None = None, cutoff: float | None = None,
+                 linewidths: Linewidths | None = None):
+        super().__init__(crystal, shells=shells, cutoff=cutoff)
+        self.linewidths = Linewidths() if linewidths is None else linewidths
+        if not isinstance(self.linewidths, Linewidths):
+            raise TypeError(f"linewidths must be an xtds Linewidths(...), got {self.linewidths!r}")
+        n_h = len(self.names)
+        extra = self.linewidths.names
+        sp = self.primitive.species
+        infos = [IFCInfo(name=n, shell=0, distance=0.0, sites=(0, 0), species=(sp[0], sp[0]),
+                         neighbour=(0.0, 0.0, 0.0), element="Γ", count=0, derived=False) for n in extra]
+        self.n_harmonic = n_h
+        self.names = tuple(self.names) + extra
+        self.info = tuple(self.info) + tuple(infos)
+        self.units = ("eV/Å^2",) * n_h + ("meV",) * len(extra)
+        basis = np.concatenate([self.basis, np.zeros(self.basis.shape[:3] + (len(extra),))], axis=3)
+        basis.setflags(write=False)
+        self.basis = basis
+        self.derived_matrix = np.concatenate([self.derived_matrix, np.zeros((len(self.derived_matrix), len(extra)))],
+                                             1)
+
+    @classmethod
+    def of(cls, model: IFCModel, linewidths: Linewidths) -> LinewidthIFC:
+        """The model with linewidths over the same harmonic constants as ``model``."""
+        out = cls(model.crystal, cutoff=model.cutoff, linewidths=linewidths)
+        out.nac_lambda, out.nac_factor = model.nac_lambda, model.nac_factor
+        return out
+
+    def vector(self, ifc, dtype=torch.float64, device=None) -> torch.Tensor:
+        """As :meth:`IFCModel.vector`; linewidth parameters left out of a mapping are 0 (no damping),
+        so a harmonic fit's constants start a fit with linewidths."""
+        if hasattr(ifc, "dims") and hasattr(ifc, "coords"):
+            ifc = dict(zip([str(n) for n in ifc["constant"].values], np.asarray(ifc.values, dtype=float),
+                           strict=True))
+        if isinstance(ifc, Mapping):
+            ifc = dict(ifc)
+            for n in self.names[self.n_harmonic :]:
+                ifc.setdefault(n, 0.0)
+        return super().vector(ifc, dtype=dtype, device=device)
+
+    def to_dataarray(self, ifc, include_derived: bool = True):
+        """As :meth:`IFCModel.to_dataarray`, with a coordinate ``units`` per constant."""
+        da = super().to_dataarray(ifc, include_derived)
+        units = ["eV/Å^2"] * (len(da) - len(self.names)) + list(self.units)
+        da = da.assign_coords(units=("constant", units))
+        da.attrs["units"] = "per constant (coordinate 'units'): eV/Å^2 force constants, meV linewidths"
+        da.attrs["linewidths"] = repr(self.linewidths)
+        return da
+
+    def width(self, phi: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Γ(ε, T) (meV FWHM) at mode energies ``eps`` for the parameters in ``phi``."""
+        return self.linewidths.width(phi[self.n_harmonic :], eps, temperature)
+
+
+def as_linewidth_model(model: IFCModel, linewidths: Linewidths | None) -> IFCModel:
+    """``model`` with the linewidth parameters of ``linewidths`` (None: as it is)."""
+    if linewidths is None or isinstance(model, LinewidthIFC):
+        if isinstance(model, LinewidthIFC) and linewidths is not None and model.linewidths != linewidths:
+            raise ValueError(f"the model already has {model.linewidths}; the linewidths given differ: give one")
+        return model
+    if not isinstance(linewidths, Linewidths):
+        raise TypeError(f"linewidths must be a Linewidths(...) or None, got {linewidths!r}")
+    return LinewidthIFC.of(model, linewidths)
+
+
+def fine_energies(energies, step: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform grid (meV) that holds every one of ``energies`` (uniform, or else an error) and
+    extends ``margin`` beyond them, with spacing ≤ ``step`` (the data's spacing divided by an
+    integer); and the index of each data energy in it."""
+    E = np.asarray(energies, dtype=float)
+    if len(E) < 2:
+        raise ValueError("linewidths need at least two energies")
+    d = np.diff(E)
+    if np.any(d <= 0) or np.ptp(d) > 1e-6 * d.mean():
+        raise ValueError("linewidths need uniformly spaced, increasing energies (the fine grid holds them)")
+    r = max(1, int(np.ceil(d.mean() / step - 1e-9)))
+    h = d.mean() / r
+    pad = int(np.ceil(margin / h))
+    idx = np.arange(len(E)) * r + pad
+    grid = E[0] + (np.arange(idx[-1] + pad + 1) - pad) * h
+    return grid, idx
+
+
+def lorentzian_kernel(out_energies: torch.Tensor, grid: torch.Tensor, fwhm: torch.Tensor) -> torch.Tensor:
+    """K (E_out, G): ∫ over cell j of the grid of a Lorentzian of FWHM ``fwhm``[j] centred on
+    ``grid``[j], at each output energy: (1/π)[atan(2(a + h/2)/Γ) − atan(2(a − h/2)/Γ)], a = E − x_j.
+    Written as atan of Γ/(2(a ± h/2)), smooth at Γ = 0 where it becomes the identity on grid
+    points (output energies must lie on the grid, never on a cell edge)."""
+    h = grid[1] - grid[0]
+    a = out_energies[:, None] - grid[None, :]
+    g = fwhm.clamp(min=0)[None, :]
+
+    def half_atan(x):  # atan(2x/Γ) = sign(x) π/2 − atan(Γ/(2x)) for x ≠ 0
+        return torch.sign(x) * (np.pi / 2) - torch.atan(g / (2 * x))
+
+    return (half_atan(a + h / 2) - half_atan(a - h / 2)) / np.pi
