@@ -115,7 +115,7 @@ def as_background(background, loss: str) -> Background | None:
     if isinstance(background, Background):
         return background
     if background is None:
-        background = loss == "chi2"
+        background = loss in ("chi2", "poisson")
     if background is False:
         return None
     if background is True or background == "constant":

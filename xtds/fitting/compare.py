@@ -23,7 +23,7 @@ def _stat(res) -> tuple[float, int, int, str]:
     loss = json.loads(res.attrs["settings"]).get("loss", "var_log") if "settings" in res.attrs else "var_log"
     n, k = int(res.attrs["n_points"]), int(res.attrs["n_parameters"])
     rss = float(res.attrs["final_loss"])
-    m2lnl = rss if loss == "chi2" else n * np.log(max(rss, 1e-300) / n)
+    m2lnl = rss if loss in ("chi2", "poisson") else n * np.log(max(rss, 1e-300) / n)
     return m2lnl, n, k, loss
 
 

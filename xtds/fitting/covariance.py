@@ -62,7 +62,7 @@ def covariances(objective: Objective, res, noise_draws: int, chi2_scale: str = "
             robust += p.temperature_stderr**2 * np.outer(g, g)
         stat = {"name": p.name, "n_points": len(p), "dof": int(dof), "sigma2_hat": s2,
                 "temperature_stderr_K": float(p.temperature_stderr)}
-        if p.loss == "chi2":  # the reduced χ², and the factor the variances took from it
+        if p.loss in ("chi2", "poisson"):  # the reduced χ² (deviance), and the factor the variances took from it
             stat.update(chi2_reduced=float(rho[rows] @ rho[rows]) / int(dof), error_scale=float(np.sqrt(unit)))
         stats.append(stat)
     if objective.n_prior:  # the priors' rows: residuals in units of their σ

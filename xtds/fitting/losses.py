@@ -7,6 +7,10 @@
   smooth terms) with a fitted scale s, and the residual is the plain log difference (no centring).
 - ``"chi2"``: (I_target − s·I_fit − b)/σ with per-point σ (from the data's ``sigma``), s and the
   background fitted jointly: the noise-weighted alternative when the noise is known.
+- ``"poisson"``: the Poisson likelihood of raw counts d with mean μ = s·I_fit + b, as deviance
+  residuals ρ = sign(d − μ) √(2[μ − d + d ln(d/μ)]) (Σρ² = −2 ln L + const, the deviance; ρ → (d − μ)/√μ
+  near d = μ): right where counts are few (a pixel of one count is not a Gaussian of σ = 1), and
+  the χ² of Gaussian errors √μ where they are many. No σ is needed.
 - The eigenvalue penalty (Eq. 12–13): P = α Σ max(0, −λ_i) over the eigenvalues of H(k) on the
   model's k-grid (rigid translations excluded; :func:`xtds.lattice.stability.min_eigenvalues`); the
   paper switches the variance term off while P > 0. The Adam loop uses it; Levenberg–Marquardt
@@ -21,7 +25,7 @@ from xtds.lattice.stability import min_eigenvalues
 
 __all__ = ["LOSSES", "residuals", "eigen_penalty"]
 
-LOSSES = ("var_log", "chi2")
+LOSSES = ("var_log", "chi2", "poisson")
 
 
 def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = False, sigma=None):
@@ -43,6 +47,13 @@ def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = F
         if sigma is None:
             raise ValueError("loss='chi2' needs per-voxel uncertainties: a 'sigma' variable in the data")
         return (I_target - I_model) / sigma
+    if loss == "poisson":
+        mu = I_model.clamp(min=1e-12)
+        d = I_target
+        dev = 2 * (mu - d + torch.xlogy(d, d) - torch.xlogy(d, mu))
+        near = (d - mu).abs() <= 1e-6 * torch.sqrt(mu)  # where √dev has no derivative: its limit (d − μ)/√μ
+        root = torch.sqrt(torch.where(near, torch.ones_like(dev), dev.clamp(min=0)))
+        return torch.where(near, (d - mu) / torch.sqrt(mu), torch.sign(d - mu) * root)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 

@@ -40,7 +40,8 @@ class Problem:
     sigma
         Shape (P,): standard uncertainties of the data, required by ``loss="chi2"``.
     loss
-        ``"var_log"`` (the paper's Eq. 11, scale-free) or ``"chi2"``.
+        ``"var_log"`` (the paper's Eq. 11, scale-free), ``"chi2"``, or ``"poisson"`` (raw counts: the
+        Poisson deviance, :mod:`xtds.fitting.losses`; no ``sigma``, the default background as ``chi2``'s).
     background
         The nuisance terms fitted with an overall scale s (:mod:`xtds.fitting.background`): True or
         ``"constant"`` (a constant b), ``"compton"`` (Compton scattering of free amplitude and a
@@ -108,6 +109,16 @@ class Problem:
         if not np.all(np.isfinite(data)) or (self.loss == "var_log" and not np.all(data > 0)):
             raise ValueError("the data hold non-finite or non-positive values: mask them "
                              "(ds.tds.mask(invalid=True)) before making points")
+        if self.loss == "poisson":
+            if np.any(data < 0):
+                raise ValueError("loss='poisson' takes raw counts: the data hold negative values (background-"
+                                 "subtracted or normalized data need loss='chi2' with their sigma)")
+            frac = np.abs(data - np.round(data))
+            if np.any(frac > 1e-6 * np.maximum(1.0, data)):
+                import warnings
+
+                warnings.warn("loss='poisson' expects raw counts, and these data are not whole numbers: scaled counts "
+                              "give wrong errors (use loss='chi2' with their sigma, or the raw counts)", stacklevel=3)
         if self.loss == "chi2":
             if self.sigma is None:
                 raise ValueError("loss='chi2' needs per-point uncertainties: a 'sigma' variable in the data")
@@ -189,14 +200,15 @@ class Problem:
         t, w = self.data, self.weight
         cols = [I0] + ([self._C.cpu().numpy()] if self._C is not None else []) + list(self._A.cpu().numpy().T)
         X = np.stack(cols, 1)
-        rw = np.sqrt(w) / (t if self.loss == "var_log" else self.sigma)
+        rw = np.sqrt(w) / (t if self.loss == "var_log" else
+                           np.sqrt(np.maximum(t, 1.0)) if self.loss == "poisson" else self.sigma)
         try:
             coef = np.linalg.lstsq(X * rw[:, None], t * rw, rcond=None)[0]
         except np.linalg.LinAlgError:
             coef = np.full(X.shape[1], np.nan)
         model = X @ coef
-        if not (np.all(np.isfinite(coef)) and coef[0] > 0 and (self.loss != "var_log" or np.all(model > 0))):
-            if self.loss == "chi2":
+        if not (np.all(np.isfinite(coef)) and coef[0] > 0 and (self.loss == "chi2" or np.all(model > 0))):
+            if self.loss in ("chi2", "poisson"):
                 s0 = float((t * I0).sum() / (I0 * I0).sum())
             else:
                 s0 = float(np.exp((w * (np.log(t) - np.log(I0))).sum() / w.sum()))
@@ -282,7 +294,7 @@ class Problem:
         larger of the two (``"auto"``, :class:`~xtds.fitting.settings.Errors`).
         """
         n = len(rho)
-        if self.loss == "chi2":
+        if self.loss in ("chi2", "poisson"):
             dof = max(1, round(n - n_shared - self.n_nuisance))
             chi2_red = float(rho @ rho) / dof
             unit = {"never": 1.0, "always": chi2_red, "auto": max(1.0, chi2_red)}[chi2_scale]
