@@ -1,0 +1,196 @@
+"""Screening measured (E, |Q|) spectra for bad pixels, bad energy rows and weights that would rule a fit.
+
+A fit by least squares follows its largest residuals: one energy row 100× too high, or a few pixels
+whose σ is tiny (a pixel of about one count), can carry most of the χ² and move every constant
+without a sign in the fit's own summary. :func:`screen_spectrum` looks at the data before any
+model:
+
+- **pixels**: each valid pixel against the median of its valid neighbours (3 × 3 in E and |Q|); the
+  difference over a robust spread of all such differences (1.4826 × their median absolute
+  deviation) is its score, and a pixel scoring above ``threshold`` is named;
+- **rows**: each energy row's median ratio to the rows above and below it, pixel by pixel; a row
+  whose ratio departs from 1 by more than ``row_threshold`` robust spreads of all rows' ratios is
+  named (a detector or normalization fault, seen as a row scaled as a whole);
+- **weights**: with ``sigma``, the share of the total weight Σ1/σ² held by the 1 % of pixels with
+  the smallest σ; above ``weight_share`` it says so and suggests a floor (a Poisson likelihood,
+  ``loss="poisson"``, is the right fix for raw counts).
+
+The result (:class:`Screen`) holds the flagged pixels and rows, a mask without them, and a report
+naming them (energy in meV, |Q| in Å⁻¹, value, score). Nothing is removed silently: pass
+``screen.mask`` to the observable to leave them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Screen", "screen_spectrum"]
+
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass
+class Screen:
+    """What :func:`screen_spectrum` found. ``pixels``: (energy, |Q|, value, score) of each flagged
+    pixel; ``rows``: (energy, ratio to its neighbours, score) of each flagged row; ``mask`` (E, Q):
+    the valid pixels less the flagged ones; ``weight_share``: the share of Σ1/σ² in the 1 % of pixels
+    with the smallest σ (None without σ); ``notes``: what the screen says, one line each."""
+
+    pixels: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    mask: np.ndarray | None = None
+    weight_share: float | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.pixels or self.rows or self.notes)
+
+    def report(self) -> str:
+        if self.clean:
+            return "screen: no outlying pixel or row, no pixel set dominating the weights"
+        out = list(self.notes)
+        if self.rows:
+            out.append(f"{len(self.rows)} energy row(s) scaled as a whole: " + ", ".join(
+                f"E = {e:g} meV (×{r:.3g} its neighbours, score {z:.1f})" for e, r, z in self.rows))
+        by_row: dict = {}
+        for p in self.pixels:
+            by_row.setdefault(p[0], []).append(p)
+        for e, ps in sorted(by_row.items()):
+            if len(ps) >= 3:
+                qs = sorted(p[1] for p in ps)
+                out.append(f"energy row E = {e:g} meV: {len(ps)} outlying pixels at |Q| {qs[0]:g}–{qs[-1]:g} Å⁻¹ "
+                           f"(a partial row fault?)")
+        if self.pixels:
+            shown = sorted(self.pixels, key=lambda p: -abs(p[3]))[:20]
+            out.append(f"{len(self.pixels)} outlying pixel(s)" + (" (the 20 worst)" if len(self.pixels) > 20 else "")
+                       + ": " + ", ".join(f"(E {e:g} meV, |Q| {q:g} Å⁻¹: {v:.4g}, score {z:.1f})"
+                                          for e, q, v, z in shown))
+        out.append("leave them out with mask=screen.mask")
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+def _neighbour_median(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The median of each pixel's valid 3 × 3 neighbours (the pixel itself left out), NaN where none."""
+    E, Q = x.shape
+    pad = np.full((E + 2, Q + 2), np.nan)
+    pad[1:-1, 1:-1] = np.where(valid, x, np.nan)
+    stack = [pad[1 + i : 1 + i + E, 1 + j : 1 + j + Q] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
+    with np.errstate(all="ignore"), _quiet():
+        return np.nanmedian(np.stack(stack), axis=0)
+
+
+class _quiet:
+    """Silence numpy's "All-NaN slice" warnings (an isolated pixel has no neighbour)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _robust_spread(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan")
+    return MAD_TO_SIGMA * float(np.median(np.abs(v - np.median(v))))
+
+
+def screen_spectrum(intensity, energies, q, mask=None, sigma=None, threshold: float = 8.0,
+                    row_threshold: float = 8.0, weight_share: float = 0.2) -> Screen:
+    """Screen a measured spectrum ``intensity`` (E, Q) on ``energies`` (E,) meV × ``q`` (Q,) Å⁻¹
+    (module docstring). ``mask`` (E, Q) bool: the valid pixels (default: the finite ones);
+    ``sigma`` (E, Q): their uncertainties, for the weight check. ``threshold``, ``row_threshold``:
+    scores (robust standard deviations) above which a pixel or a row is named; ``weight_share``: the
+    share of Σ1/σ² in the smallest-σ 1 % of pixels above which the weights are named."""
+    x = np.asarray(intensity, dtype=float)
+    E, Q = np.asarray(energies, dtype=float), np.asarray(q, dtype=float)
+    if x.shape != (len(E), len(Q)):
+        raise ValueError(f"intensity must have shape (E, Q) = {(len(E), len(Q))}, got {x.shape}")
+    valid = np.isfinite(x) if mask is None else (np.asarray(mask, bool) & np.isfinite(x))
+    if valid.shape != x.shape:
+        raise ValueError(f"mask must have shape {x.shape}, got {valid.shape}")
+    out = Screen(mask=valid.copy())
+    # rows first: a row scaled as a whole would otherwise show as many outlying pixels
+    def row_ratios(excluded):
+        """Each row's median ratio to the nearest rows above and below that are not excluded."""
+        ratio = np.full(len(E), np.nan)
+        keep = [j for j in range(len(E)) if j not in excluded]
+        for i in range(len(E)):
+            below = [j for j in keep if j < i][-1:]
+            above = [j for j in keep if j > i][:1]
+            nb = below + above
+            if not nb:
+                continue
+            refs = np.stack([np.where(valid[j], x[j], np.nan) for j in nb])
+            with _quiet():
+                ref = np.nanmean(refs, axis=0)
+            ok = valid[i] & np.isfinite(ref) & (np.abs(ref) > 0)
+            if ok.sum() >= 3:
+                ratio[i] = float(np.median(x[i, ok] / ref[ok]))
+        return ratio
+
+    bad_rows: list[int] = []
+    while True:  # the worst row first; its neighbours are then judged against the rows beyond it
+        ratio = row_ratios(set(bad_rows))
+        lr = np.log(np.abs(ratio))
+        spread = _robust_spread(np.delete(lr, bad_rows))
+        if not (np.isfinite(spread) and spread > 0):
+            break
+        score = (lr - np.nanmedian(np.delete(lr, bad_rows))) / spread
+        score[bad_rows] = 0.0
+        worst = int(np.nanargmax(np.abs(np.nan_to_num(score))))
+        if abs(np.nan_to_num(score[worst])) <= row_threshold:
+            break
+        bad_rows.append(worst)
+        out.rows.append((float(E[worst]), float(ratio[worst]), float(score[worst])))
+    out.rows.sort()
+    good = valid.copy()
+    good[bad_rows] = False
+    # pixels: scored against the median of their neighbours, the flagged ones left out of every
+    # neighbourhood until the flags settle (a pixel beside a bad one is not blamed for it)
+    flagged = np.zeros_like(good)
+    for _ in range(5):
+        med = _neighbour_median(x, good & ~flagged)
+        r = np.where(good & np.isfinite(med), x - med, np.nan)
+        s = _robust_spread(np.where(flagged, np.nan, r))
+        if not (np.isfinite(s) and s > 0):
+            break
+        z = r / s
+        new = good & (np.abs(np.nan_to_num(z)) > threshold)
+        if np.array_equal(new, flagged):
+            break
+        flagged = new
+    for i, j in zip(*np.nonzero(flagged), strict=True):
+        out.pixels.append((float(E[i]), float(Q[j]), float(x[i, j]), float(z[i, j])))
+    good &= ~flagged
+    out.mask = good
+    if sigma is not None:
+        sg = np.asarray(sigma, dtype=float)
+        if sg.shape != x.shape:
+            raise ValueError(f"sigma must have shape {x.shape}, got {sg.shape}")
+        w = 1.0 / sg[valid] ** 2
+        if np.any(~np.isfinite(w)):
+            out.notes.append(f"{int((~np.isfinite(w)).sum())} valid pixel(s) have σ = 0 or not finite: "
+                             "they would carry infinite weight")
+            w = w[np.isfinite(w)]
+        if len(w):
+            k = max(1, int(np.ceil(0.01 * len(w))))
+            share = float(np.sort(w)[-k:].sum() / w.sum())
+            out.weight_share = share
+            if share > weight_share:
+                floor = float(np.median(np.sort(sg[valid])))
+                out.notes.append(f"the 1 % of pixels with the smallest σ hold {100 * share:.0f} % of the χ² weight: "
+                                 f"raw counts want loss='poisson'; otherwise floor σ (e.g. at its median, "
+                                 f"{floor:.3g})")
+    return out
