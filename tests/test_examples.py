@@ -62,3 +62,17 @@ def test_readme_starts_with_the_two_commands():
     assert "make demo" in head and "make test" in head
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+@pytest.mark.heavy
+def test_powder_file_example_recovers_the_simulated_truth(tmp_path):
+    """examples/fit_powder_file.py: the simulated ARCS file read, screened, fitted; with linewidths
+    every constant and γ₁ within 3σ of the truth, the linewidth supported by compare_fits."""
+    import re
+
+    out = run_example("fit_powder_file.py", tmp_path)
+    section = out.split("with linewidths:")[1].split("compare:")[0]
+    z = [float(v) for v in re.findall(r"\(([+-][\d.]+)σ\)", section)]
+    assert len(z) == 6 and max(abs(v) for v in z) < 3, section
+    assert "are supported" in out.split("compare:")[1]
+    assert_png(tmp_path / "powder_residuals.png")

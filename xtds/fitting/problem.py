@@ -109,21 +109,7 @@ class Problem:
         if not np.all(np.isfinite(data)) or (self.loss == "var_log" and not np.all(data > 0)):
             raise ValueError("the data hold non-finite or non-positive values: mask them "
                              "(ds.tds.mask(invalid=True)) before making points")
-        if self.loss == "poisson":
-            if np.any(data < 0):
-                raise ValueError("loss='poisson' takes raw counts: the data hold negative values (background-"
-                                 "subtracted or normalized data need loss='chi2' with their sigma)")
-            frac = np.abs(data - np.round(data))
-            if np.any(frac > 1e-6 * np.maximum(1.0, data)):
-                import warnings
-
-                warnings.warn("loss='poisson' expects raw counts, and these data are not whole numbers: scaled counts "
-                              "give wrong errors (use loss='chi2' with their sigma, or the raw counts)", stacklevel=3)
-        if self.loss == "chi2":
-            if self.sigma is None:
-                raise ValueError("loss='chi2' needs per-point uncertainties: a 'sigma' variable in the data")
-            if not np.all(np.isfinite(self.sigma) & (self.sigma > 0)):
-                raise ValueError("sigma must be positive and finite at every point for loss='chi2'")
+        self._check_loss_data(data)
         if not np.all(np.isfinite(self.weight) & (self.weight > 0)):
             raise ValueError("weights must be positive and finite at every point")
         if self.noise_configurations is not None:
@@ -166,6 +152,24 @@ class Problem:
         set_(self, "_corr", corr)
         set_(self, "_C", None if C is None else torch.as_tensor(C, dtype=dt, device=dev))
         set_(self, "_A", torch.as_tensor(A, dtype=dt, device=dev))
+
+    def _check_loss_data(self, data: np.ndarray) -> None:
+        """What the loss needs of the data: counts for ``poisson``, σ for ``chi2``."""
+        if self.loss == "poisson":
+            if np.any(data < 0):
+                raise ValueError("loss='poisson' takes raw counts: the data hold negative values (background-"
+                                 "subtracted or normalized data need loss='chi2' with their sigma)")
+            frac = np.abs(data - np.round(data))
+            if np.any(frac > 1e-6 * np.maximum(1.0, data)):
+                import warnings
+
+                warnings.warn("loss='poisson' expects raw counts, and these data are not whole numbers: scaled counts "
+                              "give wrong errors (use loss='chi2' with their sigma, or the raw counts)", stacklevel=4)
+        if self.loss == "chi2":
+            if self.sigma is None:
+                raise ValueError("loss='chi2' needs per-point uncertainties: a 'sigma' variable in the data")
+            if not np.all(np.isfinite(self.sigma) & (self.sigma > 0)):
+                raise ValueError("sigma must be positive and finite at every point for loss='chi2'")
 
     @property
     def model(self) -> IFCModel:

@@ -331,6 +331,10 @@ class PowderSpectrum(Observable):
     multiphonon orders carry b_c² + σ_inc/4π. ``coherent_fraction``: how much of the sample's
     scattering is coherent; without the incoherent terms a mostly incoherent sample warns.
 
+    ``incident_energy`` (meV): the data are the intensity of a direct-geometry spectrometer without
+    the kᵢ/k_f correction, so the model carries k_f/kᵢ = √(1 − E/Eᵢ) (None: the data are S(Q, E)
+    or χ'', as the shipped spectra).
+
     Linewidths: with a :class:`~xtds.observables.neutron.linewidth.LinewidthIFC` model the spectrum is
     computed on a fine energy grid around the data's energies and each energy's Lorentzian of
     FWHM Γ(|E|) (its parameters in φ) is applied (:mod:`xtds.observables.neutron.linewidth`)."""
@@ -340,7 +344,8 @@ class PowderSpectrum(Observable):
     def __init__(self, model, q_centers, energies, temperature: float, mask=None, resolution=2.0, mesh=12,
                  kind: str = "chi", normalize: bool = True, multiphonon=(2, 3, 4, 5, 6), multiphonon_mesh=8,
                  adaptive: float | None = ADAPTIVE, reference=None, q_resolution: float | None = None,
-                 dw_mesh: int = 16, incoherent=True, incoherent_mesh: int = 16, dtype=torch.float64, device=None):
+                 dw_mesh: int = 16, incoherent=True, incoherent_mesh: int = 16, incident_energy: float | None = None,
+                 dtype=torch.float64, device=None):
         from xtds.errors import check_temperature
 
         self.model, self.temperature = model, check_temperature(temperature)
@@ -401,6 +406,13 @@ class PowderSpectrum(Observable):
             warnings.warn(f"{'/'.join(sorted(set(species)))} scatters mostly incoherently (coherent fraction "
                           f"{self.coherent_fraction:.3g}); incoherent=False leaves that out of the model",
                           stacklevel=2)
+        self.incident_energy = None if incident_energy is None else float(incident_energy)
+        if self.incident_energy is not None:
+            if not self.incident_energy > 0:
+                raise ValueError(f"incident_energy must be a positive number of meV, got {incident_energy!r}")
+            if np.any(self.energies[self.mask.any(axis=1)] >= self.incident_energy):
+                raise ValueError(f"energy transfers at or above Eᵢ = {self.incident_energy:g} meV are in the mask: "
+                                 "no neutron is scattered there (mask them)")
         from xtds.observables.neutron.linewidth import LinewidthIFC, fine_energies
 
         self._fine = None  # with linewidths: the fine grid of the undamped spectrum, and the data's places in it
@@ -448,6 +460,9 @@ class PowderSpectrum(Observable):
             grid = torch.as_tensor(energies, dtype=S.dtype, device=S.device)
             out = torch.as_tensor(self.energies, dtype=S.dtype, device=S.device)
             S = S @ lorentzian_kernel(out, grid, self.model.width(phi, grid, self.temperature)).T
+        if self.incident_energy is not None:  # k_f/kᵢ of the uncorrected intensity
+            ratio = np.sqrt(np.clip(1 - self.energies / self.incident_energy, 0, None))
+            S = S * torch.as_tensor(ratio, dtype=S.dtype, device=S.device)
         if self.kind == "chi":
             S = chi_from_sqe(S, self.energies, self.temperature)
         full = torch.full((len(self.q_centers), len(self.energies)), float("nan"), dtype=S.dtype, device=S.device)

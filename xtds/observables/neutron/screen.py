@@ -6,8 +6,9 @@ without a sign in the fit's own summary. :func:`screen_spectrum` looks at the da
 model:
 
 - **pixels**: each valid pixel against the median of its valid neighbours (3 × 3 in E and |Q|); the
-  difference over a robust spread of all such differences (1.4826 × their median absolute
-  deviation) is its score, and a pixel scoring above ``threshold`` is named;
+  difference over a robust spread of such differences (1.4826 × their median absolute deviation,
+  over all pixels or over the pixel's energy row, whichever is larger) is its score, and a pixel
+  scoring above ``threshold`` is named;
 - **rows**: each energy row's median ratio to the rows above and below it, pixel by pixel; a row
   whose ratio departs from 1 by more than ``row_threshold`` robust spreads of all rows' ratios is
   named (a detector or normalization fault, seen as a row scaled as a whole);
@@ -106,6 +107,85 @@ def _robust_spread(v: np.ndarray) -> float:
     return MAD_TO_SIGMA * float(np.median(np.abs(v - np.median(v))))
 
 
+def _row_ratios(x, valid, excluded) -> np.ndarray:
+    """Each row's median ratio to the nearest rows above and below that are not excluded."""
+    n = len(x)
+    ratio = np.full(n, np.nan)
+    keep = [j for j in range(n) if j not in excluded]
+    for i in range(n):
+        nb = [j for j in keep if j < i][-1:] + [j for j in keep if j > i][:1]
+        if not nb:
+            continue
+        with _quiet():
+            ref = np.nanmean(np.stack([np.where(valid[j], x[j], np.nan) for j in nb]), axis=0)
+        ok = valid[i] & np.isfinite(ref) & (np.abs(ref) > 0)
+        if ok.sum() >= 3:
+            ratio[i] = float(np.median(x[i, ok] / ref[ok]))
+    return ratio
+
+
+def _screen_rows(x, valid, row_threshold) -> list[tuple[int, float, float]]:
+    """(row, ratio, score) of the rows scaled as a whole: the worst first, its neighbours then judged
+    against the rows beyond it."""
+    bad: list[tuple[int, float, float]] = []
+    while True:
+        excluded = [b[0] for b in bad]
+        ratio = _row_ratios(x, valid, set(excluded))
+        lr = np.log(np.abs(ratio))
+        spread = _robust_spread(np.delete(lr, excluded))
+        if not (np.isfinite(spread) and spread > 0):
+            return bad
+        score = (lr - np.nanmedian(np.delete(lr, excluded))) / spread
+        score[excluded] = 0.0
+        worst = int(np.nanargmax(np.abs(np.nan_to_num(score))))
+        if abs(np.nan_to_num(score[worst])) <= row_threshold:
+            return bad
+        bad.append((worst, float(ratio[worst]), float(score[worst])))
+
+
+def _screen_pixels(x, good, threshold) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged (E, Q) bool, scores): each pixel against the median of its neighbours, the flagged
+    ones left out of every neighbourhood until the flags settle (a pixel beside a bad one is not
+    blamed for it). A row whose spectrum changes fast (low energies, a steep Bose factor) has larger
+    differences everywhere, so each row's own spread, where larger, is its scale, and a row's common
+    offset from its neighbours (a smooth change in E) is not a pixel's fault."""
+    flagged = np.zeros_like(good)
+    z = np.full(x.shape, np.nan)
+    for _ in range(5):
+        med = _neighbour_median(x, good & ~flagged)
+        r = np.where(good & np.isfinite(med), x - med, np.nan)
+        s = _robust_spread(np.where(flagged, np.nan, r))
+        if not (np.isfinite(s) and s > 0):
+            break
+        with _quiet():
+            offset = np.nanmedian(np.where(flagged, np.nan, r), axis=1)
+        r = r - np.nan_to_num(offset)[:, None]
+        rows = np.array([_robust_spread(np.where(flagged[i], np.nan, r[i])) for i in range(len(x))])
+        z = r / np.fmax(s, np.nan_to_num(rows, nan=s))[:, None]
+        new = good & (np.abs(np.nan_to_num(z)) > threshold)
+        if np.array_equal(new, flagged):
+            break
+        flagged = new
+    return flagged, z
+
+
+def _weight_note(sg, valid, limit, out: Screen) -> None:
+    """The share of Σ1/σ² in the 1 % of pixels with the smallest σ, and a note where it rules."""
+    w = 1.0 / sg[valid] ** 2
+    if np.any(~np.isfinite(w)):
+        out.notes.append(f"{int((~np.isfinite(w)).sum())} valid pixel(s) have σ = 0 or not finite: "
+                         "they would carry infinite weight")
+        w = w[np.isfinite(w)]
+    if len(w):
+        k = max(1, int(np.ceil(0.01 * len(w))))
+        out.weight_share = float(np.sort(w)[-k:].sum() / w.sum())
+        if out.weight_share > limit:
+            floor = float(np.median(sg[valid]))
+            out.notes.append(f"the 1 % of pixels with the smallest σ hold {100 * out.weight_share:.0f} % of the χ² "
+                             f"weight: raw counts want loss='poisson'; otherwise floor σ (e.g. at its median, "
+                             f"{floor:.3g})")
+
+
 def screen_spectrum(intensity, energies, q, mask=None, sigma=None, threshold: float = 8.0,
                     row_threshold: float = 8.0, weight_share: float = 0.2) -> Screen:
     """Screen a measured spectrum ``intensity`` (E, Q) on ``energies`` (E,) meV × ``q`` (Q,) Å⁻¹
@@ -122,75 +202,17 @@ def screen_spectrum(intensity, energies, q, mask=None, sigma=None, threshold: fl
         raise ValueError(f"mask must have shape {x.shape}, got {valid.shape}")
     out = Screen(mask=valid.copy())
     # rows first: a row scaled as a whole would otherwise show as many outlying pixels
-    def row_ratios(excluded):
-        """Each row's median ratio to the nearest rows above and below that are not excluded."""
-        ratio = np.full(len(E), np.nan)
-        keep = [j for j in range(len(E)) if j not in excluded]
-        for i in range(len(E)):
-            below = [j for j in keep if j < i][-1:]
-            above = [j for j in keep if j > i][:1]
-            nb = below + above
-            if not nb:
-                continue
-            refs = np.stack([np.where(valid[j], x[j], np.nan) for j in nb])
-            with _quiet():
-                ref = np.nanmean(refs, axis=0)
-            ok = valid[i] & np.isfinite(ref) & (np.abs(ref) > 0)
-            if ok.sum() >= 3:
-                ratio[i] = float(np.median(x[i, ok] / ref[ok]))
-        return ratio
-
-    bad_rows: list[int] = []
-    while True:  # the worst row first; its neighbours are then judged against the rows beyond it
-        ratio = row_ratios(set(bad_rows))
-        lr = np.log(np.abs(ratio))
-        spread = _robust_spread(np.delete(lr, bad_rows))
-        if not (np.isfinite(spread) and spread > 0):
-            break
-        score = (lr - np.nanmedian(np.delete(lr, bad_rows))) / spread
-        score[bad_rows] = 0.0
-        worst = int(np.nanargmax(np.abs(np.nan_to_num(score))))
-        if abs(np.nan_to_num(score[worst])) <= row_threshold:
-            break
-        bad_rows.append(worst)
-        out.rows.append((float(E[worst]), float(ratio[worst]), float(score[worst])))
-    out.rows.sort()
+    bad_rows = _screen_rows(x, valid, row_threshold)
+    out.rows = sorted((float(E[i]), ratio, score) for i, ratio, score in bad_rows)
     good = valid.copy()
-    good[bad_rows] = False
-    # pixels: scored against the median of their neighbours, the flagged ones left out of every
-    # neighbourhood until the flags settle (a pixel beside a bad one is not blamed for it)
-    flagged = np.zeros_like(good)
-    for _ in range(5):
-        med = _neighbour_median(x, good & ~flagged)
-        r = np.where(good & np.isfinite(med), x - med, np.nan)
-        s = _robust_spread(np.where(flagged, np.nan, r))
-        if not (np.isfinite(s) and s > 0):
-            break
-        z = r / s
-        new = good & (np.abs(np.nan_to_num(z)) > threshold)
-        if np.array_equal(new, flagged):
-            break
-        flagged = new
-    for i, j in zip(*np.nonzero(flagged), strict=True):
-        out.pixels.append((float(E[i]), float(Q[j]), float(x[i, j]), float(z[i, j])))
-    good &= ~flagged
-    out.mask = good
+    good[[b[0] for b in bad_rows]] = False
+    flagged, z = _screen_pixels(x, good, threshold)
+    out.pixels = [(float(E[i]), float(Q[j]), float(x[i, j]), float(z[i, j]))
+                  for i, j in zip(*np.nonzero(flagged), strict=True)]
+    out.mask = good & ~flagged
     if sigma is not None:
         sg = np.asarray(sigma, dtype=float)
         if sg.shape != x.shape:
             raise ValueError(f"sigma must have shape {x.shape}, got {sg.shape}")
-        w = 1.0 / sg[valid] ** 2
-        if np.any(~np.isfinite(w)):
-            out.notes.append(f"{int((~np.isfinite(w)).sum())} valid pixel(s) have σ = 0 or not finite: "
-                             "they would carry infinite weight")
-            w = w[np.isfinite(w)]
-        if len(w):
-            k = max(1, int(np.ceil(0.01 * len(w))))
-            share = float(np.sort(w)[-k:].sum() / w.sum())
-            out.weight_share = share
-            if share > weight_share:
-                floor = float(np.median(np.sort(sg[valid])))
-                out.notes.append(f"the 1 % of pixels with the smallest σ hold {100 * share:.0f} % of the χ² weight: "
-                                 f"raw counts want loss='poisson'; otherwise floor σ (e.g. at its median, "
-                                 f"{floor:.3g})")
+        _weight_note(sg, valid, weight_share, out)
     return out
