@@ -170,6 +170,12 @@ def main():
                   + f"; kept start {res.attrs['best_start']}", flush=True)
         print("        X, L (THz): " + ", ".join(f"{k} {v:.2f} (measured {MEASURED_THZ[k]})"
                                                   for k, v in row["freq"].items()), flush=True)
+        from xtds.fitting.diagnostics import spectrum_diagnostics
+
+        diag = spectrum_diagnostics(res, prob)
+        row["rms"], row["smooth_share"] = diag.attrs["rms"], diag.attrs["smooth_share"]
+        print(f"        residuals: rms {diag.attrs['rms']:.3f} (σ = {SIGMA}), share in the lowest 6×6 cosine modes "
+              f"{diag.attrs['smooth_share']:.2f} (noise alone: {diag.attrs['smooth_share_noise']:.3f})", flush=True)
         if args.multiphonon_check and not args.no_multiphonon:
             one = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
                                  mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_dispersion", "plot_slices", "plot_convergence", "plot_residuals"]
+__all__ = ["plot_dispersion", "plot_slices", "plot_convergence", "plot_residuals", "plot_spectrum_residuals"]
 
 
 def _pyplot():
@@ -160,5 +160,29 @@ def plot_residuals(diag):
         ax.set_xlabel(label)
         ax.set_title(f"η² = {diag.attrs[f'eta2_{tag}']:.2f}", fontsize=9)
     axes[0].set_ylabel("mean log(data / model)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_spectrum_residuals(diag):
+    """Three panels of :func:`xtds.fitting.diagnostics.spectrum_diagnostics`: the map of the
+    standardized residuals over (|Q|, E), and their binned means (±1 standard error) against the
+    energy transfer and against |Q|. Returns the Figure."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    m = diag["residual_map"]
+    im = axes[0].pcolormesh(m["Q"].values, m["E"].values, m.values, cmap="RdBu_r", vmin=-4, vmax=4, shading="nearest")
+    fig.colorbar(im, ax=axes[0], label="standardized residual")
+    axes[0].set(xlabel="|Q| (Å⁻¹)", ylabel="E (meV)",
+                title=f"rms {diag.attrs['rms']:.2f}; smooth share {diag.attrs['smooth_share']:.2f} "
+                      f"(noise {diag.attrs['smooth_share_noise']:.3f})")
+    axes[0].title.set_fontsize(9)
+    for ax, dim, label in ((axes[1], "energy", "E (meV)"), (axes[2], "qnorm", "|Q| (Å⁻¹)")):
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.errorbar(diag[dim].values, diag[f"residual_mean_by_{dim}"].values,
+                    yerr=diag[f"residual_stderr_by_{dim}"].values, fmt="o-", ms=3, lw=1, capsize=2)
+        ax.set_xlabel(label)
+        ax.set_title(f"η² = {diag.attrs[f'eta2_{dim}']:.2f}", fontsize=9)
+    axes[1].set_ylabel("mean standardized residual")
     fig.tight_layout()
     return fig

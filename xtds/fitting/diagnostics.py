@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-__all__ = ["diagnostics", "nearest_bragg_distance"]
+__all__ = ["diagnostics", "nearest_bragg_distance", "spectrum_diagnostics", "smooth_share"]
 
 
 def nearest_bragg_distance(crystal, hkl: np.ndarray) -> np.ndarray:
@@ -122,3 +122,76 @@ def diagnostics(result: xr.Dataset, problem: str = "", crystal=None, q_bins: int
     out["q"].attrs["long_name"] = "|q|"
     out["bragg_distance"].attrs["long_name"] = "distance to the nearest Bragg reflection"
     return out
+
+
+def _standardized(result: xr.Dataset, problem) -> np.ndarray:
+    """(data − model)/σ per point (χ²), the deviance residuals (Poisson), or the log residuals."""
+    prefix = f"{problem.name}_" if problem.name else ""
+    d = np.asarray(result[f"{prefix}{problem.data_name}"].values, dtype=float)
+    m = np.asarray(result[f"{prefix}model_{problem.data_name}"].values, dtype=float)
+    if problem.loss == "chi2":
+        return (d - m) / np.asarray(problem.sigma, dtype=float)
+    if problem.loss == "poisson":
+        import torch
+
+        from xtds.fitting.losses import residuals
+
+        return residuals(torch.as_tensor(m), torch.as_tensor(d), torch.ones(len(d)), "poisson", True).numpy()
+    return np.log(d) - np.log(m)
+
+
+def smooth_share(z_map: np.ndarray, mask: np.ndarray, modes: int = 6) -> float:
+    """The share of Σz² over the valid pixels of an (E, Q) map that its lowest ``modes`` × ``modes``
+    cosine modes carry (least squares on the valid pixels): about modes²/N for independent noise,
+    towards 1 when the residuals are a smooth function of E and |Q| (a missing term)."""
+    nE, nQ = z_map.shape
+    i, j = np.nonzero(mask)
+    z = z_map[mask]
+    cols = [np.cos(np.pi * a * (i + 0.5) / nE) * np.cos(np.pi * b * (j + 0.5) / nQ)
+            for a in range(modes) for b in range(modes)]
+    X = np.stack(cols, 1)
+    coef = np.linalg.lstsq(X, z, rcond=None)[0]
+    total = float(z @ z)
+    return float(np.sum((X @ coef) ** 2) / total) if total > 0 else 0.0
+
+
+def spectrum_diagnostics(result: xr.Dataset, problem, e_bins: int = 12, q_bins: int = 12, modes: int = 6) -> xr.Dataset:
+    """Residual structure of a fit of an (E, |Q|) spectrum: the (Q, E) analogue of :func:`diagnostics`.
+
+    ``result``: the fit result; ``problem``: its :class:`~xtds.fitting.problem.Problem` (a powder
+    spectrum: the observable's ``mask``, ``energies``, ``q_centers``). The standardized residuals
+    ((data − model)/σ for χ², deviance residuals for Poisson, log residuals otherwise) are returned
+    as a map ``residual_map`` (E, Q) and binned by energy transfer and by |Q| (weighted means,
+    standard errors, counts, η² of each binning); attrs ``rms`` (the standardized residuals' rms:
+    1 for a model that fits to the noise), ``smooth_share`` (the share of Σz² in the lowest
+    ``modes`` × ``modes`` cosine modes of the map, :func:`smooth_share`) and ``smooth_share_noise``
+    (what independent noise would give, modes²/N). Plot with :func:`xtds.plot.plot_spectrum_residuals`."""
+    obs = problem.observable
+    for need in ("mask", "energies", "q_centers", "point_energy", "point_qnorm"):
+        if not hasattr(obs, need):
+            raise ValueError(f"{type(obs).__name__} is not an (E, |Q|) spectrum: spectrum_diagnostics needs "
+                             "a PowderSpectrum's problem")
+    z = _standardized(result, problem)
+    mask = np.asarray(obs.mask, bool)
+    E, Q = np.asarray(obs.energies, float), np.asarray(obs.q_centers, float)
+    zmap = np.full(mask.shape, np.nan)
+    zmap[mask] = z
+    data, coords, attrs = {}, {}, {}
+    w = np.ones_like(z)
+    for x, nb, key, units in ((obs.point_energy, e_bins, "energy", "meV"), (obs.point_qnorm, q_bins, "qnorm", "1/Å")):
+        edges = np.linspace(float(x.min()), float(x.max()) * (1 + 1e-12) + 1e-12, int(nb) + 1)
+        d, c, eta2 = _binned(np.asarray(x, float), z, w, edges, key, units)
+        for k in d:
+            d[k].attrs["long_name"] = d[k].attrs["long_name"].replace("log data − log model", "standardized residual")
+        data.update(d)
+        coords.update(c)
+        attrs[f"eta2_{key}"] = eta2
+    data["residual_map"] = xr.DataArray(zmap, dims=("E", "Q"), coords={"E": ("E", E, {"units": "meV"}),
+                                                                        "Q": ("Q", Q, {"units": "1/Å"})},
+                                        attrs={"long_name": "standardized residual", "loss": problem.loss})
+    attrs["rms"] = float(np.sqrt(np.mean(z**2)))
+    attrs["smooth_share"] = smooth_share(zmap, mask, modes)
+    attrs["smooth_share_noise"] = modes**2 / int(mask.sum())
+    attrs["modes"] = int(modes)
+    attrs["n_points"] = int(mask.sum())
+    return xr.Dataset(data, coords=coords, attrs=attrs)

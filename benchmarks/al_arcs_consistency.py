@@ -1,0 +1,84 @@
+"""Self-consistency of the ARCS Al fits: two independent estimates of one crystal's constants, from
+two halves of one spectrum, must agree within their reported errors (issue 31).
+
+    python benchmarks/al_arcs_consistency.py [--temperature 280] [--split 4.0] [--halves q|e]
+        [--resolution chopper:40,20 | resins:ARCS-100-1.5-AST:600] [--linewidths] [--mesh 12]
+
+The spectrum's valid pixels are split at |Q| = ``--split`` Å⁻¹ (``--halves q``) or at the median
+energy transfer (``--halves e``); each half is fitted alone (the model, resolution and nuisance terms
+of ``benchmarks/al_arcs.py``: χ² with σ 0.05, a free scale and constant, errors scaled by χ²ᵣ where
+it exceeds 1, and the robust errors beside them). Printed: each constant from each half with its
+error, and z = (a − b)/√(σ_a² + σ_b²) with both kinds of error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from al_arcs import SIGMA, resolution_of, start_constants
+
+import xtds
+from xtds.datasets import al_arcs
+from xtds.fitting import LM
+from xtds.fitting.fit import fit_problems
+from xtds.fitting.problem import Problem
+from xtds.observables.neutron.powder import PowderSpectrum
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--temperature", type=float, default=280.0)
+    ap.add_argument("--split", type=float, default=4.0, help="|Q| (Å⁻¹) between the halves")
+    ap.add_argument("--halves", default="q", choices=("q", "e"))
+    ap.add_argument("--resolution", default="chopper:40,20")
+    ap.add_argument("--linewidths", action="store_true")
+    ap.add_argument("--q-resolution", type=float, default=None)
+    ap.add_argument("--mesh", type=int, default=12)
+    args = ap.parse_args(argv)
+    ds = al_arcs()
+    valid = ds["valid"].values
+    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
+    start = start_constants()
+    if args.linewidths:
+        from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
+
+        model = LinewidthIFC.of(model, Linewidths())
+        start = {**start, "gamma1": 0.1}
+    chi = ds["chi"].sel(temperature=args.temperature).values
+    Q, E = ds["Q"].values, ds["E"].values
+    if args.halves == "q":
+        parts = {"low |Q|": valid & (Q < args.split)[None, :], "high |Q|": valid & (Q >= args.split)[None, :]}
+    else:
+        cut = float(np.median(np.broadcast_to(E[:, None], valid.shape)[valid]))
+        parts = {"low E": valid & (E < cut)[:, None], "high E": valid & (E >= cut)[:, None]}
+    out = {}
+    for name, mask in parts.items():
+        obs = PowderSpectrum(model, Q, E, args.temperature, mask=mask, resolution=resolution_of(args), mesh=args.mesh,
+                             normalize=False, q_resolution=args.q_resolution)
+        data = chi[mask]
+        res = fit_problems([Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2")], start,
+                           optimizer=LM(progress=False))
+        names = list(model.names)
+        out[name] = (res["ifc"].sel(constant=names).values, res["ifc_stderr"].sel(constant=names).values,
+                     res["ifc_stderr_robust"].sel(constant=names).values if "ifc_stderr_robust" in res else None,
+                     float(res["loss"].values[-1]) * SIGMA**2 / mask.sum(), int(mask.sum()))
+    (a, sa, ra, la, na), (b, sb, rb, lb, nb) = out.values()
+    how = f"|Q| at {args.split:g} Å⁻¹" if args.halves == "q" else "energy"
+    print(f"{args.temperature:g} K, halves by {how}, "
+          f"resolution {args.resolution}{', linewidths' if args.linewidths else ''}")
+    print(f"  {list(out)[0]}: {na} pixels, mean squared residual {la:.5f}; {list(out)[1]}: {nb} pixels, {lb:.5f}")
+    print(f"  {'':7s} {list(out)[0]:>18s} {list(out)[1]:>18s} {'z':>6s} {'z robust':>9s}")
+    zs, zr = [], []
+    for i, n in enumerate(model.names):
+        z = (a[i] - b[i]) / np.hypot(sa[i], sb[i])
+        r = (a[i] - b[i]) / np.hypot(ra[i], rb[i]) if ra is not None else np.nan
+        zs.append(z)
+        zr.append(r)
+        print(f"  {n:7s} {a[i]:+.4f} ± {sa[i]:.4f}  {b[i]:+.4f} ± {sb[i]:.4f} {z:6.1f} {r:9.1f}")
+    print(f"  max |z| {np.max(np.abs(zs)):.1f} (robust errors: {np.nanmax(np.abs(zr)):.1f})")
+    return zs, zr
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Residual diagnostics of (E, |Q|) spectra: noise alone looks like noise, a missing smooth term
+shows in the smooth share and the binned means."""
+
+import numpy as np
+import pytest
+import torch
+
+import xtds
+from xtds.fitting.diagnostics import smooth_share, spectrum_diagnostics
+from xtds.fitting.fit import fit_problems
+from xtds.fitting.problem import Problem
+from xtds.observables.neutron.powder import PowderSpectrum
+
+
+def test_smooth_share_of_noise_and_of_a_smooth_field():
+    rng = np.random.default_rng(0)
+    mask = rng.random((60, 80)) < 0.8
+    noise = rng.standard_normal(mask.shape)
+    share = smooth_share(noise, mask, 6)
+    assert share < 3 * 36 / mask.sum()  # about modes²/N for independent noise
+    E, Q = np.meshgrid(np.linspace(0, 1, 60), np.linspace(0, 1, 80), indexing="ij")
+    assert smooth_share(noise + 8 * np.cos(2 * E) * Q, mask, 6) > 0.8  # its variance is about 8.5× the noise
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """Al powder S(|Q|, E) with 1 % noise and an E-dependent background the model lacks."""
+    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
+    true = dict(zip(model.names, model.central_force({1: 1.6, 2: 0.3}), strict=True))
+    Q, E = np.arange(2.0, 6.01, 0.2), np.arange(6.0, 40.1, 1.0)
+    obs = PowderSpectrum(model, Q, E, 300.0, resolution=2.0, mesh=6, kind="sqe", normalize=False, multiphonon=())
+    with torch.no_grad():
+        clean = obs(model.vector(true)).numpy()
+    sigma = 0.01 * clean.max() * np.ones_like(clean)
+    noise = sigma * np.random.default_rng(4).standard_normal(len(clean))
+    out = {}
+    for label, extra in (("clean", 0.0), ("slope", 0.004 * clean.max() * (obs.point_energy - 23.0))):
+        prob = Problem(obs, clean + noise + extra, sigma=sigma, loss="chi2")
+        res = fit_problems([prob], true, optimizer=xtds.LM(progress=False))
+        out[label] = spectrum_diagnostics(res, prob)
+    return out
+
+
+def test_noise_only_fit_has_no_structure(fitted):
+    d = fitted["clean"]
+    assert 0.85 < d.attrs["rms"] < 1.15
+    assert d.attrs["smooth_share"] < 4 * d.attrs["smooth_share_noise"]
+    assert d["residual_map"].shape == (35, 21)
+
+
+def test_a_missing_energy_slope_is_seen(fitted):
+    d = fitted["slope"]
+    z = d["residual_mean_by_energy"].values / d["residual_stderr_by_energy"].values
+    assert d.attrs["smooth_share"] > 10 * d.attrs["smooth_share_noise"]
+    assert np.nanmax(np.abs(z)) > 5 and d.attrs["eta2_energy"] > 5 * fitted["clean"].attrs["eta2_energy"]
+    pytest.importorskip("matplotlib")
+    from xtds.plot import plot_spectrum_residuals
+
+    fig = plot_spectrum_residuals(d)
+    assert len(fig.axes) == 4  # three panels and the colour bar
