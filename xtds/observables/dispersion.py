@@ -67,7 +67,7 @@ class DispersionPoints(Observable):
         m = 3 * n_atoms
         raw = np.asarray(branch, dtype=object).reshape(-1)
         if raw.shape != (len(self.q),):
-            raise ValueError(f"give one branch index or label per q-point: {len(raw)} for {len(self.q)}")
+            raise ValueError(f"give one branch index per q-point (or a label): {len(raw)} for {len(self.q)}")
         labels = [isinstance(b, str) for b in raw]
         self.labels = [branch_label(b, n_atoms) if is_label else None for b, is_label in zip(raw, labels, strict=True)]
         self.branch = np.array([-1 if is_label else int(b) for b, is_label in zip(raw, labels, strict=True)])
