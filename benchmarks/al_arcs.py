@@ -71,6 +71,19 @@ def resolution_of(args):
     return float(args.resolution)
 
 
+def model_and_start(linewidths: bool = False):
+    """The 2-shell Al model (with the linewidth γ₁ if asked) and its start: Gilat & Nicklow's
+    constants (γ₁ = 0.1 meV)."""
+    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
+    start = start_constants()
+    if linewidths:
+        from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
+
+        model = LinewidthIFC.of(model, Linewidths())
+        start = {**start, "gamma1": 0.1}
+    return model, start
+
+
 def x_and_l(model, phi) -> dict:
     a = float(model.crystal.lattice[0][0])
     X = np.array([[2 * np.pi / a, 0, 0]])
@@ -117,13 +130,7 @@ def main():
     args = ap.parse_args()
     ds = al_arcs()
     valid = ds["valid"].values
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    start = start_constants()
-    if args.linewidths:
-        from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
-
-        model = LinewidthIFC.of(model, Linewidths())
-        start = {**start, "gamma1": 0.1}
+    model, start = model_and_start(args.linewidths)
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
         data = ds["chi"].sel(temperature=T).values[valid]

@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from al_arcs import SIGMA, resolution_of, start_constants
+from al_arcs import SIGMA, model_and_start, resolution_of
 
-import xtds
 from xtds.datasets import al_arcs
 from xtds.fitting import LM
 from xtds.fitting.fit import fit_problems
@@ -38,13 +37,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     ds = al_arcs()
     valid = ds["valid"].values
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    start = start_constants()
-    if args.linewidths:
-        from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
-
-        model = LinewidthIFC.of(model, Linewidths())
-        start = {**start, "gamma1": 0.1}
+    model, start = model_and_start(args.linewidths)
     chi = ds["chi"].sel(temperature=args.temperature).values
     Q, E = ds["Q"].values, ds["E"].values
     if args.halves == "q":

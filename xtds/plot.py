@@ -142,6 +142,15 @@ def plot_convergence(result, reference=None):
     return fig
 
 
+def _binned_panel(ax, diag, dim: str, tag: str, label: str) -> None:
+    """One panel: the binned residual means along ``dim`` with ±1 standard-error bars and η²."""
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.errorbar(diag[dim].values, diag[f"residual_mean_by_{dim}"].values,
+                yerr=diag[f"residual_stderr_by_{dim}"].values, fmt="o-", ms=3, lw=1, capsize=2)
+    ax.set_xlabel(label)
+    ax.set_title(f"η² = {diag.attrs[f'eta2_{tag}']:.2f}", fontsize=9)
+
+
 def plot_residuals(diag):
     """Two panels: the binned log residuals of a fit vs |q| and vs the distance to the nearest Bragg
     reflection, with ±1 standard-error bars (``diag`` from :func:`xtds.fitting.diagnostics`, or a fit
@@ -154,11 +163,7 @@ def plot_residuals(diag):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, dim, tag, label in ((axes[0], "q", "q", "|q| (Å⁻¹)"),
                                 (axes[1], "bragg_distance", "bragg", "distance to nearest Bragg peak (Å⁻¹)")):
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.errorbar(diag[dim].values, diag[f"residual_mean_by_{dim}"].values,
-                    yerr=diag[f"residual_stderr_by_{dim}"].values, fmt="o-", ms=3, lw=1, capsize=2)
-        ax.set_xlabel(label)
-        ax.set_title(f"η² = {diag.attrs[f'eta2_{tag}']:.2f}", fontsize=9)
+        _binned_panel(ax, diag, dim, tag, label)
     axes[0].set_ylabel("mean log(data / model)")
     fig.tight_layout()
     return fig
@@ -178,11 +183,7 @@ def plot_spectrum_residuals(diag):
                       f"(noise {diag.attrs['smooth_share_noise']:.3f})")
     axes[0].title.set_fontsize(9)
     for ax, dim, label in ((axes[1], "energy", "E (meV)"), (axes[2], "qnorm", "|Q| (Å⁻¹)")):
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.errorbar(diag[dim].values, diag[f"residual_mean_by_{dim}"].values,
-                    yerr=diag[f"residual_stderr_by_{dim}"].values, fmt="o-", ms=3, lw=1, capsize=2)
-        ax.set_xlabel(label)
-        ax.set_title(f"η² = {diag.attrs[f'eta2_{dim}']:.2f}", fontsize=9)
+        _binned_panel(ax, diag, dim, dim, label)
     axes[1].set_ylabel("mean standardized residual")
     fig.tight_layout()
     return fig

@@ -37,7 +37,7 @@ from xtds.lattice.crystal import Crystal
 from xtds.lattice.nac import COULOMB_EV_A, NAC_LAMBDA
 from xtds.lattice.symmetry import SpaceGroupOperations, space_group_operations
 
-__all__ = ["IFCModel", "IFCInfo", "ELEMENT_ORDER", "shell_letter"]
+__all__ = ["IFCModel", "ExtendedIFCModel", "IFCInfo", "ELEMENT_ORDER", "shell_letter"]
 
 #: Preference order of the Cartesian elements that name free constants.
 ELEMENT_ORDER = ("xx", "yy", "zz", "yz", "xy", "xz", "zy", "yx", "zx")
@@ -690,3 +690,57 @@ def distinct_distances(values: np.ndarray) -> np.ndarray:
         return v
     keep = np.concatenate([[True], np.diff(v) > DIST_TOL])
     return v[keep]
+
+
+class ExtendedIFCModel(IFCModel):
+    """An :class:`IFCModel` whose parameter vector goes on past the force constants: ``names`` are
+    the constants (eV/Å²), then further parameters that do not enter the dynamical matrix (zero
+    columns of the basis) but that observables read from φ[``n_harmonic``:] (TDS cumulants,
+    phonon linewidths). ``units`` gives each name's unit. Subclasses call :meth:`_append` once."""
+
+    #: what the ``units`` attribute of :meth:`to_dataarray` says of the extra parameters
+    extra_units_note = ""
+    #: the attribute that describes the extra parameters' settings (written to the DataArray's attrs)
+    settings_attr = ""
+
+    def _append(self, infos: list[IFCInfo], units: list[str]) -> None:
+        """Append the parameters ``infos`` (their names and metadata) with their ``units``."""
+        n_h, n_par = len(self.names), len(infos)
+        names = [i.name for i in infos]
+        if len(set(names)) != len(names) or set(names) & set(self.names):
+            raise RuntimeError(f"parameter names {names} are not unique; please report this crystal")
+        self.n_harmonic = n_h
+        self.names = tuple(self.names) + tuple(names)
+        self.info = tuple(self.info) + tuple(infos)
+        self.units = ("eV/Å^2",) * n_h + tuple(units)
+        basis = np.concatenate([self.basis, np.zeros(self.basis.shape[:3] + (n_par,))], axis=3)
+        basis.setflags(write=False)
+        self.basis = basis
+        self.derived_matrix = np.concatenate([self.derived_matrix, np.zeros((len(self.derived_matrix), n_par))], 1)
+
+    def vector(self, ifc, dtype=torch.float64, device=None) -> torch.Tensor:
+        """As :meth:`IFCModel.vector`; extra parameters left out of a mapping are 0 (the plain
+        harmonic model), so a harmonic fit's constants start a fit of the extended model."""
+        if hasattr(ifc, "dims") and hasattr(ifc, "coords"):
+            ifc = dict(zip([str(n) for n in ifc["constant"].values], np.asarray(ifc.values, dtype=float),
+                           strict=True))
+        if isinstance(ifc, Mapping):
+            ifc = dict(ifc)
+            for n in self.names[self.n_harmonic :]:
+                ifc.setdefault(n, 0.0)
+        return super().vector(ifc, dtype=dtype, device=device)
+
+    def to_dataarray(self, ifc, include_derived: bool = True):
+        """As :meth:`IFCModel.to_dataarray`, with a coordinate ``units`` per constant."""
+        da = super().to_dataarray(ifc, include_derived)
+        units = ["eV/Å^2"] * (len(da) - len(self.names)) + list(self.units)
+        da = da.assign_coords(units=("constant", units))
+        da.attrs["units"] = f"per constant (coordinate 'units'): eV/Å^2 force constants, {self.extra_units_note}"
+        if self.settings_attr:
+            da.attrs[self.settings_attr] = repr(getattr(self, self.settings_attr))
+        return da
+
+    def harmonic(self, phi) -> dict[str, float]:
+        """The harmonic constants of a parameter vector, as a mapping."""
+        phi = self.vector(phi).detach().cpu().numpy()
+        return dict(zip(self.names[: self.n_harmonic], map(float, phi[: self.n_harmonic]), strict=True))

@@ -18,6 +18,7 @@ their derivative is taken by forward-mode differentiation.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from xtds.transforms import TRANSFORMS
@@ -82,6 +83,23 @@ def adaptive_widths(lam: torch.Tensor, U: torch.Tensor, dDk: torch.Tensor, step:
     same = (lam[:, :, None] - lam[:, None, :]).abs() <= 1e-6 * scale[:, :, None]  # (K, m, m) degenerate pairs
     v = (same.to(v.dtype) @ v[..., None])[..., 0] / same.sum(-1)
     return step * v
+
+
+def mesh_mode_widths(model, phi, k, step: float) -> torch.Tensor:
+    """The adaptive widths σ (K, m) meV of the modes at the wave vectors ``k`` (K, 3) Å⁻¹ of a mesh
+    of spacing ``step`` Å⁻¹ (:func:`adaptive_widths`), ∂D/∂k by central differences (h = 1e-4 Å⁻¹),
+    made at ``phi`` detached (no derivative)."""
+    from xtds.lattice import dynamics
+
+    with torch.no_grad():
+        phi = phi.detach()
+        kt = torch.as_tensor(np.asarray(k, dtype=float), dtype=phi.dtype, device=phi.device)
+        lam, U = torch.linalg.eigh(dynamics.dynamical_matrix(model, phi, kt))
+        h = 1e-4
+        dDk = torch.stack([(dynamics.dynamical_matrix(model, phi, kt + h * e)
+                            - dynamics.dynamical_matrix(model, phi, kt - h * e)) / (2 * h)
+                           for e in torch.eye(3, dtype=phi.dtype, device=phi.device)])
+        return adaptive_widths(lam, U, dDk, float(step))
 
 
 class BinnedSpectral:

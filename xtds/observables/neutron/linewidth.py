@@ -31,14 +31,13 @@ temperatures shares them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from xtds.lattice.crystal import Crystal
-from xtds.lattice.ifc import IFCInfo, IFCModel
+from xtds.lattice.ifc import ExtendedIFCModel, IFCInfo, IFCModel
 
 __all__ = ["Linewidths", "LinewidthIFC", "fine_energies", "lorentzian_kernel", "as_linewidth_model"]
 
@@ -80,7 +79,7 @@ class Linewidths:
         return out * (float(temperature) / self.reference_temperature)
 
 
-class LinewidthIFC(IFCModel):
+class LinewidthIFC(ExtendedIFCModel):
     """Harmonic force constants plus the linewidth parameters γ_p of :class:`Linewidths`.
 
     ``names``: the constants (eV/Å²), then ``gamma1`` … (meV); ``n_harmonic`` how many are force
@@ -93,26 +92,19 @@ class LinewidthIFC(IFCModel):
     (('b0', 'b1', 'b2', 'c0', 'c1', 'gamma1'), 'meV')
     """
 
+    extra_units_note = "meV linewidths"
+    settings_attr = "linewidths"
+
     def __init__(self, crystal: Crystal, shells: int | None = None, cutoff: float | None = None,
                  linewidths: Linewidths | None = None):
         super().__init__(crystal, shells=shells, cutoff=cutoff)
         self.linewidths = Linewidths() if linewidths is None else linewidths
         if not isinstance(self.linewidths, Linewidths):
             raise TypeError(f"linewidths must be an xtds Linewidths(...), got {self.linewidths!r}")
-        n_h = len(self.names)
-        extra = self.linewidths.names
         sp = self.primitive.species
-        infos = [IFCInfo(name=n, shell=0, distance=0.0, sites=(0, 0), species=(sp[0], sp[0]),
-                         neighbour=(0.0, 0.0, 0.0), element="Γ", count=0, derived=False) for n in extra]
-        self.n_harmonic = n_h
-        self.names = tuple(self.names) + extra
-        self.info = tuple(self.info) + tuple(infos)
-        self.units = ("eV/Å^2",) * n_h + ("meV",) * len(extra)
-        basis = np.concatenate([self.basis, np.zeros(self.basis.shape[:3] + (len(extra),))], axis=3)
-        basis.setflags(write=False)
-        self.basis = basis
-        self.derived_matrix = np.concatenate([self.derived_matrix, np.zeros((len(self.derived_matrix), len(extra)))],
-                                             1)
+        self._append([IFCInfo(name=n, shell=0, distance=0.0, sites=(0, 0), species=(sp[0], sp[0]),
+                              neighbour=(0.0, 0.0, 0.0), element="Γ", count=0, derived=False)
+                      for n in self.linewidths.names], ["meV"] * len(self.linewidths.names))
 
     @classmethod
     def of(cls, model: IFCModel, linewidths: Linewidths) -> LinewidthIFC:
@@ -120,27 +112,6 @@ class LinewidthIFC(IFCModel):
         out = cls(model.crystal, cutoff=model.cutoff, linewidths=linewidths)
         out.nac_lambda, out.nac_factor = model.nac_lambda, model.nac_factor
         return out
-
-    def vector(self, ifc, dtype=torch.float64, device=None) -> torch.Tensor:
-        """As :meth:`IFCModel.vector`; linewidth parameters left out of a mapping are 0 (no damping),
-        so a harmonic fit's constants start a fit with linewidths."""
-        if hasattr(ifc, "dims") and hasattr(ifc, "coords"):
-            ifc = dict(zip([str(n) for n in ifc["constant"].values], np.asarray(ifc.values, dtype=float),
-                           strict=True))
-        if isinstance(ifc, Mapping):
-            ifc = dict(ifc)
-            for n in self.names[self.n_harmonic :]:
-                ifc.setdefault(n, 0.0)
-        return super().vector(ifc, dtype=dtype, device=device)
-
-    def to_dataarray(self, ifc, include_derived: bool = True):
-        """As :meth:`IFCModel.to_dataarray`, with a coordinate ``units`` per constant."""
-        da = super().to_dataarray(ifc, include_derived)
-        units = ["eV/Å^2"] * (len(da) - len(self.names)) + list(self.units)
-        da = da.assign_coords(units=("constant", units))
-        da.attrs["units"] = "per constant (coordinate 'units'): eV/Å^2 force constants, meV linewidths"
-        da.attrs["linewidths"] = repr(self.linewidths)
-        return da
 
     def width(self, phi: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
         """Γ(ε, T) (meV FWHM) at mode energies ``eps`` for the parameters in ``phi``."""

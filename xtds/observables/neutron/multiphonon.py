@@ -59,20 +59,12 @@ def mesh_widths(model, phi, mesh, scale: float) -> np.ndarray:
     differences), made at ``phi`` (detached). Made once and passed as ``adaptive=`` they keep a fit's
     model one differentiable function of φ."""
     from xtds.lattice.kmesh import irreducible_mesh
-    from xtds.thermal.spectral import adaptive_widths
+    from xtds.thermal.spectral import mesh_mode_widths
 
     P = model.primitive
     irr = irreducible_mesh(P, tuple(int(m) for m in np.broadcast_to(np.asarray(mesh, int), (3,))))
-    with torch.no_grad():
-        phi = phi.detach()
-        kt = torch.as_tensor(irr.k, dtype=phi.dtype, device=phi.device)
-        lam, U = torch.linalg.eigh(dynamics.dynamical_matrix(model, phi, kt))
-        h = 1e-4
-        dDk = torch.stack([(dynamics.dynamical_matrix(model, phi, kt + h * e)
-                            - dynamics.dynamical_matrix(model, phi, kt - h * e)) / (2 * h)
-                           for e in torch.eye(3, dtype=phi.dtype, device=phi.device)])
-        step = (abs(np.linalg.det(np.asarray(P.reciprocal))) / np.prod(irr.shape)) ** (1 / 3)
-        return adaptive_widths(lam, U, dDk, float(scale) * step).cpu().numpy()
+    step = (abs(np.linalg.det(np.asarray(P.reciprocal))) / np.prod(irr.shape)) ** (1 / 3)
+    return mesh_mode_widths(model, phi, irr.k, float(scale) * step).cpu().numpy()
 
 
 def _spectral_on_mesh(model, phi, mesh, grid, temperature, sigma, quantum, tensor=False, adaptive=0.0):

@@ -219,19 +219,10 @@ def _powder_points(model, edges: np.ndarray, M: int, laue: str | None) -> Powder
 
 def adaptive_mesh_widths(model, phi, points: PowderPoints, scale: float = ADAPTIVE) -> np.ndarray:
     """σ (K, 3n) meV of every mode at the k-points of ``points``: ``scale`` × mesh step × |∇ε|
-    (:func:`xtds.thermal.spectral.adaptive_widths`), with ∂D/∂k by central differences (h = 1e-4 Å⁻¹)."""
-    from xtds.lattice import dynamics
-    from xtds.thermal.spectral import adaptive_widths
+    (:func:`xtds.thermal.spectral.mesh_mode_widths`)."""
+    from xtds.thermal.spectral import mesh_mode_widths
 
-    with torch.no_grad():
-        phi = phi.detach()
-        kt = torch.as_tensor(points.k, dtype=phi.dtype, device=phi.device)
-        lam, U = torch.linalg.eigh(dynamics.dynamical_matrix(model, phi, kt))
-        h = 1e-4
-        dDk = torch.stack([(dynamics.dynamical_matrix(model, phi, kt + h * e)
-                            - dynamics.dynamical_matrix(model, phi, kt - h * e)) / (2 * h)
-                           for e in torch.eye(3, dtype=phi.dtype, device=phi.device)])
-        return adaptive_widths(lam, U, dDk, scale * points.volume ** (1 / 3)).cpu().numpy()
+    return mesh_mode_widths(model, phi, points.k, scale * points.volume ** (1 / 3)).cpu().numpy()
 
 
 def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolution=1.0, mesh=8, dw=None,

@@ -32,7 +32,6 @@ takes it unchanged (``ds.tds.fit(AnharmonicIFC(...), ...)`` or ``TDSModel(anharm
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +39,7 @@ import torch
 
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.cumulants import invariant_basis, multisets, q_monomials, rotate_components
-from xtds.lattice.ifc import IFCInfo, IFCModel, shell_letter
+from xtds.lattice.ifc import ExtendedIFCModel, IFCInfo, IFCModel, shell_letter
 
 __all__ = ["Anharmonic", "AnharmonicIFC", "CumulantDesign", "as_anharmonic_model", "apply_cumulants"]
 
@@ -84,7 +83,7 @@ class Anharmonic:
         return max(self.shells, self.quartic_shells if self.order == 4 else 0)
 
 
-class AnharmonicIFC(IFCModel):
+class AnharmonicIFC(ExtendedIFCModel):
     """Harmonic force constants plus symmetry-reduced cumulants of the pair displacements.
 
     Parameters
@@ -111,6 +110,9 @@ class AnharmonicIFC(IFCModel):
     >>> m.names[m.n_harmonic:]
     ('k4a0', 'k4a1', 'k3b0', 'k3b1', 'k3b2', 'k4b0', 'k4b1', 'k4b2', 'k4b3', 'k4b4', 'k4b5')
     """
+
+    extra_units_note = "Å^3 and Å^4 cumulants"
+    settings_attr = "anharmonic"
 
     def __init__(self, crystal: Crystal, shells: int | None = None, cutoff: float | None = None,
                  anharmonic: Anharmonic | None = None):
@@ -149,7 +151,6 @@ class AnharmonicIFC(IFCModel):
     def _build_cumulants(self):
         anh = self.anharmonic
         ranks = (3, 4) if anh.order == 4 else (3,)
-        n_harm = len(self.names)
         infos: list[IFCInfo] = []
         P = self.cumulant_pairs
         site_orbits = [o for o in P._orbits if o.shell == 0]
@@ -186,8 +187,6 @@ class AnharmonicIFC(IFCModel):
                     col += len(pivots)
         n_par = col
         names = [i.name for i in infos]
-        if len(set(names)) != len(names) or set(names) & set(self.names):
-            raise RuntimeError("cumulant names are not unique; please report this crystal")
         # per rank: the components of each member pair (or site) as a matrix of the parameters
         self._pair_maps = {r: {} for r in ranks}
         self._site_maps = {r: {} for r in ranks}
@@ -204,42 +203,8 @@ class AnharmonicIFC(IFCModel):
                     self._site_maps[rank][key] = M  # every member of a site orbit is that site's self pair
                 else:
                     self._pair_maps[rank][int(q)] = M
-        self.n_harmonic = n_harm
         self.cumulant_ranks = ranks
-        self.names = tuple(self.names) + tuple(names)
-        self.info = tuple(self.info) + tuple(infos)
-        self.units = ("eV/Å^2",) * n_harm + tuple(_UNIT[int(n[1])] for n in names)
-        basis = np.concatenate([self.basis, np.zeros(self.basis.shape[:3] + (n_par,))], axis=3)
-        basis.setflags(write=False)
-        self.basis = basis
-        self.derived_matrix = np.concatenate([self.derived_matrix, np.zeros((len(self.derived_matrix), n_par))], 1)
-
-    # ------------------------------------------------------------------ values
-    def vector(self, ifc, dtype=torch.float64, device=None) -> torch.Tensor:
-        """As :meth:`IFCModel.vector`; cumulant components left out of a mapping are 0 (the
-        harmonic model), so a harmonic fit's constants start an anharmonic fit."""
-        if hasattr(ifc, "dims") and hasattr(ifc, "coords"):
-            ifc = dict(zip([str(n) for n in ifc["constant"].values], np.asarray(ifc.values, dtype=float),
-                           strict=True))
-        if isinstance(ifc, Mapping):
-            ifc = dict(ifc)
-            for n in self.names[self.n_harmonic :]:
-                ifc.setdefault(n, 0.0)
-        return super().vector(ifc, dtype=dtype, device=device)
-
-    def to_dataarray(self, ifc, include_derived: bool = True):
-        """As :meth:`IFCModel.to_dataarray`, with a coordinate ``units`` per constant."""
-        da = super().to_dataarray(ifc, include_derived)
-        units = ["eV/Å^2"] * (len(da) - len(self.names)) + list(self.units)
-        da = da.assign_coords(units=("constant", units))
-        da.attrs["units"] = "per constant (coordinate 'units'): eV/Å^2 force constants, Å^3 and Å^4 cumulants"
-        da.attrs["anharmonic"] = repr(self.anharmonic)
-        return da
-
-    def harmonic(self, phi) -> dict[str, float]:
-        """The harmonic constants of a parameter vector, as a mapping."""
-        phi = self.vector(phi).detach().cpu().numpy()
-        return dict(zip(self.names[: self.n_harmonic], map(float, phi[: self.n_harmonic]), strict=True))
+        self._append(infos, [_UNIT[int(n[1])] for n in names])
 
     # ------------------------------------------------------------------ the TDS terms
     def design(self, cell: Crystal, repeats, src: np.ndarray, dst: np.ndarray, d: np.ndarray) -> CumulantDesign:
