@@ -84,12 +84,23 @@ def model_and_start(linewidths: bool = False):
     return model, start
 
 
-def x_and_l(model, phi) -> dict:
+def x_and_l(model, phi, cov=None) -> dict:
+    """The transverse and longitudinal frequencies (THz) at X and L; with ``cov`` (the constants'
+    covariance, free constants only) also their standard errors, as "X T σ" etc."""
     a = float(model.crystal.lattice[0][0])
-    X = np.array([[2 * np.pi / a, 0, 0]])
-    L = np.array([[np.pi / a] * 3])
-    fx, fl = (dynamics.frequencies(model, torch.as_tensor(phi), k).detach().numpy()[0] for k in (X, L))
-    return {"X T": fx[0], "X L": fx[2], "L T": fl[0], "L L": fl[2]}
+    k = torch.tensor([[2 * np.pi / a, 0, 0], [np.pi / a] * 3], dtype=torch.float64)
+
+    def four(p):
+        f = dynamics.frequencies(model, p, k)
+        return torch.stack([f[0, 0], f[0, 2], f[1, 0], f[1, 2]])
+
+    p = torch.as_tensor(np.asarray(phi, dtype=float))
+    out = dict(zip(("X T", "X L", "L T", "L L"), four(p).detach().numpy().tolist(), strict=True))
+    if cov is not None:
+        J = torch.autograd.functional.jacobian(four, p).numpy()
+        sd = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", J, cov, J), 0, None))
+        out.update({f"{n} σ": float(v) for n, v in zip(("X T", "X L", "L T", "L L"), sd, strict=True)})
+    return out
 
 
 def main():
@@ -161,8 +172,10 @@ def main():
         obs.spectrum = spectrum
         phi = res["ifc"].sel(constant=list(model.names)).values
         loss = float(res["loss"].values[-1]) * SIGMA**2  # χ² → sum of squares of the normalized spectra
-        row = {"T": T, "phi": phi, "err": res["ifc_stderr"].sel(constant=list(model.names)).values, "loss": loss,
-               "time": t_fit, "optimizer_time": t_opt, "freq": x_and_l(model, phi),
+        names = list(model.names)
+        cov = res["ifc_cov"].sel(constant=names, constant_=names).values
+        row = {"T": T, "phi": phi, "err": res["ifc_stderr"].sel(constant=names).values, "loss": loss,
+               "time": t_fit, "optimizer_time": t_opt, "freq": x_and_l(model, phi, cov),
                "fitted": res["model_intensity"].values, "data": data,
                "evals": calls[0], "jacobian_evals": calls[1], "iterations": int(res.attrs["iterations"])}
         print(f"{T:5.0f} K  gradient: loss {loss:.8f} (sum of squares); the user waits {t_fit:.2f} s, the "
@@ -175,8 +188,9 @@ def main():
             print(f"        {args.starts} starts, final losses (sum of squares): "
                   + ", ".join(f"{v * SIGMA**2:.4f}" for v in json.loads(res.attrs["starts"]))
                   + f"; kept start {res.attrs['best_start']}", flush=True)
-        print("        X, L (THz): " + ", ".join(f"{k} {v:.2f} (measured {MEASURED_THZ[k]})"
-                                                  for k, v in row["freq"].items()), flush=True)
+        freq = row["freq"]
+        print("        X, L (THz): " + ", ".join(f"{k} {freq[k]:.3f} ± {freq[k + ' σ']:.3f} "
+                                                  f"(measured {MEASURED_THZ[k]})" for k in MEASURED_THZ), flush=True)
         from xtds.fitting.diagnostics import spectrum_diagnostics
 
         diag = spectrum_diagnostics(res, prob)
