@@ -195,7 +195,11 @@ def main():
 
         diag = spectrum_diagnostics(res, prob)
         row["rms"], row["smooth_share"] = diag.attrs["rms"], diag.attrs["smooth_share"]
-        print(f"        residuals: rms {diag.attrs['rms']:.3f} (σ = {SIGMA}), share in the lowest 6×6 cosine modes "
+        row["residual_over_noise"] = diag.attrs["residual_over_noise"]
+        print(f"        residuals: rms {diag.attrs['rms']:.3f} (σ = {SIGMA}), "
+              f"{diag.attrs['residual_over_noise']:.2f}× the pixel noise {diag.attrs['pixel_noise']:.4f}"
+              f" the data show; "
+              f"share in the lowest 6×6 cosine modes "
               f"{diag.attrs['smooth_share']:.2f} (noise alone: {diag.attrs['smooth_share_noise']:.3f})", flush=True)
         if args.multiphonon_check and not args.no_multiphonon:
             one = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
