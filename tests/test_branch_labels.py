@@ -85,3 +85,30 @@ def test_labelled_dispersion_fit_recovers_the_constants_sorted_indices_do_not():
     res2 = fit_problems([Problem(wrong, nu, sigma=np.full(len(nu), 0.01), loss="chi2", background=False)], start,
                         optimizer=xtds.LM(progress=False))
     assert float(res2.attrs["final_loss"]) > 1e3 * max(float(res.attrs["final_loss"]), 1e-12)
+
+
+def test_assign_branches_names_measured_points_by_the_model():
+    """Frequencies of the model itself with 0.5 % noise, unlabelled, at the points of [100] on four
+    branches (T1, L, T3, L2 = LO): assign_branches, from constants 1 % off, names each point's mode
+    (the same frequency as its true label: the transverse pairs are degenerate along [100]) wherever
+    its mode is more than 3 % from every other, the LO/TO crossing included."""
+    from xtds.observables.dispersion import assign_branches
+
+    model, true = _nacl()
+    q = _line()
+    labels = ["T1", "L", "T3", "L2"]
+    qs = np.concatenate([q] * len(labels))
+    lab = sum(([b] * len(q) for b in labels), [])
+    phi = model.vector(true)
+    nu = DispersionPoints(model, qs, lab)(phi).detach().numpy()
+    noisy = nu * (1 + 0.005 * np.random.default_rng(0).standard_normal(len(nu)))
+    got = assign_branches(model, {k: 1.01 * v for k, v in true.items()}, qs, noisy)
+    back = DispersionPoints(model, qs, got)(phi).detach().numpy()
+    modes = dynamics.eigenvalues_to_thz(torch.linalg.eigvalsh(dynamics.dynamical_matrix(model, phi,
+                                                                                         torch.as_tensor(qs)))).numpy()
+    gap = np.array([np.sort(np.abs(m - v) / v)[1:].min() if np.sum(np.isclose(m, v)) == 1 else
+                    np.sort(np.abs(m[~np.isclose(m, v)] - v) / v).min() for m, v in zip(modes, nu, strict=True)])
+    clear = gap > 0.03
+    assert clear.sum() > 50 and np.allclose(back[clear], nu[clear], rtol=1e-10)
+    with pytest.raises(ValueError, match="one frequency per q-point"):
+        assign_branches(model, true, qs, noisy[:3])

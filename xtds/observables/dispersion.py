@@ -12,7 +12,7 @@ import torch
 from xtds.lattice import dynamics
 from xtds.observables.base import Observable, check_points_q
 
-__all__ = ["DispersionPoints", "branch_label", "longitudinal_fraction"]
+__all__ = ["DispersionPoints", "branch_label", "longitudinal_fraction", "assign_branches"]
 
 _LABEL = re.compile(r"^(?P<pol>[LT])(?P<kind>[AO])?(?P<n>\d*)$", re.IGNORECASE)
 
@@ -114,3 +114,41 @@ class DispersionPoints(Observable):
 
     def stability_k(self) -> np.ndarray:
         return self.q
+
+
+def assign_branches(model, phi, q, frequency) -> list[str]:
+    """Labels (``"L"``, ``"T1"``, ``"LO"`` style: polarization and rank, :func:`branch_label`) for
+    measured frequencies (THz) at Cartesian ``q`` (P, 3) Å⁻¹ that carry none, from the model at
+    constants ``phi`` (e.g. published ones): the points at one q take distinct modes, nearest in
+    frequency (an optimal assignment), and each mode is named by its polarization. Review them
+    where the model is far from the data; :class:`DispersionPoints` then follows each labelled
+    branch through crossings."""
+    from scipy.optimize import linear_sum_assignment
+
+    qq = check_points_q(q, "q")
+    nu = np.asarray(frequency, dtype=float).reshape(-1)
+    if nu.shape != (len(qq),):
+        raise ValueError(f"give one frequency per q-point: {len(nu)} for {len(qq)}")
+    n = model.primitive.n_atoms
+    phi = model.vector(phi) if not isinstance(phi, torch.Tensor) else phi
+    keys = [tuple(np.round(v, 9)) for v in qq]
+    out: list[str] = [""] * len(qq)
+    for key in dict.fromkeys(keys):
+        rows = [i for i, kk in enumerate(keys) if kk == key]
+        k = torch.as_tensor(np.array([qq[rows[0]]]), dtype=torch.float64)
+        with torch.no_grad():
+            lam, U = torch.linalg.eigh(dynamics.dynamical_matrix(model, phi.detach().to(torch.float64), k))
+            f = dynamics.eigenvalues_to_thz(lam)[0].numpy()
+            frac = longitudinal_fraction(U, k)[0].numpy()
+        if len(rows) > len(f):
+            raise ValueError(f"{len(rows)} frequencies at q = {key}, more than the {len(f)} modes")
+        r, c = linear_sum_assignment(np.abs(nu[rows][:, None] - f[None, :]))
+        order = np.argsort(-frac, kind="stable")
+        longitudinal, transverse = np.sort(order[:n]), np.sort(order[n:])
+        for i, mode in zip(r, c, strict=True):
+            if mode in longitudinal:
+                rank = int(np.flatnonzero(longitudinal == mode)[0])
+                out[rows[i]] = "L" if rank == 0 else f"L{rank + 1}"
+            else:
+                out[rows[i]] = f"T{int(np.flatnonzero(transverse == mode)[0]) + 1}"
+    return out
