@@ -71,11 +71,11 @@ def resolution_of(args):
     return float(args.resolution)
 
 
-def model_and_start(linewidths: bool = False):
-    """The 2-shell Al model (with the linewidth γ₁ if asked) and its start: Gilat & Nicklow's
-    constants (γ₁ = 0.1 meV)."""
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    start = start_constants()
+def model_and_start(linewidths: bool = False, shells: int = 2):
+    """The Al model of ``shells`` shells (with the linewidth γ₁ if asked) and its start: Gilat &
+    Nicklow's constants for the first two shells, 0 beyond (γ₁ = 0.1 meV)."""
+    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=shells)
+    start = {n: start_constants().get(n, 0.0) for n in model.names}
     if linewidths:
         from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
 
@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--linewidths", action="store_true",
                     help="fit phonon linewidths Γ = γ₁ (ε/10 meV)(T/300 K) with the constants (LinewidthIFC)")
     ap.add_argument("--no-incoherent", action="store_true", help="leave out the incoherent scattering")
+    ap.add_argument("--shells", type=int, default=2, help="neighbour shells of the Born–von Kármán model")
     ap.add_argument("--q-resolution", type=float, default=None, help="|Q| resolution FWHM, 1/Å (default none)")
     ap.add_argument("--energy-background", type=int, default=0,
                     help="order of the background polynomial in the energy transfer (with the scale and constant)")
@@ -141,7 +142,7 @@ def main():
     args = ap.parse_args()
     ds = al_arcs()
     valid = ds["valid"].values
-    model, start = model_and_start(args.linewidths)
+    model, start = model_and_start(args.linewidths, args.shells)
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
         data = ds["chi"].sel(temperature=T).values[valid]

@@ -19,7 +19,7 @@ import numpy as np
 from al_arcs import SIGMA, model_and_start, resolution_of
 
 from xtds.datasets import al_arcs
-from xtds.fitting import LM
+from xtds.fitting import LM, Background
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.problem import Problem
 from xtds.observables.neutron.powder import PowderSpectrum
@@ -34,10 +34,13 @@ def main(argv=None):
     ap.add_argument("--linewidths", action="store_true")
     ap.add_argument("--q-resolution", type=float, default=None)
     ap.add_argument("--mesh", type=int, default=12)
+    ap.add_argument("--shells", type=int, default=2, help="neighbour shells of the Born–von Kármán model")
+    ap.add_argument("--energy-background", type=int, default=0,
+                    help="Chebyshev terms in the energy transfer added to the scale and constant")
     args = ap.parse_args(argv)
     ds = al_arcs()
     valid = ds["valid"].values
-    model, start = model_and_start(args.linewidths)
+    model, start = model_and_start(args.linewidths, args.shells)
     chi = ds["chi"].sel(temperature=args.temperature).values
     Q, E = ds["Q"].values, ds["E"].values
     if args.halves == "q":
@@ -50,7 +53,8 @@ def main(argv=None):
         obs = PowderSpectrum(model, Q, E, args.temperature, mask=mask, resolution=resolution_of(args), mesh=args.mesh,
                              normalize=False, q_resolution=args.q_resolution)
         data = chi[mask]
-        res = fit_problems([Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2")], start,
+        bg = Background(energy=args.energy_background)
+        res = fit_problems([Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2", background=bg)], start,
                            optimizer=LM(progress=False))
         names = list(model.names)
         out[name] = (res["ifc"].sel(constant=names).values, res["ifc_stderr"].sel(constant=names).values,
