@@ -258,9 +258,8 @@ def _read_plain(f, path: str) -> xr.Dataset:
     for k, v in f.attrs.items():
         key = {"ei": "incident_energy_meV", "incident_energy": "incident_energy_meV"}.get(k.lower(), k)
         attrs[key] = _text(v) if isinstance(v, bytes | str) else (float(v) if np.ndim(v) == 0 else v)
-    attrs.setdefault("counts", bool(np.all(np.isfinite(I[np.isfinite(I)])) and
-                                    np.allclose(I[np.isfinite(I)], np.round(I[np.isfinite(I)]))
-                                    and sig is None))
+    finite = I[np.isfinite(I)]
+    attrs.setdefault("counts", bool(sig is None and np.array_equal(finite, np.round(finite))))
     return _dataset(I, sig, E, Q, attrs)
 
 

@@ -79,17 +79,19 @@ class DispersionPoints(Observable):
             raise ValueError("a branch label needs q ≠ 0 (its polarization is measured against q̂)")
         self.dtype, self.device = dtype, device
 
-    def mode_index(self, phi: torch.Tensor) -> torch.Tensor:
+    def mode_index(self, phi: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
         """The mode (0 = lowest) each point compares with at constants ``phi`` (P,): its index, or the
         labelled branch's mode by polarization and rank (in torch, so that it also runs inside the
-        forward-mode Jacobian of a fit; the choice itself has no derivative)."""
+        forward-mode Jacobian of a fit; the choice itself has no derivative). ``D``: the dynamical
+        matrices at every point's q, where already made."""
         idx = torch.as_tensor(self.branch, device=phi.device)
         rows = [p for p, lab in enumerate(self.labels) if lab is not None]
         if not rows:
             return idx
         n = self.model.primitive.n_atoms
         k = torch.as_tensor(self.q[rows], dtype=phi.dtype, device=phi.device)
-        _, U = torch.linalg.eigh(dynamics.dynamical_matrix(self.model, phi, k))
+        Dr = dynamics.dynamical_matrix(self.model, phi, k) if D is None else D[rows]
+        _, U = torch.linalg.eigh(Dr)
         frac = longitudinal_fraction(U, k)
         order = torch.argsort(-frac, dim=1, stable=True)
         longitudinal = torch.sort(order[:, :n], dim=1).values  # ascending frequency (eigh's order)
@@ -105,8 +107,9 @@ class DispersionPoints(Observable):
 
     def __call__(self, phi: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         k = torch.as_tensor(self.q, dtype=phi.dtype, device=phi.device)
-        lam = torch.linalg.eigvalsh(dynamics.dynamical_matrix(self.model, phi, k))
-        lam = lam[torch.arange(len(k), device=phi.device), torch.as_tensor(self.mode_index(phi), device=phi.device)]
+        D = dynamics.dynamical_matrix(self.model, phi, k)
+        lam = torch.linalg.eigvalsh(D)
+        lam = lam[torch.arange(len(k), device=phi.device), self.mode_index(phi, D).to(phi.device)]
         return dynamics.eigenvalues_to_thz(lam)
 
     def mean(self, phi: torch.Tensor) -> torch.Tensor:

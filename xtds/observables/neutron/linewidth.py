@@ -39,7 +39,7 @@ import torch
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.ifc import ExtendedIFCModel, IFCInfo, IFCModel
 
-__all__ = ["Linewidths", "LinewidthIFC", "fine_energies", "lorentzian_kernel", "as_linewidth_model"]
+__all__ = ["Linewidths", "LinewidthIFC", "fine_energies", "lorentzian_kernel"]
 
 
 @dataclass(frozen=True)
@@ -116,17 +116,6 @@ class LinewidthIFC(ExtendedIFCModel):
     def width(self, phi: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
         """Γ(ε, T) (meV FWHM) at mode energies ``eps`` for the parameters in ``phi``."""
         return self.linewidths.width(phi[self.n_harmonic :], eps, temperature)
-
-
-def as_linewidth_model(model: IFCModel, linewidths: Linewidths | None) -> IFCModel:
-    """``model`` with the linewidth parameters of ``linewidths`` (None: as it is)."""
-    if linewidths is None or isinstance(model, LinewidthIFC):
-        if isinstance(model, LinewidthIFC) and linewidths is not None and model.linewidths != linewidths:
-            raise ValueError(f"the model already has {model.linewidths}; the linewidths given differ: give one")
-        return model
-    if not isinstance(linewidths, Linewidths):
-        raise TypeError(f"linewidths must be a Linewidths(...) or None, got {linewidths!r}")
-    return LinewidthIFC.of(model, linewidths)
 
 
 def fine_energies(energies, step: float, margin: float) -> tuple[np.ndarray, np.ndarray]:

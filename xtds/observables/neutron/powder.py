@@ -494,7 +494,7 @@ class PowderSpectrum(Observable):
 
     def incoherent_widths(self, phi: torch.Tensor):
         """The adaptive widths of the incoherent term's mesh (made once, at ``reference`` or the first
-        evaluation's constants, like :meth:`widths`); None without adaptive broadening."""
+        evaluation's constants, like :meth:`widths`); 0 (none) without adaptive broadening."""
         from xtds.observables.neutron.incoherent import ADAPTIVE_INCOHERENT
         from xtds.observables.neutron.multiphonon import mesh_widths
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["instrument_resolution", "resolution_from_attrs", "describe_settings", "InstrumentFWHM", "FWHM_PER_SIGMA"]
+__all__ = ["instrument_resolution", "resolution_from_attrs", "InstrumentFWHM", "FWHM_PER_SIGMA"]
 
 #: FWHM / σ of a Gaussian, 2√(2 ln 2).
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -134,10 +134,3 @@ def resolution_from_attrs(attrs, **settings) -> InstrumentFWHM:
         raise KeyError(f"the data set does not record its {' and '.join(missing)}: call "
                        "instrument_resolution(instrument, incident_energy, ...) with them")
     return instrument_resolution(str(name), float(np.asarray(Ei)), **settings)
-
-
-def describe_settings(instrument: str) -> str:
-    """The chopper settings (and their allowed values) that :func:`instrument_resolution` takes for
-    ``instrument``, as resins states them."""
-    inst = _instrument(instrument)
-    return f"{inst.name}: {inst.get_model_signature(inst.default_model)}"
