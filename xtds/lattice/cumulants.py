@@ -22,7 +22,7 @@ from math import factorial
 import numpy as np
 import torch
 
-__all__ = ["multisets", "q_monomials", "invariant_basis", "rotate_components"]
+__all__ = ["multisets", "q_monomials", "invariant_basis", "rotate_components", "component_embedding"]
 
 _AXES = "xyz"
 
@@ -51,6 +51,11 @@ def _embed(rank: int) -> np.ndarray:
     for flat, idx in enumerate(itertools.product(range(3), repeat=rank)):
         E[flat, index[tuple(sorted(idx))]] = 1.0
     return E
+
+
+def component_embedding(rank: int) -> np.ndarray:
+    """(3^rank, n_sym): the full tensor (flattened row-major) from the distinct components."""
+    return _embed(rank).copy()
 
 
 def q_monomials(q: torch.Tensor, rank: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ Together they are the truth against which the harmonic and the anharmonic TDS mo
 xtds[md]``.
 """
 
-from xtds.md.cumulants import measured_cumulants
+from xtds.md.cumulants import frame_covariance, measured_bond_constants, measured_cumulants
 from xtds.md.effective import effective_constants
 from xtds.md.intensity import md_intensity
 from xtds.md.trajectory import Trajectory, equilibrium_lattice_constant, run_md
 
 __all__ = ["Trajectory", "run_md", "equilibrium_lattice_constant", "md_intensity", "effective_constants",
-           "measured_cumulants"]
+           "measured_cumulants", "measured_bond_constants", "frame_covariance"]

@@ -10,13 +10,15 @@ intensity, against which a TDS fit's cumulants are checked.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from xtds.lattice.cumulants import multisets
 from xtds.lattice.supercell import supercell_sites
 from xtds.md.trajectory import Trajectory
 
-__all__ = ["measured_cumulants", "cumulant_components"]
+__all__ = ["measured_cumulants", "cumulant_components", "measured_bond_constants", "frame_covariance"]
 
 
 def cumulant_components(x: np.ndarray, rank: int) -> np.ndarray:
@@ -70,3 +72,52 @@ def measured_cumulants(traj: Trajectory, model) -> dict[str, float]:
     if A.shape[1] != n_par:
         raise RuntimeError("cumulant design mismatch")
     return dict(zip(model.names[model.n_harmonic :], map(float, theta), strict=True))
+
+
+def frame_covariance(traj: Trajectory) -> np.ndarray:
+    """⟨u_{c,0} u_{c',r}ᵀ⟩ of the frames, pooled over the supercell's translations (FFT over the cells):
+    shape (n, n, L1, L2, L3, 3, 3), Å², the layout of :func:`~xtds.thermal.covariance.lattice_covariance`."""
+    L, n = tuple(traj.repeats), traj.crystal.n_atoms
+    U = traj.displacements.reshape(traj.n_frames, *L, n, 3)
+    Uk = np.fft.fftn(U, axes=(1, 2, 3))
+    prod = np.einsum("fuvwca,fuvwdb->cdabuvw", Uk.conj(), Uk, optimize=True)
+    C = np.fft.ifftn(prod, axes=(4, 5, 6)).real / (traj.n_frames * np.prod(L))
+    return np.moveaxis(C, (2, 3), (5, 6))
+
+
+def measured_bond_constants(traj: Trajectory, model) -> dict[str, float]:
+    """The cubic bond constants Ψ (eV/Å³, by name) of an anharmonic model with
+    ``Anharmonic(cubic_shells=...)`` measured from the frames: the least-squares Ψ whose
+    first-order K₃ (:func:`~xtds.observables.tds.cubic.bond_cumulants`, with the frames' own
+    covariances) matches the K₃ of every pair of the supercell measured from the frames (third
+    moments of Δu; their means vanish by symmetry). Also returns ``"relative_residual"``: the
+    part of the measured K₃ (Frobenius norm) the bonds leave. A check of first-order perturbation
+    theory independent of any intensity."""
+    import torch
+
+    from xtds.observables.tds.exact import Terms
+
+    if not getattr(model, "_bond_maps", None):
+        return {}
+    if traj.crystal.n_atoms != model.crystal.n_atoms or not np.allclose(traj.crystal.lattice, model.crystal.lattice):
+        raise ValueError("the trajectory's cell is not the model's crystal cell: build the model on traj.crystal")
+    L, n = tuple(traj.repeats), traj.crystal.n_atoms
+    Cr = torch.as_tensor(frame_covariance(traj))
+    terms = Terms(model, Cr, traj.temperature)
+    basis = terms.bond_k3.numpy()  # (M, 10, n_par)
+    U = traj.displacements.reshape(traj.n_frames, *L, n, 3)
+    ms = multisets(3)
+    cells = np.stack(np.meshgrid(*(np.arange(x) for x in L), indexing="ij"), -1).reshape(-1, 3)
+    measured = np.zeros((len(terms.src), len(ms)))
+    for e, (s, t) in enumerate(zip(terms.src, terms.dst, strict=True)):
+        R = cells[e % len(cells)]
+        x = (np.roll(U[..., t, :], tuple(-R), axis=(1, 2, 3)) - U[..., s, :]).reshape(-1, 3)
+        measured[e] = [np.mean(x[:, a] * x[:, b] * x[:, c]) for a, b, c in ms]
+    cols = [i for i, nm in enumerate(model.names[model.n_harmonic :]) if nm.startswith("p3")]
+    # the distinct components count with their multiplicity in the tensor norm
+    w = np.sqrt(np.array([len(set(itertools.permutations(m))) for m in ms], dtype=float))
+    Aw, bw = (basis[:, :, cols] * w[None, :, None]).reshape(-1, len(cols)), (measured * w).reshape(-1)
+    psi = np.linalg.lstsq(Aw, bw, rcond=None)[0]
+    out = {model.names[model.n_harmonic + i]: float(v) for i, v in zip(cols, psi, strict=True)}
+    out["relative_residual"] = float(np.linalg.norm(Aw @ psi - bw) / np.linalg.norm(bw))
+    return out

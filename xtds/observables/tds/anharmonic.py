@@ -32,7 +32,7 @@ takes it unchanged (``ds.tds.fit(AnharmonicIFC(...), ...)`` or ``TDSModel(anharm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,10 +40,11 @@ import torch
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.cumulants import invariant_basis, multisets, q_monomials, rotate_components
 from xtds.lattice.ifc import ExtendedIFCModel, IFCInfo, IFCModel, shell_letter
+from xtds.observables.tds.cubic import bond_group
 
 __all__ = ["Anharmonic", "AnharmonicIFC", "CumulantDesign", "as_anharmonic_model", "apply_cumulants"]
 
-_UNIT = {3: "Å^3", 4: "Å^4"}
+_UNIT = {3: "Å^3", 4: "Å^4", "p3": "eV/Å^3"}
 
 
 @dataclass(frozen=True)
@@ -61,26 +62,34 @@ class Anharmonic:
         Whether the single-site cumulants (the anharmonic Debye–Waller factor) are included.
     order
         The highest cumulant: 3 (κ₃ only) or 4 (κ₃ and κ₄, default).
+    cubic_shells
+        Neighbour shells of cubic bond force constants Ψ (eV/Å³, names ``p3b0`` …) whose
+        third cumulants of *every* pair follow from first-order perturbation theory,
+        K₃ = −(k_BT)⁻¹ Σ_bonds Ψ X X X with X the harmonic covariance of the pair with the bond
+        (:mod:`xtds.observables.tds.cubic`): the long range of K₃ from a few constants. Classical
+        statistics only. 0: none; the per-shell ``shells`` terms then add to them near by.
     """
 
     shells: int = 4
     quartic_shells: int = 1
     site: bool = True
     order: int = 4
+    cubic_shells: int = 0
 
     def __post_init__(self):
-        for what in ("shells", "quartic_shells"):
+        for what in ("shells", "quartic_shells", "cubic_shells"):
             v = getattr(self, what)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"Anharmonic({what}=...) must be a count of neighbour shells ≥ 0, got {v!r}")
         if self.order not in (3, 4):
             raise ValueError(f"Anharmonic(order=...) must be 3 or 4 (the highest cumulant), got {self.order!r}")
-        if self.shells == 0 and not self.site and (self.order == 3 or self.quartic_shells == 0):
-            raise ValueError("this Anharmonic(...) has no terms: give shells ≥ 1 or site=True")
+        if self.shells == 0 and self.cubic_shells == 0 and not self.site and (
+                self.order == 3 or self.quartic_shells == 0):
+            raise ValueError("this Anharmonic(...) has no terms: give shells ≥ 1, cubic_shells ≥ 1 or site=True")
 
     def reach(self) -> int:
-        """The farthest shell with pair terms."""
-        return max(self.shells, self.quartic_shells if self.order == 4 else 0)
+        """The farthest shell with pair terms or bond constants."""
+        return max(self.shells, self.cubic_shells, self.quartic_shells if self.order == 4 else 0)
 
 
 class AnharmonicIFC(ExtendedIFCModel):
@@ -157,11 +166,13 @@ class AnharmonicIFC(ExtendedIFCModel):
         reach = {3: anh.shells, 4: anh.quartic_shells}
         col = 0
         sp = self.primitive.species
-        entries = []  # (orbit, rank, N, first column, is_site)
-        for kind in ("site", "pair"):
-            for rank in ranks:
+        entries = []  # (orbit, rank, N, first column, kind)
+        for kind in ("site", "pair", "bond"):
+            for rank in (ranks if kind != "bond" else (3,)):
                 if kind == "site":
                     orbits = site_orbits if anh.site else []
+                elif kind == "bond":
+                    orbits = [o for o in P._orbits if 1 <= o.shell <= anh.cubic_shells]
                 else:
                     orbits = [o for o in P._orbits if 1 <= o.shell <= reach[rank]]
                 for o in orbits:
@@ -172,13 +183,14 @@ class AnharmonicIFC(ExtendedIFCModel):
                     pivots, N = invariant_basis(R, s, rank)
                     if not pivots:
                         continue
-                    entries.append((o, rank, N, col, kind == "site"))
+                    entries.append((o, rank, N, col, kind))
                     st, tt = int(P.pair_src[o.rep]), int(P.pair_dst[o.rep])
                     suffix = "" if len(site_orbits if kind == "site" else
                                         [p for p in P._orbits if p.shell == o.shell]) == 1 else \
                         (f"_{sp[st]}" if kind == "site" else f"_{sp[st]}-{sp[tt]}")
+                    prefix = "p" if kind == "bond" else "k"
                     for i, pv in enumerate(pivots):
-                        infos.append(IFCInfo(name=f"k{rank}{shell_letter(o.shell)}{i}{suffix}", shell=o.shell,
+                        infos.append(IFCInfo(name=f"{prefix}{rank}{shell_letter(o.shell)}{i}{suffix}", shell=o.shell,
                                              distance=float(P.shell_distances[o.shell]), sites=(st, tt),
                                              species=(sp[st], sp[tt]),
                                              neighbour=tuple(float(x) for x in P.pair_vector[o.rep]),
@@ -190,21 +202,26 @@ class AnharmonicIFC(ExtendedIFCModel):
         # per rank: the components of each member pair (or site) as a matrix of the parameters
         self._pair_maps = {r: {} for r in ranks}
         self._site_maps = {r: {} for r in ranks}
-        for o, rank, N, c0, is_site in entries:
+        #: pair index → (10, n_par): the cubic bond constants' tensor Ψ_abc of each bond
+        self._bond_maps = {}
+        for o, rank, N, c0, kind in entries:
             m = N.shape[1]
+            is_site = kind == "site"
             for q, g, tflag in zip(o.members, o.op, o.transpose, strict=True):
                 M = np.zeros((len(multisets(rank)), n_par))
                 M[:, c0 : c0 + m] = rotate_components(P._ops.cartesian[g], rank) @ N
                 if tflag and not is_site:
                     M *= (-1) ** rank
-                if is_site:
+                if kind == "bond":
+                    self._bond_maps[int(q)] = M
+                elif is_site:
                     key = int(P.pair_src[q])
                     self._site_maps[rank].setdefault(key, np.zeros_like(M))
                     self._site_maps[rank][key] = M  # every member of a site orbit is that site's self pair
                 else:
                     self._pair_maps[rank][int(q)] = M
         self.cumulant_ranks = ranks
-        self._append(infos, [_UNIT[int(n[1])] for n in names])
+        self._append(infos, [_UNIT["p3" if n[0] == "p" else int(n[1])] for n in names])
 
     # ------------------------------------------------------------------ the TDS terms
     def design(self, cell: Crystal, repeats, src: np.ndarray, dst: np.ndarray, d: np.ndarray) -> CumulantDesign:
@@ -239,8 +256,9 @@ class AnharmonicIFC(ExtendedIFCModel):
             if self._site_maps[r]:
                 atom_site[r] = np.stack([self._site_maps[r].get(int(site[a]), np.zeros((len(multisets(r)), n_par)))
                                          for a in range(cell.n_atoms)])
+        bonds = bond_group(P, self._bond_maps, cell, repeats) if self._bond_maps else {}
         out = CumulantDesign(pair_index=np.array(rows, dtype=int), pair=pair, atom_site=atom_site,
-                             self_index=np.nonzero(self_term)[0], self_atom=np.asarray(src)[self_term])
+                             self_index=np.nonzero(self_term)[0], self_atom=np.asarray(src)[self_term], bonds=bonds)
         self._designs[key] = out
         return out
 
@@ -288,6 +306,9 @@ class CumulantDesign:
         rank → (n, n_sym, n_par): the site tensor of each atom of the cell.
     self_index, self_atom
         The self terms (d = 0, Δu = 0) and their atom: the site terms cancel there.
+    bonds
+        The cubic bond constants' bonds on the primitive cell and the supercell's translations
+        (:func:`~xtds.observables.tds.cubic.bond_group`; empty: none).
     """
 
     pair_index: np.ndarray
@@ -295,6 +316,7 @@ class CumulantDesign:
     atom_site: dict
     self_index: np.ndarray
     self_atom: np.ndarray
+    bonds: dict = field(default_factory=dict)
 
 
 def kappa(M: np.ndarray, theta: torch.Tensor, q: torch.Tensor, rank: int) -> torch.Tensor:
@@ -304,11 +326,16 @@ def kappa(M: np.ndarray, theta: torch.Tensor, q: torch.Tensor, rank: int) -> tor
 
 
 def apply_cumulants(design: CumulantDesign, theta: torch.Tensor, q: torch.Tensor, a: torch.Tensor,
-                    arg: torch.Tensor, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor):
+                    arg: torch.Tensor, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                    bond_k3: torch.Tensor | None = None):
     """The exact supercell sum's per-atom amplitudes ``a`` (Q, n), phases ``arg`` = q·d (Q, M) and
     exponents ``x`` = qᵀC q (Q, M) with the cumulant terms of θ added: site K₄ as a factor
     exp(κ₄/24) of each atom's amplitude (taken back in the self terms), site K₃ as the phase
-    −(κ₃(dst) − κ₃(src))/6, pair tensors as −κ₃/6 and κ₄/24 on their terms. Returns (a, arg, x)."""
+    −(κ₃(dst) − κ₃(src))/6, pair tensors as −κ₃/6 and κ₄/24 on their terms, and the cubic bond
+    constants' K₃ of every term (``bond_k3`` (M, 10, n_par), :func:`~xtds.observables.tds.cubic.bond_cumulants`)
+    as −κ₃/6. Returns (a, arg, x)."""
+    if bond_k3 is not None:
+        arg = arg - kappa(bond_k3, theta, q, 3) / 6
     if 4 in design.atom_site:
         s4 = kappa(design.atom_site[4], theta, q, 4) / 24  # (Q, n)
         a = a * torch.exp(s4)

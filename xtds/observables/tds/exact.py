@@ -20,9 +20,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xtds.lattice.cumulants import q_monomials
 from xtds.lattice.ifc import IFCModel
 from xtds.observables.scattering import form_factors_at
 from xtds.observables.tds.anharmonic import CumulantDesign, apply_cumulants, kappa
+from xtds.observables.tds.cubic import bond_cumulants
 from xtds.thermal.covariance import covariance_k, lattice_covariance, q_products, symmetric_components
 from xtds.thermal.debye_waller import self_components, supercell_exponents
 from xtds.transforms import TRANSFORMS
@@ -32,7 +34,7 @@ __all__ = ["exact_supercell", "one_phonon", "Terms", "cumulant_jacobian"]
 class Terms:
     """The ingredients shared by the exact and one-phonon intensities of one geometry."""
 
-    def __init__(self, model: IFCModel, Cr: torch.Tensor):
+    def __init__(self, model: IFCModel, Cr: torch.Tensor, temperature: float | None = None):
         cell = model.crystal
         n = cell.n_atoms
         L = np.asarray(Cr.shape[2:5])
@@ -67,8 +69,13 @@ class Terms:
         self.species = list(cell.species)
         self.cell = cell
         self.design = None  # the cumulant terms of an anharmonic model (xtds.observables.tds.anharmonic)
+        self.bond_k3 = None  # (M, 10, n_par): the K₃ of every term per cubic bond constant
         if getattr(model, "cumulant_ranks", None):
             self.design = model.design(cell, L, self.src, self.dst, np.concatenate(d_list))
+            if self.design.bonds:
+                if temperature is None:
+                    raise ValueError("the cubic bond constants' K₃ needs the temperature: Terms(model, Cr, T)")
+                self.bond_k3 = bond_cumulants(Cr, self.design, reps, temperature)
 
 
 def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int,
@@ -91,7 +98,7 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
         x = qq @ terms.C6.T  # (Q, M)
         arg = qc @ terms.d.T
         if terms.design is not None and theta is not None:
-            a, arg, x = apply_cumulants(terms.design, theta, qc, a, arg, x, src, dst)
+            a, arg, x = apply_cumulants(terms.design, theta, qc, a, arg, x, src, dst, terms.bond_k3)
         phase = torch.cos(arg)
         g = torch.exp(x)
         amp = a[:, src] * a[:, dst] * terms.w
@@ -107,7 +114,7 @@ def exact_supercell(model, phi, q, temperature, geometry, quantum=False, form_fa
     """
     Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
     theta = phi[model.n_harmonic :] if getattr(model, "cumulant_ranks", None) else None
-    return _sum_pairs(Terms(model, Cr), q, form_factor, "all", chunk, theta=theta)
+    return _sum_pairs(Terms(model, Cr, temperature), q, form_factor, "all", chunk, theta=theta)
 
 
 def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096,
@@ -144,11 +151,13 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
     through the site factors of its two atoms (site K₄ in the amplitudes, site K₃ as a phase
     δ(src, dst)), so those terms are summed once per atom pair of the cell (Σ w e^x cos(q·d) and
     Σ w e^x sin(q·d)) without derivatives, and only the shells' terms and the self terms are
-    differentiated, in forward mode. Equal to the full forward-mode Jacobian (tests).
+    differentiated, in forward mode. The cubic bond constants reach every term, but only as the
+    phase −κ₃/6, linear in them: their columns are Σ_M w a a' e^x sin(φ_M) κ₃,p(q)/6, one matrix
+    product over the terms. Equal to the full forward-mode Jacobian (tests).
     """
     with torch.no_grad():
         Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
-        terms = Terms(model, Cr)
+        terms = Terms(model, Cr, temperature)
     design = terms.design
     theta0 = phi[model.n_harmonic :].detach()
     n = len(terms.species)
@@ -160,8 +169,10 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
     sub = CumulantDesign(pair_index=np.array([pos[int(e)] for e in design.pair_index], dtype=int), pair=design.pair,
                          atom_site=design.atom_site,
                          self_index=np.array([pos[int(e)] for e in design.self_index], dtype=int),
-                         self_atom=design.self_atom)
+                         self_atom=design.self_atom, bonds=design.bonds)
     near_t, far_t = torch.as_tensor(near, device=q.device), torch.as_tensor(far, device=q.device)
+    bond = terms.bond_k3
+    bond_cols = [i for i, nm in enumerate(model.names[model.n_harmonic :]) if nm.startswith("p3")]
     key = src[far_t] * n + dst[far_t]  # the (src, dst) atom pair of each far term
     ci, di = torch.arange(n, device=q.device).repeat_interleave(n), torch.arange(n, device=q.device).repeat(n)
     out = []
@@ -174,6 +185,8 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
             a0 = f * torch.exp(-W)
             x = qq @ terms.C6.T
             arg = qc @ terms.d.T
+            if bond is not None:  # the bonds' phase at θ0 (their own columns below)
+                arg = arg - kappa(bond, theta0, qc, 3) / 6
             ew = torch.exp(x[:, far_t]) * terms.w[far_t]
             Sc = torch.zeros(len(qc), n * n, dtype=q.dtype, device=q.device).index_add(
                 1, key, ew * torch.cos(arg[:, far_t]))
@@ -195,5 +208,12 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
             return near_sum + far_sum
 
         with TRANSFORMS:
-            out.append(torch.func.jacfwd(intensity)(theta0))
+            J = torch.func.jacfwd(intensity)(theta0).clone()
+        if bond is not None:
+            with torch.no_grad():
+                a, arg_t, x_t = apply_cumulants(design, theta0, qc, a0, arg, x, src, dst)
+                S = a[:, src] * a[:, dst] * terms.w * torch.exp(x_t) * torch.sin(arg_t)  # (Q, M)
+                per = (S @ bond.reshape(len(terms.src), -1)).reshape(len(qc), bond.shape[1], -1)  # (Q, 10, n_θ)
+                J[:, bond_cols] = torch.einsum("qs,qsp->qp", q_monomials(qc, 3), per)[:, bond_cols] / 6
+        out.append(J)
     return torch.cat(out)

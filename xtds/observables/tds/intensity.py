@@ -122,6 +122,11 @@ class TDSIntensity(Observable):
                 f"the anharmonic (cumulant) terms are summed in the exact model on a periodic supercell only; got "
                 f"method={self.method!r} on {geometry!r}. Use TDSModel(method='exact', "
                 "geometry=PeriodicSupercell(L)) (data simulated on a supercell, e.g. MD), or a harmonic model")
+        if getattr(self.model, "_bond_maps", None) and self.quantum:
+            raise NotImplementedError(
+                "the cubic bond constants' third cumulants (Anharmonic(cubic_shells=...)) are the classical "
+                "first-order result: use TDSModel(quantum=False) (classical MD, or temperatures well above the Debye "
+                "temperature), or Anharmonic(cubic_shells=0) with per-shell K₃ (shells=...)")
         qt = as_q(self.q, self.dtype, self.device)
         if isinstance(geometry, PeriodicSupercell):  # validated on the grid; jittered points moved onto it
             crystal, L = self.model.crystal, np.asarray(geometry.repeats)
