@@ -164,13 +164,13 @@ def show(r: dict) -> str:
     return "\n".join(lines)
 
 
-def paper_harmonic(n_max: int) -> None:
+def paper_harmonic(n_max: int, anharmonic: Anharmonic) -> None:
     """The paper's noise-free (harmonic) Ni target fitted with the harmonic and the anharmonic model."""
     from xtds.datasets import paper_ni_ifcs, paper_ni_volume
 
     ds = paper_ni_volume(n_max)
     fits, times = {}, {}
-    for label, settings in (("harmonic", TDSModel()), ("anharmonic", TDSModel(anharmonic=Anharmonic()))):
+    for label, settings in (("harmonic", TDSModel()), ("anharmonic", TDSModel(anharmonic=anharmonic))):
         t = time.perf_counter()
         fits[label] = ds.tds.fit("Ni", shells=5, initial=paper_ni_ifcs("starting"), model=settings)
         times[label] = time.perf_counter() - t
@@ -203,7 +203,7 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for spec in args.cases.split(","):
+    for spec in filter(None, args.cases.split(",")):
         el, T = spec.split(":")
         r = case(el, float(T), args.frames, out, args.loss, args.shells, args.anharmonic_shells, args.repeats,
                  args.n_max, args.cubic_shells, args.quartic_shells)
@@ -213,7 +213,9 @@ def main(argv=None):
     (out / f"results_{tag}.json").write_text(json.dumps(results, indent=1, default=float))
     (out / f"table_{tag}.md").write_text("\n".join(show(r) for r in results) + "\n")
     if args.paper_harmonic is not None:
-        paper_harmonic(args.paper_harmonic)
+        settings = Anharmonic(shells=args.anharmonic_shells, quartic_shells=args.quartic_shells,
+                              cubic_shells=args.cubic_shells)
+        paper_harmonic(args.paper_harmonic, settings)
 
 
 if __name__ == "__main__":

@@ -186,3 +186,18 @@ def test_bond_constants_measured_from_md_frames():
     control = measured_bond_constants(Trajectory(traj.crystal, traj.repeats, gauss.reshape(-1, 108, 3), 900.0), m)
     for name in ("p3b0", "p3b1"):
         assert abs(control[name]) < 0.1 * abs(psi[0][name]), (name, control)
+
+
+def test_jacobian_in_the_force_constants_equals_finite_differences(cu):
+    """The bonds' K₃ move with the force constants (through the covariances); the forward-mode
+    Jacobian (which takes that dependence as a term of value zero) equals central differences."""
+    m, phi = cu
+    q = supercell_q_grid(m.crystal, 2, 5)
+    obs = xtds.TDSIntensity(m, q, T, quantum=False, geometry=PeriodicSupercell(2), laue_reduce=False)
+    J = torch.func.jacfwd(obs.mean)(phi)
+    h = 1e-6
+    for i in range(m.n_harmonic):
+        e = torch.zeros_like(phi)
+        e[i] = h
+        fd = (obs.mean(phi + e) - obs.mean(phi - e)) / (2 * h)
+        assert float((J[:, i] - fd).abs().max() / fd.abs().max()) < 1e-6, m.names[i]
