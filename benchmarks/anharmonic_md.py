@@ -177,7 +177,7 @@ def paper_harmonic(n_max: int, anharmonic: Anharmonic) -> None:
     h, a = fits["harmonic"], fits["anharmonic"]
     names = [str(n) for n in h.constant.values if not bool(h.derived.sel(constant=n))]
     diff = max(abs(float(a.ifc.sel(constant=n)) - float(h.ifc.sel(constant=n))) for n in names)
-    cum = max(abs(float(a.ifc.sel(constant=n))) for n in a.constant.values if str(n).startswith("k"))
+    cum = max(abs(float(a.ifc.sel(constant=n))) for n in a.constant.values if str(n)[:2] in ("k3", "k4", "p3"))
     print(f"\nThe paper's harmonic target (n_max {n_max}): constants anharmonic − harmonic at most {diff:.3g} eV/Å², "
           f"cumulants at most {cum:.3g}; fit times harmonic {times['harmonic']:.0f} s, anharmonic "
           f"{times['anharmonic']:.0f} s (ratio {times['anharmonic'] / times['harmonic']:.2f}). "
@@ -209,9 +209,11 @@ def main(argv=None):
                  args.n_max, args.cubic_shells, args.quartic_shells)
         print(show(r), flush=True)
         results.append(r)
-    tag = f"{args.loss}_k{args.anharmonic_shells}_q{args.quartic_shells}_p{args.cubic_shells}"
-    (out / f"results_{tag}.json").write_text(json.dumps(results, indent=1, default=float))
-    (out / f"table_{tag}.md").write_text("\n".join(show(r) for r in results) + "\n")
+    if results:  # one file per setting and case list (n_max too), so that runs do not overwrite each other
+        cases = args.cases.replace(":", "").replace(",", "-")
+        tag = f"{cases}_n{args.n_max}_{args.loss}_k{args.anharmonic_shells}_q{args.quartic_shells}_p{args.cubic_shells}"
+        (out / f"results_{tag}.json").write_text(json.dumps(results, indent=1, default=float))
+        (out / f"table_{tag}.md").write_text("\n".join(show(r) for r in results) + "\n")
     if args.paper_harmonic is not None:
         settings = Anharmonic(shells=args.anharmonic_shells, quartic_shells=args.quartic_shells,
                               cubic_shells=args.cubic_shells)

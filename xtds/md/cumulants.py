@@ -104,7 +104,7 @@ def measured_bond_constants(traj: Trajectory, model) -> dict[str, float]:
     L, n = tuple(traj.repeats), traj.crystal.n_atoms
     Cr = torch.as_tensor(frame_covariance(traj))
     terms = Terms(model, Cr, traj.temperature)
-    basis = terms.bond_k3.numpy()  # (M, 10, n_par)
+    basis = terms.bond_k3().numpy()  # (M, 10, n_bond)
     U = traj.displacements.reshape(traj.n_frames, *L, n, 3)
     ms = multisets(3)
     cells = np.stack(np.meshgrid(*(np.arange(x) for x in L), indexing="ij"), -1).reshape(-1, 3)
@@ -113,10 +113,10 @@ def measured_bond_constants(traj: Trajectory, model) -> dict[str, float]:
         R = cells[e % len(cells)]
         x = (np.roll(U[..., t, :], tuple(-R), axis=(1, 2, 3)) - U[..., s, :]).reshape(-1, 3)
         measured[e] = [np.mean(x[:, a] * x[:, b] * x[:, c]) for a, b, c in ms]
-    cols = [i for i, nm in enumerate(model.names[model.n_harmonic :]) if nm.startswith("p3")]
+    cols = list(terms.design.bonds["cols"])
     # the distinct components count with their multiplicity in the tensor norm
     w = np.sqrt(np.array([len(set(itertools.permutations(m))) for m in ms], dtype=float))
-    Aw, bw = (basis[:, :, cols] * w[None, :, None]).reshape(-1, len(cols)), (measured * w).reshape(-1)
+    Aw, bw = (basis * w[None, :, None]).reshape(-1, len(cols)), (measured * w).reshape(-1)
     psi = np.linalg.lstsq(Aw, bw, rcond=None)[0]
     out = {model.names[model.n_harmonic + i]: float(v) for i, v in zip(cols, psi, strict=True)}
     out["relative_residual"] = float(np.linalg.norm(Aw @ psi - bw) / np.linalg.norm(bw))

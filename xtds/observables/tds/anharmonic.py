@@ -332,10 +332,10 @@ def apply_cumulants(design: CumulantDesign, theta: torch.Tensor, q: torch.Tensor
     exponents ``x`` = qᵀC q (Q, M) with the cumulant terms of θ added: site K₄ as a factor
     exp(κ₄/24) of each atom's amplitude (taken back in the self terms), site K₃ as the phase
     −(κ₃(dst) − κ₃(src))/6, pair tensors as −κ₃/6 and κ₄/24 on their terms, and the cubic bond
-    constants' K₃ of every term (``bond_k3`` (M, 10, n_par), :func:`~xtds.observables.tds.cubic.bond_cumulants`)
-    as −κ₃/6. Returns (a, arg, x)."""
+    constants' K₃ of every term (``bond_k3`` (M, 10) components,
+    :func:`~xtds.observables.tds.cubic.bond_cumulants`) as −κ₃/6. Returns (a, arg, x)."""
     if bond_k3 is not None:
-        arg = arg - kappa(bond_k3, theta, q, 3) / 6
+        arg = arg - q_monomials(q, 3) @ bond_k3.T / 6
     if 4 in design.atom_site:
         s4 = kappa(design.atom_site[4], theta, q, 4) / 24  # (Q, n)
         a = a * torch.exp(s4)

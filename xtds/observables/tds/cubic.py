@@ -65,8 +65,9 @@ def bond_group(pairs, bond_maps: dict, cell, repeats) -> dict:
     Returns a dict: ``grid`` d; ``reps`` the first atom of ``cell`` on each primitive site;
     ``gather`` (n_s, n_s, N) the flat (c'·N_cells + r) of the atom that is site s' at translation
     g from ``reps[s]``; ``src``, ``dst`` (B,) sites and ``shift_index`` (B, N) the translation
-    g + t_b of each primitive bond; ``maps`` (B, 10, n_par); ``out_index`` (M,) the (s_i, s_j, g)
-    of every pair term of :class:`~xtds.observables.tds.exact.Terms`, in its order.
+    g + t_b of each primitive bond; ``cols`` the bond constants' places in θ and ``maps``
+    (B, 10, len(cols)) each bond's Ψ in them; ``out_index`` (M,) the (s_i, s_j, g) of every pair
+    term of :class:`~xtds.observables.tds.exact.Terms`, in its order.
     """
     from sympy import Matrix
     from sympy.matrices.normalforms import smith_normal_decomp
@@ -108,12 +109,14 @@ def bond_group(pairs, bond_maps: dict, cell, repeats) -> dict:
     grid = np.stack(np.unravel_index(np.arange(Ng), tuple(d)), -1)
     shift_index = np.ravel_multi_index(tuple(np.moveaxis((grid[None] + (table.shift[b] @ V)[:, None]) % d, -1, 0)),
                                        tuple(d))
+    maps = np.stack([bond_maps[int(q)] for q in table.pair[b]])
+    cols = np.nonzero(np.abs(maps).sum(axis=(0, 1)) > 0)[0]
     return dict(grid=tuple(int(x) for x in d), reps=reps, gather=gather, src=table.src[b], dst=table.dst[b],
-                shift_index=shift_index, maps=np.stack([bond_maps[int(q)] for q in table.pair[b]]),
-                out_index=np.concatenate(out))
+                shift_index=shift_index, cols=cols, maps=maps[:, :, cols], out_index=np.concatenate(out))
 
 
-def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float) -> torch.Tensor:
+def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float, theta: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """The third cumulants of every pair term of the exact supercell sum, per cubic bond parameter.
 
     Parameters
@@ -127,12 +130,16 @@ def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float) -> torch.
         The source atoms of the pair terms (one per primitive site; checked against the design's).
     temperature
         K (classical statistics).
+    theta
+        The anharmonic model's cumulant parameters: the K₃ of these bond constants (one pass);
+        None: one K₃ per bond constant (the basis, for the Jacobian's columns).
 
     Returns
     -------
     torch.Tensor
-        (len(reps) · n · N_cells, 10, n_par) Å³ per parameter unit: the K₃ components of the pair
-        from atom ``reps[i]`` at cell 0 to atom c' at cell r, ordered (rep, c', r) as the terms of
+        (len(reps) · n · N_cells, 10) Å³ with ``theta``, else (…, 10, len(design.bonds["cols"]))
+        per unit of each bond constant: the K₃ components of the pair from atom ``reps[i]`` at
+        cell 0 to atom c' at cell r, ordered (rep, c', r) as the terms of
         :class:`~xtds.observables.tds.exact.Terms`.
     """
     from xtds.units import KB_EV_PER_K
@@ -157,6 +164,8 @@ def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float) -> torch.
     D = (far - G[:, src]).transpose(0, 1).contiguous()  # (B, n_s, 3, 3, N)
     E = torch.as_tensor(component_embedding(3), dtype=dt, device=dev)  # (27, 10)
     maps = torch.as_tensor(bonds["maps"], dtype=dt, device=dev)  # (B, 10, p)
+    if theta is not None:  # one Ψ per bond: the parameters contracted first
+        maps = maps @ theta[torch.as_tensor(bonds["cols"], device=dev)].to(dt)[:, None]
     psi = torch.einsum("fs,bsp->bpf", E, maps).reshape(len(src), -1, 3, 3, 3)  # Ψ per bond and parameter
     Dpsi = torch.einsum("bpuvw,bcxur->bpcxvwr", psi, D)
     P = torch.einsum("bpcxvwr,bcyvr->bpcxywr", Dpsi, D)  # (B, p, n_s, 3, 3, 3, N): Σ Ψ_x'y'w D_xx' D_yy'
@@ -176,4 +185,5 @@ def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float) -> torch.
     K = K * (-1.0 / (2 * KB_EV_PER_K * float(temperature)))
     ms = torch.as_tensor(_MS3, device=dev)
     comps = K[..., ms[:, 0], ms[:, 1], ms[:, 2]].reshape(K.shape[0], n_s * n_s * Ng, 10)
-    return comps[:, torch.as_tensor(bonds["out_index"], device=dev)].permute(1, 2, 0)
+    comps = comps[:, torch.as_tensor(bonds["out_index"], device=dev)].permute(1, 2, 0)
+    return comps[..., 0] if theta is not None else comps

@@ -69,13 +69,19 @@ class Terms:
         self.species = list(cell.species)
         self.cell = cell
         self.design = None  # the cumulant terms of an anharmonic model (xtds.observables.tds.anharmonic)
-        self.bond_k3 = None  # (M, 10, n_par): the K₃ of every term per cubic bond constant
+        self.has_bonds = False  # cubic bond constants: their K₃ of every term (bond_k3)
         if getattr(model, "cumulant_ranks", None):
             self.design = model.design(cell, L, self.src, self.dst, np.concatenate(d_list))
             if self.design.bonds:
                 if temperature is None:
                     raise ValueError("the cubic bond constants' K₃ needs the temperature: Terms(model, Cr, T)")
-                self.bond_k3 = bond_cumulants(Cr, self.design, reps, temperature)
+                self.has_bonds = True
+                self._bond_args = (Cr, self.design, reps, temperature)
+
+    def bond_k3(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """The cubic bond constants' K₃ of every term: (M, 10) for the parameters ``theta``, or
+        (M, 10, n_bond) per bond constant (:func:`~xtds.observables.tds.cubic.bond_cumulants`)."""
+        return bond_cumulants(*self._bond_args, theta=theta)
 
 
 def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: int,
@@ -94,7 +100,7 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
     out = []
     src = torch.as_tensor(terms.src, device=q.device)
     dst = torch.as_tensor(terms.dst, device=q.device)
-    bond = terms.bond_k3
+    bond = terms.bond_k3(theta) if terms.has_bonds and theta is not None else None  # (M, 10)
     for start in range(0, len(q), chunk):
         qc = q[start : start + chunk]
         qq = q_products(qc)  # (Q, 6)
@@ -110,9 +116,9 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
         g = torch.exp(x)
         amp = a[:, src] * a[:, dst] * terms.w
         total = (amp * phase * g).sum(dim=1)
-        if bond is not None and theta is not None:
+        if bond is not None:
             S = (amp * g * torch.sin(arg)).detach()  # ∂I/∂(κ₃/6) of each term
-            dK = torch.einsum("msp,p->ms", bond - bond.detach(), theta.detach())  # zero, with the covariances' tangent
+            dK = bond - bond.detach()  # zero, with the tangents of θ and of the covariances
             total = total + (q_monomials(qc, 3) * (S @ dK)).sum(1) / 6
         out.append(total)
     return torch.cat(out)
@@ -183,8 +189,8 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
                          self_index=np.array([pos[int(e)] for e in design.self_index], dtype=int),
                          self_atom=design.self_atom, bonds=design.bonds)
     near_t, far_t = torch.as_tensor(near, device=q.device), torch.as_tensor(far, device=q.device)
-    bond = terms.bond_k3
-    bond_cols = [i for i, nm in enumerate(model.names[model.n_harmonic :]) if nm.startswith("p3")]
+    bond = terms.bond_k3() if terms.has_bonds else None  # (M, 10, n_bond) per bond constant
+    bond_cols = torch.as_tensor(design.bonds["cols"], device=q.device) if bond is not None else None
     key = src[far_t] * n + dst[far_t]  # the (src, dst) atom pair of each far term
     ci, di = torch.arange(n, device=q.device).repeat_interleave(n), torch.arange(n, device=q.device).repeat(n)
     out = []
@@ -198,7 +204,7 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
             x = qq @ terms.C6.T
             arg = qc @ terms.d.T
             if bond is not None:  # the bonds' phase at θ0 (their own columns below)
-                arg = arg - kappa(bond, theta0, qc, 3) / 6
+                arg = arg - q_monomials(qc, 3) @ (bond @ theta0[bond_cols]).T / 6
             ew = torch.exp(x[:, far_t]) * terms.w[far_t]
             Sc = torch.zeros(len(qc), n * n, dtype=q.dtype, device=q.device).index_add(
                 1, key, ew * torch.cos(arg[:, far_t]))
@@ -225,7 +231,7 @@ def cumulant_jacobian(model, phi, q, temperature, geometry, quantum=False, form_
             with torch.no_grad():
                 a, arg_t, x_t = apply_cumulants(design, theta0, qc, a0, arg, x, src, dst)
                 S = a[:, src] * a[:, dst] * terms.w * torch.exp(x_t) * torch.sin(arg_t)  # (Q, M)
-                per = (S @ bond.reshape(len(terms.src), -1)).reshape(len(qc), bond.shape[1], -1)  # (Q, 10, n_θ)
-                J[:, bond_cols] = torch.einsum("qs,qsp->qp", q_monomials(qc, 3), per)[:, bond_cols] / 6
+                per = (S @ bond.reshape(len(terms.src), -1)).reshape(len(qc), bond.shape[1], -1)  # (Q, 10, n_bond)
+                J[:, bond_cols] = torch.einsum("qs,qsp->qp", q_monomials(qc, 3), per) / 6
         out.append(J)
     return torch.cat(out)
