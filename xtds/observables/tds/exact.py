@@ -93,7 +93,7 @@ def _sum_pairs(terms: Terms, q: torch.Tensor, form_factor, order: str, chunk: in
     The cubic bond constants' K₃ depend on the force constants through the covariances; that
     dependence enters as Σ_M S_M κ₃'(q)_M / 6 with S_M = w a a' e^x sin(φ_M) taken as a constant (a
     term of value zero whose derivative is the exact chain rule), so that a forward-mode Jacobian in
-    the force constants carries no tangent through every term's phase (about 1.5× faster)."""
+    the force constants carries no tangent through every term's phase."""
     if order != "all":
         raise ValueError("only order='all' is summed here; the infinite crystal's multi-phonon part is in "
                          "xtds.observables.tds.infinite")
