@@ -102,7 +102,7 @@ def test_anharmonic_md_benchmark_runs(tmp_path):
     pytest.importorskip("asap3")
     out = run_benchmark("anharmonic_md.py", "--cases", "Cu:300", "--frames", "60", "--repeats", "3", "--n-max", "6",
                         "--shells", "2", "--anharmonic-shells", "1", "--out", str(tmp_path), "--paper-harmonic", "8")
-    assert "### Cu 300 K (60 frames" in out and "| k3b0 |" in out
+    assert "### Cu 300 K (60 frames" in out and "| k3b0 |" in out and "| p3b0 |" in out  # per-shell K3 and bonds
     assert all(r > 0 for r in numbers(r"\(ratio ([0-9.]+)\)", out))
     # the harmonic target: the anharmonic model adds nothing (constants to 1e-6, cumulants to 1e-9)
     assert numbers(r"anharmonic − harmonic at most ([0-9.e+-]+) eV", out)[0] < 1e-6
