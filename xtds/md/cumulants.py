@@ -34,7 +34,8 @@ def cumulant_components(x: np.ndarray, rank: int) -> np.ndarray:
 
 def measured_cumulants(traj: Trajectory, model) -> dict[str, float]:
     """The cumulant parameters of an :class:`~xtds.observables.tds.anharmonic.AnharmonicIFC`
-    measured from the frames (Å³, Å⁴), by name."""
+    measured from the frames (Å³, Å⁴), by name. A pair's K₃ here is its whole K₃, also where the
+    model has cubic bond constants (whose own values :func:`measured_bond_constants` gives)."""
     prim = model.primitive
     ideal = traj.ideal_positions
     sup = traj.supercell_lattice
@@ -71,7 +72,9 @@ def measured_cumulants(traj: Trajectory, model) -> dict[str, float]:
     theta = np.linalg.lstsq(A, b, rcond=None)[0]
     if A.shape[1] != n_par:
         raise RuntimeError("cumulant design mismatch")
-    return dict(zip(model.names[model.n_harmonic :], map(float, theta), strict=True))
+    out = dict(zip(model.names[model.n_harmonic :], map(float, theta), strict=True))
+    # cubic bond constants are not cumulants: measured_bond_constants gives them
+    return {k: v for k, v in out.items() if not k.startswith("p3")}
 
 
 def frame_covariance(traj: Trajectory) -> np.ndarray:
