@@ -202,3 +202,17 @@ def test_jacobian_in_the_force_constants_equals_finite_differences(cu):
         e[i] = h
         fd = (obs.mean(phi + e) - obs.mean(phi - e)) / (2 * h)
         assert float((J[:, i] - fd).abs().max() / fd.abs().max()) < 1e-6, m.names[i]
+
+
+def test_validity_names_the_bonds_largest_phase(cu):
+    """validity() with bond constants: their largest |κ₃|/6 over every pair, equal to the direct
+    sum's (brute_force above), and a clear error without the supercell."""
+    m, phi = cu
+    q = supercell_q_grid(m.crystal, 2, 6)
+    got = m.validity(phi, q, temperature=T, repeats=2)["kappa3_bonds"]
+    _, comps = brute_force(m, phi, 2, q[:1])
+    mono = q_monomials(torch.as_tensor(q), 3).numpy()  # (Q, 10)
+    ref = np.abs(np.einsum("qs,jks->qjk", mono, comps)).max() / 6
+    assert abs(got / ref - 1) < 1e-9 and got > 0
+    with pytest.raises(ValueError, match="repeats"):
+        m.validity(phi, q)

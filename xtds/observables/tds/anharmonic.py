@@ -40,7 +40,8 @@ import torch
 from xtds.lattice.crystal import Crystal
 from xtds.lattice.cumulants import invariant_basis, multisets, q_monomials, rotate_components
 from xtds.lattice.ifc import ExtendedIFCModel, IFCInfo, IFCModel, shell_letter
-from xtds.observables.tds.cubic import bond_group
+from xtds.observables.tds.cubic import bond_cumulants, bond_group
+from xtds.thermal.covariance import lattice_covariance
 
 __all__ = ["Anharmonic", "AnharmonicIFC", "CumulantDesign", "as_anharmonic_model", "apply_cumulants"]
 
@@ -262,14 +263,28 @@ class AnharmonicIFC(ExtendedIFCModel):
         self._designs[key] = out
         return out
 
-    def validity(self, phi, q) -> dict[str, float]:
+    def validity(self, phi, q, temperature: float | None = None, repeats=None) -> dict[str, float]:
         """The largest |κ₃|/6 and |κ₄|/24 over the pair terms at wave vectors ``q`` (Q, 3) Å⁻¹ for
         a nearest-neighbour pair and a distant one: where they approach 1 the fourth-order
-        expansion no longer holds."""
+        expansion no longer holds. With cubic bond constants, whose K₃ reach every pair through
+        the covariances, give the ``temperature`` (K) and the supercell ``repeats``: their largest
+        |κ₃|/6 is ``kappa3_bonds``."""
         phi = self.vector(phi)
         theta = phi[self.n_harmonic :]
         qt = torch.as_tensor(np.asarray(q, dtype=float), dtype=phi.dtype)
         out = {}
+        if self._bond_maps:
+            if temperature is None or repeats is None:
+                raise ValueError("this model has cubic bond constants, whose K₃ follow from the covariances: give "
+                                 "validity(phi, q, temperature=T, repeats=(L1, L2, L3)) of the supercell")
+            from types import SimpleNamespace
+
+            L = tuple(int(x) for x in np.broadcast_to(np.asarray(repeats), 3))
+            bonds = bond_group(self.cumulant_pairs, self._bond_maps, self.crystal, L)
+            with torch.no_grad():
+                Cr = lattice_covariance(self, phi, L, temperature)
+                k3 = bond_cumulants(Cr, SimpleNamespace(bonds=bonds), bonds["reps"], temperature, theta=theta)
+            out["kappa3_bonds"] = float((q_monomials(qt, 3) @ k3.T).abs().max()) / 6
         for r in self.cumulant_ranks:
             mats = list(self._pair_maps[r].values()) + list(self._site_maps[r].values())
             if not mats:
