@@ -9,8 +9,8 @@ Together they are the truth against which the harmonic and the anharmonic TDS mo
 xtds[md]``.
 """
 
-from xtds.md.cumulants import frame_covariance, measured_bond_constants, measured_cumulants
-from xtds.md.effective import effective_constants
+from xtds.md.cumulants import measured_bond_constants, measured_cumulants
+from xtds.md.effective import effective_constants, frame_covariance
 from xtds.md.intensity import md_intensity
 from xtds.md.trajectory import Trajectory, equilibrium_lattice_constant, run_md
 

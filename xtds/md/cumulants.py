@@ -16,9 +16,10 @@ import numpy as np
 
 from xtds.lattice.cumulants import multisets
 from xtds.lattice.supercell import supercell_sites
+from xtds.md.effective import frame_covariance
 from xtds.md.trajectory import Trajectory
 
-__all__ = ["measured_cumulants", "cumulant_components", "measured_bond_constants", "frame_covariance"]
+__all__ = ["measured_cumulants", "cumulant_components", "measured_bond_constants"]
 
 
 def cumulant_components(x: np.ndarray, rank: int) -> np.ndarray:
@@ -75,17 +76,6 @@ def measured_cumulants(traj: Trajectory, model) -> dict[str, float]:
     out = dict(zip(model.names[model.n_harmonic :], map(float, theta), strict=True))
     # cubic bond constants are not cumulants: measured_bond_constants gives them
     return {k: v for k, v in out.items() if not k.startswith("p3")}
-
-
-def frame_covariance(traj: Trajectory) -> np.ndarray:
-    """⟨u_{c,0} u_{c',r}ᵀ⟩ of the frames, pooled over the supercell's translations (FFT over the cells):
-    shape (n, n, L1, L2, L3, 3, 3), Å², the layout of :func:`~xtds.thermal.covariance.lattice_covariance`."""
-    L, n = tuple(traj.repeats), traj.crystal.n_atoms
-    U = traj.displacements.reshape(traj.n_frames, *L, n, 3)
-    Uk = np.fft.fftn(U, axes=(1, 2, 3))
-    prod = np.einsum("fuvwca,fuvwdb->cdabuvw", Uk.conj(), Uk, optimize=True)
-    C = np.fft.ifftn(prod, axes=(4, 5, 6)).real / (traj.n_frames * np.prod(L))
-    return np.moveaxis(C, (2, 3), (5, 6))
 
 
 def measured_bond_constants(traj: Trajectory, model) -> dict[str, float]:

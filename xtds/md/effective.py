@@ -91,19 +91,25 @@ def _project(model: IFCModel, k: np.ndarray, C: np.ndarray, temperature: float) 
     return phi, resid
 
 
-def pair_covariances(traj: Trajectory) -> np.ndarray:
-    """⟨(u_j' − u_j)(u_j' − u_j)ᵀ⟩ of the frames for every pair, averaged over the supercell's
-    translations: shape (n, n, L1, L2, L3, 3, 3) Å², for atom c of the home cell and atom c' of
-    cell r (the layout of :func:`xtds.thermal.covariance.lattice_covariance`)."""
+def frame_covariance(traj: Trajectory) -> np.ndarray:
+    """⟨u_{c,0} u_{c',r}ᵀ⟩ of the frames, averaged over the supercell's translations (FFT over the
+    cells): shape (n, n, L1, L2, L3, 3, 3) Å², the layout of
+    :func:`xtds.thermal.covariance.lattice_covariance`."""
     L = traj.repeats
     n = traj.crystal.n_atoms
     U = traj.displacements.reshape(traj.n_frames, *L, n, 3)
     Uk = np.fft.fftn(U, axes=(1, 2, 3))
     # C[c, c', r] = ⟨u_{c,0} u_{c',r}ᵀ⟩ = IFFT_r ⟨Ũ_c(k)* Ũ_c'(k)ᵀ⟩ / N_c
-    S = np.einsum("fxyzca,fxyzdb->xyzcadb", Uk.conj(), Uk) / traj.n_frames
+    S = np.einsum("fxyzca,fxyzdb->xyzcadb", Uk.conj(), Uk, optimize=True) / traj.n_frames
     C = np.fft.ifftn(S, axes=(0, 1, 2)).real / np.prod(L)
-    C = C.transpose(3, 5, 0, 1, 2, 4, 6)  # (c, c', r1, r2, r3, a, b)
-    return _pair_differences(C)
+    return C.transpose(3, 5, 0, 1, 2, 4, 6)  # (c, c', r1, r2, r3, a, b)
+
+
+def pair_covariances(traj: Trajectory) -> np.ndarray:
+    """⟨(u_j' − u_j)(u_j' − u_j)ᵀ⟩ of the frames for every pair, averaged over the supercell's
+    translations: shape (n, n, L1, L2, L3, 3, 3) Å², for atom c of the home cell and atom c' of
+    cell r (the layout of :func:`xtds.thermal.covariance.lattice_covariance`)."""
+    return _pair_differences(frame_covariance(traj))
 
 
 def _pair_differences(C):

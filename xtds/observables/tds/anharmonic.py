@@ -277,13 +277,11 @@ class AnharmonicIFC(ExtendedIFCModel):
             if temperature is None or repeats is None:
                 raise ValueError("this model has cubic bond constants, whose K₃ follow from the covariances: give "
                                  "validity(phi, q, temperature=T, repeats=(L1, L2, L3)) of the supercell")
-            from types import SimpleNamespace
-
             L = tuple(int(x) for x in np.broadcast_to(np.asarray(repeats), 3))
             bonds = bond_group(self.cumulant_pairs, self._bond_maps, self.crystal, L)
             with torch.no_grad():
                 Cr = lattice_covariance(self, phi, L, temperature)
-                k3 = bond_cumulants(Cr, SimpleNamespace(bonds=bonds), bonds["reps"], temperature, theta=theta)
+                k3 = bond_cumulants(Cr, bonds, temperature, theta=theta)
             out["kappa3_bonds"] = float((q_monomials(qt, 3) @ k3.T).abs().max()) / 6
         for r in self.cumulant_ranks:
             mats = list(self._pair_maps[r].values()) + list(self._site_maps[r].values())

@@ -115,7 +115,7 @@ def bond_group(pairs, bond_maps: dict, cell, repeats) -> dict:
                 shift_index=shift_index, cols=cols, maps=maps[:, :, cols], out_index=np.concatenate(out))
 
 
-def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float, theta: torch.Tensor | None = None
+def bond_cumulants(Cr: torch.Tensor, bonds: dict, temperature: float, theta: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """The third cumulants of every pair term of the exact supercell sum, per cubic bond parameter.
 
@@ -123,11 +123,10 @@ def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float, theta: to
     ----------
     Cr
         (n, n, L1, L2, L3, 3, 3) Å²: ⟨u_{c,0} u_{c',r}ᵀ⟩ (:func:`~xtds.thermal.covariance.lattice_covariance`).
-    design
-        The model's :class:`~xtds.observables.tds.anharmonic.CumulantDesign` with its ``bonds``
-        (:func:`bond_group`).
-    reps
-        The source atoms of the pair terms (one per primitive site; checked against the design's).
+    bonds
+        The bonds and the translations (:func:`bond_group`; a
+        :class:`~xtds.observables.tds.anharmonic.CumulantDesign`'s ``bonds``); the pair terms start
+        at its ``reps``, one atom per primitive site.
     temperature
         K (classical statistics).
     theta
@@ -137,16 +136,14 @@ def bond_cumulants(Cr: torch.Tensor, design, reps, temperature: float, theta: to
     Returns
     -------
     torch.Tensor
-        (len(reps) · n · N_cells, 10) Å³ with ``theta``, else (…, 10, len(design.bonds["cols"]))
-        per unit of each bond constant: the K₃ components of the pair from atom ``reps[i]`` at
+        (n_sites · n · N_cells, 10) Å³ with ``theta``, else (…, 10, len(design.bonds["cols"]))
+        per unit of each bond constant: the K₃ components of the pair from atom ``bonds["reps"][i]`` at
         cell 0 to atom c' at cell r, ordered (rep, c', r) as the terms of
         :class:`~xtds.observables.tds.exact.Terms`.
     """
     from xtds.units import KB_EV_PER_K
 
-    bonds = design.bonds
-    if list(reps) != list(bonds["reps"]):
-        raise RuntimeError("the pair terms' source atoms are not the bond design's")
+    reps = bonds["reps"]
     n = Cr.shape[0]
     grid = bonds["grid"]
     Ng = int(np.prod(grid))

@@ -75,8 +75,10 @@ class Terms:
             if self.design.bonds:
                 if temperature is None:
                     raise ValueError("the cubic bond constants' K₃ needs the temperature: Terms(model, Cr, T)")
+                if list(self.design.bonds["reps"]) != reps:
+                    raise RuntimeError("the pair terms' source atoms are not the bond design's")
                 self.has_bonds = True
-                self._bond_args = (Cr, self.design, reps, temperature)
+                self._bond_args = (Cr, self.design.bonds, temperature)
 
     def bond_k3(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """The cubic bond constants' K₃ of every term: (M, 10) for the parameters ``theta``, or
