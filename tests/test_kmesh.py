@@ -157,3 +157,22 @@ def test_powder_spectrum_from_the_k_orbits_equals_every_k(name):
             got = transform(lambda p: spectrum(p, True))(phi)
             expect = transform(lambda p: spectrum(p, False))(phi)
             assert float((got - expect).abs().max()) <= 1e-8 * float(expect.abs().max())
+
+
+@pytest.mark.parametrize("repeats", [(3, 3, 3), (5, 2, 7)])
+def test_commensurate_k_is_exact(repeats):
+    """The wave vectors of a primitive FCC cell commensurate with a supercell of conventional cells:
+    one per class, and k·T/2π an integer to round-off for every supercell vector T (1/3, 1/7 not
+    rounded to 8 decimals: that put k off by 1e-9 and C(k) of MD frames off by 1e-8)."""
+    from xtds.lattice.kmesh import commensurate_k
+
+    conv = xtds.Crystal.fcc("Cu", a=3.61)
+    prim = xtds.IFCModel(conv, shells=1).primitive
+    sup = np.asarray(conv.lattice) * np.asarray(repeats)[:, None]
+    k = commensurate_k(prim.lattice, sup)
+    assert len(k) == 4 * np.prod(repeats)
+    n = sup @ k.T / (2 * np.pi)
+    assert np.abs(n - np.round(n)).max() < 1e-12
+    frac = k @ np.asarray(prim.lattice).T / (2 * np.pi)
+    assert frac.min() > -1e-12 and frac.max() < 1 - 1e-6
+    assert len(np.unique(np.round(frac, 6), axis=0)) == len(k)

@@ -131,9 +131,11 @@ def commensurate_k(lattice, supercell_lattice) -> np.ndarray:
     L = next(L for L in range(1, n_cells + 1) if np.allclose(L * minv, np.round(L * minv), atol=1e-6))
     r = np.arange(L)
     m = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    frac = np.round(np.mod(m @ minv.T, 1.0), 8) % 1.0
-    _, first = np.unique(frac, axis=0, return_index=True)
-    frac = frac[np.sort(first)]
+    exact = np.mod(m @ minv.T, 1.0)
+    key = np.round(exact, 8) % 1.0  # for finding the classes only: 1/3 rounded would put k off by 1e-9
+    _, first = np.unique(key, axis=0, return_index=True)
+    first = np.sort(first)
+    frac = exact[first] - np.round(exact[first] - key[first])  # in [0, 1), not rounded
     if len(frac) != n_cells:
         raise ValueError(f"found {len(frac)} commensurate wave vectors for {n_cells} cells: is the supercell a "
                          "multiple of the cell?")
