@@ -19,8 +19,18 @@ from scipy import stats
 __all__ = ["compare_fits"]
 
 
+def _loss(res) -> str:
+    """The fit's loss, from the settings it stored (each problem's; a joint fit of mixed losses has
+    no single likelihood to compare)."""
+    settings = json.loads(res.attrs.get("settings", "{}"))
+    losses = {p.get("loss") for p in settings.get("problems", []) if isinstance(p, dict)} - {None}
+    if len(losses) > 1:
+        raise ValueError(f"compare_fits needs one loss for all the problems of a fit, got {sorted(losses)}")
+    return losses.pop() if losses else settings.get("loss", "var_log")
+
+
 def _stat(res) -> tuple[float, int, int, str]:
-    loss = json.loads(res.attrs["settings"]).get("loss", "var_log") if "settings" in res.attrs else "var_log"
+    loss = _loss(res)
     n, k = int(res.attrs["n_points"]), int(res.attrs["n_parameters"])
     rss = float(res.attrs["final_loss"])
     m2lnl = rss if loss in ("chi2", "poisson") else n * np.log(max(rss, 1e-300) / n)
