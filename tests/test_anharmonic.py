@@ -182,6 +182,82 @@ def test_effective_constants_and_cumulants_of_gaussian_frames(cu):
         assert abs(v) < 0.05 * scale, name
 
 
+@pytest.mark.parametrize("preset", ["Cu", "Si"])
+def test_displacement_covariance_is_the_sum_over_frames(preset):
+    """C(k) from the translation-averaged frame covariance equals ⟨ũ(k) ũ(k)†⟩ summed over the frames
+    and atoms directly (random frames of a conventional cell, primitive model: 4 → 1 and 8 → 2
+    sites); ``splits=1`` is the first against the second half."""
+    from xtds.lattice.kmesh import commensurate_k
+    from xtds.lattice.supercell import supercell_sites
+    from xtds.md.effective import displacement_covariance
+
+    crystal = xtds.Crystal.fcc("Cu", a=3.61) if preset == "Cu" else xtds.Crystal.preset("Si")
+    model = xtds.IFCModel(crystal, shells=1)
+    L = (3, 2, 2)
+    n_atoms = crystal.n_atoms * 12
+    rng = np.random.default_rng(5)
+    tr = Trajectory(crystal, L, rng.normal(0, 0.05, (40, n_atoms, 3)) + rng.normal(0, 0.02, (1, n_atoms, 3)), 300.0)
+    k, C = displacement_covariance(tr, model)
+    prim, x = model.primitive, tr.ideal_positions
+    site = supercell_sites(prim, tr.supercell_lattice, x)
+    k_all = commensurate_k(prim.lattice, tr.supercell_lattice)
+    frac = k_all @ np.asarray(prim.lattice).T / (2 * np.pi)
+    assert np.allclose(k, k_all[~np.all(np.abs(frac - np.round(frac)) < 1e-8, axis=1)])
+    n_cells = n_atoms // prim.n_atoms
+    U = np.concatenate([np.einsum("fja,jk->fka", tr.displacements[:, site == s],
+                                  np.exp(-1j * x[site == s] @ k.T) / np.sqrt(n_cells)) for s in range(prim.n_atoms)],
+                       axis=-1)
+    direct = np.einsum("fki,fkj->kij", U, U.conj()) / tr.n_frames
+    assert np.abs(C - direct).max() < 1e-12 * np.abs(direct).max()
+    eff, eff3 = effective_constants(tr, model), effective_constants(tr, model, splits=3)
+    halves = [effective_constants(h, model).phi for h in tr.halves()]
+    assert np.allclose(eff.halves, halves, rtol=1e-12, atol=1e-12)
+    assert np.allclose(eff.stderr, np.abs(halves[0] - halves[1]) / 2, rtol=1e-12, atol=1e-12)
+    assert np.allclose(eff3.phi, eff.phi, rtol=1e-12) and np.all(eff3.stderr > 0)
+    with pytest.raises(ValueError, match="splits"):
+        effective_constants(tr, model, splits=6)
+
+
+def test_gaussian_intensity_of_the_frames_is_the_direct_sum():
+    """xtds.md.gaussian_intensity: Σ_j' cos(q·d) exp(−½ qᵀ B̄ q) over every atom j' from atom 0 of the
+    home cell, with B̄ the pair covariances of the frames averaged over the translations by explicit
+    loops (f = 1); NaN where the grid is; a grid of another supercell is refused."""
+    from xtds.md import gaussian_intensity
+
+    crystal = xtds.Crystal.fcc("Cu", a=3.61)
+    L = (2, 2, 2)
+    rng = np.random.default_rng(8)
+    n_atoms = 4 * 8
+    u = rng.normal(0, 0.06, (30, n_atoms, 3)) + 0.03 * np.roll(rng.normal(0, 1, (30, n_atoms, 3)), 1, axis=1)
+    tr = Trajectory(crystal, L, u, 300.0)
+    grid = md_intensity(tr, 2, form_factor=None)
+    got = gaussian_intensity(tr, grid)["intensity"].values
+    x, U = tr.ideal_positions, tr.displacements
+    cells = x.reshape(8, 4, 3)
+    H, K, Lz = np.meshgrid(grid.H.values, grid.K.values, grid.L.values, indexing="ij")
+    q = crystal.rlu_to_cartesian(np.stack([H, K, Lz], -1).reshape(-1, 3))
+    sup = tr.supercell_lattice
+    want = np.zeros(len(q))
+    for jp in range(n_atoms):
+        B = np.zeros((3, 3))
+        for R in range(8):  # translate the pair (atom 0 of cell 0, j') by every cell R
+            j0 = 4 * R
+            shift = cells[R, 0] - cells[0, 0]
+            f = (x[jp] + shift) @ np.linalg.inv(sup)
+            target = (f - np.floor(f + 1e-9)) @ sup
+            jt = int(np.linalg.norm(((x - target) @ np.linalg.inv(sup) + 0.5) % 1 - 0.5, axis=1).argmin())
+            du = U[:, jt] - U[:, j0]
+            B += du.T @ du / len(U)
+        B /= 8
+        d = x[jp] - x[0]
+        want += np.cos(q @ d) * np.exp(-0.5 * np.einsum("qa,ab,qb->q", q, B, q))
+    want = want.reshape(H.shape)
+    ok = np.isfinite(grid["intensity"].values)
+    assert np.isnan(got[~ok]).all() and np.abs(got[ok] - want[ok]).max() < 1e-10 * np.abs(want).max()
+    with pytest.raises(ValueError, match="supercell"):
+        gaussian_intensity(Trajectory(crystal, (3, 3, 3), rng.normal(0, 0.05, (4, 108, 3)), 300.0), grid)
+
+
 def test_md_intensity_is_the_direct_sum():
     cr = xtds.Crystal.fcc("Cu", a=3.61)
     rng = np.random.default_rng(0)
@@ -232,6 +308,28 @@ def test_fit_of_harmonic_data_finds_no_anharmonicity(cu):
     assert fa.ifc.attrs["anharmonic"] == repr(Anharmonic(shells=1))
     cmp = xtds.compare_fits(fh, fa)
     assert not cmp["supported"] and cmp["delta_parameters"] == len(m.names) - m.n_harmonic
+
+
+def test_compare_fits_takes_the_loss_of_the_fits(cu):
+    """χ² fits are compared on their χ² (the loss is read from each problem's settings): Δχ² is the
+    difference of the final losses, and the second shell that made the data is supported."""
+    m, base, _ = cu
+    h1, h2 = xtds.IFCModel(m.crystal, shells=1), xtds.IFCModel(m.crystal, shells=2)
+    n = np.linspace(-2, 2, 7)
+    data = xtds.simulate(xr_volume(m.crystal, n), h2, base[: m.n_harmonic].numpy(), temperature=300.0,
+                         model=TDSModel(geometry=PeriodicSupercell(3), quantum=False))
+    data.attrs["geometry"] = "PeriodicSupercell(repeats=(3, 3, 3))"
+    rng = np.random.default_rng(1)
+    sigma = 0.01 * np.abs(data["intensity"]) + 1e-3
+    data["intensity"] = data["intensity"] + sigma * rng.standard_normal(sigma.shape)
+    data["sigma"] = sigma
+    kw = dict(model=TDSModel(quantum=False), loss="chi2", background=False)
+    f1 = data.tds.fit(h1, initial={k: 1.05 * float(v) for k, v in zip(h1.names, base[:3].numpy(), strict=True)}, **kw)
+    f2 = data.tds.fit(h2, initial={k: 1.05 * float(v) for k, v in zip(h2.names, base[:5].numpy(), strict=True)}, **kw)
+    cmp = xtds.compare_fits(f1, f2)
+    assert cmp["loss"] == "chi2" and cmp["delta_parameters"] == 2
+    assert cmp["delta_chi2"] == pytest.approx(f1.attrs["final_loss"] - f2.attrs["final_loss"], rel=1e-12)
+    assert cmp["supported"]
 
 
 def xr_volume(crystal, n):

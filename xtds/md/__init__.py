@@ -11,8 +11,8 @@ xtds[md]``.
 
 from xtds.md.cumulants import measured_bond_constants, measured_cumulants
 from xtds.md.effective import effective_constants, frame_covariance
-from xtds.md.intensity import md_intensity
+from xtds.md.intensity import gaussian_intensity, md_intensity
 from xtds.md.trajectory import Trajectory, equilibrium_lattice_constant, run_md
 
 __all__ = ["Trajectory", "run_md", "equilibrium_lattice_constant", "md_intensity", "effective_constants",
-           "measured_cumulants", "measured_bond_constants", "frame_covariance"]
+           "measured_cumulants", "measured_bond_constants", "frame_covariance", "gaussian_intensity"]

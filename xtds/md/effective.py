@@ -8,8 +8,9 @@ rigid translation, left out),
     C_ss'(k) = ⟨ũ_s(k) ũ_s'(k)†⟩,   ũ_s(k) = N_c^{-1/2} Σ_R u_{sR} e^{−ik·x_{sR}},
 
 in the phase convention of :mod:`xtds.lattice.dynamics`, and projects k_BT C(k)⁻¹ on the model's
-symmetry-reduced basis by linear least squares over those k (H(k) is linear in φ). The frames'
-convergence is reported as two halves fitted apart.
+symmetry-reduced basis by linear least squares over those k (H(k) is linear in φ). C(k) is the
+Fourier sum of the translation-averaged frame covariance (:func:`frame_covariance`, one FFT over
+the cells). The frames' convergence is reported as halves fitted apart (several splits on request).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class EffectiveConstants:
     halves
         Shape (2, n_free), eV/Å²: from the first and the second half of the frames.
     stderr
-        Shape (n_free,), eV/Å²: |φ₁ − φ₂| / 2, the split-half standard error of ``phi``.
+        Shape (n_free,), eV/Å²: the split-half standard error of ``phi``, |φ₁ − φ₂| / 2 (root mean
+        square over the splits where :func:`effective_constants` was given several).
     residual
         ‖k_BT C⁻¹ − H(φ)‖ / ‖k_BT C⁻¹‖ over the k-points: what the model's range leaves out.
     names
@@ -60,21 +62,33 @@ class EffectiveConstants:
 def displacement_covariance(traj: Trajectory, model: IFCModel) -> tuple[np.ndarray, np.ndarray]:
     """(k (K, 3) Å⁻¹, C(k) (K, 3n, 3n) complex Å²) of the frames at the supercell's commensurate wave
     vectors other than Γ, for the atoms of the model's primitive cell."""
+    return _k_covariance(traj, model, frame_covariance(traj))
+
+
+def _k_covariance(traj: Trajectory, model: IFCModel, Cf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C_ss'(k) = Σ_Δ ⟨u_{s0} u_{s'Δ}ᵀ⟩ e^{ik·(x_{s'Δ} − x_{s0})} from the translation-averaged frame
+    covariance ``Cf`` (:func:`frame_covariance`'s layout), averaged over the conventional atoms of
+    each primitive site: a Fourier sum over the pairs of the supercell, not over the frames."""
     prim = model.primitive
     ideal = traj.ideal_positions
-    site = supercell_sites(prim, traj.supercell_lattice, ideal)
+    n_conv = traj.crystal.n_atoms
+    site = supercell_sites(prim, traj.supercell_lattice, ideal)[:n_conv]  # site of each home-cell atom
     k = commensurate_k(prim.lattice, traj.supercell_lattice)
     frac = k @ np.asarray(prim.lattice).T / (2 * np.pi)
     k = k[~np.all(np.abs(frac - np.round(frac)) < 1e-8, axis=1)]
+    x = ideal.reshape(*traj.repeats, n_conv, 3).transpose(3, 0, 1, 2, 4).reshape(n_conv, -1, 3)  # (c', r, 3)
+    d = x[None, :, :, :] - x[:, None, :1, :]  # x_{c',r} − x_{c,0}: (c, c', r, 3)
+    phase = np.exp(1j * np.einsum("kx,cdrx->kcdr", k, d))
+    Cr = Cf.reshape(n_conv, n_conv, -1, 3, 3)
     n = prim.n_atoms
-    n_cells = len(ideal) // n
-    U = np.zeros((traj.n_frames, len(k), 3 * n), dtype=complex)
+    C = np.zeros((len(k), 3 * n, 3 * n), dtype=complex)
     for s in range(n):
-        m = site == s
-        phase = np.exp(-1j * ideal[m] @ k.T) / np.sqrt(n_cells)  # (N_s, K)
-        U[:, :, 3 * s : 3 * s + 3] = np.einsum("fja,jk->fka", traj.displacements[:, m], phase)
-    C = np.einsum("fki,fkj->kij", U, U.conj()) / traj.n_frames
-    return k, C
+        home = np.flatnonzero(site == s)
+        for t in range(n):
+            other = np.flatnonzero(site == t)
+            block = np.einsum("kcdr,cdrab->kab", phase[:, home][:, :, other], Cr[home][:, other], optimize=True)
+            C[:, 3 * s : 3 * s + 3, 3 * t : 3 * t + 3] = block / len(home)
+    return k, 0.5 * (C + C.conj().transpose(0, 2, 1))
 
 
 def _project(model: IFCModel, k: np.ndarray, C: np.ndarray, temperature: float) -> tuple[np.ndarray, float]:
@@ -121,13 +135,13 @@ def _pair_differences(C):
     return (self_c[:, None, None, None, None] + self_c[None, :, None, None, None] - C - sw(C))
 
 
-def _match_covariances(model: IFCModel, traj: Trajectory, phi0: np.ndarray, iterations: int = 8):
-    """φ whose classical pair covariances best match the frames' (Gauss–Newton), and the relative
-    residual ‖B(φ) − B_MD‖/‖B_MD‖."""
+def _match_covariances(model: IFCModel, traj: Trajectory, Cf: np.ndarray, phi0: np.ndarray, iterations: int = 8):
+    """φ whose classical pair covariances best match those of the frame covariance ``Cf``
+    (Gauss–Newton), and the relative residual ‖B(φ) − B_MD‖/‖B_MD‖."""
     from xtds.thermal.covariance import lattice_covariance
     from xtds.thermal.geometry import PeriodicSupercell
 
-    target = torch.as_tensor(pair_covariances(traj)).reshape(-1)
+    target = torch.as_tensor(_pair_differences(Cf)).reshape(-1)
     geom = PeriodicSupercell(traj.repeats)
 
     def resid(p):
@@ -144,7 +158,8 @@ def _match_covariances(model: IFCModel, traj: Trajectory, phi0: np.ndarray, iter
     return phi.numpy(), float(resid(phi).norm() / target.norm())
 
 
-def effective_constants(traj: Trajectory, model: IFCModel, metric: str = "force") -> EffectiveConstants:
+def effective_constants(traj: Trajectory, model: IFCModel, metric: str = "force",
+                        splits: int = 1) -> EffectiveConstants:
     """The effective harmonic constants of a trajectory on ``model``'s basis, with split halves.
 
     ``model`` must be of the trajectory's crystal (its conventional cell as the trajectory's).
@@ -154,17 +169,38 @@ def effective_constants(traj: Trajectory, model: IFCModel, metric: str = "force"
     what a Gaussian (harmonic) TDS model of the crystal depends on. The two differ where the
     basis cannot hold k_BT C(k)⁻¹ (its range, the frames' noise); ``residual`` says how nearly it
     does.
+
+    ``splits``: how many ways the frames are split in two halves for ``stderr``. One split (the
+    default) is the first against the second half, a single difference, whose σ estimate is itself
+    uncertain by about 75 %; split s = 2, 3, … alternates blocks of F/2^s frames between the halves,
+    and ``stderr`` is the root mean square of the splits' |φ₁ − φ₂|/2 (keep F/2^splits frames well
+    above the correlation time of the frames). ``halves`` are always the first split's.
     """
     if metric not in ("force", "covariance"):
         raise ValueError(f"metric must be 'force' or 'covariance', got {metric!r}")
+    splits = int(splits)
+    if splits < 1 or traj.n_frames < 2**splits:
+        raise ValueError(f"splits must be ≥ 1 with at least 2^splits frames; got {splits} for {traj.n_frames} frames")
 
-    def one(t):
-        phi, res = _project(model, *displacement_covariance(t, model), t.temperature)
+    def one(Cf):
+        phi, res = _project(model, *_k_covariance(traj, model, Cf), traj.temperature)
         if metric == "covariance":
-            phi, res = _match_covariances(model, t, phi)
+            phi, res = _match_covariances(model, traj, Cf, phi)
         return phi, res
 
-    phi, resid = one(traj)
-    halves = np.stack([one(h)[0] for h in traj.halves()])
-    return EffectiveConstants(phi=phi, halves=halves, stderr=np.abs(halves[0] - halves[1]) / 2, residual=resid,
-                              names=tuple(model.names))
+    phi, resid = one(frame_covariance(traj))
+    n_blocks = 2**splits
+    size = traj.n_frames // n_blocks
+    blocks = np.stack([frame_covariance(_frames(traj, slice(b * size, (b + 1) * size))) for b in range(n_blocks)])
+    diffs, halves = [], None
+    for level in range(1, splits + 1):
+        group = (np.arange(n_blocks) // (n_blocks >> level)) % 2  # alternating runs of n_blocks/2^level blocks
+        pair = np.stack([one(blocks[group == g].mean(0))[0] for g in (0, 1)])
+        halves = pair if halves is None else halves
+        diffs.append(pair[0] - pair[1])
+    stderr = np.sqrt(np.mean(np.square(diffs), axis=0)) / 2
+    return EffectiveConstants(phi=phi, halves=halves, stderr=stderr, residual=resid, names=tuple(model.names))
+
+
+def _frames(traj: Trajectory, frames: slice) -> Trajectory:
+    return Trajectory(traj.crystal, traj.repeats, traj.displacements[frames], traj.temperature, dict(traj.meta))

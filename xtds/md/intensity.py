@@ -15,7 +15,7 @@ import xarray as xr
 from xtds.md.trajectory import Trajectory
 from xtds.observables.scattering import form_factor_table
 
-__all__ = ["md_intensity"]
+__all__ = ["md_intensity", "gaussian_intensity"]
 
 
 def md_intensity(traj: Trajectory, n_max: int, form_factor: str | None = "cromer-mann", blocks: int = 20,
@@ -106,3 +106,35 @@ def md_intensity(traj: Trajectory, n_max: int, form_factor: str | None = "cromer
                "form_factor": str(form_factor), "n_frames": traj.n_frames,
                "md": repr(traj.meta)},
     )
+
+
+def gaussian_intensity(traj: Trajectory, grid: xr.Dataset, form_factor: str | None = None) -> xr.Dataset:
+    """The intensity of a *Gaussian* crystal with the frames' own covariances, on ``grid``.
+
+    Every pair's ⟨u_j u_j'ᵀ⟩ is taken from the frames (:func:`~xtds.md.effective.frame_covariance`)
+    and the pair average exp(−½⟨(q·Δu)²⟩) made from it, exactly as a harmonic model would with
+    those covariances: ``md_intensity − gaussian_intensity`` is what the frames' non-Gaussian
+    (anharmonic) displacements add, free of any force-constant model and of its range. ``grid``: a
+    dataset of :func:`md_intensity` of the same trajectory (its H, K, L, its form factor unless
+    ``form_factor`` is given). Returns the same layout (``intensity``; NaN where ``grid`` is).
+    """
+    import torch
+
+    from xtds.lattice.ifc import IFCModel
+    from xtds.md.effective import frame_covariance
+    from xtds.observables.tds.exact import covariance_intensity
+
+    if grid.attrs.get("geometry") != f"PeriodicSupercell(repeats={tuple(int(x) for x in traj.repeats)})":
+        raise ValueError(f"grid is of {grid.attrs.get('geometry')!r}, the trajectory of a {traj.repeats} supercell: "
+                         "give the md_intensity of this trajectory")
+    ff = form_factor if form_factor is not None else grid.attrs.get("form_factor", "cromer-mann")
+    ff = None if ff == "None" else ff
+    H, K, L = np.meshgrid(grid.H.values, grid.K.values, grid.L.values, indexing="ij")
+    q = traj.crystal.rlu_to_cartesian(np.stack([H, K, L], -1).reshape(-1, 3))
+    model = IFCModel(traj.crystal, shells=1)  # the crystal's sites and geometry only
+    with torch.no_grad():
+        values = covariance_intensity(model, frame_covariance(traj), q, ff).numpy().reshape(H.shape)
+    out = grid[["intensity"]].copy()
+    out["intensity"] = (("H", "K", "L"), np.where(np.isfinite(grid["intensity"].values), values, np.nan),
+                        {**grid["intensity"].attrs, "long_name": "Gaussian intensity of the frames' covariances"})
+    return out.assign_attrs(method="md-gaussian")

@@ -29,7 +29,7 @@ from xtds.thermal.covariance import covariance_k, lattice_covariance, q_products
 from xtds.thermal.debye_waller import self_components, supercell_exponents
 from xtds.transforms import TRANSFORMS
 
-__all__ = ["exact_supercell", "one_phonon", "Terms", "cumulant_jacobian"]
+__all__ = ["exact_supercell", "covariance_intensity", "one_phonon", "Terms", "cumulant_jacobian"]
 
 class Terms:
     """The ingredients shared by the exact and one-phonon intensities of one geometry."""
@@ -135,6 +135,16 @@ def exact_supercell(model, phi, q, temperature, geometry, quantum=False, form_fa
     Cr = lattice_covariance(model, phi, geometry, temperature, quantum=quantum)
     theta = phi[model.n_harmonic :] if getattr(model, "cumulant_ranks", None) else None
     return _sum_pairs(Terms(model, Cr, temperature), q, form_factor, "all", chunk, theta=theta)
+
+
+def covariance_intensity(model, Cr, q, form_factor="cromer-mann", chunk=2048) -> torch.Tensor:
+    """⟨I(q)⟩ per primitive cell of a periodic supercell whose displacements are Gaussian with the
+    covariances ``Cr`` (Å², the layout of :func:`xtds.thermal.covariance.lattice_covariance`,
+    whatever made them: a model's constants or MD frames, :func:`xtds.md.frame_covariance`).
+    ``model`` gives the crystal and its supercell geometry only. q: shape (Q, 3) Å⁻¹ on the
+    supercell's reciprocal grid. Returns shape (Q,), electrons²."""
+    Cr = torch.as_tensor(Cr, dtype=torch.float64)
+    return _sum_pairs(Terms(model, Cr), torch.as_tensor(q, dtype=torch.float64), form_factor, "all", chunk)
 
 
 def one_phonon(model, phi, q, temperature, mesh=16, quantum=False, form_factor="cromer-mann", chunk=4096,
