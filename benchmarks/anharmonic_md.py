@@ -51,6 +51,7 @@ def case(element: str, T: float, frames: int, out: pathlib.Path, loss: str, shel
          repeats: int = 5, n_max: int = 40, cubic_shells: int = 0, quartic_shells: int = 1,
          target_shells: int = 5) -> dict:
     tag = "" if (repeats, n_max) == (5, 40) else f"_L{repeats}_n{n_max}"
+    tag += "" if frames == 3000 else f"_f{frames}"  # the cache is per run length too
     traj_path, vol_path = out / f"{element}{T:g}{tag}.npz", out / f"{element}{T:g}{tag}.nc"
     if traj_path.exists():
         traj = Trajectory.load(traj_path)
@@ -220,7 +221,7 @@ def main(argv=None):
         print(show(r), flush=True)
         results.append(r)
     if results:  # one file per setting and case list (n_max too), so that runs do not overwrite each other
-        cases = args.cases.replace(":", "").replace(",", "-")
+        cases = args.cases.replace(":", "").replace(",", "-") + ("" if args.frames == 3000 else f"_f{args.frames}")
         tag = (f"{cases}_n{args.n_max}_{args.loss}_s{args.shells}_k{args.anharmonic_shells}_q{args.quartic_shells}"
                f"_p{args.cubic_shells}")
         (out / f"results_{tag}.json").write_text(json.dumps(results, indent=1, default=float))
