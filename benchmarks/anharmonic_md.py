@@ -6,7 +6,7 @@ paper's 81³ grid (xtds.md.md_intensity, finufft), the covariance-defined effect
 k_BT C(k)⁻¹ on the 5-shell basis with their split-half errors (xtds.md.effective_constants, the
 rms over three splits of the frames) and the cumulants measured from the frames
 (xtds.md.measured_cumulants). Then the volume is fitted with the exact harmonic model and with
-the anharmonic one (site K₄, K₄ of shells 1–4 and the nearest-neighbour cubic bond constants),
+the anharmonic one (site K₄, K₄ of shells 1–4 and the cubic bond constants of shells 1–2),
 both with 8 shells of harmonic constants (the fit must reach as far as the crystal's effective
 constants do; the targets stay on the 5-shell basis and the first shells are compared by name),
 side by side, and the table printed: each constant's effective value, both fits' bias (%) and
@@ -203,7 +203,7 @@ def main(argv=None):
                     help="the basis of the effective constants (targets): the issue's 5 shells")
     ap.add_argument("--anharmonic-shells", type=int, default=0, help="shells with their own K3 tensors")
     ap.add_argument("--quartic-shells", type=int, default=4, help="shells with their own K4 tensors")
-    ap.add_argument("--cubic-shells", type=int, default=1,
+    ap.add_argument("--cubic-shells", type=int, default=2,
                     help="shells of cubic bond constants whose K3 reaches every pair (Anharmonic(cubic_shells=...))")
     ap.add_argument("--repeats", type=int, default=5, help="the supercell (5: 500 atoms of FCC)")
     ap.add_argument("--n-max", type=int, default=40, help="the grid reaches H = ±n_max/repeats")
