@@ -71,6 +71,52 @@ def resolution_of(args):
     return float(args.resolution)
 
 
+def sigma_of(args, chi: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """σ of each valid pixel for the χ²: ``--sigma map`` the noise the spectrum shows by itself,
+    pixel by pixel (xtds.observables.neutron.screen.noise_map: it varies 2.6× across these maps),
+    or one number for every pixel (the source gives no errors)."""
+    if args.sigma == "map":
+        from xtds.observables.neutron.screen import noise_map
+
+        return noise_map(chi, valid)[valid]
+    return np.full(int(valid.sum()), float(args.sigma))
+
+
+def screened(args, chi: np.ndarray, valid: np.ndarray, E, Q) -> np.ndarray:
+    """The valid pixels, less (``--screen``) what xtds.observables.neutron.screen.screen_spectrum names:
+    clipped pixels (the source set negative intensities to its floor: 200–238 per temperature),
+    outlying pixels and rows; its report is printed."""
+    if not args.screen:
+        return valid
+    from xtds.observables.neutron.screen import screen_spectrum
+
+    sc = screen_spectrum(chi, E, Q, mask=valid)
+    print(f"        screen: {len(sc.clipped)} clipped, {len(sc.pixels)} outlying pixels, {len(sc.rows)} rows left out",
+          flush=True)
+    return sc.mask
+
+
+def background_of(args, attrs) -> Background:
+    """The nuisance terms: a constant, ``--energy-background`` Chebyshev terms in E and, with
+    ``--angle-background N[,M]``, N terms in the scattering angle 2θ and N × M angle × energy
+    products (the incident energy from the data's attrs)."""
+    n, m = (int(x) for x in (args.angle_background + ",0").split(",")[:2])
+    Ei = float(attrs.get("incident_energy_meV", 50.0))
+    return Background(energy=args.energy_background, angle=n, angle_energy=m, incident_energy=Ei if n else None)
+
+
+def add_nuisance_arguments(ap) -> None:
+    """The options of the nuisance terms and σ shared with the other ARCS benchmarks."""
+    ap.add_argument("--energy-background", type=int, default=0,
+                    help="Chebyshev terms in the energy transfer added to the scale and constant")
+    ap.add_argument("--angle-background", default="0", metavar="N[,M]",
+                    help="Chebyshev terms in the scattering angle (N) and their products with M terms in E")
+    ap.add_argument("--sigma", default=str(SIGMA),
+                    help="pixel σ of the χ²: a number, or 'map' for the noise the spectrum shows pixel by pixel")
+    ap.add_argument("--screen", action="store_true",
+                    help="leave out the pixels screen_spectrum names (clipped, outlying) and the rows it names")
+
+
 def model_and_start(linewidths: bool = False, shells: int = 2):
     """The Al model of ``shells`` shells (with the linewidth γ₁ if asked) and its start: Gilat &
     Nicklow's constants for the first two shells, 0 beyond (γ₁ = 0.1 meV)."""
@@ -117,8 +163,7 @@ def main():
     ap.add_argument("--no-incoherent", action="store_true", help="leave out the incoherent scattering")
     ap.add_argument("--shells", type=int, default=2, help="neighbour shells of the Born–von Kármán model")
     ap.add_argument("--q-resolution", type=float, default=None, help="|Q| resolution FWHM, 1/Å (default none)")
-    ap.add_argument("--energy-background", type=int, default=0,
-                    help="order of the background polynomial in the energy transfer (with the scale and constant)")
+    add_nuisance_arguments(ap)
     ap.add_argument("--nelder-mead", type=int, default=0, help="also fit by Nelder–Mead with at most N evaluations")
     ap.add_argument("--no-multiphonon", action="store_true", help="leave out the n ≥ 2 terms")
     ap.add_argument("--multiphonon-check", action="store_true",
@@ -140,22 +185,28 @@ def main():
                                                   "the fitted dispersions against the measured X and L phonons")
     ap.add_argument("--save", default=None, help="write the table (constants, errors, losses, times) to this JSON")
     args = ap.parse_args()
+    if args.sigma == "map" and (args.starts > 1 or args.multiphonon_check or args.nelder_mead
+                                or args.joint is not None):
+        ap.error("--starts, --multiphonon-check, --nelder-mead and --joint compare losses of a uniform σ: "
+                 "use them without --sigma map")
     ds = al_arcs()
     valid = ds["valid"].values
     model, start = model_and_start(args.linewidths, args.shells)
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
-        data = ds["chi"].sel(temperature=T).values[valid]
+        chi = ds["chi"].sel(temperature=T).values
+        mask = screened(args, chi, valid, ds["E"].values, ds["Q"].values)
+        data = chi[mask]
         # the time a user waits: from building the observable (its Q-points, k-orbits, adaptive widths at
         # the first evaluation) to the result (covariance, dispersion, DOS, elastic constants), torch's
         # lazy imports included on the first temperature
         t = time.perf_counter()
-        obs = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
+        obs = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=mask, resolution=resolution_of(args),
                              mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,
                              multiphonon=() if args.no_multiphonon else (2, 3, 4, 5, 6),
                              incoherent=not args.no_incoherent)
-        prob = Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2",
-                       background=False if args.normalize else Background(energy=args.energy_background))
+        prob = Problem(obs, data, sigma=sigma_of(args, chi, mask), loss="chi2",
+                       background=False if args.normalize else background_of(args, ds.attrs))
 
         calls = [0, 0]  # plain evaluations, evaluations with the Jacobian (forward mode, one batch of tangents)
         spectrum = obs.spectrum
@@ -172,7 +223,7 @@ def main():
         t_opt = float(res.attrs["minimize_time_s"])  # the minimization alone: what the Nelder–Mead clock holds
         obs.spectrum = spectrum
         phi = res["ifc"].sel(constant=list(model.names)).values
-        loss = float(res["loss"].values[-1]) * SIGMA**2  # χ² → sum of squares of the normalized spectra
+        loss = float(np.sum((data - res["model_intensity"].values) ** 2))  # sum of squares of the spectra
         names = list(model.names)
         cov = res["ifc_cov"].sel(constant=names, constant_=names).values
         row = {"T": T, "phi": phi, "err": res["ifc_stderr"].sel(constant=names).values, "loss": loss,
@@ -197,13 +248,13 @@ def main():
         diag = spectrum_diagnostics(res, prob)
         row["rms"], row["smooth_share"] = diag.attrs["rms"], diag.attrs["smooth_share"]
         row["residual_over_noise"] = diag.attrs["residual_over_noise"]
-        print(f"        residuals: rms {diag.attrs['rms']:.3f} (σ = {SIGMA}), "
+        print(f"        residuals: rms {diag.attrs['rms']:.3f} (σ = {args.sigma}), "
               f"{diag.attrs['residual_over_noise']:.2f}× the pixel noise {diag.attrs['pixel_noise']:.4f}"
               f" the data show; "
               f"share in the lowest 6×6 cosine modes "
               f"{diag.attrs['smooth_share']:.2f} (noise alone: {diag.attrs['smooth_share_noise']:.3f})", flush=True)
         if args.multiphonon_check and not args.no_multiphonon:
-            one = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=valid, resolution=resolution_of(args),
+            one = PowderSpectrum(model, ds["Q"].values, ds["E"].values, T, mask=mask, resolution=resolution_of(args),
                                  mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,
                                  multiphonon=())
             alone = fit_problems([Problem(one, data, sigma=prob.sigma, loss="chi2", background=prob.background)],
@@ -220,7 +271,7 @@ def main():
                   f"{nm['nm_time'] / t_opt:.1f}×; loss "
                   f"{'≤' if loss <= nm['nm_loss'] * SIGMA**2 * (1 + 1e-9) else '>'} Nelder–Mead's); constants "
                   + ", ".join(f"{v:+.4f}" for v in nm["nm_x"][: model.n_free]), flush=True)
-        row["problem"] = prob
+        row["problem"], row["mask"] = prob, mask
         rows.append(row)
     if args.joint is not None:
         joint_fit(rows, model, start, args.joint)
@@ -310,7 +361,7 @@ def plot(rows, ds, names, folder):
     for (a, b), r in zip(axes, rows, strict=True):
         for ax, vals, what in ((a, r["data"], "measured"), (b, r["fitted"], "fitted")):
             img = np.full(valid.shape, np.nan)
-            img[valid] = vals
+            img[r.get("mask", valid)] = vals
             ax.imshow(img, origin="lower", aspect="auto", extent=extent, vmin=-0.3, vmax=0.7)
             ax.set_title(f"{r['T']:.0f} K, {what}", fontsize=9)
         a.set_ylabel("E (meV)")

@@ -6,7 +6,8 @@ two halves of one spectrum, must agree within their reported errors (issue 31).
 
 The spectrum's valid pixels are split at |Q| = ``--split`` Å⁻¹ (``--halves q``) or at the median
 energy transfer (``--halves e``); each half is fitted alone (the model, resolution and nuisance terms
-of ``benchmarks/al_arcs.py``: χ² with σ 0.05, a free scale and constant, errors scaled by χ²ᵣ where
+of ``benchmarks/al_arcs.py``: χ² with σ 0.05 or the noise map (``--sigma map``), a free scale and
+constant, the options' angle and energy backgrounds, errors scaled by χ²ᵣ where
 it exceeds 1, and the robust errors beside them). Printed: each constant from each half with its
 error, and z = (a − b)/√(σ_a² + σ_b²) with both kinds of error.
 """
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from al_arcs import SIGMA, model_and_start, resolution_of
+from al_arcs import add_nuisance_arguments, background_of, model_and_start, resolution_of, screened, sigma_of
 
 from xtds.datasets import al_arcs
-from xtds.fitting import LM, Background
+from xtds.fitting import LM
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.problem import Problem
 from xtds.observables.neutron.powder import PowderSpectrum
@@ -35,14 +36,14 @@ def main(argv=None):
     ap.add_argument("--q-resolution", type=float, default=None)
     ap.add_argument("--mesh", type=int, default=12)
     ap.add_argument("--shells", type=int, default=2, help="neighbour shells of the Born–von Kármán model")
-    ap.add_argument("--energy-background", type=int, default=0,
-                    help="Chebyshev terms in the energy transfer added to the scale and constant")
+    add_nuisance_arguments(ap)
     args = ap.parse_args(argv)
     ds = al_arcs()
     valid = ds["valid"].values
     model, start = model_and_start(args.linewidths, args.shells)
     chi = ds["chi"].sel(temperature=args.temperature).values
     Q, E = ds["Q"].values, ds["E"].values
+    valid = screened(args, chi, valid, E, Q)
     if args.halves == "q":
         parts = {"low |Q|": valid & (Q < args.split)[None, :], "high |Q|": valid & (Q >= args.split)[None, :]}
     else:
@@ -53,13 +54,14 @@ def main(argv=None):
         obs = PowderSpectrum(model, Q, E, args.temperature, mask=mask, resolution=resolution_of(args), mesh=args.mesh,
                              normalize=False, q_resolution=args.q_resolution)
         data = chi[mask]
-        bg = Background(energy=args.energy_background)
-        res = fit_problems([Problem(obs, data, sigma=np.full(len(data), SIGMA), loss="chi2", background=bg)], start,
-                           optimizer=LM(progress=False))
+        sigma = np.full(valid.shape, np.nan)
+        sigma[valid] = sigma_of(args, chi, valid)  # the whole spectrum's noise, each half's pixels
+        prob = Problem(obs, data, sigma=sigma[mask], loss="chi2", background=background_of(args, ds.attrs))
+        res = fit_problems([prob], start, optimizer=LM(progress=False))
         names = list(model.names)
         out[name] = (res["ifc"].sel(constant=names).values, res["ifc_stderr"].sel(constant=names).values,
                      res["ifc_stderr_robust"].sel(constant=names).values if "ifc_stderr_robust" in res else None,
-                     float(res["loss"].values[-1]) * SIGMA**2 / mask.sum(), int(mask.sum()))
+                     float(np.mean((data - res["model_intensity"].values) ** 2)), int(mask.sum()))
     (a, sa, ra, la, na), (b, sb, rb, lb, nb) = out.values()
     how = f"|Q| at {args.split:g} Å⁻¹" if args.halves == "q" else "energy"
     print(f"{args.temperature:g} K, halves by {how}, "

@@ -165,10 +165,14 @@ def spectrum_diagnostics(result: xr.Dataset, problem, e_bins: int = 12, q_bins: 
     standard errors, counts, η² of each binning); attrs ``rms`` (the standardized residuals' rms:
     1 for a model that fits to the noise), ``smooth_share`` (the share of Σz² in the lowest
     ``modes`` × ``modes`` cosine modes of the map, :func:`smooth_share`) and ``smooth_share_noise``
-    (what independent noise would give, modes²/N), ``pixel_noise`` (the noise the data show by
-    themselves, :func:`xtds.observables.neutron.screen.pixel_noise`) and ``residual_over_noise``
-    (the rms of data − model over it: about 1 for a model that fits to the noise, whatever σ the fit
-    was given). Plot with :func:`xtds.plot.plot_spectrum_residuals`."""
+    (what independent noise would give, modes²/N), ``pixel_noise`` (the rms over the pixels of the
+    noise the data show by themselves, pixel by pixel: :func:`xtds.observables.neutron.screen.noise_map`)
+    and ``residual_over_noise`` (the rms of data − model over it: about 1 for a model that fits to
+    the noise, whatever σ the fit was given), and the same against one pooled robust spread
+    (``pixel_noise_pooled``, :func:`~xtds.observables.neutron.screen.pixel_noise`, the typical σ:
+    lower than the rms σ where the noise varies across the map, so ``residual_over_pooled_noise``
+    exceeds 1 for a model that fits to the noise there). Plot with
+    :func:`xtds.plot.plot_spectrum_residuals`."""
     obs = problem.observable
     for need in ("mask", "energies", "q_centers", "point_energy", "point_qnorm"):
         if not hasattr(obs, need):
@@ -194,16 +198,18 @@ def spectrum_diagnostics(result: xr.Dataset, problem, e_bins: int = 12, q_bins: 
                                         attrs={"long_name": "standardized residual", "loss": problem.loss})
     attrs["rms"] = float(np.sqrt(np.mean(z**2)))
     # the residuals against the noise the data show by themselves (pixel to pixel)
-    from xtds.observables.neutron.screen import pixel_noise
+    from xtds.observables.neutron.screen import noise_map, pixel_noise
 
     prefix = f"{problem.name}_" if problem.name else ""
     dmap = np.full(mask.shape, np.nan)
     dmap[mask] = np.asarray(result[f"{prefix}{problem.data_name}"].values, dtype=float)
     mmap = np.full(mask.shape, np.nan)
     mmap[mask] = np.asarray(result[f"{prefix}model_{problem.data_name}"].values, dtype=float)
-    noise = pixel_noise(dmap, mask)["sigma"]
-    attrs["pixel_noise"] = noise
-    attrs["residual_over_noise"] = float(np.sqrt(np.nanmean((dmap - mmap)[mask] ** 2)) / noise)
+    rms_residual = float(np.sqrt(np.nanmean((dmap - mmap)[mask] ** 2)))
+    noise = float(np.sqrt(np.nanmean(noise_map(dmap, mask)[mask] ** 2)))
+    pooled = pixel_noise(dmap, mask)["sigma"]
+    attrs.update(pixel_noise=noise, residual_over_noise=rms_residual / noise, pixel_noise_pooled=pooled,
+                 residual_over_pooled_noise=rms_residual / pooled)
     attrs["smooth_share"] = smooth_share(zmap, mask, modes)
     attrs["smooth_share_noise"] = modes**2 / int(mask.sum())
     attrs["modes"] = int(modes)

@@ -135,14 +135,18 @@ class Problem:
             return q
 
         C, A = None, np.ones((n, 1)) if bg is not None and bg.constant else np.zeros((n, 0))
-        if bg is not None and (bg.needs_q or bg.energy):
-            energy = None
-            if bg.energy:
+        if bg is not None and (bg.needs_q or bg.energy or bg.angle):
+            energy = qnorm = None
+            if bg.energy or bg.angle:
                 energy = obs.point_energy
                 if energy is None or np.shape(energy) != (n,):
-                    raise ValueError(f"an energy background needs the points' energy transfers: "
+                    raise ValueError(f"an energy or angle background needs the points' energy transfers: "
                                      f"{type(obs).__name__} has no point_energy")
-            C, A = bg.basis(obs.model, points_q(f"background {bg}") if bg.needs_q else None, energy, n)
+            if bg.angle:
+                qnorm = getattr(obs, "point_qnorm", None)
+                if qnorm is None:
+                    qnorm = np.linalg.norm(np.asarray(points_q("an angle background"), dtype=float), axis=1)
+            C, A = bg.basis(obs.model, points_q(f"background {bg}") if bg.needs_q else None, energy, n, qnorm)
         corr = None
         if self.corrections is not None:
             corr = torch.as_tensor(self.corrections.factor(obs.model.crystal, points_q("corrections")), dtype=dt,
@@ -345,6 +349,9 @@ class Problem:
             attrs.update({f"background_E{k}": {"long_name": "Chebyshev coefficient of the background in the energy "
                                                             "transfer", "units": "data units"}
                           for k in range(1, int(self._bg.energy) + 1)})
+            attrs.update({name: {"long_name": "Chebyshev coefficient of the background in the scattering angle"
+                                              + (" times one in the energy transfer" if "E" in name[12:] else ""),
+                                 "units": "data units"} for name in self._bg.names if name.startswith("background_A")})
             for name, value in zip(self._bg.names, eta[1:].tolist(), strict=True):
                 out[name] = xr.DataArray(value, attrs=attrs.get(name, {"long_name": "Chebyshev coefficient of the "
                                                                                     "smooth background in |q|",

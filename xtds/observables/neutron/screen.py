@@ -12,6 +12,10 @@ model:
 - **rows**: each energy row's median ratio to the rows above and below it, pixel by pixel; a row
   whose ratio departs from 1 by more than ``row_threshold`` robust spreads of all rows' ratios is
   named (a detector or normalization fault, seen as a row scaled as a whole);
+- **clipped pixels**: pixels that hold exactly the spectrum's smallest (or largest) value, when at
+  least ``clip_count`` of them do: a reduction that set negative intensities to zero (the shipped
+  ARCS Al χ'', 200–238 pixels per temperature, mostly at 10–11 meV) leaves runs of one value that
+  are limits, not measurements (censored data; they also give σ = 0 to any noise estimate);
 - **weights**: with ``sigma``, the share of the total weight Σ1/σ² held by the 1 % of pixels with
   the smallest σ; above ``weight_share`` it says so and suggests a floor (a Poisson likelihood,
   ``loss="poisson"``, is the right fix for raw counts).
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Screen", "screen_spectrum", "pixel_noise"]
+__all__ = ["Screen", "screen_spectrum", "pixel_noise", "noise_map"]
 
 MAD_TO_SIGMA = 1.4826
 
@@ -41,18 +45,26 @@ class Screen:
 
     pixels: list = field(default_factory=list)
     rows: list = field(default_factory=list)
+    clipped: list = field(default_factory=list)
     mask: np.ndarray | None = None
     weight_share: float | None = None
     notes: list = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.pixels or self.rows or self.notes)
+        return not (self.pixels or self.rows or self.clipped or self.notes)
 
     def report(self) -> str:
         if self.clean:
             return "screen: no outlying pixel or row, no pixel set dominating the weights"
         out = list(self.notes)
+        if self.clipped:
+            values = sorted({v for _, _, v in self.clipped})
+            es = sorted({e for e, _, _ in self.clipped})
+            held = ", ".join(f"{v:.6g}" for v in values)
+            out.append(f"{len(self.clipped)} pixel(s) hold exactly the value(s) {held} "
+                       f"at the edge of the data's range (E {es[0]:g}–{es[-1]:g} meV): clipped by the reduction "
+                       "(censored: the true value lies beyond the limit), not measured values")
         if self.rows:
             out.append(f"{len(self.rows)} energy row(s) scaled as a whole: " + ", ".join(
                 f"E = {e:g} meV (×{r:.3g} its neighbours, score {z:.1f})" for e, r, z in self.rows))
@@ -186,13 +198,26 @@ def _weight_note(sg, valid, limit, out: Screen) -> None:
                              f"{floor:.3g})")
 
 
+def _clipped(x: np.ndarray, valid: np.ndarray, count: int) -> np.ndarray:
+    """The valid pixels holding exactly the smallest or the largest valid value, where at least
+    ``count`` pixels do (one pixel at the extreme is just the extreme)."""
+    out = np.zeros_like(valid)
+    if count and valid.any():
+        for v in (np.min(x[valid]), np.max(x[valid])):
+            at = valid & (x == v)
+            if at.sum() >= count:
+                out |= at
+    return out
+
+
 def screen_spectrum(intensity, energies, q, mask=None, sigma=None, threshold: float = 8.0,
-                    row_threshold: float = 8.0, weight_share: float = 0.2) -> Screen:
+                    row_threshold: float = 8.0, weight_share: float = 0.2, clip_count: int = 5) -> Screen:
     """Screen a measured spectrum ``intensity`` (E, Q) on ``energies`` (E,) meV × ``q`` (Q,) Å⁻¹
     (module docstring). ``mask`` (E, Q) bool: the valid pixels (default: the finite ones);
     ``sigma`` (E, Q): their uncertainties, for the weight check. ``threshold``, ``row_threshold``:
     scores (robust standard deviations) above which a pixel or a row is named; ``weight_share``: the
-    share of Σ1/σ² in the smallest-σ 1 % of pixels above which the weights are named."""
+    share of Σ1/σ² in the smallest-σ 1 % of pixels above which the weights are named;
+    ``clip_count``: how many pixels at exactly the extreme value make a clipping limit (0: no check)."""
     x = np.asarray(intensity, dtype=float)
     E, Q = np.asarray(energies, dtype=float), np.asarray(q, dtype=float)
     if x.shape != (len(E), len(Q)):
@@ -200,7 +225,10 @@ def screen_spectrum(intensity, energies, q, mask=None, sigma=None, threshold: fl
     valid = np.isfinite(x) if mask is None else (np.asarray(mask, bool) & np.isfinite(x))
     if valid.shape != x.shape:
         raise ValueError(f"mask must have shape {x.shape}, got {valid.shape}")
-    out = Screen(mask=valid.copy())
+    clip = _clipped(x, valid, int(clip_count))
+    out = Screen(mask=valid.copy(), clipped=[(float(E[i]), float(Q[j]), float(x[i, j]))
+                                             for i, j in zip(*np.nonzero(clip), strict=True)])
+    valid = valid & ~clip
     # rows first: a row scaled as a whole would otherwise show as many outlying pixels
     bad_rows = _screen_rows(x, valid, row_threshold)
     out.rows = sorted((float(E[i]), ratio, score) for i, ratio, score in bad_rows)
@@ -235,3 +263,52 @@ def pixel_noise(intensity, mask=None) -> dict[str, float]:
         out[key] = _robust_spread(d) / np.sqrt(1.5) if len(d) else float("nan")
     out["sigma"] = float(np.nanmin([out["energy"], out["q"]]))
     return out
+
+
+#: The median of a χ²₁ variable: median(d²) = 0.4549 var(d) for Gaussian d.
+_MEDIAN_CHI2_1 = 0.454936
+
+
+def noise_map(intensity, mask=None, window: int = 9, axis: int = 0, floor: float = 0.25) -> np.ndarray:
+    """The noise of each pixel of a spectrum, from the data alone, where it varies across the map.
+
+    Measured spectra are heteroscedastic: counts, the detector coverage and the Bose factor change
+    from place to place (the ARCS Al χ'' map: σ from 0.018 to 0.048 between its 10th and 90th
+    percentiles). One pooled robust spread (:func:`pixel_noise`) then gives the *typical* σ, below
+    the rms σ that a model fitting to the noise leaves as its residual rms. Here the squared second
+    differences d² along ``axis`` (0: energy transfer, the axis along which the signal is smoothest
+    for a powder spectrum; d has variance 3σ²/2) are summarized by their median over a window ×
+    window neighbourhood of valid pixels (robust to single bad pixels; median(d²) = 0.4549 var d for
+    Gaussian noise), and σ² = median(d²)/(1.5 × 0.4549). Pixels with no valid second difference in
+    their window take the map's rms, and no pixel is given less than ``floor`` × the map's rms (runs
+    of equal values — data clipped at a limit by their reduction — would otherwise get σ = 0 and
+    rule a χ²). Returns σ, the shape of ``intensity``, NaN outside the mask.
+
+    A model that fits to the noise has rms residual √(mean σ²) over these pixels (see
+    :func:`xtds.fitting.diagnostics.spectrum_diagnostics`); the map is also the σ to give a χ² fit
+    of spectra that come without errors."""
+    from scipy.ndimage import generic_filter
+
+    x = np.asarray(intensity, dtype=float)
+    if x.ndim != 2:
+        raise ValueError(f"noise_map takes a 2-D (E, |Q|) map, got shape {x.shape}")
+    if int(window) != window or window < 3 or window % 2 == 0:
+        raise ValueError(f"window must be an odd number of pixels ≥ 3, got {window!r}")
+    valid = np.isfinite(x) if mask is None else (np.asarray(mask, bool) & np.isfinite(x))
+    a = np.moveaxis(np.where(valid, x, np.nan), axis, 0)
+    d2 = np.full(a.shape, np.nan)
+    d2[1:-1] = (a[1:-1] - 0.5 * (a[:-2] + a[2:])) ** 2
+    d2 = np.moveaxis(d2, 0, axis)
+    if not np.isfinite(d2).any():
+        raise ValueError("no three neighbouring valid pixels along that axis: the map is too small for a noise map")
+    med = generic_filter(d2, _nanmedian, size=int(window), mode="constant", cval=np.nan)
+    var = med / (1.5 * _MEDIAN_CHI2_1)
+    fill = np.nanmean(var[valid]) if np.isfinite(var[valid]).any() else np.nanmedian(d2) / (1.5 * _MEDIAN_CHI2_1)
+    var = np.where(np.isfinite(var), var, fill)
+    var = np.maximum(var, float(floor) ** 2 * np.mean(var[valid]))
+    return np.where(valid, np.sqrt(var), np.nan)
+
+
+def _nanmedian(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) >= 3 else float("nan")

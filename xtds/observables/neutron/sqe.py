@@ -39,7 +39,8 @@ from xtds.units import HBAR_OMEGA_EV, KB_EV_PER_K
 __all__ = ["SQEPoints", "mode_weight", "as_resolution",
            "chopper_resolution", "ARCS_DISTANCES",
            "coherent_modes", "coherent_sqe", "chi_from_sqe",
-           "direct_geometry_q_range", "direct_geometry_coverage", "ARCS_TWO_THETA", "NEUTRON_E_PER_K2",
+           "direct_geometry_q_range", "direct_geometry_coverage", "scattering_angle", "ARCS_TWO_THETA",
+           "NEUTRON_E_PER_K2",
            "HBAR2_OVER_AMU"]
 
 #: ħ²/amu in meV·Å² (CODATA, through scipy.constants).
@@ -229,6 +230,27 @@ def direct_geometry_q_range(incident_energy: float, energies, two_theta_min: flo
         return np.sqrt(ki**2 + kf**2 - 2 * ki * kf * np.cos(np.radians(t)))
 
     return q(two_theta_min), q(two_theta_max)
+
+
+def scattering_angle(qnorm, energies, incident_energy: float) -> np.ndarray:
+    """The scattering angle 2θ (degrees) at which a direct-geometry spectrometer of incident energy
+    Eᵢ (meV) sees momentum transfer |Q| (1/Å) at energy transfer E (meV): the inverse of
+    :func:`direct_geometry_q_range`, cos 2θ = (kᵢ² + k_f² − Q²)/(2kᵢk_f). ``qnorm`` and
+    ``energies`` broadcast. Points just outside the kinematic range (a bin centre of a partly
+    covered bin, |cos 2θ| up to 1.1) are put at 0° or 180°; points far outside it (a wrong Eᵢ, or
+    E ≥ Eᵢ) raise ValueError."""
+    Ei = float(incident_energy)
+    Q, E = np.broadcast_arrays(np.asarray(qnorm, dtype=float), np.asarray(energies, dtype=float))
+    if np.any(E >= Ei):
+        raise ValueError(f"energy transfers up to {E.max():g} meV reach Eᵢ = {Ei:g} meV: no neutron leaves "
+                         "there (is the incident energy right?)")
+    ki, kf = np.sqrt(Ei / NEUTRON_E_PER_K2), np.sqrt((Ei - E) / NEUTRON_E_PER_K2)
+    c = (ki**2 + kf**2 - Q**2) / (2 * ki * kf)
+    if np.any(np.abs(c) > 1.1):
+        i = int(np.argmax(np.abs(c)))
+        raise ValueError(f"|Q| = {Q.flat[i]:.3g} 1/Å at E = {E.flat[i]:.3g} meV is out of reach of a spectrometer "
+                         f"with Eᵢ = {Ei:g} meV at any angle: is the incident energy right?")
+    return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
 
 
 #: Scattering angles (degrees) of the ARCS detectors with which :func:`direct_geometry_coverage`
