@@ -71,29 +71,35 @@ def resolution_of(args):
     return float(args.resolution)
 
 
-def sigma_of(args, chi: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def sigma_of(args, chi: np.ndarray, valid: np.ndarray, clipped: np.ndarray | None = None) -> np.ndarray:
     """σ of each valid pixel for the χ²: ``--sigma map`` the noise the spectrum shows by itself,
-    pixel by pixel (xtds.observables.neutron.screen.noise_map: it varies 2.6× across these maps),
-    or one number for every pixel (the source gives no errors)."""
+    pixel by pixel (xtds.observables.neutron.screen.noise_map from the pixels not ``clipped``: it
+    varies 2.6× across these maps), or one number for every pixel (the source gives no errors)."""
     if args.sigma == "map":
         from xtds.observables.neutron.screen import noise_map
 
-        return noise_map(chi, valid)[valid]
+        clipped = np.zeros_like(valid) if clipped is None else clipped
+        return noise_map(chi, valid & ~clipped, where=valid)[valid]
     return np.full(int(valid.sum()), float(args.sigma))
 
 
-def screened(args, chi: np.ndarray, valid: np.ndarray, E, Q) -> np.ndarray:
-    """The valid pixels, less (``--screen``) what xtds.observables.neutron.screen.screen_spectrum names:
-    clipped pixels (the source set negative intensities to its floor: 200–238 per temperature),
-    outlying pixels and rows; its report is printed."""
+def screened(args, chi: np.ndarray, valid: np.ndarray, E, Q) -> tuple[np.ndarray, np.ndarray]:
+    """(the pixels to fit, the clipped ones among them): with ``--screen`` the valid pixels less
+    the outlying pixels and rows that xtds.observables.neutron.screen.screen_spectrum names, and
+    less its clipped pixels (the source set negative intensities to its floor: 200–238 per
+    temperature) — or, with ``--censored``, those kept as censored points; its report is printed."""
+    none = np.zeros_like(valid)
     if not args.screen:
-        return valid
+        return valid, none
     from xtds.observables.neutron.screen import screen_spectrum
 
     sc = screen_spectrum(chi, E, Q, mask=valid)
-    print(f"        screen: {len(sc.clipped)} clipped, {len(sc.pixels)} outlying pixels, {len(sc.rows)} rows left out",
-          flush=True)
-    return sc.mask
+    clipped = none.copy()
+    for e, q, _ in sc.clipped:
+        clipped[np.flatnonzero(E == e)[0], np.flatnonzero(Q == q)[0]] = True
+    print(f"        screen: {len(sc.clipped)} clipped ({'censored' if args.censored else 'left out'}), "
+          f"{len(sc.pixels)} outlying pixels, {len(sc.rows)} rows left out", flush=True)
+    return (sc.mask | clipped, clipped) if args.censored else (sc.mask, none)
 
 
 def background_of(args, attrs) -> Background:
@@ -115,6 +121,8 @@ def add_nuisance_arguments(ap) -> None:
                     help="pixel σ of the χ²: a number, or 'map' for the noise the spectrum shows pixel by pixel")
     ap.add_argument("--screen", action="store_true",
                     help="leave out the pixels screen_spectrum names (clipped, outlying) and the rows it names")
+    ap.add_argument("--censored", action="store_true",
+                    help="with --screen, keep the clipped pixels as censored points (Problem(censored=...))")
 
 
 def model_and_start(linewidths: bool = False, shells: int = 2):
@@ -195,7 +203,7 @@ def main():
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
         chi = ds["chi"].sel(temperature=T).values
-        mask = screened(args, chi, valid, ds["E"].values, ds["Q"].values)
+        mask, clipped = screened(args, chi, valid, ds["E"].values, ds["Q"].values)
         data = chi[mask]
         # the time a user waits: from building the observable (its Q-points, k-orbits, adaptive widths at
         # the first evaluation) to the result (covariance, dispersion, DOS, elastic constants), torch's
@@ -205,8 +213,9 @@ def main():
                              mesh=args.mesh, normalize=args.normalize, q_resolution=args.q_resolution,
                              multiphonon=() if args.no_multiphonon else (2, 3, 4, 5, 6),
                              incoherent=not args.no_incoherent)
-        prob = Problem(obs, data, sigma=sigma_of(args, chi, mask), loss="chi2",
-                       background=False if args.normalize else background_of(args, ds.attrs))
+        prob = Problem(obs, data, sigma=sigma_of(args, chi, mask, clipped), loss="chi2",
+                       background=False if args.normalize else background_of(args, ds.attrs),
+                       censored=-clipped[mask].astype(int))
 
         calls = [0, 0]  # plain evaluations, evaluations with the Jacobian (forward mode, one batch of tangents)
         spectrum = obs.spectrum
@@ -223,7 +232,8 @@ def main():
         t_opt = float(res.attrs["minimize_time_s"])  # the minimization alone: what the Nelder–Mead clock holds
         obs.spectrum = spectrum
         phi = res["ifc"].sel(constant=list(model.names)).values
-        loss = float(np.sum((data - res["model_intensity"].values) ** 2))  # sum of squares of the spectra
+        measured = ~clipped[mask]  # censored pixels are limits, not values: left out of the loss shown
+        loss = float(np.sum((data - res["model_intensity"].values)[measured] ** 2))  # sum of squares
         names = list(model.names)
         cov = res["ifc_cov"].sel(constant=names, constant_=names).values
         row = {"T": T, "phi": phi, "err": res["ifc_stderr"].sel(constant=names).values, "loss": loss,

@@ -43,7 +43,7 @@ def main(argv=None):
     model, start = model_and_start(args.linewidths, args.shells)
     chi = ds["chi"].sel(temperature=args.temperature).values
     Q, E = ds["Q"].values, ds["E"].values
-    valid = screened(args, chi, valid, E, Q)
+    valid, clipped = screened(args, chi, valid, E, Q)
     if args.halves == "q":
         parts = {"low |Q|": valid & (Q < args.split)[None, :], "high |Q|": valid & (Q >= args.split)[None, :]}
     else:
@@ -55,13 +55,14 @@ def main(argv=None):
                              normalize=False, q_resolution=args.q_resolution)
         data = chi[mask]
         sigma = np.full(valid.shape, np.nan)
-        sigma[valid] = sigma_of(args, chi, valid)  # the whole spectrum's noise, each half's pixels
-        prob = Problem(obs, data, sigma=sigma[mask], loss="chi2", background=background_of(args, ds.attrs))
+        sigma[valid] = sigma_of(args, chi, valid, clipped)  # the whole spectrum's noise, each half's pixels
+        prob = Problem(obs, data, sigma=sigma[mask], loss="chi2", background=background_of(args, ds.attrs),
+                       censored=-clipped[mask].astype(int))
         res = fit_problems([prob], start, optimizer=LM(progress=False))
         names = list(model.names)
         out[name] = (res["ifc"].sel(constant=names).values, res["ifc_stderr"].sel(constant=names).values,
                      res["ifc_stderr_robust"].sel(constant=names).values if "ifc_stderr_robust" in res else None,
-                     float(np.mean((data - res["model_intensity"].values) ** 2)), int(mask.sum()))
+                     float(np.mean((data - res["model_intensity"].values)[~clipped[mask]] ** 2)), int(mask.sum()))
     (a, sa, ra, la, na), (b, sb, rb, lb, nb) = out.values()
     how = f"|Q| at {args.split:g} Å⁻¹" if args.halves == "q" else "energy"
     print(f"{args.temperature:g} K, halves by {how}, "

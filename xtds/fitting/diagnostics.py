@@ -171,21 +171,27 @@ def spectrum_diagnostics(result: xr.Dataset, problem, e_bins: int = 12, q_bins: 
     the noise, whatever σ the fit was given), and the same against one pooled robust spread
     (``pixel_noise_pooled``, :func:`~xtds.observables.neutron.screen.pixel_noise`, the typical σ:
     lower than the rms σ where the noise varies across the map, so ``residual_over_pooled_noise``
-    exceeds 1 for a model that fits to the noise there). Plot with
+    exceeds 1 for a model that fits to the noise there). Censored points
+    (:class:`~xtds.fitting.problem.Problem`'s ``censored``) are left out of all of these
+    (``n_censored`` says how many). Plot with
     :func:`xtds.plot.plot_spectrum_residuals`."""
     obs = problem.observable
     for need in ("mask", "energies", "q_centers", "point_energy", "point_qnorm"):
         if not hasattr(obs, need):
             raise ValueError(f"{type(obs).__name__} is not an (E, |Q|) spectrum: spectrum_diagnostics needs "
                              "a PowderSpectrum's problem")
-    z = _standardized(result, problem)
-    mask = np.asarray(obs.mask, bool)
+    # censored points (limits, not values) are left out of every figure of merit
+    keep = np.ones(len(problem), bool) if problem.censored is None else np.asarray(problem.censored) == 0
+    z = _standardized(result, problem)[keep]
+    mask = np.asarray(obs.mask, bool).copy()
+    mask[mask] = keep
     E, Q = np.asarray(obs.energies, float), np.asarray(obs.q_centers, float)
     zmap = np.full(mask.shape, np.nan)
     zmap[mask] = z
-    data, coords, attrs = {}, {}, {}
+    data, coords, attrs = {}, {}, {"n_censored": int((~keep).sum())}
     w = np.ones_like(z)
-    for x, nb, key, units in ((obs.point_energy, e_bins, "energy", "meV"), (obs.point_qnorm, q_bins, "qnorm", "1/Å")):
+    for x, nb, key, units in ((obs.point_energy[keep], e_bins, "energy", "meV"),
+                              (obs.point_qnorm[keep], q_bins, "qnorm", "1/Å")):
         edges = np.linspace(float(x.min()), float(x.max()) * (1 + 1e-12) + 1e-12, int(nb) + 1)
         d, c, eta2 = _binned(np.asarray(x, float), z, w, edges, key, units)
         for k in d:
@@ -202,9 +208,9 @@ def spectrum_diagnostics(result: xr.Dataset, problem, e_bins: int = 12, q_bins: 
 
     prefix = f"{problem.name}_" if problem.name else ""
     dmap = np.full(mask.shape, np.nan)
-    dmap[mask] = np.asarray(result[f"{prefix}{problem.data_name}"].values, dtype=float)
+    dmap[mask] = np.asarray(result[f"{prefix}{problem.data_name}"].values, dtype=float)[keep]
     mmap = np.full(mask.shape, np.nan)
-    mmap[mask] = np.asarray(result[f"{prefix}model_{problem.data_name}"].values, dtype=float)
+    mmap[mask] = np.asarray(result[f"{prefix}model_{problem.data_name}"].values, dtype=float)[keep]
     rms_residual = float(np.sqrt(np.nanmean((dmap - mmap)[mask] ** 2)))
     noise = float(np.sqrt(np.nanmean(noise_map(dmap, mask)[mask] ** 2)))
     pooled = pixel_noise(dmap, mask)["sigma"]

@@ -28,12 +28,15 @@ __all__ = ["LOSSES", "residuals", "eigen_penalty"]
 LOSSES = ("var_log", "chi2", "poisson")
 
 
-def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = False, sigma=None):
+def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = False, sigma=None, censored=None):
     """The residual vector ρ (shape (P,)) whose squared norm is the loss.
 
     ``I_model``: the model at the points; ``scaled``: whether it already holds the problem's scale
     and background (:class:`~xtds.fitting.background.Background`). An unscaled ``var_log`` model is
-    compared up to the free scale (centring); an unscaled ``chi2`` model as it is.
+    compared up to the free scale (centring); an unscaled ``chi2`` model as it is. ``censored``
+    (``chi2`` only; (P,) of −1, 0, +1): points whose datum is a limit set by the data's reduction,
+    the true value at or below it (−1) or at or above it (+1); their ρ² is the censored Gaussian
+    −2 ln Φ(±(d − m)/σ) (the Tobit likelihood), 0 where the model lies far on the allowed side.
     """
     if loss == "var_log":
         if not scaled:
@@ -46,7 +49,10 @@ def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = F
     if loss == "chi2":
         if sigma is None:
             raise ValueError("loss='chi2' needs per-voxel uncertainties: a 'sigma' variable in the data")
-        return (I_target - I_model) / sigma
+        r = (I_target - I_model) / sigma
+        if censored is None:
+            return r
+        return torch.where(censored == 0, r, _censored_root(censored * r))
     if loss == "poisson":
         mu = I_model.clamp(min=1e-12)
         d = I_target
@@ -55,6 +61,16 @@ def residuals(I_model, I_target, weight, loss: str = "var_log", scaled: bool = F
         root = torch.sqrt(torch.where(near, torch.ones_like(dev), dev.clamp(min=0)))
         return torch.where(near, (d - mu) / torch.sqrt(mu), torch.sign(d - mu) * root)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def _censored_root(u: torch.Tensor) -> torch.Tensor:
+    """√(−2 ln Φ(−u)) for u = ∓(d − m)/σ, signed so that u < 0 is a model on the side of the limit
+    where the truth may lie. Smooth; 0 for u < −30 (Φ = 1 in double precision), where its
+    derivative is 0 too rather than NaN."""
+    far = u < -30
+    safe = torch.where(far, torch.zeros_like(u), u)
+    root = torch.sqrt((-2 * torch.special.log_ndtr(-safe)).clamp(min=1e-300))
+    return torch.where(far, torch.zeros_like(u), root)
 
 
 def eigen_penalty(model, phi, k, alpha: float = 1.0) -> torch.Tensor:

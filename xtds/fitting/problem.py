@@ -67,6 +67,12 @@ class Problem:
         The name and attrs of the data variable in the result (``"intensity"`` for TDS).
     geometry_reason
         Why the observable's geometry was chosen (``geometry="auto"``), for the result's attrs.
+    censored
+        Shape (P,) of −1, 0, +1 (``loss="chi2"`` only): points whose datum is a limit set by the
+        reduction — the true value at or below it (−1: negative intensities set to zero, as
+        :func:`~xtds.observables.neutron.screen.screen_spectrum` names clipped pixels) or at or
+        above it (+1, a saturated detector) — taken by their censored likelihood
+        (:func:`~xtds.fitting.losses.residuals`); 0 or None: measured values.
     """
 
     observable: Observable
@@ -83,6 +89,7 @@ class Problem:
     data_name: str = "intensity"
     data_attrs: dict = field(default_factory=dict)
     geometry_reason: str = ""
+    censored: np.ndarray | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -128,6 +135,7 @@ class Problem:
         set_(self, "_target", torch.as_tensor(data, dtype=dt, device=dev))
         set_(self, "_weight", torch.as_tensor(self.weight, dtype=dt, device=dev))
         set_(self, "_sigma", None if self.sigma is None else torch.as_tensor(self.sigma, dtype=dt, device=dev))
+        set_(self, "_censored", self._check_censored(n, dt, dev))
         def points_q(what):
             q = obs.q
             if q is None or np.shape(q) != (n, 3):
@@ -156,6 +164,23 @@ class Problem:
         set_(self, "_corr", corr)
         set_(self, "_C", None if C is None else torch.as_tensor(C, dtype=dt, device=dev))
         set_(self, "_A", torch.as_tensor(A, dtype=dt, device=dev))
+
+    def _check_censored(self, n: int, dt, dev) -> torch.Tensor | None:
+        """The ``censored`` flags as a tensor (None when no point is censored), checked."""
+        if self.censored is None:
+            return None
+        c = np.asarray(self.censored).reshape(-1)
+        if c.dtype == bool:
+            raise ValueError("censored takes −1 (true value at or below the datum), 0 or +1 per point, not booleans: "
+                             "pass -1 * mask for data clipped at a floor")
+        if len(c) != n or not np.isin(c, (-1, 0, 1)).all():
+            raise ValueError(f"censored must hold one of −1, 0, +1 for each of the {n} points")
+        if not c.any():
+            return None
+        if self.loss != "chi2":
+            raise ValueError(f"censored points need loss='chi2' (their Gaussian tail), not loss={self.loss!r}")
+        object.__setattr__(self, "censored", c.astype(int))
+        return torch.as_tensor(c, dtype=dt, device=dev)
 
     def _check_loss_data(self, data: np.ndarray) -> None:
         """What the loss needs of the data: counts for ``poisson``, σ for ``chi2``."""
@@ -248,7 +273,8 @@ class Problem:
 
     def residuals_of(self, I: torch.Tensor, eta) -> torch.Tensor:
         """ρ (P,) from the observable's values ``I`` (P,) and the nuisance parameters ``eta``."""
-        return residuals(self._model(I, eta), self._target, self._weight, self.loss, self._bg is not None, self._sigma)
+        return residuals(self._model(I, eta), self._target, self._weight, self.loss, self._bg is not None, self._sigma,
+                         self._censored)
 
     def residual_jacobian(self, I: torch.Tensor, dI: torch.Tensor, eta) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(∂ρ/∂φ (P, n_free), ∂ρ/∂η (P, n_nuisance) or None) at the observable's values ``I`` (P,)

@@ -269,7 +269,8 @@ def pixel_noise(intensity, mask=None) -> dict[str, float]:
 _MEDIAN_CHI2_1 = 0.454936
 
 
-def noise_map(intensity, mask=None, window: int = 9, axis: int = 0, floor: float = 0.25) -> np.ndarray:
+def noise_map(intensity, mask=None, window: int = 9, axis: int = 0, floor: float = 0.25,
+              where=None) -> np.ndarray:
     """The noise of each pixel of a spectrum, from the data alone, where it varies across the map.
 
     Measured spectra are heteroscedastic: counts, the detector coverage and the Bose factor change
@@ -282,7 +283,9 @@ def noise_map(intensity, mask=None, window: int = 9, axis: int = 0, floor: float
     Gaussian noise), and σ² = median(d²)/(1.5 × 0.4549). Pixels with no valid second difference in
     their window take the map's rms, and no pixel is given less than ``floor`` × the map's rms (runs
     of equal values — data clipped at a limit by their reduction — would otherwise get σ = 0 and
-    rule a χ²). Returns σ, the shape of ``intensity``, NaN outside the mask.
+    rule a χ²). Returns σ, the shape of ``intensity``, NaN outside the mask — or outside ``where``
+    (E, Q) bool, the pixels to give a σ from their neighbourhood, e.g. clipped pixels left out of
+    ``mask`` (which holds the pixels whose values measure the noise).
 
     A model that fits to the noise has rms residual √(mean σ²) over these pixels (see
     :func:`xtds.fitting.diagnostics.spectrum_diagnostics`); the map is also the σ to give a χ² fit
@@ -306,7 +309,10 @@ def noise_map(intensity, mask=None, window: int = 9, axis: int = 0, floor: float
     fill = np.nanmean(var[valid]) if np.isfinite(var[valid]).any() else np.nanmedian(d2) / (1.5 * _MEDIAN_CHI2_1)
     var = np.where(np.isfinite(var), var, fill)
     var = np.maximum(var, float(floor) ** 2 * np.mean(var[valid]))
-    return np.where(valid, np.sqrt(var), np.nan)
+    out = valid if where is None else np.asarray(where, bool)
+    if out.shape != x.shape:
+        raise ValueError(f"where must have the map's shape {x.shape}, got {out.shape}")
+    return np.where(out, np.sqrt(var), np.nan)
 
 
 def _nanmedian(v: np.ndarray) -> float:
