@@ -102,6 +102,15 @@ def screened(args, chi: np.ndarray, valid: np.ndarray, E, Q) -> tuple[np.ndarray
     return (sc.mask | clipped, clipped) if args.censored else (sc.mask, none)
 
 
+def constraints_of(args, model):
+    """``--far-prior σ``: a Gaussian prior (0, σ) on each free constant of the shells beyond the
+    second (the long-range springs a powder spectrum determines only in combination), else None."""
+    if args.far_prior is None:
+        return None
+    far = [i.name for i in model.info if i.shell > 2 and not i.derived and i.name in model.names]
+    return xtds.Constraints(priors={n: (0.0, float(args.far_prior)) for n in far}) if far else None
+
+
 def background_of(args, attrs) -> Background:
     """The nuisance terms: a constant, ``--energy-background`` Chebyshev terms in E and, with
     ``--angle-background N[,M]``, N terms in the scattering angle 2θ and N × M angle × energy
@@ -119,6 +128,8 @@ def add_nuisance_arguments(ap) -> None:
                     help="Chebyshev terms in the scattering angle (N) and their products with M terms in E")
     ap.add_argument("--sigma", default=str(SIGMA),
                     help="pixel σ of the χ²: a number, or 'map' for the noise the spectrum shows pixel by pixel")
+    ap.add_argument("--far-prior", type=float, default=None, metavar="SIGMA",
+                    help="Gaussian prior (0, SIGMA eV/Å²) on every constant beyond the second shell")
     ap.add_argument("--screen", action="store_true",
                     help="leave out the pixels screen_spectrum names (clipped, outlying) and the rows it names")
     ap.add_argument("--censored", action="store_true",
@@ -227,7 +238,8 @@ def main():
         obs.spectrum = counted
         optimizer = LM(max_iter=args.max_iter, jacobian=args.jacobian, stop_sigma=args.stop_sigma or None,
                        progress=False)
-        res = fit_problems([prob], start, starts=args.starts, start_spread=args.start_spread, optimizer=optimizer)
+        res = fit_problems([prob], start, starts=args.starts, start_spread=args.start_spread, optimizer=optimizer,
+                           constraints=constraints_of(args, model))
         t_fit = time.perf_counter() - t
         t_opt = float(res.attrs["minimize_time_s"])  # the minimization alone: what the Nelder–Mead clock holds
         obs.spectrum = spectrum

@@ -17,7 +17,15 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from al_arcs import add_nuisance_arguments, background_of, model_and_start, resolution_of, screened, sigma_of
+from al_arcs import (
+    add_nuisance_arguments,
+    background_of,
+    constraints_of,
+    model_and_start,
+    resolution_of,
+    screened,
+    sigma_of,
+)
 
 from xtds.datasets import al_arcs
 from xtds.fitting import LM
@@ -58,7 +66,7 @@ def main(argv=None):
         sigma[valid] = sigma_of(args, chi, valid, clipped)  # the whole spectrum's noise, each half's pixels
         prob = Problem(obs, data, sigma=sigma[mask], loss="chi2", background=background_of(args, ds.attrs),
                        censored=-clipped[mask].astype(int))
-        res = fit_problems([prob], start, optimizer=LM(progress=False))
+        res = fit_problems([prob], start, optimizer=LM(progress=False), constraints=constraints_of(args, model))
         names = list(model.names)
         out[name] = (res["ifc"].sel(constant=names).values, res["ifc_stderr"].sel(constant=names).values,
                      res["ifc_stderr_robust"].sel(constant=names).values if "ifc_stderr_robust" in res else None,
