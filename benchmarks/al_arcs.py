@@ -271,7 +271,7 @@ def main():
         row["rms"], row["smooth_share"] = diag.attrs["rms"], diag.attrs["smooth_share"]
         row["residual_over_noise"] = diag.attrs["residual_over_noise"]
         print(f"        residuals: rms {diag.attrs['rms']:.3f} (σ = {args.sigma}), "
-              f"{diag.attrs['residual_over_noise']:.2f}× the pixel noise {diag.attrs['pixel_noise']:.4f}"
+              f"{diag.attrs['residual_over_noise']:.3f}× the pixel noise {diag.attrs['pixel_noise']:.4f}"
               f" the data show; "
               f"share in the lowest 6×6 cosine modes "
               f"{diag.attrs['smooth_share']:.2f} (noise alone: {diag.attrs['smooth_share_noise']:.3f})", flush=True)
