@@ -65,7 +65,8 @@ def test_clipped_pixels_are_named_and_left_out(spectrum):
     floor = np.nanpercentile(x[valid], 4)
     clipped = valid & (x <= floor)
     s = screen_spectrum(np.where(clipped, floor, x), E, Q, mask=valid)
-    assert {(e, q) for e, q, _ in s.clipped} == {(float(E[i]), float(Q[j])) for i, j in zip(*np.nonzero(clipped))}
+    expect = {(float(E[i]), float(Q[j])) for i, j in zip(*np.nonzero(clipped), strict=True)}
+    assert {(e, q) for e, q, _ in s.clipped} == expect
     assert f"{int(clipped.sum())} pixel(s) hold exactly the value(s) {floor:.6g}" in s.report()
     assert not (s.mask & clipped).any()
     assert not s.rows and int((valid & ~clipped & ~s.mask).sum()) == len(s.pixels)
