@@ -136,16 +136,19 @@ def add_nuisance_arguments(ap) -> None:
                     help="with --screen, keep the clipped pixels as censored points (Problem(censored=...))")
 
 
-def model_and_start(linewidths: bool = False, shells: int = 2):
-    """The Al model of ``shells`` shells (with the linewidth γ₁ if asked) and its start: Gilat &
-    Nicklow's constants for the first two shells, 0 beyond (γ₁ = 0.1 meV)."""
+def model_and_start(linewidths: bool | str | None = None, shells: int = 2):
+    """The Al model of ``shells`` shells (with linewidths if asked: True or "1" for Γ ∝ ε T, "0,1"
+    for powers 0 and 1 of ε, …) and its start: Gilat & Nicklow's constants for the first two
+    shells, 0 beyond (each γ_p = 0.1 meV)."""
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=shells)
     start = {n: start_constants().get(n, 0.0) for n in model.names}
     if linewidths:
         from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
 
-        model = LinewidthIFC.of(model, Linewidths())
-        start = {**start, "gamma1": 0.1}
+        powers = (1,) if linewidths is True else tuple(int(p) for p in str(linewidths).split(","))
+        lw = Linewidths(powers=powers)
+        model = LinewidthIFC.of(model, lw)
+        start = {**start, **{n: 0.1 for n in lw.names}}
     return model, start
 
 
@@ -177,8 +180,9 @@ def main():
                          "widths in μs of xtds.observables.neutron.sqe.chopper_resolution at Ei = 50 meV, ARCS "
                          "flight paths), or 'resins:PACKAGE:HZ' (PyChop's ARCS model through resins, e.g. "
                          "resins:ARCS-100-1.5-AST:600)")
-    ap.add_argument("--linewidths", action="store_true",
-                    help="fit phonon linewidths Γ = γ₁ (ε/10 meV)(T/300 K) with the constants (LinewidthIFC)")
+    ap.add_argument("--linewidths", nargs="?", const="1", default=None, metavar="POWERS",
+                    help="fit phonon linewidths Γ = (T/300 K) Σ_p γ_p (ε/10 meV)^p with the constants (LinewidthIFC); "
+                         "POWERS the p, default 1 (Γ ∝ εT); e.g. 0,1")
     ap.add_argument("--no-incoherent", action="store_true", help="leave out the incoherent scattering")
     ap.add_argument("--shells", type=int, default=2, help="neighbour shells of the Born–von Kármán model")
     ap.add_argument("--q-resolution", type=float, default=None, help="|Q| resolution FWHM, 1/Å (default none)")

@@ -40,7 +40,8 @@ def main(argv=None):
     ap.add_argument("--split", type=float, default=4.0, help="|Q| (Å⁻¹) between the halves")
     ap.add_argument("--halves", default="q", choices=("q", "e"))
     ap.add_argument("--resolution", default="chopper:40,20")
-    ap.add_argument("--linewidths", action="store_true")
+    ap.add_argument("--linewidths", nargs="?", const="1", default=None, metavar="POWERS",
+                    help="linewidth powers of ε as in al_arcs.py (default 1)")
     ap.add_argument("--q-resolution", type=float, default=None)
     ap.add_argument("--mesh", type=int, default=12)
     ap.add_argument("--shells", type=int, default=2, help="neighbour shells of the Born–von Kármán model")
