@@ -3,13 +3,11 @@ a fit that recovers an injected angle-dependent background."""
 
 import numpy as np
 import pytest
-import torch
 
 import xtds
 from xtds.fitting import Background
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.problem import Problem
-from xtds.observables.neutron.powder import PowderSpectrum
 from xtds.observables.neutron.sqe import direct_geometry_q_range, scattering_angle
 
 
@@ -34,23 +32,12 @@ def test_angle_background_names_and_refusals():
         Background(angle_energy=2, incident_energy=80.0)
 
 
-@pytest.fixture(scope="module")
-def spectrum():
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    true = dict(zip(model.names, model.central_force({1: 1.6, 2: 0.3}), strict=True))
-    Q, E = np.arange(2.0, 6.01, 0.2), np.arange(6.0, 40.1, 1.0)
-    obs = PowderSpectrum(model, Q, E, 300.0, resolution=2.0, mesh=6, kind="sqe", normalize=False, multiphonon=())
-    with torch.no_grad():
-        clean = obs(model.vector(true)).numpy()
-    return model, true, obs, clean
-
-
-def test_an_angle_background_is_recovered(spectrum):
+def test_an_angle_background_is_recovered(al_powder_sqe):
     """Data = model + a background that depends on 2θ (a quadratic in it, rising 20 % of the
     signal's maximum towards the low angles) + 1 % noise: the fit with angle terms returns the
     constants within 3σ and χ²ᵣ ≈ 1; the same fit with an energy background instead is off
     (χ²ᵣ > 2)."""
-    model, true, obs, clean = spectrum
+    model, true, obs, clean = al_powder_sqe
     Ei = 80.0
     tt = scattering_angle(obs.point_qnorm, obs.point_energy, Ei)
     z = 2 * (tt - tt.min()) / (tt.max() - tt.min()) - 1

@@ -11,7 +11,6 @@ import xtds
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.losses import residuals
 from xtds.fitting.problem import Problem
-from xtds.observables.neutron.powder import PowderSpectrum
 
 
 def test_censored_residuals_are_the_gaussian_tail():
@@ -30,10 +29,8 @@ def test_censored_residuals_are_the_gaussian_tail():
     assert torch.isfinite(m.grad).all() and m.grad[-1] == 0
 
 
-def test_censored_flags_are_checked():
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=1)
-    obs = PowderSpectrum(model, np.arange(2.0, 3.01, 0.5), np.arange(10.0, 20.1, 5.0), 300.0, resolution=2.0, mesh=4,
-                         kind="sqe", normalize=False, multiphonon=())
+def test_censored_flags_are_checked(tiny_al_powder):
+    obs = tiny_al_powder
     n = len(obs)
     with pytest.raises(ValueError, match="not booleans"):
         Problem(obs, np.ones(n), sigma=np.ones(n), loss="chi2", censored=np.zeros(n, bool))
@@ -43,17 +40,12 @@ def test_censored_flags_are_checked():
         Problem(obs, np.ones(n), loss="poisson", censored=-np.ones(n, int))
 
 
-def test_a_fit_of_clipped_data_recovers_the_truth():
+def test_a_fit_of_clipped_data_recovers_the_truth(al_powder_sqe):
     """A powder S(|Q|, E) with 2 % noise, a background, and every value below a floor set to the
     floor (about a quarter of the points, as a reduction that sets negative intensities to zero):
     with the clipped points censored the constants, scale and background come back within 3σ; taken
     as values they pull the background up by more than 5σ."""
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    true = dict(zip(model.names, model.central_force({1: 1.6, 2: 0.3}), strict=True))
-    Q, E = np.arange(2.0, 6.01, 0.2), np.arange(6.0, 40.1, 1.0)
-    obs = PowderSpectrum(model, Q, E, 300.0, resolution=2.0, mesh=6, kind="sqe", normalize=False, multiphonon=())
-    with torch.no_grad():
-        clean = obs(model.vector(true)).numpy()
+    model, true, obs, clean = al_powder_sqe
     top = clean.max()
     sigma = 0.02 * top * np.ones_like(clean)
     truth = clean - 0.05 * top  # a negative constant: background over-subtracted

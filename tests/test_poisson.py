@@ -30,10 +30,8 @@ def test_deviance_residuals_are_the_poisson_log_likelihood():
     np.testing.assert_allclose(g.numpy(), [-0.5, -1 / 3], rtol=1e-12)
 
 
-def test_poisson_data_are_checked():
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    obs = PowderSpectrum(model, np.arange(2.0, 4.01, 0.5), np.arange(10.0, 20.1, 5.0), 300.0, resolution=3.0, mesh=4,
-                         kind="sqe", normalize=False, multiphonon=())
+def test_poisson_data_are_checked(tiny_al_powder):
+    obs = tiny_al_powder
     n = len(obs)
     with pytest.raises(ValueError, match="raw counts"):
         Problem(obs, -np.ones(n), loss="poisson")

@@ -3,13 +3,11 @@ shows in the smooth share and the binned means."""
 
 import numpy as np
 import pytest
-import torch
 
 import xtds
 from xtds.fitting.diagnostics import smooth_share, spectrum_diagnostics
 from xtds.fitting.fit import fit_problems
 from xtds.fitting.problem import Problem
-from xtds.observables.neutron.powder import PowderSpectrum
 
 
 def test_pixel_noise_of_a_smooth_signal():
@@ -34,14 +32,9 @@ def test_smooth_share_of_noise_and_of_a_smooth_field():
 
 
 @pytest.fixture(scope="module")
-def fitted():
+def fitted(al_powder_sqe):
     """Al powder S(|Q|, E) with 1 % noise and an E-dependent background the model lacks."""
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
-    true = dict(zip(model.names, model.central_force({1: 1.6, 2: 0.3}), strict=True))
-    Q, E = np.arange(2.0, 6.01, 0.2), np.arange(6.0, 40.1, 1.0)
-    obs = PowderSpectrum(model, Q, E, 300.0, resolution=2.0, mesh=6, kind="sqe", normalize=False, multiphonon=())
-    with torch.no_grad():
-        clean = obs(model.vector(true)).numpy()
+    model, true, obs, clean = al_powder_sqe
     sigma = 0.01 * clean.max() * np.ones_like(clean)
     noise = sigma * np.random.default_rng(4).standard_normal(len(clean))
     out = {}
