@@ -94,9 +94,7 @@ def screened(args, chi: np.ndarray, valid: np.ndarray, E, Q) -> tuple[np.ndarray
     from xtds.observables.neutron.screen import screen_spectrum
 
     sc = screen_spectrum(chi, E, Q, mask=valid)
-    clipped = none.copy()
-    for e, q, _ in sc.clipped:
-        clipped[np.flatnonzero(E == e)[0], np.flatnonzero(Q == q)[0]] = True
+    clipped = sc.clipped_mask
     print(f"        screen: {len(sc.clipped)} clipped ({'censored' if args.censored else 'left out'}), "
           f"{len(sc.pixels)} outlying pixels, {len(sc.rows)} rows left out", flush=True)
     return (sc.mask | clipped, clipped) if args.censored else (sc.mask, none)

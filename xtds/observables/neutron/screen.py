@@ -39,14 +39,18 @@ MAD_TO_SIGMA = 1.4826
 @dataclass
 class Screen:
     """What :func:`screen_spectrum` found. ``pixels``: (energy, |Q|, value, score) of each flagged
-    pixel; ``rows``: (energy, ratio to its neighbours, score) of each flagged row; ``mask`` (E, Q):
-    the valid pixels less the flagged ones; ``weight_share``: the share of Σ1/σ² in the 1 % of pixels
+    pixel; ``rows``: (energy, ratio to its neighbours, score) of each flagged row; ``clipped``:
+    (energy, |Q|, value) of each pixel at a clipping limit and ``clipped_mask`` (E, Q) the same as a
+    mask (to keep them as censored points instead: ``Problem(censored=-clipped_mask[m].astype(int))``
+    over the pixels m = ``mask | clipped_mask``); ``mask`` (E, Q): the valid pixels less the flagged
+    and clipped ones; ``weight_share``: the share of Σ1/σ² in the 1 % of pixels
     with the smallest σ (None without σ); ``notes``: what the screen says, one line each."""
 
     pixels: list = field(default_factory=list)
     rows: list = field(default_factory=list)
     clipped: list = field(default_factory=list)
     mask: np.ndarray | None = None
+    clipped_mask: np.ndarray | None = None
     weight_share: float | None = None
     notes: list = field(default_factory=list)
 
@@ -226,8 +230,8 @@ def screen_spectrum(intensity, energies, q, mask=None, sigma=None, threshold: fl
     if valid.shape != x.shape:
         raise ValueError(f"mask must have shape {x.shape}, got {valid.shape}")
     clip = _clipped(x, valid, int(clip_count))
-    out = Screen(mask=valid.copy(), clipped=[(float(E[i]), float(Q[j]), float(x[i, j]))
-                                             for i, j in zip(*np.nonzero(clip), strict=True)])
+    out = Screen(mask=valid.copy(), clipped_mask=clip, clipped=[(float(E[i]), float(Q[j]), float(x[i, j]))
+                                                                for i, j in zip(*np.nonzero(clip), strict=True)])
     valid = valid & ~clip
     # rows first: a row scaled as a whole would otherwise show as many outlying pixels
     bad_rows = _screen_rows(x, valid, row_threshold)
