@@ -128,23 +128,29 @@ def add_nuisance_arguments(ap) -> None:
                     help="pixel σ of the χ²: a number, or 'map' for the noise the spectrum shows pixel by pixel")
     ap.add_argument("--far-prior", type=float, default=None, metavar="SIGMA",
                     help="Gaussian prior (0, SIGMA eV/Å²) on every constant beyond the second shell")
+    ap.add_argument("--linewidth-law", default="linear", choices=("linear", "klemens"),
+                    help="temperature law of the linewidths: Γ ∝ T, or ∝ 1 + 2n(ε/2) (Klemens; finite at T → 0)")
+    ap.add_argument("--linewidth-branches", action="store_true",
+                    help="separate linewidths of the transverse and longitudinal modes (gamma1_T, gamma1_L)")
     ap.add_argument("--screen", action="store_true",
                     help="leave out the pixels screen_spectrum names (clipped, outlying) and the rows it names")
     ap.add_argument("--censored", action="store_true",
                     help="with --screen, keep the clipped pixels as censored points (Problem(censored=...))")
 
 
-def model_and_start(linewidths: bool | str | None = None, shells: int = 2):
+def model_and_start(linewidths: bool | str | None = None, shells: int = 2, law: str = "linear",
+                    branches: bool = False):
     """The Al model of ``shells`` shells (with linewidths if asked: True or "1" for Γ ∝ ε T, "0,1"
-    for powers 0 and 1 of ε, …) and its start: Gilat & Nicklow's constants for the first two
-    shells, 0 beyond (each γ_p = 0.1 meV)."""
+    for powers 0 and 1 of ε, …; ``law`` their temperature law, ``Linewidths(temperature_law=...)``;
+    ``branches``: separate widths of the transverse and longitudinal modes)
+    and its start: Gilat & Nicklow's constants for the first two shells, 0 beyond (each γ_p = 0.1 meV)."""
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=shells)
     start = {n: start_constants().get(n, 0.0) for n in model.names}
     if linewidths:
         from xtds.observables.neutron.linewidth import LinewidthIFC, Linewidths
 
         powers = (1,) if linewidths is True else tuple(int(p) for p in str(linewidths).split(","))
-        lw = Linewidths(powers=powers)
+        lw = Linewidths(powers=powers, temperature_law=law, branches=branches)
         model = LinewidthIFC.of(model, lw)
         start = {**start, **{n: 0.1 for n in lw.names}}
     return model, start
@@ -200,19 +206,23 @@ def main():
     ap.add_argument("--joint", type=int, default=None, metavar="DEGREE",
                     help="also fit all temperatures at once, the constants a polynomial of this degree in T "
                          "(xtds.fitting.fit_joint_series), and print the coefficients (a₁: the softening rate)")
+    ap.add_argument("--joint-shared", default="", metavar="NAMES",
+                    help="with --joint, parameters with one value for all temperatures (e.g. gamma1: the "
+                         "linewidths, whose temperature law is in the model)")
     ap.add_argument("--jacobian", default="auto", choices=("auto", "exact", "differences"),
                     help="LM's Jacobians: exact (forward mode, with a secant second-order term) or finite differences")
     ap.add_argument("--plot", default=None, help="folder for figures: measured vs fitted spectra, constants vs T, "
                                                   "the fitted dispersions against the measured X and L phonons")
     ap.add_argument("--save", default=None, help="write the table (constants, errors, losses, times) to this JSON")
     args = ap.parse_args()
-    if args.sigma == "map" and (args.starts > 1 or args.multiphonon_check or args.nelder_mead
-                                or args.joint is not None):
-        ap.error("--starts, --multiphonon-check, --nelder-mead and --joint compare losses of a uniform σ: "
+    if args.sigma == "map" and (args.starts > 1 or args.multiphonon_check or args.nelder_mead):
+        ap.error("--starts, --multiphonon-check and --nelder-mead compare losses of a uniform σ: "
                  "use them without --sigma map")
+    if args.joint is not None and args.censored:
+        ap.error("--joint compares χ² of measured points: use it without --censored")
     ds = al_arcs()
     valid = ds["valid"].values
-    model, start = model_and_start(args.linewidths, args.shells)
+    model, start = model_and_start(args.linewidths, args.shells, args.linewidth_law, args.linewidth_branches)
     rows = []
     for T in (float(t) for t in args.temperatures.split(",")):
         chi = ds["chi"].sel(temperature=T).values
@@ -298,7 +308,7 @@ def main():
         row["problem"], row["mask"] = prob, mask
         rows.append(row)
     if args.joint is not None:
-        joint_fit(rows, model, start, args.joint)
+        joint_fit(rows, model, start, args.joint, args.joint_shared)
     if args.save:
         keep = ("T", "phi", "err", "loss", "time", "optimizer_time", "freq", "loss_one_phonon", "nm_loss", "nm_time",
                 "nm_evals", "evals", "jacobian_evals", "iterations", "nm_x")
@@ -313,21 +323,32 @@ def main():
               + f" | {r['loss']:.4f}")
 
 
-def joint_fit(rows, model, start, degree):
-    """All temperatures at once, φ(T) = Σ_j a_j (T − T̄)^j, each spectrum with its own scale and
-    constant: the coefficients with their errors, and φ(T) against the separate fits."""
+def joint_fit(rows, model, start, degree, shared=""):
+    """All temperatures at once, φ(T) = Σ_j a_j (T − T̄)^j (the ``shared`` names one value for all),
+    each spectrum with its own nuisance terms: the coefficients with their errors, χ² of each member
+    against its separate fit, the X and L frequencies at each T, and φ(T) against the separate fits."""
     import dataclasses
 
     from xtds.fitting import fit_joint_series
 
     members = [dataclasses.replace(r["problem"], name=f"T{r['T']:.0f}") for r in rows]
+    shared = tuple(n for n in shared.split(",") if n)
     t = time.perf_counter()
-    res = fit_joint_series(members, [r["T"] for r in rows], start, degree=degree,
+    res = fit_joint_series(members, [r["T"] for r in rows], start, degree=degree, shared=shared,
                            optimizer=LM(max_iter=200, progress=False))
-    loss = float(res["member_loss"].sum()) * SIGMA**2
-    print(f"\njoint fit, constants of degree {degree} in T about {res.attrs['center']:.0f} K: loss {loss:.4f} "
-          f"(separate fits: {sum(r['loss'] for r in rows):.4f}) in {time.perf_counter() - t:.1f} s, "
-          f"{res.attrs['iterations']} iterations ({res.attrs['message']})")
+    chi2 = res["member_loss"].values
+    alone = [float(np.sum(((r["data"] - r["fitted"]) / r["problem"].sigma) ** 2)) for r in rows]
+    print(f"\njoint fit, constants of degree {degree} in T about {res.attrs['center']:.0f} K"
+          + (f", {', '.join(shared)} shared" if shared else "") + f": χ² {chi2.sum():.1f} (separate fits: "
+          f"{sum(alone):.1f}; per T " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(chi2, alone, strict=True))
+          + f") in {time.perf_counter() - t:.1f} s, {res.attrs['iterations']} iterations ({res.attrs['message']})")
+    cov = res["coefficient_cov"].values
+    for r, a, b in zip(rows, chi2, alone, strict=True):
+        B = np.kron(((r["T"] - res.attrs["center"]) ** np.arange(degree + 1))[None, :], np.eye(model.n_free))
+        f = x_and_l(model, res["ifc"].sel(temperature=r["T"]).values, B @ cov @ B.T)
+        # the residual over the noise map's rms, scaled from the separate fit's by √(χ² ratio)
+        print(f"  {r['T']:5.0f} K joint: residual/noise {r['residual_over_noise'] * np.sqrt(a / b):.3f}; "
+              + ", ".join(f"{k} {f[k]:.3f} ± {f[k + ' σ']:.3f}" for k in MEASURED_THZ))
     for j in range(degree + 1):
         unit = "eV/Å²" + ("" if j == 0 else "/K" if j == 1 else f"/K^{j}")
         print(f"  a{j} ({unit}): " + ", ".join(

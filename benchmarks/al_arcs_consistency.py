@@ -49,7 +49,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     ds = al_arcs()
     valid = ds["valid"].values
-    model, start = model_and_start(args.linewidths, args.shells)
+    model, start = model_and_start(args.linewidths, args.shells, args.linewidth_law, args.linewidth_branches)
     chi = ds["chi"].sel(temperature=args.temperature).values
     Q, E = ds["Q"].values, ds["E"].values
     valid, clipped = screened(args, chi, valid, E, Q)

@@ -11,7 +11,11 @@ of the three-phonon self-energy of each mode at X and L (``--mesh`` q-mesh, tetr
 each temperature: the linewidth (FWHM) is 2Γ. Printed per temperature: the FWHM (meV) of the
 transverse and longitudinal modes at X and L, their energies, and the one-parameter law of
 :class:`xtds.observables.neutron.linewidth.Linewidths` fitted to them, Γ = γ₁ (ε/10 meV)(T/300 K):
-γ₁ by least squares over the four modes and the temperatures, and how far each mode lies from it.
+γ₁ by least squares over the four modes and the temperatures, and how far each mode lies from it;
+then, for both temperature laws of ``Linewidths(temperature_law=...)`` (``linear``: T/T_ref;
+``klemens``: (ε/4k_BT_ref) coth(ε/4k_BT)), γ₁ with its rms deviation, and each mode's own
+temperature dependence against the law (one amplitude per mode: the rms relative deviation over
+the temperatures), which tells the laws apart below room temperature.
 ``pip install phono3py`` and ``xtds[md]``.
 """
 
@@ -106,11 +110,39 @@ def main(argv=None):
               f"{r['law_meV']:8.4f}")
     print(f"γ₁ (least squares over the modes and temperatures): {g1:.4f} meV "
           f"(Γ = γ₁ (ε/10 meV)(T/300 K)); rms deviation {np.sqrt(np.mean((y - g1 * x) ** 2)):.4f} meV")
+    compare_laws(rows)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, "al_linewidths_phono3py.json").write_text(json.dumps(
             {"lattice_constant_A": a, "gamma1_meV": g1, "rows": rows, "args": vars(args)}, indent=1))
     return g1, rows
+
+
+def compare_laws(rows) -> dict:
+    """For each temperature law: γ₁ of Γ = γ₁ (ε/10 meV) g(ε, T) over every mode and temperature
+    with its rms deviation (meV), and per mode the rms relative deviation of Γ(T) from the law
+    with the mode's own amplitude (the temperature dependence alone)."""
+    import torch
+
+    from xtds.observables.neutron.linewidth import Linewidths
+
+    y = np.array([r["fwhm_meV"] for r in rows])
+    out = {}
+    for law in ("linear", "klemens"):
+        lw = Linewidths(temperature_law=law)
+        x = np.array([float(lw.width(torch.ones(1, dtype=torch.float64),
+                                     torch.tensor(r["energy_meV"], dtype=torch.float64), r["T"])) for r in rows])
+        g1 = float(x @ y / (x @ x))
+        per_mode = {}
+        for mode in sorted({(r["point"], r["branch"]) for r in rows}):
+            i = np.array([(r["point"], r["branch"]) == mode for r in rows])
+            a = float(x[i] @ y[i] / (x[i] @ x[i]))
+            per_mode["_".join(mode)] = float(np.sqrt(np.mean((y[i] / (a * x[i]) - 1) ** 2)))
+        out[law] = {"gamma1_meV": g1, "rms_meV": float(np.sqrt(np.mean((y - g1 * x) ** 2))), "per_mode": per_mode}
+        print(f"law {law:8s}: γ₁ {g1:.4f} meV, rms deviation {out[law]['rms_meV']:.4f} meV; each mode's T "
+              "dependence against the law (rms relative deviation): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in per_mode.items()))
+    return out
 
 
 if __name__ == "__main__":

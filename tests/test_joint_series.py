@@ -83,6 +83,37 @@ def test_powder_spectra_with_their_own_scales():
     assert np.all(res["member_loss"].values < 1e-12)
 
 
+def test_shared_parameters_take_one_value_for_every_member():
+    """Truth with c1 the same at every temperature: ``shared=("c1",)`` fits one c1 (its a₁ zero
+    with zero error, one coefficient fewer) and gives back a0, the other rates (to 1e-6) and φ(T);
+    a shared parameter that does change with T leaves a misfit the free fit does not."""
+    model = xtds.IFCModel(AL, shells=2)
+    rates = {**A1, "c1": 0.0}
+
+    def members(law):
+        obs = dispersion_members(model)[0].observable
+        out = []
+        for T in TEMPS:
+            with torch.no_grad():
+                nu = obs(model.vector({k: A0[k] + law[k] * (T - 300.0) for k in A0})).numpy()
+            out.append(Problem(obs, nu, sigma=np.full(len(nu), 0.01), loss="chi2", background=False, name=f"T{T:.0f}"))
+        return out
+
+    start = {k: 0.95 * v for k, v in A0.items()}
+    res = fit_joint_series(members(rates), TEMPS, start, degree=1, shared=("c1",), optimizer=xtds.LM(progress=False))
+    np.testing.assert_allclose(res["coefficient"].sel(power=0).values, list(A0.values()), rtol=1e-7)
+    np.testing.assert_allclose(res["coefficient"].sel(power=1).values, list(rates.values()), rtol=1e-6, atol=1e-12)
+    assert float(res["coefficient"].sel(constant="c1", power=1)) == 0.0
+    assert float(res["coefficient_stderr"].sel(constant="c1", power=1)) == 0.0
+    assert res.attrs["shared"] == "c1"
+    # c1 moving with T (the A1 rate) cannot be followed by a shared c1
+    bad = fit_joint_series(members(A1), TEMPS, start, degree=1, shared=("c1",), optimizer=xtds.LM(progress=False))
+    free = fit_joint_series(members(A1), TEMPS, start, degree=1, optimizer=xtds.LM(progress=False))
+    assert float(bad["member_loss"].sum()) > 1e3 * max(float(free["member_loss"].sum()), 1e-12)
+    with pytest.raises(ValueError, match="not free parameters"):
+        fit_joint_series(members(rates), TEMPS, start, shared=("gamma1",), optimizer=xtds.LM(progress=False))
+
+
 def test_bad_input_is_named():
     model = xtds.IFCModel(AL, shells=2)
     members = dispersion_members(model)

@@ -119,3 +119,109 @@ def test_damped_spectrum_is_fitted_back_with_its_linewidth():
     for name, value in (("scale", 2.0), ("background", bg)):
         assert abs(float(res[name]) - value) < 3 * float(res[f"{name}_stderr"]), (name, float(res[name]))
         assert 0 < float(res[f"{name}_stderr"]) < 0.05 * value
+
+
+def test_klemens_law_against_the_occupation_of_two_half_energy_phonons():
+    """g(ε, T) = (ε/4k_BT_ref)(1 + 2n(ε/2)) with n the Bose factor written out (numpy), its
+    classical limit T/T_ref and its T → 0 limit ε/4k_BT_ref, and Γ = γ (ε/ε_s) g."""
+    lin, kle = Linewidths(), Linewidths(temperature_law="klemens")
+    eps = torch.tensor([0.0, 1e-9, 0.5, 5.0, 20.0, 40.0], dtype=torch.float64)
+    for T in (5.0, 50.0, 280.0, 640.0):
+        kT = 1e3 * KB_EV_PER_K * T
+        e = eps.numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            n_half = 1 / np.expm1(e / 2 / kT)
+            expected = np.where(e > 0, e / (4e3 * KB_EV_PER_K * 300.0) * (1 + 2 * n_half), T / 300.0)
+        np.testing.assert_allclose(kle.occupation(eps, T).numpy(), expected, rtol=1e-9)
+        np.testing.assert_allclose(lin.occupation(eps, T).numpy(), T / 300.0, rtol=0)
+        gamma = torch.tensor([0.7], dtype=torch.float64)
+        np.testing.assert_allclose(kle.width(gamma, eps, T).numpy(), 0.7 * e / 10.0 * expected, rtol=1e-9)
+    # classical limit: ε ≪ 4k_BT (ε = 0.5 meV at 640 K: y = 0.0023, y coth y − 1 = y²/3 = 1.7e-6)
+    assert abs(float(kle.occupation(eps[2:3], 640.0)) / (640 / 300) - 1) < 2e-6
+    # T → 0: the spontaneous decay, ε/4k_BT_ref (40 meV at 5 K: coth(23) = 1 to 1e-19)
+    np.testing.assert_allclose(float(kle.occupation(eps[5:], 5.0)), 40.0 / (4e3 * KB_EV_PER_K * 300.0), rtol=1e-12)
+    # differentiable in ε at ε = 0 (no NaN from 0/tanh 0)
+    x = torch.tensor([0.0, 3.0], dtype=torch.float64, requires_grad=True)
+    kle.occupation(x, 50.0).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="temperature_law"):
+        Linewidths(temperature_law="quantum")
+
+
+def _line_points(model, qs, ks):
+    """PowderPoints (one |Q| bin) at scattering vectors ``qs`` (P, 3) Å⁻¹ whose reduced wave vectors
+    are ``ks`` (P, 3): what powder_sqe_mesh sums over, made by hand."""
+    from xtds.observables.neutron.powder import PowderPoints
+
+    qs, ks = np.asarray(qs, float), np.asarray(ks, float)
+    return PowderPoints(q=qs, weight=np.ones(len(qs)), k=ks, kidx=np.arange(len(qs)), g=qs - ks,
+                        bins=np.zeros(len(qs), int), n_bins=1, volume=1.0, n_full=len(qs), symmetry="by hand",
+                        k_irreducible=ks, mesh=1)
+
+
+def test_longitudinal_share_is_exact_where_the_modes_are_pure():
+    """Along [100] of fcc Al every mode is purely longitudinal or transverse. With Q ∥ k (Q = (2+x)
+    2π/a x̂) the transverse modes are invisible and the longitudinal projection is the whole
+    one-phonon spectrum (to 1e-12); with Q = 2·2π/a ŷ + k both are seen, and with a resolution
+    narrow against the L–T splitting the projection holds the whole spectrum at ε_L (to 1e-9) and
+    nothing at ε_T (below 1e-12 of it), the frequencies from the dynamical matrix. The Wigner–Seitz
+    reduction of k̂ against a brute-force search over G within ±2 reciprocal vectors."""
+    from xtds.lattice import dynamics
+    from xtds.observables.neutron.powder import longitudinal_directions, powder_sqe_mesh
+
+    base, _, true = _models()
+    phi = base.vector(true)
+    a = float(base.crystal.lattice[0][0])  # the cubic cell's edge, Å
+    x = np.array([0.13, 0.37, 0.61, 0.86])
+    ks = np.stack([x * 2 * np.pi / a, 0 * x, 0 * x], 1)
+    kw = dict(resolution=0.2, widths=None)
+    qs = ks + np.array([2, 0, 0]) * 2 * np.pi / a
+    pts = _line_points(base, qs, ks)
+    energies = np.arange(1.0, 45.0, 0.5)
+    full = powder_sqe_mesh(base, phi, [0.0, 100.0], energies, 300.0, points=pts, **kw)
+    lon = powder_sqe_mesh(base, phi, [0.0, 100.0], energies, 300.0, points=pts, projection="longitudinal", **kw)
+    assert float(full.max()) > 0
+    torch.testing.assert_close(lon, full, rtol=0, atol=1e-12 * float(full.max()))
+    mev = 4.135667696  # meV per THz
+    for k in ks:
+        f = dynamics.frequencies(base, phi, torch.tensor(k[None])).detach().numpy()[0] * mev  # T, T, L
+        eps_t, eps_l = float(f[0]), float(f[2])
+        assert eps_l - eps_t > 2.0  # the resolution's FWHM is 0.2 meV: tails at 2 meV are e^{-280}
+        pts = _line_points(base, (k + np.array([0, 2, 0]) * 2 * np.pi / a)[None], k[None])
+        at = np.array([eps_t, eps_l])
+        S = powder_sqe_mesh(base, phi, [0.0, 100.0], at, 300.0, points=pts, **kw)[0]
+        L = powder_sqe_mesh(base, phi, [0.0, 100.0], at, 300.0, points=pts, projection="longitudinal", **kw)[0]
+        assert float(S[0]) > 0 and float(S[1]) > 0
+        assert abs(float(L[1]) / float(S[1]) - 1) < 1e-9
+        assert abs(float(L[0])) < 1e-12 * float(S[0])
+    cell = base.primitive
+    B = np.asarray(cell.reciprocal)
+    rng = np.random.default_rng(0)
+    k = rng.uniform(-0.5, 0.5, (200, 3)) @ B
+    got = longitudinal_directions(cell, k)
+    shifts = np.array(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")).reshape(3, -1).T @ B
+    cand = k[:, None] + shifts[None]
+    best = cand[np.arange(len(k)), np.argmin((cand**2).sum(-1), 1)]
+    np.testing.assert_allclose(got, best / np.linalg.norm(best, axis=1, keepdims=True), atol=1e-12)
+
+
+def test_branch_families_with_equal_widths_are_the_single_family_model():
+    """γ_T = γ_L = γ: the longitudinal share damped with Γ_L plus the rest with Γ_T plus the
+    incoherent and multiphonon terms with the mean width is the one-family damped spectrum to 1e-12;
+    with γ_L > γ_T the spectrum differs, and the names and the mean width are the documented ones."""
+    base, _, true = _models()
+    one = LinewidthIFC.of(base, Linewidths(temperature_law="klemens"))
+    two = LinewidthIFC.of(base, Linewidths(temperature_law="klemens", branches=True))
+    assert two.names[-2:] == ("gamma1_T", "gamma1_L")
+    kw = dict(resolution=1.5, mesh=6, kind="sqe", normalize=False, multiphonon=(2,), multiphonon_mesh=8)
+    a = PowderSpectrum(one, Q, E, 450.0, **kw)(one.vector({**true, "gamma1": 0.4})).detach()
+    b = PowderSpectrum(two, Q, E, 450.0, **kw)(two.vector({**true, "gamma1_T": 0.4, "gamma1_L": 0.4})).detach()
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-12 * float(a.abs().max()))
+    c = PowderSpectrum(two, Q, E, 450.0, **kw)(two.vector({**true, "gamma1_T": 0.1, "gamma1_L": 1.0})).detach()
+    assert float((c - a).abs().max()) > 0.01 * float(a.abs().max())
+    eps = torch.tensor([5.0, 20.0], dtype=torch.float64)
+    g = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    lw = two.linewidths
+    mean = (2 * lw.width(g, eps, 300.0, "T") + lw.width(g, eps, 300.0, "L")) / 3
+    torch.testing.assert_close(lw.width(g, eps, 300.0), mean)
+    torch.testing.assert_close(lw.width(g, eps, 300.0, "L"), 1.0 * eps / 10 * lw.occupation(eps, 300.0))

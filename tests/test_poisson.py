@@ -48,7 +48,7 @@ def test_low_count_spectrum_is_fitted_without_bias():
     model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
     true = dict(zip(model.names, model.central_force({1: 1.6, 2: 0.3}), strict=True))
     obs = PowderSpectrum(model, np.arange(2.0, 6.01, 0.25), np.arange(6.0, 40.1, 1.0), 300.0, resolution=2.0,
-                         mesh=6, kind="sqe", normalize=False, multiphonon=())
+                         mesh=6, kind="sqe", normalize=False, multiphonon=(), incoherent=False)
     with torch.no_grad():
         S = obs(model.vector(true)).numpy()
     scale, bg = 6.0 / S.max(), 0.3

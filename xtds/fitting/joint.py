@@ -15,6 +15,10 @@ similar size; the result is reported in the physical a_j.
 With degree d = N − 1 for N members the map from coefficients to the members' constants is
 invertible and the joint fit equals N separate fits (``tests/test_joint_series.py`` checks it);
 with fewer coefficients it is the least-squares compromise the smoothness asks for.
+
+``shared`` parameters take one value for every member (degree 0): the linewidth parameters γ_p of
+:class:`~xtds.observables.neutron.linewidth.LinewidthIFC`, whose temperature law is in the model,
+or a constant that should not move with c.
 """
 
 from __future__ import annotations
@@ -44,15 +48,23 @@ class SeriesObjective(Objective):
 
     t: np.ndarray = None  # (N,) the members' scaled coordinates
     degree: int = 1
+    shared: tuple = ()  # names of the model's free parameters kept at degree 0
+
+    @property
+    def active(self) -> np.ndarray:
+        """Which of the (d + 1) × n_free coefficients θ_j,k are fitted (the shared parameters' j ≥ 1
+        are not), power-major."""
+        keep = np.array([n not in self.shared for n in self.model.names])
+        return np.concatenate([np.ones(self.model.n_free, bool)] + [keep] * self.degree)
 
     @property
     def n_free(self) -> int:
-        return self.model.n_free * (self.degree + 1)
+        return int(self.active.sum())
 
     def basis(self, i: int) -> np.ndarray:
         """B_i (n_free, n_θ): φ_i = B_i θ."""
         powers = self.t[i] ** np.arange(self.degree + 1)
-        return np.kron(powers[None, :], np.eye(self.model.n_free))
+        return np.kron(powers[None, :], np.eye(self.model.n_free))[:, self.active]
 
     def member_x(self, x, i: int) -> np.ndarray:
         """(φ_i, nuisance of member i) from x."""
@@ -66,6 +78,7 @@ class SeriesObjective(Objective):
 
     def parameter_names(self) -> list[str]:
         names = [f"{n}[t^{j}]" for j in range(self.degree + 1) for n in self.model.names]
+        names = [n for n, a in zip(names, self.active, strict=True) if a]
         for p in self.problems:
             names += [f"{p.name}_{n}" for n in p.nuisance_names]
         return names
@@ -99,8 +112,8 @@ class SeriesObjective(Objective):
 
 
 def fit_joint_series(problems, coords, initial, degree: int = 1, center: float | None = None,
-                     optimizer: Optimizer | None = None, dim: str = "temperature", chi2_scale: str = "auto"
-                     ) -> xr.Dataset:
+                     optimizer: Optimizer | None = None, dim: str = "temperature", chi2_scale: str = "auto",
+                     shared=()) -> xr.Dataset:
     """Fit the members of a series at once with force constants polynomial in the series variable.
 
     Parameters
@@ -113,13 +126,14 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     initial
         Starting constants (as :func:`xtds.fit_problems`), used for a₀; the higher coefficients
         start at zero.
-    degree
-        Of the polynomial (1: linear in the series variable).
-    center
-        c₀ of the polynomial (default: the mean of ``coords``); a₀ is φ(c₀).
+    degree, center
+        Of the polynomial (1: linear in the series variable); c₀ (default: the mean of ``coords``), a₀ = φ(c₀).
     optimizer
         :class:`~xtds.fitting.lm.LM` (default; exact Jacobians where the observables have them),
         with its run-time settings (``progress``, ``checkpoint``, ``callback``).
+    shared
+        Names of free parameters with one value for every member (a_j = 0 for j ≥ 1, not fitted):
+        e.g. the linewidths ``("gamma1",)`` of a model whose temperature law is already in it.
 
     Returns
     -------
@@ -137,12 +151,13 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     problems = tuple(problems)
     c = _check_members(problems, coords, degree)
     degree, model = int(degree), problems[0].model
+    shared = _check_shared(model, shared)
     c0 = float(np.mean(c)) if center is None else float(center)
     h = float(np.max(np.abs(c - c0))) or 1.0
     k = np.concatenate([p.observable.stability_k() for p in problems])
-    obj = SeriesObjective(problems, model, k, t=(c - c0) / h, degree=degree)
+    obj = SeriesObjective(problems, model, k, t=(c - c0) / h, degree=degree, shared=shared)
     phi0 = initial_vector(model, initial).cpu().numpy()
-    theta0 = np.concatenate([phi0, np.zeros(model.n_free * degree)])
+    theta0 = np.concatenate([phi0, np.zeros(obj.n_free - model.n_free)])
     x0 = np.concatenate([theta0] + [p.initial_nuisance(torch.as_tensor(phi0)) for p in problems])
     obj.check_stable(theta0)
     optimizer = LM() if optimizer is None else optimizer
@@ -150,7 +165,7 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
     ckpt = None
     if optimizer.checkpoint is not None:
         settings = {"problems": [describe(p) for p in problems], "optimizer": describe(optimizer),
-                    "coords": c.tolist(), "degree": degree, "center": c0}
+                    "coords": c.tolist(), "degree": degree, "center": c0, "shared": list(shared)}
         ckpt = Checkpoint(optimizer.checkpoint, Checkpoint.fingerprint_of({**settings, "initial": x0.tolist()}))
     res = optimizer.minimize(obj, x0, checkpoint=ckpt)
     rho = obj.residuals(res.x)
@@ -161,22 +176,42 @@ def fit_joint_series(problems, coords, initial, degree: int = 1, center: float |
         unit = p.dof_and_variance(rho[a:b], obj.n_free * (b - a) / len(rho), chi2_scale)[1]
         full += unit * Jp[:, a:b] @ Jp[:, a:b].T
         units.append(unit)
-    # scaled coefficients θ_j (of t^j) → physical a_j = θ_j / h^j (of (c − c₀)^j)
-    scale = np.repeat(h ** -np.arange(degree + 1, dtype=float), model.n_free)
-    coef = res.x[: obj.n_free] * scale
-    cov = full[: obj.n_free, : obj.n_free] * np.outer(scale, scale)
+    coef, cov = _physical_coefficients(obj, res.x, full, h)
     s2 = units[0] if len(set(units)) == 1 else json.dumps(units)
     out = _series_dataset(model, coef, cov, c, c0, degree, dim)
     out["member_loss"] = ((dim,), [float(rho[a:b] @ rho[a:b]) for a, b in zip(rows[:-1], rows[1:], strict=True)])
     out["loss"] = xr.DataArray([f for _, f, _ in res.history], dims=("iteration",),
                                coords={"iteration": [i for i, _, _ in res.history]})
-    out.attrs.update(center=c0, scale=h, degree=degree, message=res.message, iterations=int(res.iterations),
-                     converged=int(bool(res.converged)), sigma2=s2, members=", ".join(p.name for p in problems),
+    out.attrs.update(center=c0, scale=h, degree=degree, shared=", ".join(shared), message=res.message,
+                     iterations=int(res.iterations), converged=int(bool(res.converged)), sigma2=s2,
+                     members=", ".join(p.name for p in problems),
                      wall_time_s=float(time.perf_counter() - t_start), series_dim=dim,
                      model=f"{model.crystal!r}, {model.n_free} constants")
     if not math.isfinite(float(res.loss)):
         raise RuntimeError("the joint fit ended at a non-finite loss")
     return out
+
+
+def _check_shared(model, shared) -> tuple:
+    """The ``shared`` names as a tuple, each a free parameter of ``model``."""
+    shared = tuple(shared)
+    unknown = sorted(set(shared) - set(model.names))
+    if unknown:
+        raise ValueError(f"shared names {unknown} are not free parameters of the model ({', '.join(model.names)})")
+    return shared
+
+
+def _physical_coefficients(obj: SeriesObjective, x: np.ndarray, full: np.ndarray, h: float):
+    """(a_j flattened power-major (d + 1)·n_free, their covariance) from the fitted scaled
+    coefficients θ_j of t^j (the first ``obj.n_free`` entries of ``x``, covariance ``full``):
+    a_j = θ_j / h^j; the shared parameters' a_j, j ≥ 1, are zero with zero error."""
+    scale = np.repeat(h ** -np.arange(obj.degree + 1, dtype=float), obj.model.n_free)
+    act = obj.active
+    coef = np.zeros(len(act))
+    coef[act] = x[: obj.n_free]
+    cov = np.zeros((len(act), len(act)))
+    cov[np.ix_(act, act)] = full[: obj.n_free, : obj.n_free]
+    return coef * scale, cov * np.outer(scale, scale)
 
 
 def _check_members(problems, coords, degree) -> np.ndarray:

@@ -23,7 +23,28 @@ The damping is parameterized by few physical parameters (:class:`Linewidths`):
     Γ(ε, T) = (T / T_ref) Σ_p γ_p (ε / ε_s)^p          (meV, FWHM),
 
 γ_p in meV; the default p = 1 is Γ ∝ ε T, the high-temperature three-phonon law of acoustic modes
-(Γ ∝ T from the occupation of the decay products, ∝ ε from the phase space at small ε). The γ_p
+(Γ ∝ T from the occupation of the decay products, ∝ ε from the phase space at small ε).
+
+The factor T/T_ref is the classical limit of the occupation of the decay products. A mode of
+energy ε decays most often into two of about ε/2 (Klemens 1966), at a rate ∝ 1 + 2n(ε/2) =
+coth(ε/4k_BT), which stays finite as T → 0 (spontaneous decay). ``temperature_law="klemens"``
+replaces T/T_ref by
+
+    g(ε, T) = (ε / 4k_BT_ref) coth(ε / 4k_BT)  →  T/T_ref  (k_BT ≫ ε/4),   ε/4k_BT_ref  (T → 0),
+
+so the γ_p keep their meaning at high temperature and a fit across temperatures need not read a
+width that does not vanish at low T as a larger γ_p (at 50 K, ε = 30 meV: g = 0.50 against
+T/T_ref = 0.17).
+
+Branch families (``branches=True``): longitudinal and transverse modes damp at their own rates
+(phono3py's aluminium: X_T ten times narrower than X_L). Each family has its own γ_p (names
+``gamma1_T``, ``gamma1_L``, …); the coherent one-phonon spectrum is split into the part seen
+through the longitudinal projection of Q on each mode's reduced wave vector k̂,
+S_L = Σ |(Q·k̂)(k̂·e)|² …, and the rest S − S_L, which are the longitudinal and transverse modes'
+shares exactly where the modes are purely one or the other (the high-symmetry lines of a
+monatomic crystal) and a split of mixed modes by their projections elsewhere; S_L is damped with
+Γ_L, S − S_L with Γ_T, and the incoherent and multiphonon terms (no crystal momentum) with the
+mode average (2Γ_T + Γ_L)/3. The γ_p
 join the force constants as parameters of :class:`LinewidthIFC` (names ``gamma1`` …, unit meV), so a
 fit returns them with errors, constraints and priors apply to them, and a joint fit of several
 temperatures shares them.
@@ -47,13 +68,18 @@ class Linewidths:
     """Γ(ε, T) = (T/T_ref) Σ_p γ_p (ε/ε_s)^p (meV FWHM): the ``powers`` p (default (1,): Γ ∝ εT),
     ``reference_temperature`` T_ref (K), ``energy_scale`` ε_s (meV); ``margin`` (meV) how far
     beyond the data's energies the undamped spectrum is computed (the sources of the Lorentzian
-    tails that reach the data) and ``step`` (meV) the fine grid's largest spacing."""
+    tails that reach the data) and ``step`` (meV) the fine grid's largest spacing;
+    ``temperature_law`` ``"linear"`` (T/T_ref, above) or ``"klemens"`` (the occupation of two decay
+    products of ε/2, the module docstring: the same at high T, finite as T → 0); ``branches``
+    separate γ_p for the transverse and longitudinal modes (the module docstring)."""
 
     powers: tuple = (1,)
     reference_temperature: float = 300.0
     energy_scale: float = 10.0
     margin: float = 10.0
     step: float = 0.25
+    temperature_law: str = "linear"
+    branches: bool = False
 
     def __post_init__(self):
         powers = tuple(int(p) for p in np.atleast_1d(self.powers))
@@ -65,18 +91,47 @@ class Linewidths:
                 raise ValueError(f"Linewidths({name}=...) must be positive, got {getattr(self, name)!r}")
         if not float(self.margin) >= 0:
             raise ValueError(f"Linewidths(margin=...) must be non-negative meV, got {self.margin!r}")
+        if self.temperature_law not in ("linear", "klemens"):
+            raise ValueError(f"Linewidths(temperature_law=...) must be 'linear' (Γ ∝ T) or 'klemens' (Γ ∝ "
+                             f"1 + 2n(ε/2)), got {self.temperature_law!r}")
 
     @property
     def names(self) -> tuple[str, ...]:
+        if self.branches:
+            return tuple(f"gamma{p}_{b}" for b in ("T", "L") for p in self.powers)
         return tuple(f"gamma{p}" for p in self.powers)
 
-    def width(self, gamma: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Γ (meV FWHM) at mode energies ``eps`` (meV, any shape) for parameters ``gamma`` (n_p,) meV."""
+    def width(self, gamma: torch.Tensor, eps: torch.Tensor, temperature: float, branch: str | None = None
+              ) -> torch.Tensor:
+        """Γ (meV FWHM) at mode energies ``eps`` (meV, any shape) for parameters ``gamma`` (meV, in
+        the order of :attr:`names`); with ``branches``, of the family ``branch`` ("T", "L"), or
+        their mode average (2Γ_T + Γ_L)/3 for None."""
+        if self.branches:
+            n = len(self.powers)
+            if branch is None:
+                return (2 * self.width(gamma, eps, temperature, "T") + self.width(gamma, eps, temperature, "L")) / 3
+            if branch not in ("T", "L"):
+                raise ValueError(f"branch must be 'T', 'L' or None, got {branch!r}")
+            gamma = gamma[:n] if branch == "T" else gamma[n:]
         x = eps.abs() / self.energy_scale
         out = torch.zeros_like(x)
         for g, p in zip(gamma, self.powers, strict=True):
             out = out + g * x**p
-        return out * (float(temperature) / self.reference_temperature)
+        return out * self.occupation(eps, temperature)
+
+    def occupation(self, eps: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The temperature factor at mode energies ``eps`` (meV): T/T_ref (``"linear"``) or
+        (ε/4k_BT_ref) coth(ε/4k_BT) (``"klemens"``; T/T_ref at ε = 0)."""
+        T, T_ref = float(temperature), float(self.reference_temperature)
+        if self.temperature_law == "linear":
+            return torch.full_like(eps, T / T_ref, dtype=eps.dtype)
+        from xtds.units import KB_EV_PER_K
+
+        y = eps.abs() / (4e3 * KB_EV_PER_K * T)  # ε / 4k_BT
+        small = y < 1e-6
+        safe = torch.where(small, torch.ones_like(y), y)
+        ycoth = torch.where(small, 1.0 + y**2 / 3, safe / torch.tanh(safe))  # y coth y, smooth at 0
+        return ycoth * (T / T_ref)
 
 
 class LinewidthIFC(ExtendedIFCModel):
@@ -113,9 +168,11 @@ class LinewidthIFC(ExtendedIFCModel):
         out.nac_lambda, out.nac_factor = model.nac_lambda, model.nac_factor
         return out
 
-    def width(self, phi: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Γ(ε, T) (meV FWHM) at mode energies ``eps`` for the parameters in ``phi``."""
-        return self.linewidths.width(phi[self.n_harmonic :], eps, temperature)
+    def width(self, phi: torch.Tensor, eps: torch.Tensor, temperature: float, branch: str | None = None
+              ) -> torch.Tensor:
+        """Γ(ε, T) (meV FWHM) at mode energies ``eps`` for the parameters in ``phi`` (of the family
+        ``branch`` with ``Linewidths(branches=True)``, :meth:`Linewidths.width`)."""
+        return self.linewidths.width(phi[self.n_harmonic :], eps, temperature, branch)
 
 
 def fine_energies(energies, step: float, margin: float) -> tuple[np.ndarray, np.ndarray]:

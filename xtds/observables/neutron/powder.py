@@ -225,9 +225,25 @@ def adaptive_mesh_widths(model, phi, points: PowderPoints, scale: float = ADAPTI
     return mesh_mode_widths(model, phi, points.k, scale * points.volume ** (1 / 3)).cpu().numpy()
 
 
+def longitudinal_directions(cell, k: np.ndarray) -> np.ndarray:
+    """k̂ (K, 3): the unit vectors of wave vectors ``k`` (K, 3) Cartesian Å⁻¹ after reduction to the
+    Wigner–Seitz cell of ``cell``'s reciprocal lattice (the shortest k + G): the direction along
+    which a mode of k is longitudinal."""
+    B = np.asarray(cell.reciprocal, dtype=float)
+    shifts = np.array(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij")).reshape(3, -1).T @ B  # (27, 3)
+    k = np.asarray(k, dtype=float)
+    for _ in range(3):  # a few passes reach the shortest image for any reduced k
+        cand = k[:, None, :] + shifts[None]
+        k = cand[np.arange(len(k)), np.argmin((cand**2).sum(-1), axis=1)]
+    norm = np.linalg.norm(k, axis=1, keepdims=True)
+    if np.any(norm < 1e-12):
+        raise ValueError("a wave vector at Γ has no longitudinal direction")
+    return k / norm
+
+
 def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolution=1.0, mesh=8, dw=None,
                     scattering_lengths=None, quantum: bool = True, points: PowderPoints | None = None,
-                    laue: str | None = None, widths=ADAPTIVE) -> torch.Tensor:
+                    laue: str | None = None, widths=ADAPTIVE, projection: str | None = None) -> torch.Tensor:
     """Coherent one-phonon powder S(|Q|, E) (mbarn/meV per atom) averaged over |Q| bins, shape
     (B, E) for bin edges ``q_edges`` (B + 1,) Å⁻¹: the modes of a k-mesh projected on every
     Q = k + G with |Q| in a bin (the eigenvectors at k + G are those at k with the phases
@@ -240,7 +256,9 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     derivatives then hold these widths fixed, so they are not those of finite differences), an
     array (K, 3n) of σ in meV made once by :func:`adaptive_mesh_widths` at reference constants (for
     gradients: the model is then one exactly differentiable function of φ, as
-    :class:`PowderSpectrum` uses it), or None/0 (none).
+    :class:`PowderSpectrum` uses it), or None/0 (none). ``projection="longitudinal"``: Q replaced by
+    its projection (Q·k̂)k̂ on each point's reduced wave vector (:func:`longitudinal_directions`),
+    the longitudinal modes' share (:mod:`xtds.observables.neutron.linewidth`, branch families).
     Resolution, ``dw`` and the rest as
     :func:`xtds.observables.neutron.sqe.coherent_sqe`; differentiable in ``phi`` (forward and reverse mode)."""
     from xtds.errors import check_temperature
@@ -268,7 +286,13 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     # e^{iG·τ_s} and √(orbit size): |c|² then counts every image of the point
     phase = torch.as_tensor(np.exp(1j * (pts.g @ tau.T)) * np.sqrt(pts.weight)[:, None], device=phi.device)
     amp = (b * torch.exp(-W) * inv_sqrt_m).to(phase.dtype) * phase  # (P, n)
-    V = (amp[:, :, None] * Qp[:, None, :].to(phase.dtype)).reshape(len(Qp), 3 * n)
+    Qv = Qp
+    if projection == "longitudinal":
+        khat = torch.as_tensor(longitudinal_directions(P, pts.k)[pts.kidx], dtype=phi.dtype, device=phi.device)
+        Qv = (Qp * khat).sum(1, keepdim=True) * khat
+    elif projection is not None:
+        raise ValueError(f"projection must be None or 'longitudinal', got {projection!r}")
+    V = (amp[:, :, None] * Qv[:, None, :].to(phase.dtype)).reshape(len(Qp), 3 * n)
     D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(pts.k, dtype=phi.dtype, device=phi.device))
     if isinstance(widths, np.ndarray | torch.Tensor):
         sigma = torch.as_tensor(np.asarray(widths, dtype=float), dtype=phi.dtype, device=phi.device)
@@ -422,35 +446,24 @@ class PowderSpectrum(Observable):
         from xtds.thermal.debye_waller import debye_waller
 
         lo, hi = self._cols.min(), self._cols.max()
-        a, b = self._span
         energies = self.energies if self._fine is None else self._fine[0]
         C0 = debye_waller(self.model, phi, self.temperature, mesh=self.dw_mesh)
-        S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], energies, self.temperature,
-                            resolution=self.resolution, dw=C0, points=self.points, widths=self.widths(phi))
-        if self._w_inc is not None:  # on the same |Q| bins as the coherent term (the span of the |Q| kernel)
-            from xtds.observables.neutron.incoherent import incoherent_sqe
-
-            S = S + incoherent_sqe(self.model, phi, self.q_centers[a : b + 1], energies, self.temperature,
-                                   orders=(1,), resolution=self.resolution, mesh=self.incoherent_mesh,
-                                   incoherent=self._w_inc_barn, dw=C0, adaptive=self.incoherent_widths(phi))
-        if self.q_resolution is not None:
-            S = self._q_kernel.to(S) @ S
-        qc = self.q_centers[lo : hi + 1]
+        coh = self._one_phonon(phi, energies, C0)
+        rest = self._incoherent_one_phonon(phi, energies, C0)  # no crystal momentum: the modes' mean width
         if self.multiphonon:
             w = None
             if self._w_inc is not None:
                 from xtds.observables.scattering import scattering_lengths
 
                 w = scattering_lengths(self.model.primitive.species) ** 2 + self._w_inc
-            S = S + multiphonon_sqe(self.model, phi, qc, energies, self.temperature,
-                                    orders=self.multiphonon, resolution=self.resolution, mesh=self.multiphonon_mesh,
-                                    step=0.25, smearing=1.0, dw=C0, weights=w)
-        if self._fine is not None:  # the damping: each energy's Lorentzian of Γ(|E'|), on the fine grid
-            from xtds.observables.neutron.linewidth import lorentzian_kernel
-
-            grid = torch.as_tensor(energies, dtype=S.dtype, device=S.device)
-            out = torch.as_tensor(self.energies, dtype=S.dtype, device=S.device)
-            S = S @ lorentzian_kernel(out, grid, self.model.width(phi, grid, self.temperature)).T
+            mp = multiphonon_sqe(self.model, phi, self.q_centers[lo : hi + 1], energies, self.temperature,
+                                 orders=self.multiphonon, resolution=self.resolution, mesh=self.multiphonon_mesh,
+                                 step=0.25, smearing=1.0, dw=C0, weights=w)
+            rest = mp if rest is None else rest + mp
+        if self._fine is None:
+            S = coh if rest is None else coh + rest
+        else:
+            S = self._damped(phi, energies, C0, coh, rest)
         if self.incident_energy is not None:  # k_f/kᵢ of the uncorrected intensity
             ratio = np.sqrt(np.clip(1 - self.energies / self.incident_energy, 0, None))
             S = S * torch.as_tensor(ratio, dtype=S.dtype, device=S.device)
@@ -459,6 +472,44 @@ class PowderSpectrum(Observable):
         full = torch.full((len(self.q_centers), len(self.energies)), float("nan"), dtype=S.dtype, device=S.device)
         full[lo : hi + 1] = S
         return full.T
+
+    def _one_phonon(self, phi, energies, C0, projection: str | None = None) -> torch.Tensor:
+        """The coherent one-phonon term on the used |Q| bins (after the |Q| resolution), (Q_used, E)."""
+        a, b = self._span
+        S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], energies, self.temperature,
+                            resolution=self.resolution, dw=C0, points=self.points, widths=self.widths(phi),
+                            projection=projection)
+        return S if self.q_resolution is None else self._q_kernel.to(S) @ S
+
+    def _incoherent_one_phonon(self, phi, energies, C0) -> torch.Tensor | None:
+        """The incoherent one-phonon term on the used |Q| bins (None without it)."""
+        if self._w_inc is None:
+            return None
+        from xtds.observables.neutron.incoherent import incoherent_sqe
+
+        a, b = self._span
+        S = incoherent_sqe(self.model, phi, self.q_centers[a : b + 1], energies, self.temperature, orders=(1,),
+                           resolution=self.resolution, mesh=self.incoherent_mesh, incoherent=self._w_inc_barn,
+                           dw=C0, adaptive=self.incoherent_widths(phi))
+        return S if self.q_resolution is None else self._q_kernel.to(S) @ S
+
+    def _damped(self, phi, energies, C0, coh, rest) -> torch.Tensor:
+        """The damping on the fine grid: each energy's Lorentzian of Γ(|E'|); with branch families
+        the longitudinal share of the coherent term with Γ_L, the rest of it with Γ_T, the
+        incoherent and multiphonon terms (``rest``) with the mean width."""
+        from xtds.observables.neutron.linewidth import lorentzian_kernel
+
+        grid = torch.as_tensor(energies, dtype=coh.dtype, device=coh.device)
+        out = torch.as_tensor(self.energies, dtype=coh.dtype, device=coh.device)
+
+        def damp(S, branch=None):
+            return S @ lorentzian_kernel(out, grid, self.model.width(phi, grid, self.temperature, branch)).T
+
+        if not self.model.linewidths.branches:
+            return damp(coh if rest is None else coh + rest)
+        longitudinal = self._one_phonon(phi, energies, C0, projection="longitudinal")
+        S = damp(longitudinal, "L") + damp(coh - longitudinal, "T")
+        return S if rest is None else S + damp(rest)
 
     def __call__(self, phi: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         x = self.spectrum(phi)[torch.as_tensor(self.mask, device=phi.device)]
