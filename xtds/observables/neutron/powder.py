@@ -352,7 +352,9 @@ class PowderSpectrum(Observable):
 
     Linewidths: with a :class:`~xtds.observables.neutron.linewidth.LinewidthIFC` model the spectrum is
     computed on a fine energy grid around the data's energies and each energy's Lorentzian of
-    FWHM Γ(|E|) (its parameters in φ) is applied (:mod:`xtds.observables.neutron.linewidth`)."""
+    FWHM Γ(|E|) (its parameters in φ) is applied (:mod:`xtds.observables.neutron.linewidth`); with
+    ``Linewidths(branches=True)`` the longitudinal share of the coherent one-phonon term takes Γ_L,
+    the rest of it Γ_T, and the incoherent and multiphonon terms their mode mean."""
 
     stochastic = False
 
