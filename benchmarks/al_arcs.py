@@ -308,7 +308,7 @@ def main():
         row["problem"], row["mask"] = prob, mask
         rows.append(row)
     if args.joint is not None:
-        joint_fit(rows, model, start, args.joint, args.joint_shared)
+        joint = joint_fit(rows, model, start, args.joint, args.joint_shared)
     if args.save:
         keep = ("T", "phi", "err", "loss", "time", "optimizer_time", "freq", "loss_one_phonon", "nm_loss", "nm_time",
                 "nm_evals", "evals", "jacobian_evals", "iterations", "nm_x")
@@ -316,7 +316,8 @@ def main():
             json.dump([{k: np.asarray(v).tolist() if k in ("phi", "err", "nm_x") else v for k, v in r.items()
                         if k in keep} for r in rows], fh, indent=1, default=float)
     if args.plot:
-        plot(rows, ds, model.names, args.plot)
+        plot(rows, ds, model.names, args.plot, args.shells)
+        plot_frequencies(rows, args.plot, joint if args.joint is not None else None)
     print("\nT (K) | " + " | ".join(model.names) + " | loss")
     for r in rows:
         print(f"{r['T']:.0f} | " + " | ".join(f"{v:+.4f}±{e:.4f}" for v, e in zip(r["phi"], r["err"], strict=True))
@@ -343,9 +344,11 @@ def joint_fit(rows, model, start, degree, shared=""):
           f"{sum(alone):.1f}; per T " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(chi2, alone, strict=True))
           + f") in {time.perf_counter() - t:.1f} s, {res.attrs['iterations']} iterations ({res.attrs['message']})")
     cov = res["coefficient_cov"].values
+    res.attrs["freq"] = []
     for r, a, b in zip(rows, chi2, alone, strict=True):
         B = np.kron(((r["T"] - res.attrs["center"]) ** np.arange(degree + 1))[None, :], np.eye(model.n_free))
         f = x_and_l(model, res["ifc"].sel(temperature=r["T"]).values, B @ cov @ B.T)
+        res.attrs["freq"].append(f)
         # the residual over the noise map's rms, scaled from the separate fit's by √(χ² ratio)
         print(f"  {r['T']:5.0f} K joint: residual/noise {r['residual_over_noise'] * np.sqrt(a / b):.3f}; "
               + ", ".join(f"{k} {f[k]:.3f} ± {f[k + ' σ']:.3f}" for k in MEASURED_THZ))
@@ -389,7 +392,36 @@ def nelder_mead(prob, model, start, max_evals):
     return {"nm_loss": float(res.fun), "nm_evals": n_eval[0], "nm_time": time.perf_counter() - t, "nm_x": res.x}
 
 
-def plot(rows, ds, names, folder):
+def plot_frequencies(rows, folder, joint=None):
+    """X and L frequencies (THz) against T with their errors: the separate fits and, if given, the
+    joint fit (its ``attrs["freq"]``); the measured 300 K values as lines."""
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = np.array([r["T"] for r in rows])
+    fig, axes = plt.subplots(1, 4, figsize=(11, 3), sharex=True)
+    for ax, k in zip(axes, MEASURED_THZ, strict=True):
+        ax.errorbar(T, [r["freq"][k] for r in rows], yerr=[r["freq"][k + " σ"] for r in rows], marker="o",
+                    capsize=3, label="separate fits")
+        if joint is not None:
+            ax.errorbar(T + 8, [f[k] for f in joint.attrs["freq"]], yerr=[f[k + " σ"] for f in joint.attrs["freq"]],
+                        marker="s", capsize=3, label="joint fit")
+        ax.axhline(MEASURED_THZ[k], color="0.5", ls=":", label="measured (300 K)")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("T (K)")
+    axes[0].set_ylabel("frequency (THz)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = pathlib.Path(folder) / "al_arcs_frequencies.png"
+    fig.savefig(path, dpi=110)
+    print(f"figure {path}")
+
+
+def plot(rows, ds, names, folder, shells=2):
     """measured vs fitted spectra (one row per temperature) and the constants against T."""
     import pathlib
 
@@ -423,12 +455,13 @@ def plot(rows, ds, names, folder):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "al_arcs_constants.png", dpi=110)
-    plot_dispersion(rows, names, out)
+    plot_dispersion(rows, names, out, shells)
     print(f"figures in {out}/al_arcs_spectra.png, al_arcs_constants.png, al_arcs_dispersion.png")
 
 
-def plot_dispersion(rows, names, out):
-    """The dispersion of each fit along the standard path, with the measured X and L frequencies."""
+def plot_dispersion(rows, names, out, shells=2):
+    """The dispersion of each fit (a model of ``shells`` shells; its linewidth parameters left out)
+    along the standard path, with the measured X and L frequencies."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -437,12 +470,12 @@ def plot_dispersion(rows, names, out):
 
     from xtds.plot import plot_dispersion as draw
 
-    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=2)
+    model = xtds.IFCModel(xtds.Crystal.preset("Al"), shells=shells)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     handles = []
     for i, r in enumerate(rows):
         color = plt.cm.plasma(i / max(1, len(rows) - 1) * 0.85)
-        disp = xtds.dispersion(model, dict(zip(names, r["phi"], strict=True)))
+        disp = xtds.dispersion(model, {n: v for n, v in zip(names, r["phi"], strict=True) if n in model.names})
         draw(disp, ax=ax, color=color, lw=1.2)
         handles.append(Line2D([], [], color=color, label=f"{r['T']:.0f} K"))
     x, labels = disp["distance"].values, list(disp["label"].values)

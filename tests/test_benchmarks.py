@@ -95,6 +95,7 @@ def test_al_arcs_benchmark_runs(tmp_path):
     assert numbers(r"gradient: loss ([0-9.]+)", out)[0] > 0
     assert "X T" in out and "Nelder–Mead: loss" in out
     assert (tmp_path / "al_arcs_spectra.png").exists() and (tmp_path / "al_arcs_constants.png").exists()
+    assert (tmp_path / "al_arcs_frequencies.png").exists()
 
 
 @pytest.mark.heavy
