@@ -33,7 +33,7 @@ replaces T/T_ref by
     g(ε, T) = (ε / 4k_BT_ref) coth(ε / 4k_BT)  →  T/T_ref  (k_BT ≫ ε/4),   ε/4k_BT_ref  (T → 0),
 
 so the γ_p keep their meaning at high temperature and a fit across temperatures need not read a
-width that does not vanish at low T as a larger γ_p (at 50 K, ε = 30 meV: g = 0.50 against
+width that does not vanish at low T as a larger γ_p (at 50 K, ε = 30 meV: g = 0.31 against
 T/T_ref = 0.17).
 
 Branch families (``branches=True``): longitudinal and transverse modes damp at their own rates

@@ -243,7 +243,7 @@ def longitudinal_directions(cell, k: np.ndarray) -> np.ndarray:
 
 def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolution=1.0, mesh=8, dw=None,
                     scattering_lengths=None, quantum: bool = True, points: PowderPoints | None = None,
-                    laue: str | None = None, widths=ADAPTIVE, projection: str | None = None) -> torch.Tensor:
+                    laue: str | None = None, widths=ADAPTIVE, longitudinal: bool = False) -> torch.Tensor:
     """Coherent one-phonon powder S(|Q|, E) (mbarn/meV per atom) averaged over |Q| bins, shape
     (B, E) for bin edges ``q_edges`` (B + 1,) Å⁻¹: the modes of a k-mesh projected on every
     Q = k + G with |Q| in a bin (the eigenvectors at k + G are those at k with the phases
@@ -256,9 +256,11 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     derivatives then hold these widths fixed, so they are not those of finite differences), an
     array (K, 3n) of σ in meV made once by :func:`adaptive_mesh_widths` at reference constants (for
     gradients: the model is then one exactly differentiable function of φ, as
-    :class:`PowderSpectrum` uses it), or None/0 (none). ``projection="longitudinal"``: Q replaced by
-    its projection (Q·k̂)k̂ on each point's reduced wave vector (:func:`longitudinal_directions`),
-    the longitudinal modes' share (:mod:`xtds.observables.neutron.linewidth`, branch families).
+    :class:`PowderSpectrum` uses it), or None/0 (none). ``longitudinal=True``: shape (2, B, E), the
+    spectrum and its longitudinal modes' share, made with Q replaced by its projection (Q·k̂)k̂ on
+    each point's reduced wave vector (:func:`longitudinal_directions`; branch families of
+    :mod:`xtds.observables.neutron.linewidth`), both from one eigen-decomposition and one set of
+    mode weights f(λ) (the two sets of vectors are binned as 2B bins).
     Resolution, ``dw`` and the rest as
     :func:`xtds.observables.neutron.sqe.coherent_sqe`; differentiable in ``phi`` (forward and reverse mode)."""
     from xtds.errors import check_temperature
@@ -286,13 +288,13 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     # e^{iG·τ_s} and √(orbit size): |c|² then counts every image of the point
     phase = torch.as_tensor(np.exp(1j * (pts.g @ tau.T)) * np.sqrt(pts.weight)[:, None], device=phi.device)
     amp = (b * torch.exp(-W) * inv_sqrt_m).to(phase.dtype) * phase  # (P, n)
-    Qv = Qp
-    if projection == "longitudinal":
+    kidx, bins, n_bins = pts.kidx, pts.bins, pts.n_bins
+    if longitudinal:  # the projected vectors as points of bins B…2B−1
         khat = torch.as_tensor(longitudinal_directions(P, pts.k)[pts.kidx], dtype=phi.dtype, device=phi.device)
-        Qv = (Qp * khat).sum(1, keepdim=True) * khat
-    elif projection is not None:
-        raise ValueError(f"projection must be None or 'longitudinal', got {projection!r}")
-    V = (amp[:, :, None] * Qv[:, None, :].to(phase.dtype)).reshape(len(Qp), 3 * n)
+        Qp = torch.cat([Qp, (Qp * khat).sum(1, keepdim=True) * khat])
+        amp = torch.cat([amp, amp])
+        kidx, bins, n_bins = np.concatenate([kidx, kidx]), np.concatenate([bins, bins + n_bins]), 2 * n_bins
+    V = (amp[:, :, None] * Qp[:, None, :].to(phase.dtype)).reshape(len(Qp), 3 * n)
     D = dynamics.dynamical_matrix(model, phi, torch.as_tensor(pts.k, dtype=phi.dtype, device=phi.device))
     if isinstance(widths, np.ndarray | torch.Tensor):
         sigma = torch.as_tensor(np.asarray(widths, dtype=float), dtype=phi.dtype, device=phi.device)
@@ -302,8 +304,8 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
     else:
         sigma = None
     korbit = None if pts.korbit is None else torch.as_tensor(pts.korbit, device=phi.device)
-    out = BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(pts.kidx, device=phi.device),
-                               torch.as_tensor(pts.bins, device=phi.device), pts.n_bins,
+    out = BinnedSpectral.apply(D, V.to(D.dtype), torch.as_tensor(kidx, device=phi.device),
+                               torch.as_tensor(bins, device=phi.device), n_bins,
                                mode_weight(energies, T, resolution), sigma, korbit)
     # the mean over the points of each bin (their count fluctuates about shell volume / point volume
     # from bin to bin: dividing by it, not by the shell's volume, removes that noise)
@@ -313,6 +315,8 @@ def powder_sqe_mesh(model, phi, q_edges, energies, temperature: float, resolutio
         raise ValueError(f"{len(empty)} |Q| bins (from {empty.min():.3g} Å⁻¹) hold no point of the {pts.mesh}-step "
                          "mesh: use a finer mesh, or leave the lowest |Q| out of the mask")
     norm = torch.as_tensor(1.0 / count, dtype=phi.dtype, device=phi.device)
+    if longitudinal:
+        return out.reshape(2, pts.n_bins, -1) * norm[:, None] * (MBARN_PER_FM2 / n)
     return out * norm[:, None] * (MBARN_PER_FM2 / n)
 
 
@@ -450,7 +454,8 @@ class PowderSpectrum(Observable):
         lo, hi = self._cols.min(), self._cols.max()
         energies = self.energies if self._fine is None else self._fine[0]
         C0 = debye_waller(self.model, phi, self.temperature, mesh=self.dw_mesh)
-        coh = self._one_phonon(phi, energies, C0)
+        branches = self._fine is not None and self.model.linewidths.branches
+        coh = self._one_phonon(phi, energies, C0, longitudinal=branches)  # with branches: (whole, longitudinal)
         rest = self._incoherent_one_phonon(phi, energies, C0)  # no crystal momentum: the modes' mean width
         if self.multiphonon:
             w = None
@@ -465,7 +470,7 @@ class PowderSpectrum(Observable):
         if self._fine is None:
             S = coh if rest is None else coh + rest
         else:
-            S = self._damped(phi, energies, C0, coh, rest)
+            S = self._damped(phi, energies, coh, rest)
         if self.incident_energy is not None:  # k_f/kᵢ of the uncorrected intensity
             ratio = np.sqrt(np.clip(1 - self.energies / self.incident_energy, 0, None))
             S = S * torch.as_tensor(ratio, dtype=S.dtype, device=S.device)
@@ -475,12 +480,13 @@ class PowderSpectrum(Observable):
         full[lo : hi + 1] = S
         return full.T
 
-    def _one_phonon(self, phi, energies, C0, projection: str | None = None) -> torch.Tensor:
-        """The coherent one-phonon term on the used |Q| bins (after the |Q| resolution), (Q_used, E)."""
+    def _one_phonon(self, phi, energies, C0, longitudinal: bool = False) -> torch.Tensor:
+        """The coherent one-phonon term on the used |Q| bins (after the |Q| resolution), (Q_used, E);
+        with ``longitudinal`` (2, Q_used, E): the term and its longitudinal share."""
         a, b = self._span
         S = powder_sqe_mesh(self.model, phi, self.q_edges[a : b + 2], energies, self.temperature,
                             resolution=self.resolution, dw=C0, points=self.points, widths=self.widths(phi),
-                            projection=projection)
+                            longitudinal=longitudinal)
         return S if self.q_resolution is None else self._q_kernel.to(S) @ S
 
     def _incoherent_one_phonon(self, phi, energies, C0) -> torch.Tensor | None:
@@ -495,10 +501,10 @@ class PowderSpectrum(Observable):
                            dw=C0, adaptive=self.incoherent_widths(phi))
         return S if self.q_resolution is None else self._q_kernel.to(S) @ S
 
-    def _damped(self, phi, energies, C0, coh, rest) -> torch.Tensor:
+    def _damped(self, phi, energies, coh, rest) -> torch.Tensor:
         """The damping on the fine grid: each energy's Lorentzian of Γ(|E'|); with branch families
-        the longitudinal share of the coherent term with Γ_L, the rest of it with Γ_T, the
-        incoherent and multiphonon terms (``rest``) with the mean width."""
+        (``coh`` then the coherent term and its longitudinal share) the share with Γ_L, the rest of
+        the coherent term with Γ_T, the incoherent and multiphonon terms (``rest``) with the mean width."""
         from xtds.observables.neutron.linewidth import lorentzian_kernel
 
         grid = torch.as_tensor(energies, dtype=coh.dtype, device=coh.device)
@@ -509,8 +515,7 @@ class PowderSpectrum(Observable):
 
         if not self.model.linewidths.branches:
             return damp(coh if rest is None else coh + rest)
-        longitudinal = self._one_phonon(phi, energies, C0, projection="longitudinal")
-        S = damp(longitudinal, "L") + damp(coh - longitudinal, "T")
+        S = damp(coh[1], "L") + damp(coh[0] - coh[1], "T")
         return S if rest is None else S + damp(rest)
 
     def __call__(self, phi: torch.Tensor, epoch: int = 0) -> torch.Tensor:
